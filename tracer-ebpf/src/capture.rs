@@ -1,0 +1,362 @@
+//! Shared by the data probes: protocol sniffing, payload copy, and emitting records.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+};
+use core::ffi::c_void;
+use tracer_common::{
+    CloseEvent, ConnEvent, ConnKey, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOV, WIRE_VERSION,
+    counter, kind, protocol, syscall,
+};
+
+use crate::{
+    filter::config,
+    maps::{ARGS, CONNS, ConnState, EVENTS, SCRATCH, SyscallArgs, count},
+};
+
+/// Protocol of a message from its first 8 bytes, or UNKNOWN.
+#[inline(always)]
+fn classify(head: u64) -> u8 {
+    let b = head.to_le_bytes();
+    let starts = |p: &[u8]| {
+        let mut i = 0;
+        while i < p.len() {
+            if b[i] != p[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    };
+    if starts(b"GET /")
+        || starts(b"POST /")
+        || starts(b"PUT /")
+        || starts(b"HEAD /")
+        || starts(b"DELETE /")
+        || starts(b"PATCH /")
+        || starts(b"OPTIONS ")
+        || starts(b"CONNECT ")
+        || starts(b"TRACE /")
+        || starts(b"HTTP/1.")
+    {
+        protocol::HTTP1
+    } else if starts(b"PRI * HT") {
+        protocol::HTTP2
+    } else {
+        protocol::UNKNOWN
+    }
+}
+
+/// Ask for a wake-up only when enough is waiting: the daemon also drains on a timer, so a busy
+/// service does not pay a wake-up per syscall.
+#[inline(always)]
+fn wakeup_flag(threshold: u32) -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn output<T>(rec: &T, len: usize, threshold: u32) {
+    // SAFETY: `len` never exceeds the size of `rec` (callers clamp it).
+    let bytes = unsafe { core::slice::from_raw_parts((rec as *const T).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flag(threshold)).is_err() {
+        count(counter::RINGBUF_FULL);
+    }
+}
+
+#[inline(always)]
+fn header(kind: u16, fd: u32) -> EventHeader {
+    let id = bpf_get_current_pid_tgid();
+    EventHeader {
+        version: WIRE_VERSION,
+        kind,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        fd,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Saves a syscall's arguments at entry.
+#[inline(always)]
+pub fn save_args(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) {
+    let id = bpf_get_current_pid_tgid();
+    if !crate::filter::traced((id >> 32) as u32) {
+        return;
+    }
+    let args = SyscallArgs {
+        fd,
+        ptr,
+        iovcnt,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        syscall,
+        direction,
+        _pad: [0; 6],
+    };
+    let _ = ARGS.insert(&id, &args, 0);
+}
+
+/// Takes the arguments saved at entry by this thread.
+#[inline(always)]
+pub fn take_args() -> Option<SyscallArgs> {
+    let id = bpf_get_current_pid_tgid();
+    let args = unsafe { ARGS.get(&id) }.copied();
+    if args.is_some() {
+        let _ = ARGS.remove(&id);
+    }
+    args
+}
+
+#[inline(always)]
+fn read_user<T>(src: u64) -> Option<T> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(src as *const T) }.ok()
+}
+
+/// First user buffer of a syscall and its length (for the vectored calls: the first iovec).
+#[inline(always)]
+fn first_buf(args: &SyscallArgs) -> Option<u64> {
+    match args.syscall {
+        syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
+            let iov: [u64; 2] = read_user(args.ptr)?;
+            Some(iov[0])
+        }
+        syscall::SENDFILE => None,
+        _ => Some(args.ptr),
+    }
+}
+
+/// Handles the exit of a read/write-family syscall that moved `ret` bytes.
+#[inline(always)]
+pub fn on_data(args: &SyscallArgs, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let Some(cfg) = config() else { return };
+    let id = bpf_get_current_pid_tgid();
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    let state = match CONNS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(s) => unsafe { &mut *s },
+        None => {
+            // Not seen being set up (opened before we started, or not a socket): only follow it
+            // if these bytes start an HTTP message. The daemon checks it really is a socket.
+            let proto = sniff(args, ret);
+            if proto == protocol::UNKNOWN {
+                return;
+            }
+            let fresh = ConnState {
+                peer: Default::default(),
+                seq: 0,
+                protocol: proto,
+                role: tracer_common::role::UNKNOWN,
+                announced: 0,
+                _pad: 0,
+            };
+            if CONNS.insert(&key, &fresh, 0).is_err() {
+                count(counter::CONN_MAP_FULL);
+                return;
+            }
+            match CONNS.get_ptr_mut(&key) {
+                Some(s) => unsafe { &mut *s },
+                None => return,
+            }
+        }
+    };
+    if state.protocol == protocol::OTHER {
+        return;
+    }
+    if state.protocol == protocol::UNKNOWN {
+        let proto = sniff(args, ret);
+        // The first bytes of a fresh socket decide: anything else is not ours to copy.
+        state.protocol = if proto == protocol::UNKNOWN {
+            protocol::OTHER
+        } else {
+            proto
+        };
+        if proto == protocol::UNKNOWN {
+            return;
+        }
+    }
+    if state.announced == 0 {
+        state.announced = 1;
+        let ev = ConnEvent {
+            header: header(kind::CONN, key.fd),
+            role: state.role,
+            _pad: [0; 7],
+            peer: state.peer,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        output(&ev, core::mem::size_of::<ConnEvent>(), cfg.wakeup_bytes);
+    }
+    let seq = state.seq;
+    state.seq = seq.wrapping_add(1);
+    emit_data(args, ret as u64, seq, state, cfg.capture_size, cfg.wakeup_bytes);
+}
+
+#[inline(always)]
+fn sniff(args: &SyscallArgs, ret: i64) -> u8 {
+    if ret < 8 {
+        return protocol::UNKNOWN;
+    }
+    match first_buf(args).and_then(read_user::<u64>) {
+        Some(head) => classify(head),
+        None => protocol::UNKNOWN,
+    }
+}
+
+#[inline(always)]
+fn clamp(n: u64, max: u64) -> u64 {
+    if n > max { max } else { n }
+}
+
+/// Copies up to `n` bytes from user memory into the record's payload at `off`.
+#[inline(always)]
+fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
+    // Bounds the verifier can follow: off < MAX_CAPTURE and n <= MAX_CAPTURE, and the payload
+    // has room for 2 * MAX_CAPTURE.
+    if off >= MAX_CAPTURE as u64 {
+        return false;
+    }
+    let n = clamp(n, MAX_CAPTURE as u64);
+    if n == 0 {
+        return true;
+    }
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            payload.add(off as usize).cast::<c_void>(),
+            n as u32,
+            src as *const c_void,
+        )
+    };
+    if rc != 0 {
+        count(counter::READ_USER_FAILED);
+    }
+    rc == 0
+}
+
+#[inline(always)]
+fn emit_data(args: &SyscallArgs, len: u64, seq: u32, state: &ConnState, capture: u32, wake: u32) {
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, not shared with a concurrent run on this CPU.
+    let rec = unsafe { &mut *rec };
+    let want = clamp(len, clamp(capture as u64, MAX_CAPTURE as u64));
+    let payload = rec.payload.as_mut_ptr();
+    let mut captured: u64 = 0;
+    match args.syscall {
+        syscall::SENDFILE => {}
+        syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
+            let mut i = 0;
+            while i < MAX_IOV {
+                if i as u64 >= args.iovcnt || captured >= want {
+                    break;
+                }
+                let Some(iov) = read_user::<[u64; 2]>(args.ptr + (i as u64) * 16) else {
+                    break;
+                };
+                let n = clamp(iov[1], want - captured);
+                if !copy_user(payload, captured, iov[0], n) {
+                    break;
+                }
+                captured += clamp(n, MAX_CAPTURE as u64);
+                i += 1;
+            }
+        }
+        _ => {
+            if copy_user(payload, 0, args.ptr, want) {
+                captured = want;
+            }
+        }
+    }
+    let captured = clamp(captured, MAX_CAPTURE as u64);
+    let h = header(kind::DATA, args.fd as u32);
+    rec.event = DataEvent {
+        header: h,
+        ts_enter_ns: args.ts_enter,
+        len,
+        seq,
+        captured: captured as u32,
+        direction: args.direction,
+        syscall: args.syscall,
+        protocol: state.protocol,
+        role: state.role,
+        _pad: [0; 4],
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    output(
+        rec,
+        core::mem::size_of::<DataEvent>() + captured as usize,
+        wake,
+    );
+}
+
+/// A socket of a traced process is closing: forget it, and tell the daemon if it carried HTTP.
+#[inline(always)]
+pub fn on_close(fd: u64) {
+    let id = bpf_get_current_pid_tgid();
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: fd as u32,
+    };
+    let Some(state) = (unsafe { CONNS.get(&key) }) else {
+        return;
+    };
+    let announced = state.announced;
+    let _ = CONNS.remove(&key);
+    if announced != 0 {
+        let wake = config().map_or(0, |c| c.wakeup_bytes);
+        let ev = CloseEvent {
+            header: header(kind::CLOSE, key.fd),
+        };
+        output(&ev, core::mem::size_of::<CloseEvent>(), wake);
+    }
+}
+
+/// A connection of a traced process was set up (accept returned `fd`, or connect succeeded).
+#[inline(always)]
+pub fn on_setup(fd: u64, sockaddr: u64, role: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: fd as u32,
+    };
+    let mut peer = tracer_common::SockAddr::default();
+    if sockaddr != 0 {
+        if let Some(raw) = read_user::<[u8; 24]>(sockaddr) {
+            let family = u16::from_ne_bytes([raw[0], raw[1]]);
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            match family {
+                2 => {
+                    peer.family = family;
+                    peer.port = port;
+                    peer.addr[..4].copy_from_slice(&raw[4..8]);
+                }
+                10 => {
+                    peer.family = family;
+                    peer.port = port;
+                    peer.addr.copy_from_slice(&raw[8..24]);
+                }
+                // AF_UNIX and friends: not network peers; still sniffed like unknown fds.
+                _ => return,
+            }
+        }
+    }
+    let state = ConnState {
+        peer,
+        seq: 0,
+        protocol: protocol::UNKNOWN,
+        role,
+        announced: 0,
+        _pad: 0,
+    };
+    if CONNS.insert(&key, &state, 0).is_err() {
+        count(counter::CONN_MAP_FULL);
+    }
+}

@@ -1,0 +1,72 @@
+//! Every map the probes share with each other and with the daemon (names are the daemon's API).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{Config, ConnKey, DataRecord, SockAddr};
+
+/// Records for the daemon. The daemon may resize it before load.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Single entry: the daemon's settings.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Processes to trace when `filter::BY_PID` is set.
+#[map]
+pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Drop and failure counters, indexed by `tracer_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common::counter::LEN, 0);
+
+/// Scratch room for one DATA record (too large for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the probes know about a socket of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnState {
+    pub peer: SockAddr,
+    /// DATA records emitted so far (the daemon detects lost records from gaps).
+    pub seq: u32,
+    pub protocol: u8,
+    pub role: u8,
+    /// Whether the CONN record was sent (only once the connection is known to carry HTTP).
+    pub announced: u8,
+    pub _pad: u8,
+}
+
+/// Connections of traced processes. LRU: a process that exits closes its sockets without
+/// close(2), so entries must be able to age out.
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Arguments of a syscall in flight, saved at entry and used at exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    pub fd: u64,
+    /// Data buffer, iovec array, msghdr or sockaddr, depending on the syscall.
+    pub ptr: u64,
+    /// iovec count for the vectored calls.
+    pub iovcnt: u64,
+    pub ts_enter: u64,
+    pub syscall: u8,
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Keyed by pid_tgid: one syscall in flight per thread.
+#[map]
+pub static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,55 @@
+//! Flat-buffer data syscalls: read, write, recvfrom, sendto, and sendfile (bytes counted only).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{direction, syscall};
+
+use crate::capture::{on_data, save_args, take_args};
+
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }?;
+    // sendfile's second argument is the source fd, not memory: nothing to copy.
+    let buf: u64 = if syscall == syscall::SENDFILE {
+        0
+    } else {
+        unsafe { ctx.read_at(ARG1) }?
+    };
+    save_args(fd, buf, 0, syscall, dir);
+    Ok(())
+}
+
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(args) = take_args() else {
+        return Ok(());
+    };
+    let ret: i64 = unsafe { ctx.read_at(RET) }?;
+    on_data(&args, ret);
+    Ok(())
+}
+
+macro_rules! data_probes {
+    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            let _ = enter(&ctx, $sys, $dir);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            let _ = exit(&ctx);
+            0
+        }
+    )*};
+}
+
+data_probes! {
+    sys_enter_read, sys_exit_read, syscall::READ, direction::INGRESS;
+    sys_enter_write, sys_exit_write, syscall::WRITE, direction::EGRESS;
+    sys_enter_recvfrom, sys_exit_recvfrom, syscall::RECVFROM, direction::INGRESS;
+    sys_enter_sendto, sys_exit_sendto, syscall::SENDTO, direction::EGRESS;
+    sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE, direction::EGRESS;
+}
