@@ -1,0 +1,370 @@
+//! Connection table: routes each event to the decoder of its connection, notices lost records
+//! (sequence gaps), and turns decoded exchanges into spans.
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use tracer_common::protocol;
+
+use crate::{
+    decode::http1::{Chunk, Direction, Exchange, Http1Conn, Stats},
+    events::{ConnId, Data, Dir, Event, Role},
+    metrics::Metrics,
+    process::{Processes, is_socket},
+    span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
+};
+
+struct Entry {
+    decoder: Http1Conn,
+    info: ConnInfo,
+    comm: String,
+    next_seq: Option<u32>,
+    /// Decoder counters already added to the metrics.
+    reported: Stats,
+    /// Checked (for connections not seen being set up) that the fd really is a socket.
+    verified: bool,
+    /// Not traced further (not a socket, or a protocol this build does not decode).
+    ignored: bool,
+    last_ts: u64,
+}
+
+impl Entry {
+    fn new(role: Role, info: ConnInfo, comm: String, ts: u64) -> Self {
+        Entry {
+            decoder: Http1Conn::new(),
+            info,
+            comm,
+            next_seq: None,
+            reported: Stats::default(),
+            verified: role != Role::Unknown,
+            ignored: false,
+            last_ts: ts,
+        }
+    }
+}
+
+/// What filters and span options the table applies.
+#[derive(Clone, Debug, Default)]
+pub struct TableOptions {
+    pub spans: SpanOptions,
+    /// When not empty, only spans whose server port or peer port is listed are kept.
+    pub ports: Vec<u16>,
+}
+
+pub struct ConnTable {
+    conns: HashMap<ConnId, Entry>,
+    procs: Processes,
+    proc_root: PathBuf,
+    clock: Clock,
+    opts: TableOptions,
+    metrics: Arc<Metrics>,
+    exchanges: Vec<Exchange>,
+}
+
+/// Connections idle this long whose fd is gone are forgotten (their process exited without
+/// close(2), or the close record was lost).
+const IDLE_NS: u64 = 120_000_000_000;
+const MAX_CONNS: usize = 262_144;
+
+impl ConnTable {
+    pub fn new(
+        procs: Processes,
+        proc_root: impl Into<PathBuf>,
+        clock: Clock,
+        opts: TableOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ConnTable {
+            conns: HashMap::new(),
+            procs,
+            proc_root: proc_root.into(),
+            clock,
+            opts,
+            metrics,
+            exchanges: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Handles one event; spans it completes are appended to `out`.
+    pub fn handle(&mut self, ev: Event<'_>, out: &mut Vec<Span>) {
+        match ev {
+            Event::Conn(c) => {
+                Metrics::add(&self.metrics.connections_opened_total, 1);
+                // A reused fd: whatever the old connection had pending ends here.
+                self.finish(c.id, c.ts_ns, out);
+                if self.conns.len() >= MAX_CONNS {
+                    self.maintain(c.ts_ns, true);
+                }
+                let info = ConnInfo { peer: c.peer };
+                self.conns
+                    .insert(c.id, Entry::new(c.role, info, c.comm, c.ts_ns));
+            }
+            Event::Data(d) => self.data(d, out),
+            Event::Close { id, ts_ns } => self.finish(id, ts_ns, out),
+        }
+    }
+
+    fn data(&mut self, d: Data<'_>, out: &mut Vec<Span>) {
+        let entry = self.conns.entry(d.id).or_insert_with(|| {
+            // The CONN record was lost: treat it like a connection we joined mid-stream.
+            Entry::new(
+                Role::Unknown,
+                ConnInfo::default(),
+                d.comm.clone(),
+                d.ts_exit_ns,
+            )
+        });
+        entry.last_ts = d.ts_exit_ns;
+        if entry.ignored {
+            return;
+        }
+        if d.protocol == protocol::HTTP2 {
+            Metrics::add(&self.metrics.unsupported_protocol_total, 1);
+            entry.ignored = true;
+            return;
+        }
+        if !entry.verified {
+            entry.verified = true;
+            // Only connections we did not see being accepted/connected can be something else.
+            if is_socket(&self.proc_root, d.id.pid, d.id.fd) == Some(false) {
+                Metrics::add(&self.metrics.non_socket_streams_total, 1);
+                entry.ignored = true;
+                return;
+            }
+        }
+        if let Some(expected) = entry.next_seq {
+            if d.seq != expected {
+                Metrics::add(&self.metrics.sequence_gaps_total, 1);
+                entry.decoder.gap(Direction::Ingress);
+            }
+        }
+        entry.next_seq = Some(d.seq.wrapping_add(1));
+        let (dir, ts_start) = match d.dir {
+            // A read's bytes exist from when it returned; a write's from when it began.
+            Dir::Ingress => (Direction::Ingress, d.ts_exit_ns),
+            Dir::Egress => (Direction::Egress, d.ts_enter_ns),
+        };
+        let chunk = Chunk {
+            dir,
+            len: d.len,
+            data: d.payload,
+            ts_start,
+            ts_end: d.ts_exit_ns,
+        };
+        entry.decoder.feed(chunk, &mut self.exchanges);
+        self.emit(d.id, out);
+    }
+
+    /// Ends a connection: flushes its decoder and forgets it.
+    fn finish(&mut self, id: ConnId, ts: u64, out: &mut Vec<Span>) {
+        if let Some(entry) = self.conns.get_mut(&id) {
+            if !entry.ignored {
+                entry.decoder.close(ts, &mut self.exchanges);
+            }
+            self.emit(id, out);
+            self.conns.remove(&id);
+        }
+    }
+
+    /// Turns the exchanges the decoder of `id` completed into spans, and reports its counters.
+    fn emit(&mut self, id: ConnId, out: &mut Vec<Span>) {
+        let Some(entry) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let m = &self.metrics;
+        let now = entry.decoder.stats().clone();
+        let was = std::mem::replace(&mut entry.reported, now.clone());
+        Metrics::add(
+            &m.decode_malformed_total,
+            now.malformed.saturating_sub(was.malformed),
+        );
+        Metrics::add(
+            &m.decode_resyncs_total,
+            now.resyncs.saturating_sub(was.resyncs),
+        );
+        Metrics::add(
+            &m.decode_orphan_responses_total,
+            now.orphan_responses.saturating_sub(was.orphan_responses),
+        );
+        Metrics::add(
+            &m.decode_lost_exchanges_total,
+            now.lost_exchanges.saturating_sub(was.lost_exchanges),
+        );
+        Metrics::add(
+            &m.decode_truncated_headers_total,
+            now.truncated_headers.saturating_sub(was.truncated_headers),
+        );
+        if self.exchanges.is_empty() {
+            return;
+        }
+        let resource = self.procs.resource(id.pid, &entry.comm);
+        for ex in self.exchanges.drain(..) {
+            let sp = span::build(&ex, &entry.info, &resource, self.clock, &self.opts.spans);
+            Metrics::add(&m.spans_built_total, 1);
+            if !self.opts.ports.is_empty() && !port_matches(&sp, &self.opts.ports) {
+                Metrics::add(&m.spans_filtered_total, 1);
+                continue;
+            }
+            out.push(sp);
+        }
+    }
+
+    /// Periodic housekeeping: forget idle connections whose fd is gone and processes that exited.
+    pub fn maintain(&mut self, now_mono_ns: u64, force: bool) {
+        let root = self.proc_root.clone();
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(id, e)| {
+                (force || now_mono_ns.saturating_sub(e.last_ts) > IDLE_NS)
+                    && !root.join(format!("{}/fd/{}", id.pid, id.fd)).exists()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.conns.remove(&id);
+        }
+        self.procs.sweep();
+    }
+}
+
+fn port_matches(sp: &Span, ports: &[u16]) -> bool {
+    ["server.port", "network.peer.port"]
+        .iter()
+        .any(|k| matches!(sp.attr(k), Some(Value::Int(p)) if ports.iter().any(|&f| f as i64 == *p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::encode;
+    use crate::span::SpanKind;
+
+    fn table(ports: Vec<u16>) -> (ConnTable, Arc<Metrics>) {
+        let m = Arc::new(Metrics::default());
+        let root = std::env::temp_dir().join("tracer-no-such-proc");
+        let procs = Processes::new(&root, vec![]);
+        let opts = TableOptions {
+            ports,
+            ..Default::default()
+        };
+        (
+            ConnTable::new(procs, &root, Clock { offset_ns: 0 }, opts, m.clone()),
+            m,
+        )
+    }
+
+    fn replay(t: &mut ConnTable, records: &[Vec<u8>]) -> Vec<Span> {
+        let mut out = vec![];
+        for r in records {
+            t.handle(Event::parse(r).unwrap(), &mut out);
+        }
+        out
+    }
+
+    const ID: ConnId = ConnId { pid: 4242, fd: 5 };
+    const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: localhost:8000\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn server_exchange(seq: u32, t0: u64) -> Vec<Vec<u8>> {
+        vec![
+            encode::data(
+                ID,
+                seq,
+                Dir::Ingress,
+                (t0, t0 + 10),
+                REQ.len() as u64,
+                REQ,
+                "python3",
+            ),
+            encode::data(
+                ID,
+                seq + 1,
+                Dir::Egress,
+                (t0 + 20, t0 + 30),
+                RESP.len() as u64,
+                RESP,
+                "python3",
+            ),
+        ]
+    }
+
+    #[test]
+    fn keep_alive_connection_gives_one_span_per_exchange() {
+        let (mut t, m) = table(vec![]);
+        let mut recs = vec![encode::conn(
+            ID,
+            1,
+            Role::Accepted,
+            Some("127.0.0.1:5555".parse().unwrap()),
+            "python3",
+        )];
+        recs.extend(server_exchange(0, 100));
+        recs.extend(server_exchange(2, 200));
+        recs.push(encode::close(ID, 300));
+        let spans = replay(&mut t, &recs);
+        assert_eq!(spans.len(), 2);
+        assert!(spans.iter().all(|s| s.kind == SpanKind::Server));
+        assert_eq!((spans[0].start_unix_ns, spans[0].end_unix_ns), (110, 130));
+        assert_eq!(spans[1].attr("network.peer.port"), Some(&Value::Int(5555)));
+        assert_eq!(spans[0].resource.service_name, "python3");
+        assert!(t.is_empty());
+        assert_eq!(
+            m.spans_built_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
+
+    #[test]
+    fn sequence_gap_discards_the_broken_exchange_only() {
+        let (mut t, m) = table(vec![]);
+        let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "python3")];
+        recs.extend(server_exchange(0, 100));
+        // seq 2 (a request) was lost; its response arrives as seq 3.
+        recs.push(encode::data(
+            ID,
+            3,
+            Dir::Egress,
+            (220, 230),
+            RESP.len() as u64,
+            RESP,
+            "python3",
+        ));
+        recs.extend(server_exchange(4, 300));
+        let spans = replay(&mut t, &recs);
+        assert_eq!(
+            spans.len(),
+            2,
+            "the orphan response must not pair with anything"
+        );
+        assert_eq!(spans[1].start_unix_ns, 310);
+        assert_eq!(
+            m.sequence_gaps_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn port_filter_keeps_matching_spans_only() {
+        let (mut t, m) = table(vec![9999]);
+        let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "python3")];
+        recs.extend(server_exchange(0, 100));
+        let spans = replay(&mut t, &recs);
+        assert!(spans.is_empty());
+        assert_eq!(
+            m.spans_filtered_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let (mut t, _) = table(vec![8000]);
+        assert_eq!(replay(&mut t, &recs).len(), 1);
+    }
+}

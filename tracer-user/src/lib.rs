@@ -1,0 +1,17 @@
+//! The tracer daemon as a library: the `tracer` binary, the tests and the benches use it.
+//!
+//! Data flows one way, one module per stage:
+//! [`probes`] (kernel side, loaded and attached) -> [`events`] (ring-buffer records) ->
+//! [`conntrack`] (per-connection state) -> [`decode`] (protocols) -> [`span`] (OTel spans,
+//! with [`process`] metadata) -> [`export`] (OTLP, terminal). [`pipeline`] wires them;
+//! [`metrics`] counts everything; [`check`] explains what a host lacks.
+pub mod check;
+pub mod conntrack;
+pub mod decode;
+pub mod events;
+pub mod export;
+pub mod metrics;
+pub mod pipeline;
+pub mod probes;
+pub mod process;
+pub mod span;

@@ -1,0 +1,98 @@
+//! Self-observability: every event read, dropped or failed is counted here. Names follow
+//! Prometheus conventions so the same set can be served on /metrics later.
+use std::{
+    fmt::Write,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+macro_rules! counters {
+    ($($field:ident => $help:literal,)*) => {
+        /// Process-wide counters, shared by the pipeline stages.
+        #[derive(Default, Debug)]
+        pub struct Metrics { $(#[doc = $help] pub $field: AtomicU64,)* }
+
+        impl Metrics {
+            /// (name, help, value) of every counter, in a stable order.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((concat!("tracer_", stringify!($field)), $help, self.$field.load(Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    events_read_total => "Ring-buffer records read",
+    events_invalid_total => "Records that could not be parsed (wrong version, kind or size)",
+    events_lost_total => "Records the kernel could not put in the ring buffer (buffer full)",
+    kernel_conn_map_full_total => "Connections the kernel could not track (map full)",
+    kernel_read_failed_total => "Payload copies from user memory that failed (byte counts still right)",
+    sequence_gaps_total => "Connections where records went missing (sequence gap)",
+    connections_opened_total => "HTTP connections seen",
+    non_socket_streams_total => "Streams that looked like HTTP but were not sockets (files, pipes)",
+    unsupported_protocol_total => "Records of protocols this build does not decode yet (HTTP/2)",
+    decode_malformed_total => "Byte runs that should have been HTTP but were not",
+    decode_resyncs_total => "Times a decoder lost framing and waited for the next message start",
+    decode_orphan_responses_total => "Responses without a request (attached mid-exchange or lost)",
+    decode_lost_exchanges_total => "Requests discarded because records were lost",
+    decode_truncated_headers_total => "Header blocks longer than the capture size",
+    spans_built_total => "Spans built from decoded exchanges",
+    spans_filtered_total => "Spans dropped by the --port filter",
+    spans_exported_total => "Spans the exporter delivered",
+    spans_export_failed_total => "Spans dropped after export retries failed",
+    spans_queue_full_total => "Spans dropped because the export queue was full",
+}
+
+impl Metrics {
+    pub fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Counters that are not zero, as `name=value` pairs for a log line.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for (name, _, v) in self.snapshot() {
+            if v > 0 {
+                let _ = write!(
+                    s,
+                    "{}{}={v}",
+                    if s.is_empty() { "" } else { " " },
+                    name.trim_start_matches("tracer_")
+                );
+            }
+        }
+        if s.is_empty() {
+            "nothing traced yet".into()
+        } else {
+            s
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        for (name, help, v) in self.snapshot() {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lists_nonzero_counters() {
+        let m = Metrics::default();
+        assert_eq!(m.summary(), "nothing traced yet");
+        Metrics::add(&m.events_read_total, 3);
+        Metrics::add(&m.spans_built_total, 1);
+        assert_eq!(m.summary(), "events_read_total=3 spans_built_total=1");
+        assert!(
+            m.prometheus()
+                .contains("# TYPE tracer_events_read_total counter\ntracer_events_read_total 3\n")
+        );
+    }
+}

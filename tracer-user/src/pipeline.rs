@@ -1,0 +1,139 @@
+//! Wires the stages together: ring buffer -> events -> connection table (decoders, spans) ->
+//! exporters. One task owns the hot path; nothing in it blocks.
+use std::{
+    io::{Read, Write},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracer_common::counter;
+
+use crate::{
+    conntrack::ConnTable,
+    events::Event,
+    export::Exporters,
+    metrics::Metrics,
+    probes::Probes,
+    span::{Span, clock_ns},
+};
+
+/// Writes raw records as `u32 little-endian length` + bytes: the fixture format that
+/// [`replay`] and the unit tests read.
+pub struct Recorder(pub Box<dyn Write + Send>);
+
+impl Recorder {
+    pub fn record(&mut self, rec: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(&(rec.len() as u32).to_le_bytes())?;
+        self.0.write_all(rec)
+    }
+}
+
+/// Splits a recording into records; a truncated tail is reported, not guessed at.
+pub fn read_recording(mut r: impl Read) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf)?;
+    let mut out = Vec::new();
+    let mut rest = &buf[..];
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() - 4 < n {
+            return Ok((out, true));
+        }
+        out.push(rest[4..4 + n].to_vec());
+        rest = &rest[4 + n..];
+    }
+    Ok((out, !rest.is_empty()))
+}
+
+/// Feeds one raw record through the table: the single code path for live and replayed events.
+pub fn process(rec: &[u8], table: &mut ConnTable, metrics: &Metrics, spans: &mut Vec<Span>) {
+    Metrics::add(&metrics.events_read_total, 1);
+    match Event::parse(rec) {
+        Ok(ev) => table.handle(ev, spans),
+        Err(e) => {
+            if metrics.events_invalid_total.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!("skipping invalid record: {e} (counted in events_invalid_total)");
+            }
+        }
+    }
+}
+
+pub struct Live {
+    pub probes: Probes,
+    pub ring: RingBuf<MapData>,
+}
+
+/// Runs until `shutdown` resolves, then drains what the kernel already wrote.
+pub async fn run(
+    live: Live,
+    mut table: ConnTable,
+    exporters: &Exporters,
+    metrics: Arc<Metrics>,
+    mut recorder: Option<Recorder>,
+    stats_every: Option<Duration>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which outlives every use.
+    let mut ring = unsafe { AsyncFd::register(live.ring) }.map_err(|e| e.into_parts().1)?;
+    // The probes only ask for a wake-up past a fill threshold; this timer bounds the latency.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    let mut stats = stats_every.map(tokio::time::interval);
+    tokio::pin!(shutdown);
+    let mut spans = Vec::new();
+    loop {
+        let mut stop = false;
+        tokio::select! {
+            guard = ring.readable_mut() => { if let Ok(mut g) = guard { g.clear_ready(); } }
+            _ = tick.tick() => {}
+            _ = housekeeping.tick() => table.maintain(clock_ns(libc::CLOCK_MONOTONIC), false),
+            _ = async { match stats.as_mut() { Some(s) => { s.tick().await; } None => std::future::pending().await } } => {
+                tracing::info!("counters: {}", metrics.summary());
+            }
+            _ = &mut shutdown => stop = true,
+        }
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(r) = recorder.as_mut() {
+                if let Err(e) = r.record(&item) {
+                    tracing::warn!("recording stopped: {e}");
+                    recorder = None;
+                }
+            }
+            process(&item, &mut table, &metrics, &mut spans);
+        }
+        if !spans.is_empty() {
+            exporters.submit(std::mem::take(&mut spans));
+        }
+        sync_kernel_counters(&live.probes, &metrics);
+        if stop {
+            break;
+        }
+    }
+    if let Some(mut r) = recorder {
+        r.0.flush()?;
+    }
+    Ok(())
+}
+
+fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
+    let k = probes.kernel_counters();
+    m.events_lost_total
+        .store(k[counter::RINGBUF_FULL as usize], Relaxed);
+    m.kernel_conn_map_full_total
+        .store(k[counter::CONN_MAP_FULL as usize], Relaxed);
+    m.kernel_read_failed_total
+        .store(k[counter::READ_USER_FAILED as usize], Relaxed);
+}
+
+/// Runs a recording through the same table, returning the spans (and whether its tail was cut).
+pub fn replay(records: &[Vec<u8>], table: &mut ConnTable, metrics: &Metrics) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for rec in records {
+        process(rec, table, metrics, &mut spans);
+    }
+    spans
+}

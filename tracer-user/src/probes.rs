@@ -1,0 +1,223 @@
+//! Kernel probes: load the embedded eBPF object, configure it, attach every tracepoint.
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracer_common::{COMM_LEN, Config, MAX_CAPTURE, counter, filter};
+
+/// The eBPF object, built by `cargo xtask build-ebpf` (or this crate's build script) and
+/// embedded so that the `tracer` binary is one self-contained file.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_EBPF_OBJECT"));
+
+/// Every program in the object, attached to `syscalls/<name>`.
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+];
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (run as root, or mount it: mount -t tracefs nodev {TRACEFS})"
+    )]
+    Tracefs(std::io::Error),
+    #[error(
+        "loading the eBPF object failed: {0} (run `tracer check` to see which kernel feature is missing)"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object (rebuild with `cargo xtask build-ebpf`)")]
+    MissingProgram(String),
+    #[error("map {0} is missing from the eBPF object (rebuild with `cargo xtask build-ebpf`)")]
+    MissingMap(&'static str),
+    #[error("{what} failed for {name}: {source}")]
+    Program {
+        what: &'static str,
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("configuring map {0} failed: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("--comm {0:?} is longer than the kernel's {max} characters", max = COMM_LEN - 1)]
+    Comm(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub capture_size: u32,
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    /// Ring-buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// The probes ask for a wake-up once this many bytes wait; the reader also drains on a timer.
+    pub wakeup_bytes: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            capture_size: tracer_common::DEFAULT_CAPTURE,
+            pids: vec![],
+            comm: None,
+            ring_bytes: 16 * 1024 * 1024,
+            wakeup_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Mounts tracefs when it is missing. Returns true when it had to mount it.
+pub fn ensure_tracefs() -> Result<bool, ProbeError> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(false);
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("nodev"), c(TRACEFS), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(true)
+}
+
+/// Lets older kernels (before memcg accounting of BPF memory) load the maps.
+fn raise_memlock() {
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Loads, configures and attaches everything. Dropping the value detaches.
+    pub fn attach(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(EBPF_OBJECT)?;
+
+        let mut cfg = Config {
+            capture_size: opts.capture_size.clamp(64, MAX_CAPTURE as u32),
+            flags: 0,
+            self_tgid: std::process::id(),
+            wakeup_bytes: opts.wakeup_bytes,
+            comm: [0; COMM_LEN],
+        };
+        if let Some(comm) = &opts.comm {
+            if comm.len() >= COMM_LEN {
+                return Err(ProbeError::Comm(comm.clone()));
+            }
+            cfg.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+            cfg.flags |= filter::BY_COMM;
+        }
+        if !opts.pids.is_empty() {
+            cfg.flags |= filter::BY_PID;
+            let mut pids: HashMap<_, u32, u8> =
+                HashMap::try_from(ebpf.map_mut("PIDS").ok_or(ProbeError::MissingMap("PIDS"))?)
+                    .map_err(|e| ProbeError::Map("PIDS", e))?;
+            for pid in &opts.pids {
+                pids.insert(pid, 1, 0)
+                    .map_err(|e| ProbeError::Map("PIDS", e))?;
+            }
+        }
+        // Written last: a zero capture size keeps the probes idle until the filters are in place.
+        let mut config: Array<_, Config> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or(ProbeError::MissingMap("CONFIG"))?,
+        )
+        .map_err(|e| ProbeError::Map("CONFIG", e))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| ProbeError::Map("CONFIG", e))?;
+
+        for name in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    what: "type check",
+                    name: name.to_string(),
+                    source,
+                })?;
+            prog.load().map_err(|source| ProbeError::Program {
+                what: "loading",
+                name: name.to_string(),
+                source,
+            })?;
+            prog.attach("syscalls", name)
+                .map_err(|source| ProbeError::Program {
+                    what: "attaching",
+                    name: name.to_string(),
+                    source,
+                })?;
+        }
+        Ok(Probes { ebpf })
+    }
+
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+    }
+
+    /// The kernel-side counters, summed over CPUs, indexed by `tracer_common::counter`.
+    pub fn kernel_counters(&self) -> [u64; counter::LEN as usize] {
+        let mut out = [0u64; counter::LEN as usize];
+        let Some(map) = self.ebpf.map("COUNTERS") else {
+            return out;
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return out;
+        };
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = arr.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}

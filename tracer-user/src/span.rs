@@ -1,0 +1,602 @@
+//! Span model and the builder that turns a decoded HTTP exchange into an OpenTelemetry span
+//! following the stable HTTP semantic conventions.
+use std::{borrow::Cow, fmt, net::SocketAddr, sync::Arc};
+
+use crate::decode::http1::{Exchange, Outcome, Request, Role, Version};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+pub type Key = Cow<'static, str>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: Key,
+    pub value: Value,
+}
+
+pub fn kv(key: impl Into<Key>, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error(String),
+}
+
+/// The process a span came from (an OTel resource), shared by all its spans.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub pid: u32,
+    pub service_name: String,
+    pub attributes: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C trace flags from the incoming traceparent (1 = sampled).
+    pub flags: u8,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub status: Status,
+    pub attributes: Vec<KeyValue>,
+    pub resource: Arc<Resource>,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.value)
+    }
+}
+
+/// A W3C trace context (`traceparent` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(())
+}
+
+impl TraceParent {
+    /// Parses `version-traceid-parentid-flags`; invalid or all-zero ids are ignored per W3C.
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.trim().split('-');
+        let (ver, tid, pid, fl) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let mut version = [0u8; 1];
+        hex_into(ver, &mut version)?;
+        // Version ff is forbidden; version 00 has exactly four fields.
+        if version[0] == 0xff || (version[0] == 0 && parts.next().is_some()) {
+            return None;
+        }
+        let mut tp = TraceParent {
+            trace_id: [0; 16],
+            parent_id: [0; 8],
+            flags: 0,
+        };
+        hex_into(tid, &mut tp.trace_id)?;
+        hex_into(pid, &mut tp.parent_id)?;
+        let mut flags = [0u8; 1];
+        hex_into(fl, &mut flags)?;
+        tp.flags = flags[0];
+        if tp.trace_id == [0; 16] || tp.parent_id == [0; 8] {
+            return None;
+        }
+        Some(tp)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Per-daemon choices about what spans contain.
+#[derive(Clone, Debug)]
+pub struct SpanOptions {
+    /// Keep query-string values (they are replaced by `REDACTED` by default: they often carry
+    /// tokens and personal data).
+    pub keep_query_values: bool,
+}
+
+impl Default for SpanOptions {
+    fn default() -> Self {
+        Self {
+            keep_query_values: false,
+        }
+    }
+}
+
+/// What the connection table knows about the socket an exchange travelled on.
+#[derive(Clone, Debug, Default)]
+pub struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+}
+
+/// Converts CLOCK_MONOTONIC (what the probes stamp) to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real as i128 - mono as i128,
+        }
+    }
+
+    pub fn to_unix(self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Splits `host[:port]` (including `[v6]:port`).
+fn split_host(authority: &str) -> (String, Option<u16>) {
+    let authority = authority.trim();
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((h, tail)) = rest.split_once(']') {
+            return (
+                h.to_string(),
+                tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+            );
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().ok()),
+        _ => (authority.to_string(), None),
+    }
+}
+
+/// Replaces every query value with REDACTED, keeping the keys (what the query was about).
+pub fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) => format!("{k}=REDACTED"),
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = rand::random();
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+/// Builds the span for one exchange.
+pub fn build(
+    ex: &Exchange,
+    conn: &ConnInfo,
+    resource: &Arc<Resource>,
+    clock: Clock,
+    opts: &SpanOptions,
+) -> Span {
+    let req = &ex.request;
+    let kind = match ex.role {
+        Role::Server => SpanKind::Server,
+        Role::Client => SpanKind::Client,
+    };
+    let mut attrs = Vec::with_capacity(16);
+    let method = if KNOWN_METHODS.contains(&req.method.as_str()) {
+        req.method.clone()
+    } else {
+        attrs.push(kv(
+            "http.request.method_original",
+            Value::Str(req.method.clone()),
+        ));
+        "_OTHER".to_string()
+    };
+    attrs.push(kv("http.request.method", Value::Str(method.clone())));
+
+    // origin-form `/p?q`, absolute-form `http://h/p?q` (proxies), or `*`.
+    let (authority_in_target, path_query) = match req.target.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => (Some(&rest[..i]), &rest[i..]),
+            None => (Some(rest), "/"),
+        },
+        None => (None, req.target.as_str()),
+    };
+    let (path, query) = match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    };
+    let query = query.map(|q| {
+        if opts.keep_query_values {
+            q.to_string()
+        } else {
+            redact_query(q)
+        }
+    });
+    attrs.push(kv("url.path", Value::Str(path.to_string())));
+    if let Some(q) = &query {
+        attrs.push(kv("url.query", Value::Str(q.clone())));
+    }
+    attrs.push(kv("url.scheme", Value::Str("http".into())));
+
+    let authority = authority_in_target.or_else(|| header(req, "host"));
+    let (host, port) = match authority {
+        Some(a) => {
+            let (h, p) = split_host(a);
+            (Some(h), Some(p.unwrap_or(80)))
+        }
+        None => (None, None),
+    };
+    if let Some(h) = &host {
+        attrs.push(kv("server.address", Value::Str(h.clone())));
+    }
+    if let Some(p) = port {
+        attrs.push(kv("server.port", Value::Int(p as i64)));
+    }
+    if kind == SpanKind::Client {
+        let full = format!(
+            "http://{}{}{}",
+            authority.unwrap_or("unknown"),
+            path,
+            query.as_ref().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        attrs.push(kv("url.full", Value::Str(full)));
+    }
+    if let Some(peer) = conn.peer {
+        attrs.push(kv(
+            "network.peer.address",
+            Value::Str(peer.ip().to_string()),
+        ));
+        attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
+        if kind == SpanKind::Server {
+            // The first X-Forwarded-For hop is the original client when a proxy is in front.
+            let client = header(req, "x-forwarded-for")
+                .and_then(|v| v.split(',').next())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| peer.ip().to_string());
+            attrs.push(kv("client.address", Value::Str(client)));
+        }
+    }
+    let version = match req.version {
+        Version::Http10 => "1.0",
+        Version::Http11 => "1.1",
+    };
+    attrs.push(kv("network.protocol.version", Value::Str(version.into())));
+    if let Some(ua) = header(req, "user-agent") {
+        attrs.push(kv("user_agent.original", Value::Str(ua.to_string())));
+    }
+    if req.body_len > 0 {
+        attrs.push(kv(
+            "http.request.body.size",
+            Value::Int(req.body_len as i64),
+        ));
+    }
+
+    let mut status = Status::Unset;
+    let mut error_type = None;
+    if let Some(resp) = &ex.response {
+        attrs.push(kv(
+            "http.response.status_code",
+            Value::Int(resp.status as i64),
+        ));
+        if resp.body_len > 0 {
+            attrs.push(kv(
+                "http.response.body.size",
+                Value::Int(resp.body_len as i64),
+            ));
+        }
+        let failed = resp.status >= 500 || (kind == SpanKind::Client && resp.status >= 400);
+        if failed {
+            error_type = Some(resp.status.to_string());
+        }
+    }
+    match ex.outcome {
+        Outcome::Complete => {}
+        Outcome::ClosedBeforeResponse => {
+            error_type = Some("connection_closed_before_response".into())
+        }
+        Outcome::ClosedMidResponse => error_type = Some("connection_closed_mid_response".into()),
+        // The response was seen but its exact end was not: say so, it is not an error.
+        Outcome::FramingLost => {
+            attrs.push(kv("tracer.http.response_end_estimated", Value::Bool(true)))
+        }
+    }
+    if let Some(e) = error_type {
+        status = Status::Error(e.clone());
+        attrs.push(kv("error.type", Value::Str(e)));
+    }
+    if req.headers_truncated || ex.response.as_ref().is_some_and(|r| r.headers_truncated) {
+        attrs.push(kv("tracer.http.headers_truncated", Value::Bool(true)));
+    }
+
+    let parent = header(req, "traceparent").and_then(TraceParent::parse);
+    let end = ex
+        .response
+        .as_ref()
+        .map_or(req.ts_end, |r| r.ts_end.max(req.ts_end));
+    Span {
+        trace_id: parent.map_or_else(random_id::<16>, |p| p.trace_id),
+        span_id: random_id::<8>(),
+        parent_span_id: parent.map(|p| p.parent_id),
+        flags: parent.map_or(1, |p| p.flags),
+        kind,
+        name: method,
+        start_unix_ns: clock.to_unix(req.ts_start),
+        end_unix_ns: clock.to_unix(end),
+        status,
+        attributes: attrs,
+        resource: resource.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::http1::Response;
+
+    fn exchange(
+        role: Role,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        status: Option<u16>,
+    ) -> Exchange {
+        Exchange {
+            role,
+            request: Request {
+                method: method.into(),
+                target: target.into(),
+                version: Version::Http11,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                headers_truncated: false,
+                body_len: 0,
+                ts_start: 1_000,
+                ts_end: 2_000,
+            },
+            response: status.map(|s| Response {
+                status: s,
+                version: Version::Http11,
+                headers: vec![],
+                headers_truncated: false,
+                body_len: 12,
+                ts_start: 3_000,
+                ts_end: 5_000,
+            }),
+            outcome: if status.is_some() {
+                Outcome::Complete
+            } else {
+                Outcome::ClosedBeforeResponse
+            },
+        }
+    }
+
+    fn resource() -> Arc<Resource> {
+        Arc::new(Resource {
+            pid: 1,
+            service_name: "svc".into(),
+            attributes: vec![],
+        })
+    }
+
+    fn build_one(ex: &Exchange) -> Span {
+        let conn = ConnInfo {
+            peer: Some("127.0.0.1:40000".parse().unwrap()),
+        };
+        build(
+            ex,
+            &conn,
+            &resource(),
+            Clock { offset_ns: 10 },
+            &SpanOptions::default(),
+        )
+    }
+
+    fn s(v: &str) -> Value {
+        Value::Str(v.into())
+    }
+
+    #[test]
+    fn server_span_attributes() {
+        let ex = exchange(
+            Role::Server,
+            "GET",
+            "/users/7?token=abc&x",
+            &[("host", "example.com:8080"), ("user-agent", "curl/8")],
+            Some(200),
+        );
+        let sp = build_one(&ex);
+        assert_eq!(sp.kind, SpanKind::Server);
+        assert_eq!(sp.name, "GET");
+        assert_eq!(sp.attr("http.request.method"), Some(&s("GET")));
+        assert_eq!(sp.attr("url.path"), Some(&s("/users/7")));
+        assert_eq!(sp.attr("url.query"), Some(&s("token=REDACTED&x")));
+        assert_eq!(sp.attr("server.address"), Some(&s("example.com")));
+        assert_eq!(sp.attr("server.port"), Some(&Value::Int(8080)));
+        assert_eq!(sp.attr("client.address"), Some(&s("127.0.0.1")));
+        assert_eq!(sp.attr("network.peer.port"), Some(&Value::Int(40000)));
+        assert_eq!(sp.attr("network.protocol.version"), Some(&s("1.1")));
+        assert_eq!(sp.attr("user_agent.original"), Some(&s("curl/8")));
+        assert_eq!(sp.attr("http.response.status_code"), Some(&Value::Int(200)));
+        assert_eq!(sp.attr("url.full"), None);
+        assert_eq!(sp.status, Status::Unset);
+        assert_eq!((sp.start_unix_ns, sp.end_unix_ns), (1_010, 5_010));
+        assert_eq!(sp.parent_span_id, None);
+    }
+
+    #[test]
+    fn error_status_rules_differ_by_kind() {
+        let server404 = build_one(&exchange(Role::Server, "GET", "/", &[], Some(404)));
+        assert_eq!(server404.status, Status::Unset);
+        let client404 = build_one(&exchange(
+            Role::Client,
+            "GET",
+            "/",
+            &[("host", "a")],
+            Some(404),
+        ));
+        assert_eq!(client404.status, Status::Error("404".into()));
+        assert_eq!(client404.attr("url.full"), Some(&s("http://a/")));
+        let server503 = build_one(&exchange(Role::Server, "GET", "/", &[], Some(503)));
+        assert_eq!(server503.attr("error.type"), Some(&s("503")));
+        let closed = build_one(&exchange(Role::Server, "POST", "/", &[], None));
+        assert_eq!(
+            closed.status,
+            Status::Error("connection_closed_before_response".into())
+        );
+        assert_eq!(closed.end_unix_ns, 2_010);
+    }
+
+    #[test]
+    fn honours_traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sp = build_one(&exchange(
+            Role::Server,
+            "GET",
+            "/",
+            &[("traceparent", tp)],
+            Some(200),
+        ));
+        assert_eq!(hex(&sp.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sp.parent_span_id.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_ne!(hex(&sp.span_id), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn invalid_traceparents_start_new_traces() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+        // A future version may carry more fields.
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn unusual_methods_and_targets() {
+        let sp = build_one(&exchange(
+            Role::Client,
+            "PURGE",
+            "http://cache:81/a?b=c",
+            &[],
+            Some(200),
+        ));
+        assert_eq!(sp.attr("http.request.method"), Some(&s("_OTHER")));
+        assert_eq!(sp.attr("http.request.method_original"), Some(&s("PURGE")));
+        assert_eq!(sp.attr("server.address"), Some(&s("cache")));
+        assert_eq!(sp.attr("server.port"), Some(&Value::Int(81)));
+        assert_eq!(
+            sp.attr("url.full"),
+            Some(&s("http://cache:81/a?b=REDACTED"))
+        );
+        let v6 = build_one(&exchange(
+            Role::Server,
+            "GET",
+            "/",
+            &[("host", "[::1]:9000")],
+            Some(200),
+        ));
+        assert_eq!(v6.attr("server.address"), Some(&s("::1")));
+        assert_eq!(v6.attr("server.port"), Some(&Value::Int(9000)));
+    }
+
+    #[test]
+    fn forwarded_client_address() {
+        let sp = build_one(&exchange(
+            Role::Server,
+            "GET",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9, 10.1.1.1")],
+            Some(200),
+        ));
+        assert_eq!(sp.attr("client.address"), Some(&s("203.0.113.9")));
+        assert_eq!(sp.attr("network.peer.address"), Some(&s("127.0.0.1")));
+    }
+}
