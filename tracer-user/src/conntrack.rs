@@ -47,6 +47,9 @@ pub struct TableOptions {
     pub spans: SpanOptions,
     /// When not empty, only spans whose server port or peer port is listed are kept.
     pub ports: Vec<u16>,
+    /// Keep spans of OTLP trace exports (POST .../v1/traces). Off by default: a collector on a
+    /// traced host would otherwise produce a span for every batch it receives, forever.
+    pub trace_otlp_exports: bool,
 }
 
 pub struct ConnTable {
@@ -207,7 +210,9 @@ impl ConnTable {
         for ex in self.exchanges.drain(..) {
             let sp = span::build(&ex, &entry.info, &resource, self.clock, &self.opts.spans);
             Metrics::add(&m.spans_built_total, 1);
-            if !self.opts.ports.is_empty() && !port_matches(&sp, &self.opts.ports) {
+            let filtered = (!self.opts.ports.is_empty() && !port_matches(&sp, &self.opts.ports))
+                || (!self.opts.trace_otlp_exports && is_otlp_export(&sp));
+            if filtered {
                 Metrics::add(&m.spans_filtered_total, 1);
                 continue;
             }
@@ -232,6 +237,14 @@ impl ConnTable {
         }
         self.procs.sweep();
     }
+}
+
+fn is_otlp_export(sp: &Span) -> bool {
+    let s = |k| match sp.attr(k) {
+        Some(Value::Str(v)) => v.as_str(),
+        _ => "",
+    };
+    s("http.request.method") == "POST" && s("url.path").ends_with("/v1/traces")
 }
 
 fn port_matches(sp: &Span, ports: &[u16]) -> bool {
@@ -366,5 +379,38 @@ mod tests {
         );
         let (mut t, _) = table(vec![8000]);
         assert_eq!(replay(&mut t, &recs).len(), 1);
+    }
+
+    #[test]
+    fn otlp_exports_received_by_a_traced_collector_are_not_traced() {
+        let (mut t, m) = table(vec![]);
+        let req = b"POST /v1/traces HTTP/1.1\r\nHost: c:4318\r\nContent-Length: 3\r\n\r\nabc";
+        let recs = vec![
+            encode::conn(ID, 1, Role::Accepted, None, "otelcol"),
+            encode::data(
+                ID,
+                0,
+                Dir::Ingress,
+                (10, 10),
+                req.len() as u64,
+                req,
+                "otelcol",
+            ),
+            encode::data(
+                ID,
+                1,
+                Dir::Egress,
+                (20, 30),
+                RESP.len() as u64,
+                RESP,
+                "otelcol",
+            ),
+        ];
+        assert!(replay(&mut t, &recs).is_empty());
+        assert_eq!(
+            m.spans_filtered_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }

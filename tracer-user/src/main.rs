@@ -55,6 +55,10 @@ struct OutputArgs {
     /// Keep query-string values in url.query/url.full (by default each value reads REDACTED).
     #[arg(long)]
     keep_query_values: bool,
+    /// Also trace OTLP trace exports (POST .../v1/traces) that a traced collector receives.
+    /// Off by default: each exported batch would otherwise cause another span, forever.
+    #[arg(long)]
+    trace_otlp_exports: bool,
 }
 
 #[derive(Args)]
@@ -126,6 +130,7 @@ fn table(out: &OutputArgs, ports: Vec<u16>, metrics: Arc<Metrics>) -> ConnTable 
             keep_query_values: out.keep_query_values,
         },
         ports,
+        trace_otlp_exports: out.trace_otlp_exports,
     };
     ConnTable::new(
         Processes::new("/proc", extra),

@@ -36,7 +36,7 @@ counters! {
     decode_lost_exchanges_total => "Requests discarded because records were lost",
     decode_truncated_headers_total => "Header blocks longer than the capture size",
     spans_built_total => "Spans built from decoded exchanges",
-    spans_filtered_total => "Spans dropped by the --port filter",
+    spans_filtered_total => "Spans dropped by filters (--port; OTLP exports received by a traced collector)",
     spans_exported_total => "Spans the exporter delivered",
     spans_export_failed_total => "Spans dropped after export retries failed",
     spans_queue_full_total => "Spans dropped because the export queue was full",

@@ -1,1 +1,277 @@
-fn main() {}
+//! `cargo xtask <task>`: builds the kernel side, installs what a fresh machine lacks, runs the
+//! tracer, the tests and the benchmarks. Every step says what it does; present tools are skipped.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project tasks: build-ebpf, build, run, test, bench, setup")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object (installs rust-src and bpf-linker first when missing).
+    BuildEbpf,
+    /// Build the `tracer` binary (release) with the eBPF object embedded.
+    Build,
+    /// Build, then run `tracer run` with these arguments (as root: the probes need it).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install the test peers (curl, python3 servers, rotel, wrk, nginx) when missing.
+    Setup,
+    /// Everything CI runs: setup, unit tests (no root), privileged end-to-end tests.
+    Test,
+    /// Load benchmark: the same HTTP load untraced and traced, figures into benches/README.md.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("    $ {}", format!("{cmd:?}").replace('"', ""));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn have(tool: &str) -> bool {
+    output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_some()
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).as_deref() == Some("0")
+}
+
+/// A cargo command free of the outer cargo's toolchain settings (the eBPF crate picks nightly
+/// from its own rust-toolchain.toml).
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    for (k, _) in env::vars() {
+        if k.starts_with("RUSTUP_TOOLCHAIN") || k == "RUSTC" || k == "CARGO_ENCODED_RUSTFLAGS" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("    nightly rust-src: present");
+        return Ok(());
+    }
+    step("installing rust-src for the nightly toolchain (the eBPF target builds core from source)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must be built against the nightly's own LLVM: link a prefix to its libLLVM.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if have("bpf-linker") {
+        eprintln!("    bpf-linker: present");
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
+    let lib = Path::new(&sysroot).join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| {
+            format!(
+                "no libLLVM in {}: is the nightly toolchain complete?",
+                lib.display()
+            )
+        })?;
+    // "libLLVM.so.22.1-rust-..." or "libLLVM-22-rust-...so": the major version picks the feature.
+    let major: String = llvm
+        .trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let prefix = root().join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
+    step(&format!(
+        "installing bpf-linker against the nightly's LLVM {major} (a few minutes, once)"
+    ));
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", &prefix)
+        .env("LD_LIBRARY_PATH", prefix.join("lib"))
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}")))
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    step("checking the eBPF toolchain");
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    step("building the eBPF object (tracer-ebpf, nightly, bpfel-unknown-none)");
+    run(cargo()
+        .current_dir(root().join("tracer-ebpf"))
+        .args(["build", "--release"]))
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    build_ebpf()?;
+    step("building the tracer (release, eBPF object embedded)");
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "-p", "tracer-user"]))?;
+    Ok(root().join("target/release/tracer"))
+}
+
+fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    step(&format!("installing Debian packages: {}", pkgs.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(pkgs))
+}
+
+/// The python module that ships the `rotel-agent` collector binary.
+fn rotel_installed() -> bool {
+    output(Command::new("python3").args([
+        "-c",
+        "import rotel, os; print(os.path.dirname(rotel.__file__))",
+    ]))
+    .is_some_and(|d| Path::new(&d).join("rotel-agent").exists())
+}
+
+fn setup() -> anyhow::Result<()> {
+    step("checking test peers");
+    // (command that must exist, Debian package that provides it)
+    let wanted = [
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("wrk", "wrk"),
+        ("nginx", "nginx"),
+        ("ip", "iproute2"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    curl, python3, wrk, nginx: present");
+    } else if is_root() {
+        apt_install(&missing)?;
+    } else {
+        bail!(
+            "missing test peers {missing:?}: run `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    if rotel_installed() {
+        eprintln!("    rotel (OTLP collector): present");
+    } else {
+        step("installing the rotel OTLP collector from PyPI");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "rotel"]))?;
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("unit tests (no root needed: recorded events replayed through the same code path)");
+    run(cargo()
+        .current_dir(root())
+        .args(["test", "--workspace", "--exclude", "tracer-tests"]))?;
+    step("building the tracer for the end-to-end tests");
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "-p", "tracer-user"]))?;
+    step("privileged end-to-end tests (real probes, servers, clients and collector)");
+    if !is_root() {
+        eprintln!("    not root: the end-to-end tests will say why they skip (in CI they fail)");
+    }
+    run(cargo()
+        .current_dir(root())
+        .env("TRACER_BIN", root().join("target/debug/tracer"))
+        .args(["test", "-p", "tracer-tests", "--", "--test-threads=1"]))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf(),
+        Task::Build => build().map(|bin| eprintln!("built {}", bin.display())),
+        Task::Run { args } => {
+            let bin = build()?;
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                step("the probes need root: running through sudo");
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            if args.is_empty() || args[0].starts_with('-') {
+                cmd.arg("run");
+            }
+            run(cmd.args(&args))
+        }
+        Task::Setup => setup(),
+        Task::Test => test(),
+        Task::Bench { args } => {
+            setup()?;
+            let bin = build()?;
+            step("load benchmark (untraced vs traced, same run)");
+            run(Command::new("python3")
+                .arg(root().join("benches/load.py"))
+                .arg("--tracer")
+                .arg(bin)
+                .args(&args))
+        }
+    }
+}
