@@ -1,7 +1,10 @@
 //! Shared by the data probes: protocol sniffing, payload copy, and emitting records.
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs, generated,
+    },
 };
 use core::ffi::c_void;
 use tracer_common::{
@@ -110,6 +113,43 @@ pub fn take_args() -> Option<SyscallArgs> {
     args
 }
 
+/// Arguments of a data syscall whose entry we did not see: it was already blocked (an idle
+/// keep-alive connection waiting in read) when the probes attached. The user registers saved
+/// at syscall entry still hold the arguments (x86_64 ABI: rdi, rsi, rdx).
+#[inline(always)]
+pub fn args_from_regs(syscall: u8, direction: u8) -> Option<SyscallArgs> {
+    let id = bpf_get_current_pid_tgid();
+    if !crate::filter::traced((id >> 32) as u32) {
+        return None;
+    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return None;
+    }
+    let reg = |r: *const u64| unsafe { bpf_probe_read_kernel(r) }.ok();
+    let fd = reg(unsafe { core::ptr::addr_of!((*regs).rdi) })?;
+    let arg1 = reg(unsafe { core::ptr::addr_of!((*regs).rsi) })?;
+    let arg2 = reg(unsafe { core::ptr::addr_of!((*regs).rdx) })?;
+    let (ptr, iovcnt) = match syscall {
+        syscall::SENDFILE => (0, 0),
+        syscall::READV | syscall::WRITEV => (arg1, arg2),
+        syscall::RECVMSG | syscall::SENDMSG => {
+            let msg: [u64; 4] = read_user(arg1)?;
+            (msg[2], msg[3])
+        }
+        _ => (arg1, 0),
+    };
+    Some(SyscallArgs {
+        fd,
+        ptr,
+        iovcnt,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        syscall,
+        direction,
+        _pad: [0; 6],
+    })
+}
+
 #[inline(always)]
 fn read_user<T>(src: u64) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(src as *const T) }.ok()
@@ -192,7 +232,10 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             peer: state.peer,
             comm: bpf_get_current_comm().unwrap_or_default(),
         };
-        output(&ev, core::mem::size_of::<ConnEvent>(), cfg.wakeup_bytes);
+        // A connection set up before we attached: the daemon must look it up in /proc while it
+        // still exists, so wake it now.
+        let threshold = if state.role == tracer_common::role::UNKNOWN { 0 } else { cfg.wakeup_bytes };
+        output(&ev, core::mem::size_of::<ConnEvent>(), threshold);
     }
     let seq = state.seq;
     state.seq = seq.wrapping_add(1);

@@ -1,6 +1,6 @@
 //! Connection table: routes each event to the decoder of its connection, notices lost records
 //! (sequence gaps), and turns decoded exchanges into spans.
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use tracer_common::protocol;
 
@@ -8,7 +8,7 @@ use crate::{
     decode::http1::{Chunk, Direction, Exchange, Http1Conn, Stats},
     events::{ConnId, Data, Dir, Event, Role},
     metrics::Metrics,
-    process::{Processes, is_socket},
+    process::{FdKind, Processes, inspect_fd},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -19,22 +19,19 @@ struct Entry {
     next_seq: Option<u32>,
     /// Decoder counters already added to the metrics.
     reported: Stats,
-    /// Checked (for connections not seen being set up) that the fd really is a socket.
-    verified: bool,
     /// Not traced further (not a socket, or a protocol this build does not decode).
     ignored: bool,
     last_ts: u64,
 }
 
 impl Entry {
-    fn new(role: Role, info: ConnInfo, comm: String, ts: u64) -> Self {
+    fn new(info: ConnInfo, comm: String, ts: u64) -> Self {
         Entry {
             decoder: Http1Conn::new(),
             info,
             comm,
             next_seq: None,
             reported: Stats::default(),
-            verified: role != Role::Unknown,
             ignored: false,
             last_ts: ts,
         }
@@ -60,6 +57,8 @@ pub struct ConnTable {
     opts: TableOptions,
     metrics: Arc<Metrics>,
     exchanges: Vec<Exchange>,
+    /// Peers of the sockets that were open when the probes attached.
+    preexisting: HashMap<(u32, u32), SocketAddr>,
 }
 
 /// Connections idle this long whose fd is gone are forgotten (their process exited without
@@ -83,7 +82,13 @@ impl ConnTable {
             opts,
             metrics,
             exchanges: Vec::new(),
+            preexisting: HashMap::new(),
         }
+    }
+
+    /// Gives the table the peers of the sockets open when the probes attached.
+    pub fn set_preexisting(&mut self, snapshot: HashMap<(u32, u32), SocketAddr>) {
+        self.preexisting = snapshot;
     }
 
     pub fn len(&self) -> usize {
@@ -104,9 +109,25 @@ impl ConnTable {
                 if self.conns.len() >= MAX_CONNS {
                     self.maintain(c.ts_ns, true);
                 }
-                let info = ConnInfo { peer: c.peer };
-                self.conns
-                    .insert(c.id, Entry::new(c.role, info, c.comm, c.ts_ns));
+                let mut entry = Entry::new(ConnInfo { peer: c.peer }, c.comm, c.ts_ns);
+                if c.role == Role::Unknown {
+                    // Not seen being accepted/connected: set up before the probes attached (the
+                    // snapshot taken then knows it), or not a socket at all (/proc tells).
+                    let kind = match self.preexisting.remove(&(c.id.pid, c.id.fd)) {
+                        Some(peer) => FdKind::Socket { peer: Some(peer) },
+                        None => inspect_fd(&self.proc_root, c.id.pid, c.id.fd),
+                    };
+                    tracing::debug!("connection {:?} set up before the probes: {kind:?}", c.id);
+                    match kind {
+                        FdKind::NotSocket => {
+                            Metrics::add(&self.metrics.non_socket_streams_total, 1);
+                            entry.ignored = true;
+                        }
+                        FdKind::Socket { peer } => entry.info.peer = peer,
+                        FdKind::Gone => Metrics::add(&self.metrics.peer_unknown_total, 1),
+                    }
+                }
+                self.conns.insert(c.id, entry);
             }
             Event::Data(d) => self.data(d, out),
             Event::Close { id, ts_ns } => self.finish(id, ts_ns, out),
@@ -116,12 +137,7 @@ impl ConnTable {
     fn data(&mut self, d: Data<'_>, out: &mut Vec<Span>) {
         let entry = self.conns.entry(d.id).or_insert_with(|| {
             // The CONN record was lost: treat it like a connection we joined mid-stream.
-            Entry::new(
-                Role::Unknown,
-                ConnInfo::default(),
-                d.comm.clone(),
-                d.ts_exit_ns,
-            )
+            Entry::new(ConnInfo::default(), d.comm.clone(), d.ts_exit_ns)
         });
         entry.last_ts = d.ts_exit_ns;
         if entry.ignored {
@@ -132,20 +148,11 @@ impl ConnTable {
             entry.ignored = true;
             return;
         }
-        if !entry.verified {
-            entry.verified = true;
-            // Only connections we did not see being accepted/connected can be something else.
-            if is_socket(&self.proc_root, d.id.pid, d.id.fd) == Some(false) {
-                Metrics::add(&self.metrics.non_socket_streams_total, 1);
-                entry.ignored = true;
-                return;
-            }
-        }
-        if let Some(expected) = entry.next_seq {
-            if d.seq != expected {
-                Metrics::add(&self.metrics.sequence_gaps_total, 1);
-                entry.decoder.gap(Direction::Ingress);
-            }
+        if let Some(expected) = entry.next_seq
+            && d.seq != expected
+        {
+            Metrics::add(&self.metrics.sequence_gaps_total, 1);
+            entry.decoder.gap(Direction::Ingress);
         }
         entry.next_seq = Some(d.seq.wrapping_add(1));
         let (dir, ts_start) = match d.dir {

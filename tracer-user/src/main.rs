@@ -209,6 +209,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut probes = Probes::attach(&probe_opts)
         .context("cannot attach the probes (`tracer check` says why)")?;
     let ring = probes.take_ring()?;
+    // After attaching: every connection is either in this snapshot or seen being set up.
+    let snapshot = tracer_user::process::socket_snapshot(std::path::Path::new("/proc"));
+    tracing::debug!(
+        "{} TCP sockets were open when the probes attached",
+        snapshot.len()
+    );
     tracing::info!(
         "tracing HTTP/1.x (capture {} bytes per syscall{}{}{})",
         args.capture_size,
@@ -236,7 +242,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let exporters = Exporters::spawn(sinks, batch, metrics.clone());
-    let t = table(&args.out, args.ports.clone(), metrics.clone());
+    let mut t = table(&args.out, args.ports.clone(), metrics.clone());
+    t.set_preexisting(snapshot);
     let stats_every = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     spawn_usr1_summary(metrics.clone())?;
     pipeline::run(

@@ -28,6 +28,7 @@ counters! {
     kernel_read_failed_total => "Payload copies from user memory that failed (byte counts still right)",
     sequence_gaps_total => "Connections where records went missing (sequence gap)",
     connections_opened_total => "HTTP connections seen",
+    peer_unknown_total => "Connections set up before the probes whose peer /proc no longer knew (closed at once)",
     non_socket_streams_total => "Streams that looked like HTTP but were not sockets (files, pipes)",
     unsupported_protocol_total => "Records of protocols this build does not decode yet (HTTP/2)",
     decode_malformed_total => "Byte runs that should have been HTTP but were not",

@@ -65,6 +65,9 @@ pub struct Live {
     pub ring: RingBuf<MapData>,
 }
 
+/// Records handled before the reader yields to timers, signals and exporters.
+const DRAIN_BATCH: usize = 4096;
+
 /// Runs until `shutdown` resolves, then drains what the kernel already wrote.
 pub async fn run(
     live: Live,
@@ -84,33 +87,48 @@ pub async fn run(
     let mut stats = stats_every.map(tokio::time::interval);
     tokio::pin!(shutdown);
     let mut spans = Vec::new();
+    let mut more = false;
+    let mut stop = false;
     loop {
-        let mut stop = false;
         tokio::select! {
-            guard = ring.readable_mut() => { if let Ok(mut g) = guard { g.clear_ready(); } }
-            _ = tick.tick() => {}
+            // Shutdown and housekeeping first: under sustained load the ring never empties.
+            biased;
+            _ = &mut shutdown, if !stop => stop = true,
             _ = housekeeping.tick() => table.maintain(clock_ns(libc::CLOCK_MONOTONIC), false),
             _ = async { match stats.as_mut() { Some(s) => { s.tick().await; } None => std::future::pending().await } } => {
                 tracing::info!("counters: {}", metrics.summary());
             }
-            _ = &mut shutdown => stop = true,
+            _ = std::future::ready(()), if more || stop => {}
+            guard = ring.readable_mut() => { if let Ok(mut g) = guard { g.clear_ready(); } }
+            _ = tick.tick() => {}
         }
-        let ring = ring.get_mut();
-        while let Some(item) = ring.next() {
-            if let Some(r) = recorder.as_mut() {
-                if let Err(e) = r.record(&item) {
-                    tracing::warn!("recording stopped: {e}");
-                    recorder = None;
-                }
+        // A bounded batch per turn, so the branches above always get their turn.
+        let mut n = 0;
+        let rb = ring.get_mut();
+        while n < DRAIN_BATCH {
+            let Some(item) = rb.next() else { break };
+            n += 1;
+            if let Some(r) = recorder.as_mut()
+                && let Err(e) = r.record(&item)
+            {
+                tracing::warn!("recording stopped: {e}");
+                recorder = None;
             }
             process(&item, &mut table, &metrics, &mut spans);
         }
+        more = n == DRAIN_BATCH;
         if !spans.is_empty() {
             exporters.submit(std::mem::take(&mut spans));
         }
-        sync_kernel_counters(&live.probes, &metrics);
-        if stop {
+        if !more || stop {
+            sync_kernel_counters(&live.probes, &metrics);
+        }
+        if stop && !more {
             break;
+        }
+        if more {
+            // Let the exporter tasks run between batches.
+            tokio::task::yield_now().await;
         }
     }
     if let Some(mut r) = recorder {

@@ -1,6 +1,11 @@
 //! What a traced process is: service name and resource attributes, read from /proc once per
 //! process and cached (bounded; entries of processes that exited are swept).
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::span::{KeyValue, Resource, Value, kv};
 
@@ -29,12 +34,13 @@ pub fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -130,10 +136,138 @@ impl Processes {
     }
 }
 
-/// Whether `fd` of `pid` is a socket. `None` when the process or fd is already gone.
-pub fn is_socket(proc_root: &std::path::Path, pid: u32, fd: u32) -> Option<bool> {
-    let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
-    Some(link.to_string_lossy().starts_with("socket:["))
+/// What an fd of a traced process turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FdKind {
+    /// The process or the fd is already gone.
+    Gone,
+    /// A file or pipe that happened to carry HTTP-looking bytes.
+    NotSocket,
+    /// A socket; its peer when it is a TCP socket found in the process's network namespace.
+    Socket { peer: Option<SocketAddr> },
+}
+
+/// Looks an fd up in /proc: for connections set up before the tracer started, this is the
+/// only way to learn the peer.
+pub fn inspect_fd(proc_root: &Path, pid: u32, fd: u32) -> FdKind {
+    let Ok(link) = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))) else {
+        return FdKind::Gone;
+    };
+    let link = link.to_string_lossy();
+    let Some(inode) = link
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    else {
+        return FdKind::NotSocket;
+    };
+    let peer = ["tcp", "tcp6"].iter().find_map(|t| {
+        let table = std::fs::read_to_string(proc_root.join(format!("{pid}/net/{t}"))).ok()?;
+        tcp_peer(&table, inode)
+    });
+    FdKind::Socket { peer }
+}
+
+/// Peers of every TCP socket open on the host, keyed by (pid, fd). Taken once, right after the
+/// probes attach: connections set up before that were not seen being accepted or connected,
+/// and by the time their first request shows up the peer may already have closed them.
+pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketAddr> {
+    let mut by_inode: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+    let mut netns_seen = std::collections::HashSet::new();
+    let mut peers: HashMap<String, SocketAddr> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return HashMap::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let mut has_socket = false;
+        for fd in fds.flatten() {
+            let Some(n) = fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(inode) = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+            {
+                by_inode
+                    .entry(inode.to_string())
+                    .or_default()
+                    .push((pid, n));
+                has_socket = true;
+            }
+        }
+        // Each network namespace has its own tables: read them once per namespace.
+        let netns = std::fs::read_link(entry.path().join("ns/net")).ok();
+        if has_socket && netns_seen.insert(netns) {
+            for t in ["tcp", "tcp6"] {
+                let Ok(table) = std::fs::read_to_string(entry.path().join("net").join(t)) else {
+                    continue;
+                };
+                for line in table.lines().skip(1) {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if let (Some(addr), Some(inode)) =
+                        (f.get(2).and_then(|a| parse_hex_addr(a)), f.get(9))
+                    {
+                        peers.insert(inode.to_string(), addr);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (inode, owners) in by_inode {
+        if let Some(peer) = peers.get(&inode) {
+            for o in owners {
+                out.insert(o, *peer);
+            }
+        }
+    }
+    out
+}
+
+/// The remote address of the socket with this inode in a /proc/net/tcp{,6} table.
+fn tcp_peer(table: &str, inode: &str) -> Option<SocketAddr> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(9) == Some(&inode))
+            .then(|| parse_hex_addr(f.get(2)?))
+            .flatten()
+    })
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits + port (IPv6), each 32-bit word in host byte order.
+fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[8 * i..8 * i + 8], 16).map(u32::from_be))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [w] => IpAddr::V4(Ipv4Addr::from(w.to_be_bytes())),
+        [a, b, c, d] => {
+            let mut o = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+            }
+            let v6 = Ipv6Addr::from(o);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
@@ -172,5 +306,43 @@ mod tests {
         procs.sweep();
         assert!(!procs.cache.contains_key(&78));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_the_peer_of_a_socket_in_proc_net_tcp() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                  0: 0100007F:1F90 0100007F:A2B4 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n";
+        assert_eq!(
+            tcp_peer(v4, "4242"),
+            Some("127.0.0.1:41652".parse().unwrap())
+        );
+        assert_eq!(tcp_peer(v4, "4243"), None);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                  0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:A2B4 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0\n";
+        assert_eq!(tcp_peer(v6, "77"), Some("127.0.0.1:41652".parse().unwrap()));
+        assert_eq!(
+            parse_hex_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        // Our own fds: a real socket and a real file.
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id();
+        use std::os::fd::AsRawFd;
+        assert!(matches!(
+            inspect_fd(Path::new("/proc"), me, sock.as_raw_fd() as u32),
+            FdKind::Socket { .. }
+        ));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(
+            inspect_fd(Path::new("/proc"), me, file.as_raw_fd() as u32),
+            FdKind::NotSocket
+        );
+        assert_eq!(inspect_fd(Path::new("/proc"), me, 987654), FdKind::Gone);
+        let client = std::net::TcpStream::connect(sock.local_addr().unwrap()).unwrap();
+        let snap = socket_snapshot(Path::new("/proc"));
+        assert_eq!(
+            snap.get(&(me, client.as_raw_fd() as u32)),
+            Some(&sock.local_addr().unwrap())
+        );
     }
 }

@@ -142,19 +142,11 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Per-daemon choices about what spans contain.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, Default)]
 pub struct SpanOptions {
     /// Keep query-string values (they are replaced by `REDACTED` by default: they often carry
     /// tokens and personal data).
     pub keep_query_values: bool,
-}
-
-impl Default for SpanOptions {
-    fn default() -> Self {
-        Self {
-            keep_query_values: false,
-        }
-    }
 }
 
 /// What the connection table knows about the socket an exchange travelled on.
@@ -207,13 +199,13 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 /// Splits `host[:port]` (including `[v6]:port`).
 fn split_host(authority: &str) -> (String, Option<u16>) {
     let authority = authority.trim();
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            return (
-                h.to_string(),
-                tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-            );
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        return (
+            h.to_string(),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().ok()),

@@ -2,7 +2,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{direction, syscall};
 
-use crate::capture::{on_data, save_args, take_args};
+use crate::capture::{args_from_regs, on_data, save_args, take_args};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -22,8 +22,8 @@ fn enter(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
 }
 
 #[inline(always)]
-pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(args) = take_args() else {
+pub fn exit(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
+    let Some(args) = take_args().or_else(|| args_from_regs(syscall, dir)) else {
         return Ok(());
     };
     let ret: i64 = unsafe { ctx.read_at(RET) }?;
@@ -40,7 +40,7 @@ macro_rules! data_probes {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = exit(&ctx);
+            let _ = exit(&ctx, $sys, $dir);
             0
         }
     )*};

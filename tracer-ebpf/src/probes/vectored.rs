@@ -40,7 +40,7 @@ macro_rules! vectored_probes {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = exit(&ctx);
+            let _ = exit(&ctx, $sys, $dir);
             0
         }
     )*};
