@@ -142,7 +142,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Per-daemon choices about what spans contain.
-#[derive(Clone, Debug, Default, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SpanOptions {
     /// Keep query-string values (they are replaced by `REDACTED` by default: they often carry
     /// tokens and personal data).
