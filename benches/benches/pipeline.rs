@@ -21,19 +21,55 @@ const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/htm
 /// (response headers in one write, the 612-byte body counted by a sendfile).
 fn records(n: u32) -> Vec<Vec<u8>> {
     let id = ConnId { pid: 1, fd: 9 };
-    let mut v = vec![encode::conn(id, 0, Role::Accepted, Some("127.0.0.1:40000".parse().unwrap()), "nginx")];
+    let mut v = vec![encode::conn(
+        id,
+        0,
+        Role::Accepted,
+        Some("127.0.0.1:40000".parse().unwrap()),
+        "nginx",
+    )];
     for i in 0..n {
         let t = i as u64 * 1000;
-        v.push(encode::data(id, 3 * i, Dir::Ingress, (t, t + 1), REQ.len() as u64, REQ, "nginx"));
-        v.push(encode::data(id, 3 * i + 1, Dir::Egress, (t + 2, t + 3), RESP.len() as u64, RESP, "nginx"));
-        v.push(encode::data(id, 3 * i + 2, Dir::Egress, (t + 4, t + 5), 612, &[], "nginx"));
+        v.push(encode::data(
+            id,
+            3 * i,
+            Dir::Ingress,
+            (t, t + 1),
+            REQ.len() as u64,
+            REQ,
+            "nginx",
+        ));
+        v.push(encode::data(
+            id,
+            3 * i + 1,
+            Dir::Egress,
+            (t + 2, t + 3),
+            RESP.len() as u64,
+            RESP,
+            "nginx",
+        ));
+        v.push(encode::data(
+            id,
+            3 * i + 2,
+            Dir::Egress,
+            (t + 4, t + 5),
+            612,
+            &[],
+            "nginx",
+        ));
     }
     v
 }
 
 fn table(m: &Arc<Metrics>) -> ConnTable {
     let root = std::env::temp_dir().join("tracer-bench-no-proc");
-    ConnTable::new(Processes::new(&root, vec![]), &root, Clock::now(), TableOptions::default(), m.clone())
+    ConnTable::new(
+        Processes::new(&root, vec![]),
+        &root,
+        Clock::now(),
+        TableOptions::default(),
+        m.clone(),
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -55,7 +91,9 @@ fn bench(c: &mut Criterion) {
     });
     let m = Arc::new(Metrics::default());
     let spans = pipeline::replay(&recs, &mut table(&m), &m);
-    g.bench_function("spans_to_otlp_bytes_per_span", |b| b.iter(|| otlp::request(&spans).encode_to_vec()));
+    g.bench_function("spans_to_otlp_bytes_per_span", |b| {
+        b.iter(|| otlp::request(&spans).encode_to_vec())
+    });
     g.finish();
 }
 

@@ -6,7 +6,7 @@ use tracer_common::protocol;
 
 use crate::{
     decode::http1::{Chunk, Direction, Exchange, Http1Conn, Stats},
-    events::{ConnId, Data, Dir, Event, Role},
+    events::{ConnId, Data, Dir, Event, Role, comm_str},
     metrics::Metrics,
     process::{FdKind, Processes, inspect_fd},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
@@ -137,7 +137,7 @@ impl ConnTable {
     fn data(&mut self, d: Data<'_>, out: &mut Vec<Span>) {
         let entry = self.conns.entry(d.id).or_insert_with(|| {
             // The CONN record was lost: treat it like a connection we joined mid-stream.
-            Entry::new(ConnInfo::default(), d.comm.clone(), d.ts_exit_ns)
+            Entry::new(ConnInfo::default(), comm_str(&d.comm), d.ts_exit_ns)
         });
         entry.last_ts = d.ts_exit_ns;
         if entry.ignored {

@@ -58,7 +58,8 @@ pub struct Data<'a> {
     pub dir: Dir,
     pub syscall: u8,
     pub protocol: u8,
-    pub comm: String,
+    /// Command name, NUL-padded (converted only when a connection is first seen).
+    pub comm: [u8; 16],
     pub payload: &'a [u8],
 }
 
@@ -155,7 +156,7 @@ impl<'a> Event<'a> {
                     },
                     syscall: d.syscall,
                     protocol: d.protocol,
-                    comm: comm_str(&d.comm),
+                    comm: d.comm,
                     payload: &payload[..d.captured as usize],
                 }))
             }

@@ -323,12 +323,11 @@ async fn send_with_retry(
     metrics: Arc<Metrics>,
 ) {
     let n = batch.len() as u64;
-    let req = otlp::request(&batch);
-    drop(batch);
+    let body = client.encode(&otlp::request(batch));
     let start = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.export(req.clone()).await {
+        match client.export(body.clone()).await {
             Ok(()) => {
                 Metrics::add(&metrics.spans_exported_total, n);
                 return;

@@ -2,8 +2,9 @@
 //! process (the SDK exporter would send one request per resource: ~2x the CPU per span).
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue as PbKeyValue, any_value},
     resource::v1::Resource as PbResource,
     trace::v1::{
@@ -60,6 +61,17 @@ fn pb_value(v: &Value) -> AnyValue {
     }
 }
 
+fn pb_value_owned(v: Value) -> AnyValue {
+    AnyValue {
+        value: Some(match v {
+            Value::Str(s) => any_value::Value::StringValue(s),
+            Value::Int(i) => any_value::Value::IntValue(i),
+            Value::Bool(b) => any_value::Value::BoolValue(b),
+        }),
+    }
+}
+
+/// Resource attributes are shared by many spans: copied once per request.
 fn pb_attrs(attrs: &[KeyValue]) -> Vec<PbKeyValue> {
     attrs
         .iter()
@@ -71,25 +83,37 @@ fn pb_attrs(attrs: &[KeyValue]) -> Vec<PbKeyValue> {
         .collect()
 }
 
-fn pb_span(sp: &Span) -> PbSpan {
+/// Span attributes are moved, not copied: the batch is not needed after conversion.
+fn pb_attrs_owned(attrs: Vec<KeyValue>) -> Vec<PbKeyValue> {
+    attrs
+        .into_iter()
+        .map(|a| PbKeyValue {
+            key: a.key.into_owned(),
+            value: Some(pb_value_owned(a.value)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn pb_span(sp: Span) -> PbSpan {
     PbSpan {
         trace_id: sp.trace_id.to_vec(),
         span_id: sp.span_id.to_vec(),
         parent_span_id: sp.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         // Low byte: W3C trace flags; bit 8: the sampled-flag is known (OTLP SpanFlags).
         flags: sp.flags as u32 | 0x100,
-        name: sp.name.clone(),
+        name: sp.name,
         kind: match sp.kind {
             SpanKind::Server => PbKind::Server,
             SpanKind::Client => PbKind::Client,
         } as i32,
         start_time_unix_nano: sp.start_unix_ns,
         end_time_unix_nano: sp.end_unix_ns,
-        attributes: pb_attrs(&sp.attributes),
-        status: Some(match &sp.status {
+        attributes: pb_attrs_owned(sp.attributes),
+        status: Some(match sp.status {
             Status::Unset => PbStatus::default(),
             Status::Error(m) => PbStatus {
-                message: m.clone(),
+                message: m,
                 code: StatusCode::Error as i32,
             },
         }),
@@ -98,7 +122,7 @@ fn pb_span(sp: &Span) -> PbSpan {
 }
 
 /// Groups spans by the process they came from: one ResourceSpans each.
-pub fn request(spans: &[Span]) -> ExportTraceServiceRequest {
+pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     let mut by_resource: HashMap<*const Resource, (Arc<Resource>, Vec<PbSpan>)> = HashMap::new();
     let mut order = Vec::new();
     for sp in spans {
@@ -135,13 +159,62 @@ pub fn request(spans: &[Span]) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest { resource_spans }
 }
 
+/// The gRPC method OTLP receivers serve.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends an already-encoded ExportTraceServiceRequest: each batch is encoded once, and a retry
+/// resends the same bytes. The response (partial-success details) is not needed.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf;
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
 /// A connection to an OTLP receiver; cheap to clone (clones share the connection pool).
 #[derive(Clone)]
 pub enum OtlpClient {
     Grpc {
-        client: TraceServiceClient<tonic::transport::Channel>,
+        channel: tonic::transport::Channel,
         metadata: tonic::metadata::MetadataMap,
         timeout: Duration,
+        gzip: bool,
     },
     Http {
         client: reqwest::Client,
@@ -154,16 +227,13 @@ pub enum OtlpClient {
 impl OtlpClient {
     /// Must be called inside a tokio runtime (the gRPC channel starts its connection task).
     pub fn new(cfg: &OtlpConfig) -> Result<Self, ExportError> {
+        let bad_endpoint = |e: String| ExportError::Endpoint(cfg.endpoint.clone(), e);
         match cfg.protocol {
             Protocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-                    .map_err(|e| ExportError::Endpoint(cfg.endpoint.clone(), e.to_string()))?
+                    .map_err(|e| bad_endpoint(e.to_string()))?
                     .timeout(cfg.timeout)
                     .connect_timeout(cfg.timeout);
-                let mut client = TraceServiceClient::new(endpoint.connect_lazy());
-                if cfg.gzip {
-                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-                }
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
                     let key =
@@ -172,14 +242,14 @@ impl OtlpClient {
                     metadata.insert(key, v.parse().map_err(|_| ExportError::Header(k.clone()))?);
                 }
                 Ok(OtlpClient::Grpc {
-                    client,
+                    channel: endpoint.connect_lazy(),
                     metadata,
                     timeout: cfg.timeout,
+                    gzip: cfg.gzip,
                 })
             }
             Protocol::HttpProtobuf => {
-                reqwest::Url::parse(&cfg.endpoint)
-                    .map_err(|e| ExportError::Endpoint(cfg.endpoint.clone(), e.to_string()))?;
+                reqwest::Url::parse(&cfg.endpoint).map_err(|e| bad_endpoint(e.to_string()))?;
                 let mut headers = reqwest::header::HeaderMap::new();
                 for (k, v) in &cfg.headers {
                     let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
@@ -189,7 +259,7 @@ impl OtlpClient {
                 let client = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .build()
-                    .map_err(|e| ExportError::Endpoint(cfg.endpoint.clone(), e.to_string()))?;
+                    .map_err(|e| bad_endpoint(e.to_string()))?;
                 Ok(OtlpClient::Http {
                     client,
                     url: cfg.endpoint.clone(),
@@ -200,35 +270,62 @@ impl OtlpClient {
         }
     }
 
-    pub async fn export(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+    /// Encodes a batch once, in the form this client sends (gzip applied for HTTP).
+    pub fn encode(&self, req: &ExportTraceServiceRequest) -> Bytes {
+        let raw = req.encode_to_vec();
+        match self {
+            OtlpClient::Http { gzip: true, .. } => {
+                use std::io::Write;
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                // Writing to a Vec cannot fail.
+                let _ = enc.write_all(&raw);
+                enc.finish()
+                    .map(Bytes::from)
+                    .unwrap_or_else(|_| Bytes::from(raw))
+            }
+            _ => Bytes::from(raw),
+        }
+    }
+
+    /// Sends bytes made by [`OtlpClient::encode`].
+    pub async fn export(&self, body: Bytes) -> Result<(), ExportError> {
         match self {
             OtlpClient::Grpc {
-                client,
+                channel,
                 metadata,
                 timeout,
+                gzip,
             } => {
-                let mut request = tonic::Request::new(req);
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if *gzip {
+                    grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                let mut request = tonic::Request::new(body);
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(*timeout);
-                match client.clone().export(request).await {
-                    Ok(_) => Ok(()),
-                    Err(status) => {
-                        use tonic::Code::*;
-                        let msg = format!(
-                            "OTLP/gRPC export failed: {}: {}",
-                            status.code(),
-                            status.message()
-                        );
-                        // The codes the OTLP specification calls retryable.
-                        match status.code() {
-                            Cancelled | DeadlineExceeded | ResourceExhausted | Aborted
-                            | OutOfRange | Unavailable | DataLoss | Unknown => {
-                                Err(ExportError::Retryable(msg))
-                            }
-                            _ => Err(ExportError::Permanent(msg)),
-                        }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                let result = match grpc.ready().await {
+                    Ok(()) => grpc
+                        .unary::<_, (), _>(request, path, RawCodec)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                };
+                result.map_err(|status| {
+                    use tonic::Code::*;
+                    let msg = format!(
+                        "OTLP/gRPC export failed: {}: {}",
+                        status.code(),
+                        status.message()
+                    );
+                    // The codes the OTLP specification calls retryable.
+                    match status.code() {
+                        Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange
+                        | Unavailable | DataLoss | Unknown => ExportError::Retryable(msg),
+                        _ => ExportError::Permanent(msg),
                     }
-                }
+                })
             }
             OtlpClient::Http {
                 client,
@@ -236,19 +333,11 @@ impl OtlpClient {
                 headers,
                 gzip,
             } => {
-                let mut body = req.encode_to_vec();
                 let mut rb = client
                     .post(url)
                     .headers(headers.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
                 if *gzip {
-                    use std::io::Write;
-                    let mut enc =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    let _ = enc.write_all(&body);
-                    body = enc
-                        .finish()
-                        .map_err(|e| ExportError::Permanent(e.to_string()))?;
                     rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
                 }
                 match rb.body(body).send().await {
@@ -304,7 +393,7 @@ mod tests {
             service_name: "b".into(),
             attributes: vec![],
         });
-        let req = request(&[span(&a, "GET"), span(&b, "POST"), span(&a, "PUT")]);
+        let req = request(vec![span(&a, "GET"), span(&b, "POST"), span(&a, "PUT")]);
         assert_eq!(req.resource_spans.len(), 2);
         let names: Vec<_> = req.resource_spans[0].scope_spans[0]
             .spans
