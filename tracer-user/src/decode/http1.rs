@@ -402,7 +402,20 @@ impl Head {
 }
 
 /// Start line and header fields of the terminated lines of a header block.
-fn parse_head(buf: &[u8]) -> (&[u8], Vec<(String, String)>) {
+/// Headers the decoder keeps: what framing and span building read. Everything else is
+/// skipped without allocating (it is the hot path), and credentials (Authorization, Cookie,
+/// Set-Cookie) never leave the decoder.
+pub const KEPT_HEADERS: &[&str] = &[
+    "host",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "x-forwarded-for",
+    "content-length",
+    "transfer-encoding",
+];
+
+fn parse_head<'a>(buf: &'a [u8], keep: Option<&[&str]>) -> (&'a [u8], Vec<(String, String)>) {
     let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
     let mut lines = buf[..end].split(|&b| b == b'\n').map(strip_cr);
     let start = lines.next().unwrap_or(&[]);
@@ -412,6 +425,12 @@ fn parse_head(buf: &[u8]) -> (&[u8], Vec<(String, String)>) {
             break;
         }
         if let Some(c) = line.iter().position(|&b| b == b':') {
+            if keep.is_some_and(|k| {
+                !k.iter()
+                    .any(|n| n.as_bytes().eq_ignore_ascii_case(&line[..c]))
+            }) {
+                continue;
+            }
             let name = String::from_utf8_lossy(&line[..c]).to_ascii_lowercase();
             let value = String::from_utf8_lossy(&line[c + 1..])
                 .trim_matches([' ', '\t'])
@@ -683,6 +702,8 @@ pub struct Http1Conn {
     dropped: u64,
     upgraded: bool,
     stats: Stats,
+    /// Header names to keep (`None`: all).
+    keep: Option<&'static [&'static str]>,
 }
 
 impl Default for Http1Conn {
@@ -710,6 +731,15 @@ impl Http1Conn {
             dropped: 0,
             upgraded: false,
             stats: Stats::default(),
+            keep: Some(KEPT_HEADERS),
+        }
+    }
+
+    /// A decoder that reports every header (for tools and tests, not the daemon).
+    pub fn keeping_all() -> Self {
+        Http1Conn {
+            keep: None,
+            ..Self::new()
         }
     }
 
@@ -1088,7 +1118,7 @@ impl Http1Conn {
         if truncated {
             self.stats.truncated_headers += 1;
         }
-        let (start, headers) = parse_head(&h.buf);
+        let (start, headers) = parse_head(&h.buf, self.keep);
         let framing = if truncated {
             Err(())
         } else {
@@ -1191,6 +1221,43 @@ mod tests {
     use super::*;
     use Direction::{Egress as E, Ingress as I};
 
+    #[test]
+    fn daemon_decoder_keeps_only_needed_headers_and_never_credentials() {
+        let mut c = Http1Conn::new();
+        let mut out = Vec::new();
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\nCookie: s=1\r\nTraceparent: t\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=2\r\nContent-Length: 0\r\n\r\n";
+        for (dir, b, t) in [(I, &req[..], 1), (E, &resp[..], 2)] {
+            c.feed(
+                Chunk {
+                    dir,
+                    len: b.len() as u64,
+                    data: b,
+                    ts_start: t,
+                    ts_end: t,
+                },
+                &mut out,
+            );
+        }
+        assert_eq!(out.len(), 1);
+        let names: Vec<_> = out[0]
+            .request
+            .headers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["host", "traceparent"]);
+        let names: Vec<_> = out[0]
+            .response
+            .as_ref()
+            .unwrap()
+            .headers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["content-length"]);
+    }
+
     /// Test driver: every chunk gets fresh, increasing timestamps (start = t, end = t + 5).
     struct T {
         c: Http1Conn,
@@ -1201,7 +1268,7 @@ mod tests {
     impl T {
         fn new() -> Self {
             T {
-                c: Http1Conn::new(),
+                c: Http1Conn::keeping_all(),
                 out: Vec::new(),
                 t: 0,
             }
