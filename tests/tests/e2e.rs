@@ -734,3 +734,63 @@ fn otlp_exports_are_not_traced_back() {
         r.out
     );
 }
+
+/// `--pid` and `--comm` filter in the kernel, `--port` in the daemon: each keeps exactly the
+/// spans it names and nothing else.
+#[test]
+fn filters_keep_only_what_they_name() {
+    let Some(_g) = setup_with_curl() else { return };
+    let server = Server::test_server();
+    let other = Server::test_server();
+
+    // --pid: only the server's spans; curl's CLIENT spans are not traced at all.
+    let tracer = Tracer::start(&["--pid", &server.pid().to_string()]);
+    curl(&[&server.url("/status/200")]);
+    curl(&[&other.url("/status/201")]);
+    let spans = tracer.stop();
+    assert_eq!(
+        spans.len(),
+        1,
+        "{}",
+        pretty(&spans.iter().collect::<Vec<_>>())
+    );
+    assert_eq!(resource_pid(&spans[0]), Some(server.pid() as u64));
+    assert_eq!(attr_str(&spans[0], "url.path"), Some("/status/200"));
+
+    // --comm curl: only CLIENT spans of curl, for both servers.
+    let tracer = Tracer::start(&["--comm", "curl"]);
+    curl(&[&server.url("/status/202")]);
+    curl(&[&other.url("/status/203")]);
+    let spans = tracer.stop();
+    let mine = of_port(&spans, server.port()).len() + of_port(&spans, other.port()).len();
+    assert_eq!(mine, 2, "{}", pretty(&spans.iter().collect::<Vec<_>>()));
+    assert!(
+        spans.iter().all(|s| kind(s) == "CLIENT"),
+        "{}",
+        pretty(&spans.iter().collect::<Vec<_>>())
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["resource"]["service.name"] == "curl")
+    );
+
+    // --port: both sides of the exchanges on that port, nothing of the other server.
+    let tracer = Tracer::start(&["--port", &other.port().to_string()]);
+    curl(&[&server.url("/status/204")]);
+    curl(&[&other.url("/status/205")]);
+    let spans = tracer.stop();
+    assert_eq!(
+        spans.len(),
+        2,
+        "{}",
+        pretty(&spans.iter().collect::<Vec<_>>())
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| attr_str(s, "url.path") == Some("/status/205"))
+    );
+    assert_eq!(of_kind(&spans, "SERVER").len(), 1);
+    assert_eq!(of_kind(&spans, "CLIENT").len(), 1);
+}
