@@ -221,25 +221,81 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Test totals, summed from cargo's `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a `cargo test` command, echoing its output and adding its results to `tally`.
+fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("    $ {}", format!("{cmd:?}").replace('"', ""));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            tally.passed += num("passed");
+            tally.failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
 fn test() -> anyhow::Result<()> {
     setup()?;
     build_ebpf()?;
+    let mut tally = Tally::default();
     step("unit tests (no root needed: recorded events replayed through the same code path)");
-    run(cargo()
-        .current_dir(root())
-        .args(["test", "--workspace", "--exclude", "tracer-tests"]))?;
-    step("building the tracer for the end-to-end tests");
-    run(cargo()
-        .current_dir(root())
-        .args(["build", "-p", "tracer-user"]))?;
-    step("privileged end-to-end tests (real probes, servers, clients and collector)");
-    if !is_root() {
-        eprintln!("    not root: the end-to-end tests will say why they skip (in CI they fail)");
-    }
-    run(cargo()
-        .current_dir(root())
-        .env("TRACER_BIN", root().join("target/debug/tracer"))
-        .args(["test", "-p", "tracer-tests", "--", "--test-threads=1"]))
+    let unit = run_tests(
+        cargo()
+            .current_dir(root())
+            .args(["test", "--workspace", "--exclude", "tracer-tests"]),
+        &mut tally,
+    );
+    let all = unit.and_then(|()| {
+        step("building the tracer for the end-to-end tests");
+        run(cargo()
+            .current_dir(root())
+            .args(["build", "-p", "tracer-user"]))?;
+        step("privileged end-to-end tests (real probes, servers, clients and collector)");
+        if !is_root() {
+            eprintln!(
+                "    not root: the end-to-end tests will say why they skip (in CI they fail)"
+            );
+        }
+        run_tests(
+            cargo()
+                .current_dir(root())
+                .env("TRACER_BIN", root().join("target/debug/tracer"))
+                .args(["test", "-p", "tracer-tests", "--", "--test-threads=1"]),
+            &mut tally,
+        )
+    });
+    // One closing line for the whole run (cargo's own last line is an empty doc-test crate's).
+    println!(
+        "all tests: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    all
 }
 
 fn main() -> anyhow::Result<()> {
