@@ -14,6 +14,9 @@ use tracer_user::{
     span::{Clock, SpanOptions},
 };
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tracer",

@@ -161,16 +161,6 @@ impl Probes {
                     .map_err(|e| ProbeError::Map("PIDS", e))?;
             }
         }
-        // Written last: a zero capture size keeps the probes idle until the filters are in place.
-        let mut config: Array<_, Config> = Array::try_from(
-            ebpf.map_mut("CONFIG")
-                .ok_or(ProbeError::MissingMap("CONFIG"))?,
-        )
-        .map_err(|e| ProbeError::Map("CONFIG", e))?;
-        config
-            .set(0, cfg, 0)
-            .map_err(|e| ProbeError::Map("CONFIG", e))?;
-
         for name in TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -193,6 +183,18 @@ impl Probes {
                     source,
                 })?;
         }
+        // Written last: until then capture_size is 0 and every probe returns at once, so tracing
+        // starts with all probes attached and the filters in place (a half-attached set would
+        // see responses without their sendfile bodies, say).
+        let mut config: Array<_, Config> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or(ProbeError::MissingMap("CONFIG"))?,
+        )
+        .map_err(|e| ProbeError::Map("CONFIG", e))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| ProbeError::Map("CONFIG", e))?;
+
         Ok(Probes { ebpf })
     }
 

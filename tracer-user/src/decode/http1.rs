@@ -785,6 +785,20 @@ impl Http1Conn {
             // An orphan's framing is a guess (its request may have been HEAD), and it
             // emits nothing: a chunk that starts with a status line ends it.
             self.message_done(d, out);
+        } else if matches!(self.dirs[d].phase, Phase::Body(_))
+            && !self.is_req_dir(d)
+            && self.answered_later()
+            && begins_with_start_line(data, cap == len, self.kinds(d))
+        {
+            // The peer already sent a later request and this chunk starts a new response:
+            // the current body's last bytes were never seen (a syscall not captured, e.g. a
+            // sendfile while the probes were attaching). Counting them into the body would
+            // eat the following responses and mis-pair every exchange after.
+            if let Some(c) = self.cur_resp.take() {
+                self.emit(c.req, Some(c.resp), Outcome::FramingLost, out);
+            }
+            self.stats.resyncs += 1;
+            self.dirs[d].phase = Phase::Sync;
         }
 
         let mut pos = 0u64;
@@ -1080,6 +1094,17 @@ impl Http1Conn {
         } else if let Some(c) = self.cur_resp.take_if(|c| c.lost) {
             self.emit(c.req, Some(c.resp), Outcome::FramingLost, out);
         }
+    }
+
+    /// A complete request is waiting that began after the response in progress began.
+    fn answered_later(&self) -> bool {
+        let Some(c) = self.cur_resp.as_ref().filter(|c| c.req.is_some()) else {
+            return false;
+        };
+        self.pending
+            .iter()
+            .flatten()
+            .any(|p| p.req.ts_start > c.resp.ts_start)
     }
 
     fn message_done(&mut self, d: usize, out: &mut Vec<Exchange>) {
@@ -2532,5 +2557,61 @@ mod tests {
         ] {
             assert!(out.iter().any(|x| x.outcome == o), "{o:?} never produced");
         }
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    /// nginx answers keep-alive requests with a header writev and a sendfile body. When the
+    /// body syscalls are missing for a while (a probe not attached yet, records lost without a
+    /// sequence gap), the decoder must lose those exchanges and then recover for good.
+    #[test]
+    fn recovers_after_bodies_went_missing() {
+        let req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18100\r\n\r\n";
+        let head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\nContent-Length: 612\r\nConnection: keep-alive\r\n\r\n";
+        let mut c = Http1Conn::new();
+        let mut out = Vec::new();
+        let mut t = 0u64;
+        let mut next =
+            |dir, len: u64, data: &'static [u8], c: &mut Http1Conn, out: &mut Vec<Exchange>| {
+                t += 10;
+                c.feed(
+                    Chunk {
+                        dir,
+                        len,
+                        data,
+                        ts_start: t,
+                        ts_end: t + 1,
+                    },
+                    out,
+                );
+                t
+            };
+        for i in 0..300u64 {
+            let start = next(Direction::Ingress, req.len() as u64, req, &mut c, &mut out);
+            next(Direction::Egress, head.len() as u64, head, &mut c, &mut out);
+            if i >= 233 {
+                let end = next(Direction::Egress, 612, &[], &mut c, &mut out);
+                if i >= 240 {
+                    let last = out.last().expect("decoding resumed");
+                    assert_eq!(
+                        (
+                            last.request.ts_start,
+                            last.response.as_ref().unwrap().ts_end
+                        ),
+                        (start, end + 1),
+                        "exchange {i} mispaired: {last:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            out.len() >= 55,
+            "only {} exchanges after recovery; stats {:?}",
+            out.len(),
+            c.stats()
+        );
     }
 }
