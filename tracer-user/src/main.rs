@@ -14,9 +14,6 @@ use tracer_user::{
     span::{Clock, SpanOptions},
 };
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tracer",
