@@ -83,13 +83,54 @@ def counters(stderr_text):
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", last[-1])}
 
 
+def traced_round(a, port, gport, workers, tmp):
+    """One untraced wrk run, then the same run with the tracer attached."""
+    base = wrk(port, a.duration, a.connections, a.threads)
+    err = open(os.path.join(tmp, "tracer.err"), "w+")
+    env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE="65536", OTEL_BSP_SCHEDULE_DELAY="500")
+    tracer = subprocess.Popen([a.tracer, "run", "--pid", str(a.only_pid or workers[0]),
+                               "--otlp-endpoint", f"http://127.0.0.1:{gport}", "--otlp-protocol", "grpc"],
+                              stdout=subprocess.DEVNULL, stderr=err, env=env)
+    for _ in range(300):
+        err.seek(0)
+        if "tracing HTTP/1.x" in err.read():
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit("tracer did not start")
+    time.sleep(1)
+    idle_rss = rss_mb(tracer.pid)
+    cpu0 = cpu_seconds(tracer.pid)
+    peak = [idle_rss]
+    t0 = time.time()
+    holder = {}
+    import threading
+    th = threading.Thread(target=lambda: holder.update(r=wrk(port, a.duration, a.connections, a.threads)))
+    th.start()
+    while th.is_alive():
+        peak.append(rss_mb(tracer.pid))
+        time.sleep(0.5)
+    elapsed = time.time() - t0
+    cpu = cpu_seconds(tracer.pid) - cpu0
+    time.sleep(2)  # let the exporter deliver the last batches
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    err.seek(0)
+    return {"base": base, "traced": holder["r"], "counters": counters(err.read()), "elapsed": elapsed,
+            "cpu": cpu, "idle_rss": idle_rss, "peak_rss": max(peak)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracer", required=True)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="untraced/traced pairs; the median pair is reported")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--only-pid", type=int,
+                    help="trace this pid instead of the nginx worker (e.g. 1: probes attached, nothing "
+                         "traced, which isolates the probes' cost from the daemon's)")
     a = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
@@ -108,63 +149,31 @@ def main():
     wait_port(gport)
     try:
         wrk(port, 2, a.connections, a.threads)  # warm-up
-        base = wrk(port, a.duration, a.connections, a.threads)
-
-        err = open(os.path.join(tmp, "tracer.err"), "w+")
-        env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE="65536", OTEL_BSP_SCHEDULE_DELAY="500")
-        tracer = subprocess.Popen([a.tracer, "run", "--pid", str(workers[0]),
-                                   "--otlp-endpoint", f"http://127.0.0.1:{gport}", "--otlp-protocol", "grpc"],
-                                  stdout=subprocess.DEVNULL, stderr=err, env=env)
-        for _ in range(300):
-            err.seek(0)
-            if "tracing HTTP/1.x" in err.read():
-                break
-            time.sleep(0.1)
-        else:
-            sys.exit("tracer did not start")
-        time.sleep(1)
-        idle_rss = rss_mb(tracer.pid)
-        cpu0 = cpu_seconds(tracer.pid)
-        peak = [idle_rss]
-        t0 = time.time()
-        proc = subprocess.Popen(["wrk", f"-t{a.threads}", f"-c{a.connections}", f"-d{a.duration}s", "--latency",
-                                 f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
-        while proc.poll() is None:
-            peak.append(rss_mb(tracer.pid))
-            time.sleep(0.5)
-        out = proc.stdout.read()
-        elapsed = time.time() - t0
-        cpu = cpu_seconds(tracer.pid) - cpu0
-        traced_reqs = int(re.search(r"(\d+) requests in", out).group(1))
-        traced_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-        def pct(p):
-            m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-            return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
-
-        time.sleep(2)  # let the exporter deliver the last batches
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(timeout=30)
-        err.seek(0)
-        c = counters(err.read())
+        rounds = [traced_round(a, port, gport, workers, tmp) for _ in range(a.rounds)]
     finally:
         nginx.send_signal(signal.SIGQUIT)
         collector.terminate()
+    rounds.sort(key=lambda r: r["traced"]["rps"] / r["base"]["rps"])
+    mid = rounds[len(rounds) // 2]  # the median round by throughput ratio
+    base, t, c, elapsed, cpu = mid["base"], mid["traced"], mid["counters"], mid["elapsed"], mid["cpu"]
+    idle_rss, peak = mid["idle_rss"], mid["peak_rss"]
+    traced_reqs, traced_rps = t["requests"], t["rps"]
     spans = c.get("spans_exported_total", 0)
     spans_per_s = spans / elapsed
     r = {
         "untraced_rps": round(base["rps"]),
         "traced_rps": round(traced_rps),
         "throughput_ratio": round(traced_rps / base["rps"], 4),
-        "p50_added_us": round(pct(50) - base["p50_us"], 1),
-        "p99_added_us": round(pct(99) - base["p99_us"], 1),
+        "p50_added_us": round(t["p50_us"] - base["p50_us"], 1),
+        "p99_added_us": round(t["p99_us"] - base["p99_us"], 1),
+        "throughput_ratio_all_rounds": sorted(round(r["traced"]["rps"] / r["base"]["rps"], 3) for r in rounds),
         "requests_sent": traced_reqs,
         "spans_exported": spans,
-        "capture_ratio": round(spans / traced_reqs, 5) if traced_reqs else 0,
+        "capture_ratio": round(spans / traced_reqs, 5) if traced_reqs and not a.only_pid else None,
         "daemon_cpu_percent_of_core": round(100 * cpu / elapsed, 1),
         "daemon_cpu_percent_per_10k_spans_s": round(100 * cpu / elapsed / (spans_per_s / 10000), 2) if spans else None,
         "daemon_rss_idle_mb": round(idle_rss, 1),
-        "daemon_rss_load_mb": round(max(peak), 1),
+        "daemon_rss_load_mb": round(peak, 1),
         "kernel_events_lost": c.get("events_lost_total", 0),
         "counters": c,
     }

@@ -92,7 +92,11 @@ fn bench(c: &mut Criterion) {
     let m = Arc::new(Metrics::default());
     let spans = pipeline::replay(&recs, &mut table(&m), &m);
     g.bench_function("spans_to_otlp_bytes_per_span", |b| {
-        b.iter(|| otlp::request(&spans).encode_to_vec())
+        b.iter_batched(
+            || spans.clone(),
+            |s| otlp::request(s).encode_to_vec(),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
