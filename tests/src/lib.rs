@@ -246,6 +246,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Tracer {
     child: Option<Child>,
     dir: TempDir,
+    /// Where its admin endpoint listens (each test tracer gets a free port of its own).
+    pub admin: Option<SocketAddr>,
 }
 
 /// What a stopped tracer left: the spans it printed and its log.
@@ -270,6 +272,14 @@ impl Tracer {
         if json {
             cmd.args(["--output", "json"]);
         }
+        // Never the default port: a tracer already running on this machine may hold it.
+        let admin = if extra_args.contains(&"--admin-addr") {
+            None
+        } else {
+            let a = localhost(free_port());
+            cmd.args(["--admin-addr", &a.to_string()]);
+            Some(a)
+        };
         cmd.args(extra_args)
             // Plain log lines: they are searched for text.
             .env("NO_COLOR", "1")
@@ -283,6 +293,7 @@ impl Tracer {
         let mut t = Tracer {
             child: Some(child),
             dir,
+            admin,
         };
         let deadline = Instant::now() + TRACER_READY_TIMEOUT;
         loop {
@@ -308,6 +319,36 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal to the running tracer (e.g. SIGHUP to reload its config).
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.as_ref().expect("running"), sig);
+    }
+
+    /// `METHOD path` on the admin endpoint: (status code, body).
+    pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.admin.expect("started with its own admin endpoint");
+        let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint accepts connections");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("admin response");
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
     }
 
     /// The log so far.

@@ -86,6 +86,11 @@ impl ConnTable {
         }
     }
 
+    /// New filters and span options (a config reload); connections keep their state.
+    pub fn set_options(&mut self, opts: TableOptions) {
+        self.opts = opts;
+    }
+
     /// Gives the table the peers of the sockets open when the probes attached.
     pub fn set_preexisting(&mut self, snapshot: HashMap<(u32, u32), SocketAddr>) {
         self.preexisting = snapshot;

@@ -5,7 +5,9 @@
 //! [`conntrack`] (per-connection state) -> [`decode`] (protocols) -> [`span`] (OTel spans,
 //! with [`process`] metadata) -> [`export`] (OTLP, terminal). [`pipeline`] wires them;
 //! [`metrics`] counts everything; [`check`] explains what a host lacks.
+pub mod admin;
 pub mod check;
+pub mod config;
 pub mod conntrack;
 pub mod decode;
 pub mod events;

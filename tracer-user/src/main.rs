@@ -1,10 +1,17 @@
 //! `tracer`: request traces for services nobody has to touch.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tokio::sync::{mpsc, oneshot};
 use tracer_user::{
+    admin::{self, ReloadRequest},
     check,
+    config::{self, ConfigError, RunOptions},
     conntrack::{ConnTable, TableOptions},
     export::{self, BatchConfig, Exporters, Format, OtlpClient, Printer, Sink},
     metrics::Metrics,
@@ -33,68 +40,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the probes and trace until Ctrl-C or SIGTERM.
-    Run(RunArgs),
+    /// Attach the probes and trace until Ctrl-C or SIGTERM. SIGHUP re-reads --config.
+    Run(RunCmd),
     /// Check that this host can run the tracer, and say what to fix if not.
     Check,
     /// Decode a recording made with `run --record` and print its spans (no root needed).
-    Replay {
-        /// The recording.
-        file: PathBuf,
-        #[command(flatten)]
-        out: OutputArgs,
-    },
+    Replay(ReplayCmd),
 }
 
 #[derive(Args)]
-struct OutputArgs {
-    /// How spans are printed on stdout: `text` (one readable line per span) or `json` (JSON lines).
-    /// Printing is the default when no OTLP endpoint is set; with one, --output prints as well.
+struct RunCmd {
+    /// Settings file (YAML or TOML) with the same names as these flags, e.g. `port: [8080]`.
+    /// Flags given on the command line win. SIGHUP or POST /reload re-reads it; an invalid
+    /// file is rejected with the reason and the running settings stay.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    opts: RunOptions,
+}
+
+#[derive(Args)]
+struct ReplayCmd {
+    /// The recording.
+    file: PathBuf,
+    /// `text` (one readable line per span) or `json` (JSON lines).
     #[arg(long, value_enum)]
     output: Option<Format>,
-    /// Keep query-string values in url.query/url.full (by default each value reads REDACTED).
+    /// Keep query-string values (by default each value reads REDACTED).
     #[arg(long)]
     keep_query_values: bool,
-    /// Also trace OTLP trace exports (POST .../v1/traces) that a traced collector receives.
-    /// Off by default: each exported batch would otherwise cause another span, forever.
-    #[arg(long)]
-    trace_otlp_exports: bool,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Trace only these processes (repeatable). Default: every process on the host.
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<u32>,
-    /// Trace only spans whose server port or peer port is one of these (repeatable).
-    #[arg(long = "port", value_name = "PORT")]
-    ports: Vec<u16>,
-    /// Trace only processes with this command name (as in /proc/PID/comm, at most 15 characters).
-    #[arg(long)]
-    comm: Option<String>,
-    /// Payload bytes copied per syscall: enough for the request line and headers.
-    /// Bodies are never needed (framing uses byte counts). 64 to 8192.
-    #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_parser = clap::value_parser!(u32).range(64..=8192))]
-    capture_size: u32,
-    /// Kernel ring-buffer size in MiB (a power of two). Larger absorbs longer bursts.
-    #[arg(long, default_value_t = 16)]
-    ring_buffer_mib: u32,
-    /// OTLP endpoint (base URL like OTEL_EXPORTER_OTLP_ENDPOINT: HTTP adds /v1/traces).
-    /// Overrides OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
-    #[arg(long, value_name = "URL")]
-    otlp_endpoint: Option<String>,
-    /// OTLP protocol: `grpc` or `http/protobuf` (default, as in the OTel specification).
-    /// Overrides OTEL_EXPORTER_OTLP_PROTOCOL.
-    #[arg(long, value_name = "PROTOCOL")]
-    otlp_protocol: Option<String>,
-    /// Also write every raw kernel record to this file (for bug reports and test fixtures).
-    #[arg(long, value_name = "FILE")]
-    record: Option<PathBuf>,
-    /// Log the counters every N seconds (0: only at exit and on SIGUSR1).
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
-    stats_interval: u64,
-    #[command(flatten)]
-    out: OutputArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,26 +86,39 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { file, out } => replay(file, out),
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+        Command::Replay(cmd) => replay(cmd),
+        Command::Run(cmd) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(run(args)),
+            .block_on(run(cmd)),
     }
 }
 
-fn table(out: &OutputArgs, ports: Vec<u16>, metrics: Arc<Metrics>) -> ConnTable {
+fn table_options(o: &RunOptions) -> TableOptions {
+    TableOptions {
+        spans: SpanOptions {
+            keep_query_values: o.keep_query_values,
+        },
+        ports: o.port.clone(),
+        trace_otlp_exports: o.trace_otlp_exports,
+    }
+}
+
+fn probe_options(o: &RunOptions) -> ProbeOptions {
+    ProbeOptions {
+        capture_size: o.capture_size(),
+        pids: o.pid.clone(),
+        comm: o.comm.clone(),
+        ring_bytes: o.ring_buffer_mib() * 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+fn table(opts: TableOptions, metrics: Arc<Metrics>) -> ConnTable {
     let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .map(|s| parse_resource_attributes(&s))
         .unwrap_or_default();
-    let opts = TableOptions {
-        spans: SpanOptions {
-            keep_query_values: out.keep_query_values,
-        },
-        ports,
-        trace_otlp_exports: out.trace_otlp_exports,
-    };
     ConnTable::new(
         Processes::new("/proc", extra),
         "/proc",
@@ -141,21 +128,25 @@ fn table(out: &OutputArgs, ports: Vec<u16>, metrics: Arc<Metrics>) -> ConnTable 
     )
 }
 
-fn replay(file: PathBuf, out: OutputArgs) -> anyhow::Result<()> {
-    let f =
-        std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+fn replay(cmd: ReplayCmd) -> anyhow::Result<()> {
+    let f = std::fs::File::open(&cmd.file)
+        .with_context(|| format!("cannot open {}", cmd.file.display()))?;
     let (records, truncated) = pipeline::read_recording(f)?;
     if truncated {
         tracing::warn!(
             "{} ends with a partial record (cut short while recording): ignored it",
-            file.display()
+            cmd.file.display()
         );
     }
     let metrics = Arc::new(Metrics::default());
-    let mut t = table(&out, vec![], metrics.clone());
+    let opts = RunOptions {
+        keep_query_values: cmd.keep_query_values,
+        ..Default::default()
+    };
+    let mut t = table(table_options(&opts), metrics.clone());
     let spans = pipeline::replay(&records, &mut t, &metrics);
     let mut p = Printer {
-        format: out.output.unwrap_or(Format::Text),
+        format: cmd.output.unwrap_or(Format::Text),
         out: Box::new(std::io::stdout()),
     };
     p.write(&spans)?;
@@ -163,18 +154,30 @@ fn replay(file: PathBuf, out: OutputArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Settings from the flags over the config file.
+fn effective(cmd: &RunCmd) -> Result<RunOptions, ConfigError> {
+    let file = match &cmd.config {
+        Some(p) => config::read_file(p)?,
+        None => RunOptions::default(),
+    };
+    let o = cmd.opts.clone().over(file);
+    o.validate()?;
+    Ok(o)
+}
+
+async fn run(cmd: RunCmd) -> anyhow::Result<()> {
+    let opts = effective(&cmd)?;
     let env = |k: &str| std::env::var(k).ok();
     let otlp = export::otlp_config(
-        args.otlp_endpoint.as_deref(),
-        args.otlp_protocol.as_deref(),
+        opts.otlp_endpoint.as_deref(),
+        opts.otlp_protocol.as_deref(),
         &env,
     )?;
     let batch = BatchConfig::from_env(&env)?;
     let mut sinks = Vec::new();
-    if otlp.is_none() || args.out.output.is_some() {
+    if otlp.is_none() || opts.output.is_some() {
         sinks.push(Sink::Print(Printer {
-            format: args.out.output.unwrap_or(Format::Text),
+            format: opts.output.unwrap_or(Format::Text),
             out: Box::new(std::io::stdout()),
         }));
     }
@@ -186,11 +189,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         sinks.push(Sink::Otlp(OtlpClient::new(cfg)?));
     }
-    if !args.ring_buffer_mib.is_power_of_two() {
-        bail!(
-            "--ring-buffer-mib must be a power of two (got {})",
-            args.ring_buffer_mib
-        );
+    let metrics = Arc::new(Metrics::default());
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    if let Some(addr) = opts.admin_addr()? {
+        let listener = admin::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for the admin endpoint (--admin-addr; `off` disables it)"
+            )
+        })?;
+        tracing::info!("admin endpoint on http://{addr} (/healthz /readyz /metrics, POST /reload)");
+        tokio::spawn(admin::serve(listener, metrics.clone(), reload_tx.clone()));
     }
 
     if ensure_tracefs()? {
@@ -199,14 +207,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracer_user::probes::TRACEFS
         );
     }
-    let probe_opts = ProbeOptions {
-        capture_size: args.capture_size,
-        pids: args.pids.clone(),
-        comm: args.comm.clone(),
-        ring_bytes: args.ring_buffer_mib * 1024 * 1024,
-        ..Default::default()
-    };
-    let mut probes = Probes::attach(&probe_opts)
+    let mut probes = Probes::attach(&probe_options(&opts))
         .context("cannot attach the probes (`tracer check` says why)")?;
     let ring = probes.take_ring()?;
     // After attaching: every connection is either in this snapshot or seen being set up.
@@ -217,49 +218,111 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tracing::info!(
         "tracing HTTP/1.x (capture {} bytes per syscall{}{}{})",
-        args.capture_size,
-        if args.pids.is_empty() {
+        opts.capture_size(),
+        if opts.pid.is_empty() {
             String::new()
         } else {
-            format!(", pids {:?}", args.pids)
+            format!(", pids {:?}", opts.pid)
         },
-        args.comm
+        opts.comm
             .as_ref()
             .map(|c| format!(", comm {c}"))
             .unwrap_or_default(),
-        if args.ports.is_empty() {
+        if opts.port.is_empty() {
             String::new()
         } else {
-            format!(", ports {:?}", args.ports)
+            format!(", ports {:?}", opts.port)
         },
     );
 
-    let metrics = Arc::new(Metrics::default());
-    let recorder = match &args.record {
+    let recorder = match &opts.record {
         Some(p) => Some(Recorder(Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )))),
         None => None,
     };
     let exporters = Exporters::spawn(sinks, batch, metrics.clone());
-    let mut t = table(&args.out, args.ports.clone(), metrics.clone());
+    let mut t = table(table_options(&opts), metrics.clone());
     t.set_preexisting(snapshot);
-    let stats_every = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
-    spawn_usr1_summary(metrics.clone())?;
-    pipeline::run(
-        Live { probes, ring },
-        t,
-        &exporters,
+    let stats_every = opts
+        .stats_interval
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    spawn_signal_handlers(metrics.clone(), reload_tx)?;
+    let (control_tx, control_rx) = mpsc::channel(1);
+    tokio::spawn(reload_loop(
+        cmd,
+        opts,
+        reload_rx,
+        control_tx,
         metrics.clone(),
+    ));
+    let live = Live {
+        probes,
+        ring,
+        control: control_rx,
         recorder,
         stats_every,
-        shutdown_signal(),
-    )
-    .await?;
+    };
+    pipeline::run(live, t, &exporters, metrics.clone(), shutdown_signal()).await?;
     tracing::info!("detached; flushing spans");
     exporters.shutdown(Duration::from_secs(10)).await;
     tracing::info!("counters: {}", metrics.summary());
     Ok(())
+}
+
+/// Applies config reloads (SIGHUP, POST /reload) one at a time.
+async fn reload_loop(
+    cmd: RunCmd,
+    mut current: RunOptions,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    control: mpsc::Sender<pipeline::Update>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(reply) = requests.recv().await {
+        let result = match (&cmd.config, effective(&cmd)) {
+            (None, _) => Err("no --config file: nothing to reload".to_string()),
+            (_, Err(e)) => Err(format!("config rejected, the running settings stay: {e}")),
+            (Some(path), Ok(new)) => {
+                let (applied, done) = oneshot::channel();
+                let update = pipeline::Update {
+                    table: table_options(&new),
+                    probes: probe_options(&new),
+                    applied,
+                };
+                let outcome = match control.send(update).await {
+                    Ok(()) => done
+                        .await
+                        .unwrap_or_else(|_| Err("the tracer is stopping".into())),
+                    Err(_) => Err("the tracer is stopping".into()),
+                };
+                outcome.map(|()| {
+                    let restart = current.needs_restart(&new);
+                    current = new;
+                    if restart.is_empty() {
+                        format!("reloaded {}", path.display())
+                    } else {
+                        format!(
+                            "reloaded {}; changes to {} take effect after a restart",
+                            path.display(),
+                            restart.join(", ")
+                        )
+                    }
+                })
+            }
+        };
+        match &result {
+            Ok(msg) => {
+                metrics.health.config_reloads.fetch_add(1, Relaxed);
+                tracing::info!("{msg}");
+            }
+            Err(msg) => {
+                metrics.health.config_reload_failures.fetch_add(1, Relaxed);
+                tracing::warn!("{msg}");
+            }
+        }
+        let _ = reply.send(result);
+    }
 }
 
 async fn shutdown_signal() {
@@ -271,13 +334,25 @@ async fn shutdown_signal() {
     }
 }
 
-/// `kill -USR1 <pid>` logs the counters without stopping anything.
-fn spawn_usr1_summary(metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// `kill -USR1` logs the counters; `kill -HUP` re-reads the config file.
+fn spawn_signal_handlers(
+    metrics: Arc<Metrics>,
+    reload: mpsc::Sender<ReloadRequest>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        while usr1.recv().await.is_some() {
-            tracing::info!("counters: {}", metrics.summary());
+        loop {
+            tokio::select! {
+                Some(()) = usr1.recv() => tracing::info!("counters: {}", metrics.summary()),
+                Some(()) = hup.recv() => {
+                    // The outcome is logged by the reload loop.
+                    let (tx, _rx) = oneshot::channel();
+                    let _ = reload.send(tx).await;
+                }
+                else => break,
+            }
         }
     });
     Ok(())

@@ -2,14 +2,31 @@
 //! Prometheus conventions so the same set can be served on /metrics later.
 use std::{
     fmt::Write,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
 };
+
+/// What /healthz and /readyz report.
+#[derive(Default, Debug)]
+pub struct Health {
+    /// All probes attached and configured.
+    pub probes_attached: AtomicBool,
+    /// CLOCK_MONOTONIC seconds of the reader loop's last turn (0: not started).
+    pub reader_alive_s: AtomicU64,
+    /// The last export attempt failed for good (cleared by the next success).
+    pub export_failing: AtomicBool,
+    pub last_export_error: Mutex<String>,
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+}
 
 macro_rules! counters {
     ($($field:ident => $help:literal,)*) => {
-        /// Process-wide counters, shared by the pipeline stages.
+        /// Process-wide counters, shared by the pipeline stages, and the health they imply.
         #[derive(Default, Debug)]
-        pub struct Metrics { $(#[doc = $help] pub $field: AtomicU64,)* }
+        pub struct Metrics { $(#[doc = $help] pub $field: AtomicU64,)* pub health: Health }
 
         impl Metrics {
             /// (name, help, value) of every counter, in a stable order.
@@ -73,9 +90,45 @@ impl Metrics {
     /// Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
         let mut s = String::new();
-        for (name, help, v) in self.snapshot() {
+        let h = &self.health;
+        let counters = self.snapshot().into_iter().chain([
+            (
+                "tracer_config_reloads_total",
+                "Config reloads applied (SIGHUP or POST /reload)",
+                h.config_reloads.load(Relaxed),
+            ),
+            (
+                "tracer_config_reload_failures_total",
+                "Config reloads rejected (the running config stayed)",
+                h.config_reload_failures.load(Relaxed),
+            ),
+        ]);
+        for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
+        for (name, help, v) in [
+            (
+                "tracer_probes_attached",
+                "1 when every probe is attached",
+                h.probes_attached.load(Relaxed),
+            ),
+            (
+                "tracer_export_failing",
+                "1 while the last export failed after its retries",
+                h.export_failing.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                u8::from(v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP tracer_build_info Build of the running tracer\n# TYPE tracer_build_info gauge\ntracer_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         s
     }
 }

@@ -7,15 +7,18 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+};
 use tracer_common::counter;
 
 use crate::{
-    conntrack::ConnTable,
+    conntrack::{ConnTable, TableOptions},
     events::Event,
     export::Exporters,
     metrics::Metrics,
-    probes::Probes,
+    probes::{ProbeOptions, Probes},
     span::{Span, clock_ns},
 };
 
@@ -60,9 +63,23 @@ pub fn process(rec: &[u8], table: &mut ConnTable, metrics: &Metrics, spans: &mut
     }
 }
 
+/// What the live reader owns: the kernel side and the daemon's side-channels.
 pub struct Live {
     pub probes: Probes,
     pub ring: RingBuf<MapData>,
+    /// Config reloads to apply.
+    pub control: mpsc::Receiver<Update>,
+    /// Where to copy raw records (`--record`).
+    pub recorder: Option<Recorder>,
+    /// Log the counters this often.
+    pub stats_every: Option<Duration>,
+}
+
+/// Settings changed by a config reload, applied between two batches.
+pub struct Update {
+    pub table: TableOptions,
+    pub probes: ProbeOptions,
+    pub applied: oneshot::Sender<Result<(), String>>,
 }
 
 /// Records handled before the reader yields to timers, signals and exporters.
@@ -74,12 +91,18 @@ pub async fn run(
     mut table: ConnTable,
     exporters: &Exporters,
     metrics: Arc<Metrics>,
-    mut recorder: Option<Recorder>,
-    stats_every: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let Live {
+        mut probes,
+        ring,
+        mut control,
+        mut recorder,
+        stats_every,
+    } = live;
+    metrics.health.probes_attached.store(true, Relaxed);
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which outlives every use.
-    let mut ring = unsafe { AsyncFd::register(live.ring) }.map_err(|e| e.into_parts().1)?;
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     // The probes only ask for a wake-up past a fill threshold; this timer bounds the latency.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -98,10 +121,18 @@ pub async fn run(
             _ = async { match stats.as_mut() { Some(s) => { s.tick().await; } None => std::future::pending().await } } => {
                 tracing::info!("counters: {}", metrics.summary());
             }
+            Some(u) = control.recv() => {
+                table.set_options(u.table);
+                let _ = u.applied.send(probes.configure(&u.probes).map_err(|e| e.to_string()));
+            }
             _ = std::future::ready(()), if more || stop => {}
             guard = ring.readable_mut() => { if let Ok(mut g) = guard { g.clear_ready(); } }
             _ = tick.tick() => {}
         }
+        metrics
+            .health
+            .reader_alive_s
+            .store(clock_ns(libc::CLOCK_MONOTONIC) / 1_000_000_000, Relaxed);
         // A bounded batch per turn, so the branches above always get their turn.
         let mut n = 0;
         let rb = ring.get_mut();
@@ -121,7 +152,7 @@ pub async fn run(
             exporters.submit(std::mem::take(&mut spans));
         }
         if !more || stop {
-            sync_kernel_counters(&live.probes, &metrics);
+            sync_kernel_counters(&probes, &metrics);
         }
         if stop && !more {
             break;

@@ -133,10 +133,37 @@ impl Probes {
     /// Loads, configures and attaches everything. Dropping the value detaches.
     pub fn attach(opts: &ProbeOptions) -> Result<Self, ProbeError> {
         raise_memlock();
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)?;
+        let mut probes = Probes { ebpf };
+        for name in TRACEPOINTS {
+            let err = |what| {
+                move |source| ProbeError::Program {
+                    what,
+                    name: name.to_string(),
+                    source,
+                }
+            };
+            let prog: &mut TracePoint = probes
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
+                .try_into()
+                .map_err(err("type check"))?;
+            prog.load().map_err(err("loading"))?;
+            prog.attach("syscalls", name).map_err(err("attaching"))?;
+        }
+        // Configured last: until then capture_size is 0 and every probe returns at once, so
+        // tracing starts with all probes attached and the filters in place (a half-attached set
+        // would see responses without their sendfile bodies, say).
+        probes.configure(opts)?;
+        Ok(probes)
+    }
 
+    /// Applies filters and capture size; also used for live reloads. The PIDS map is written
+    /// before CONFIG so a new pid filter never briefly traces everything.
+    pub fn configure(&mut self, opts: &ProbeOptions) -> Result<(), ProbeError> {
         let mut cfg = Config {
             capture_size: opts.capture_size.clamp(64, MAX_CAPTURE as u32),
             flags: 0,
@@ -151,51 +178,40 @@ impl Probes {
             cfg.comm[..comm.len()].copy_from_slice(comm.as_bytes());
             cfg.flags |= filter::BY_COMM;
         }
+        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("PIDS")
+                .ok_or(ProbeError::MissingMap("PIDS"))?,
+        )
+        .map_err(|e| ProbeError::Map("PIDS", e))?;
+        let old: Vec<u32> = pids.keys().filter_map(Result::ok).collect();
+        for pid in &opts.pids {
+            pids.insert(pid, 1, 0)
+                .map_err(|e| ProbeError::Map("PIDS", e))?;
+        }
         if !opts.pids.is_empty() {
             cfg.flags |= filter::BY_PID;
-            let mut pids: HashMap<_, u32, u8> =
-                HashMap::try_from(ebpf.map_mut("PIDS").ok_or(ProbeError::MissingMap("PIDS"))?)
-                    .map_err(|e| ProbeError::Map("PIDS", e))?;
-            for pid in &opts.pids {
-                pids.insert(pid, 1, 0)
-                    .map_err(|e| ProbeError::Map("PIDS", e))?;
-            }
         }
-        for name in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    what: "type check",
-                    name: name.to_string(),
-                    source,
-                })?;
-            prog.load().map_err(|source| ProbeError::Program {
-                what: "loading",
-                name: name.to_string(),
-                source,
-            })?;
-            prog.attach("syscalls", name)
-                .map_err(|source| ProbeError::Program {
-                    what: "attaching",
-                    name: name.to_string(),
-                    source,
-                })?;
-        }
-        // Written last: until then capture_size is 0 and every probe returns at once, so tracing
-        // starts with all probes attached and the filters in place (a half-attached set would
-        // see responses without their sendfile bodies, say).
         let mut config: Array<_, Config> = Array::try_from(
-            ebpf.map_mut("CONFIG")
+            self.ebpf
+                .map_mut("CONFIG")
                 .ok_or(ProbeError::MissingMap("CONFIG"))?,
         )
         .map_err(|e| ProbeError::Map("CONFIG", e))?;
         config
             .set(0, cfg, 0)
             .map_err(|e| ProbeError::Map("CONFIG", e))?;
-
-        Ok(Probes { ebpf })
+        // Removed only once CONFIG no longer needs them.
+        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("PIDS")
+                .ok_or(ProbeError::MissingMap("PIDS"))?,
+        )
+        .map_err(|e| ProbeError::Map("PIDS", e))?;
+        for pid in old.iter().filter(|p| !opts.pids.contains(p)) {
+            let _ = pids.remove(pid);
+        }
+        Ok(())
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {

@@ -187,6 +187,10 @@ fn rotel_installed() -> bool {
     .is_some_and(|d| Path::new(&d).join("rotel-agent").exists())
 }
 
+fn python_has(module: &str) -> bool {
+    output(Command::new("python3").args(["-c", &format!("import {module}")])).is_some()
+}
+
 fn setup() -> anyhow::Result<()> {
     step("checking test peers");
     // (command that must exist, Debian package that provides it)
@@ -212,11 +216,28 @@ fn setup() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    if rotel_installed() {
-        eprintln!("    rotel (OTLP collector): present");
+    // (python module to import, PyPI package): the OTLP collector and the Prometheus parser.
+    let missing_py: Vec<&str> = [
+        ("rotel", "rotel"),
+        ("prometheus_client", "prometheus-client"),
+    ]
+    .iter()
+    .filter(|(module, _)| {
+        !(if *module == "rotel" {
+            rotel_installed()
+        } else {
+            python_has(module)
+        })
+    })
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if missing_py.is_empty() {
+        eprintln!("    rotel (OTLP collector), prometheus-client: present");
     } else {
-        step("installing the rotel OTLP collector from PyPI");
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "rotel"]))?;
+        step(&format!("installing from PyPI: {}", missing_py.join(" ")));
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing_py))?;
     }
     Ok(())
 }

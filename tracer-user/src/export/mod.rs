@@ -330,6 +330,7 @@ async fn send_with_retry(
         match client.export(body.clone()).await {
             Ok(()) => {
                 Metrics::add(&metrics.spans_exported_total, n);
+                metrics.health.export_failing.store(false, Relaxed);
                 return;
             }
             Err(e) if e.retryable() && start.elapsed() + backoff < budget => {
@@ -341,6 +342,10 @@ async fn send_with_retry(
             }
             Err(e) => {
                 Metrics::add(&metrics.spans_export_failed_total, n);
+                metrics.health.export_failing.store(true, Relaxed);
+                if let Ok(mut last) = metrics.health.last_export_error.lock() {
+                    *last = e.to_string();
+                }
                 warn_throttled(&format!("dropped {n} spans: {e}"));
                 return;
             }

@@ -1,0 +1,138 @@
+//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text), POST /reload.
+//! Deliberately tiny (a few fixed routes, one request per connection): it must not need a web
+//! framework, and it binds to localhost unless the operator says otherwise.
+use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{metrics::Metrics, span::clock_ns};
+
+/// A reload request; the answer says what was applied or why the file was rejected.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// The reader loop counts as alive if it turned within this many seconds.
+const STALL_S: u64 = 10;
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    reload: mpsc::Sender<ReloadRequest>,
+) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (m, r) = (metrics.clone(), reload.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, m, r)).await;
+        });
+    }
+}
+
+async fn handle(
+    mut sock: TcpStream,
+    metrics: Arc<Metrics>,
+    reload: mpsc::Sender<ReloadRequest>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let got = sock.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (code, ctype, body) = route(method, path, &metrics, &reload).await;
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        422 => "Unprocessable Entity",
+        _ => "Service Unavailable",
+    };
+    let resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(resp.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+async fn route(
+    method: &str,
+    path: &str,
+    m: &Metrics,
+    reload: &mpsc::Sender<ReloadRequest>,
+) -> (u16, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let h = &m.health;
+    match (method, path) {
+        ("GET", "/healthz") => {
+            let last = h.reader_alive_s.load(Relaxed);
+            let now = clock_ns(libc::CLOCK_MONOTONIC) / 1_000_000_000;
+            if last == 0 || now.saturating_sub(last) <= STALL_S {
+                (200, TEXT, "ok\n".into())
+            } else {
+                (
+                    503,
+                    TEXT,
+                    format!("the event reader has not run for {} s\n", now - last),
+                )
+            }
+        }
+        ("GET", "/readyz") => {
+            if !h.probes_attached.load(Relaxed) {
+                (503, TEXT, "probes not attached yet\n".into())
+            } else if h.export_failing.load(Relaxed) {
+                let why = h
+                    .last_export_error
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_default();
+                (503, TEXT, format!("exporting fails: {why}\n"))
+            } else {
+                (200, TEXT, "ready\n".into())
+            }
+        }
+        ("GET", "/metrics") => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            m.prometheus(),
+        ),
+        ("POST", "/reload") => {
+            let (tx, rx) = oneshot::channel();
+            if reload.send(tx).await.is_err() {
+                return (
+                    503,
+                    TEXT,
+                    "reloading is not available (no --config file)\n".into(),
+                );
+            }
+            match rx.await {
+                Ok(Ok(msg)) => (200, TEXT, format!("{msg}\n")),
+                Ok(Err(msg)) => (422, TEXT, format!("{msg}\n")),
+                Err(_) => (503, TEXT, "reload was dropped\n".into()),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+            (405, TEXT, "method not allowed\n".into())
+        }
+        _ => (
+            404,
+            TEXT,
+            "not found: try /healthz, /readyz, /metrics or POST /reload\n".into(),
+        ),
+    }
+}

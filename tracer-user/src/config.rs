@@ -1,0 +1,323 @@
+//! Run options: one struct that is both the `tracer run` flags and the `--config` file (YAML or
+//! TOML, same names as the flags). Flags win over the file; SIGHUP re-reads the file and applies
+//! what can change live.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::export::Format;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid YAML for tracer: {msg}")]
+    Yaml { path: PathBuf, msg: String },
+    #[error("{path} is not valid TOML for tracer: {msg}")]
+    Toml { path: PathBuf, msg: String },
+    #[error("{path}: use a .yaml, .yml or .toml file")]
+    Extension { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+/// Options of `tracer run`; every one can also be set in the `--config` file.
+#[derive(Args, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunOptions {
+    /// Trace only these processes (repeatable). Default: every process on the host.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Keep only spans whose server port or peer port is one of these (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Trace only processes with this command name (as in /proc/PID/comm, at most 15 characters).
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Payload bytes copied per syscall: enough for the request line and headers; bodies are
+    /// never needed (framing uses byte counts). 64 to 8192 [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub capture_size: Option<u32>,
+    /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts [default: 16]
+    #[arg(long, value_name = "MIB")]
+    pub ring_buffer_mib: Option<u32>,
+    /// OTLP endpoint (a base URL like OTEL_EXPORTER_OTLP_ENDPOINT: HTTP adds /v1/traces).
+    /// Overrides OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: `grpc` or `http/protobuf` (the OTel default). Overrides OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// How spans are printed on stdout: `text` (one line per span) or `json` (JSON lines).
+    /// Printing is the default when no OTLP endpoint is set; with one, --output prints as well.
+    #[arg(long, value_enum)]
+    pub output: Option<Format>,
+    /// Keep query-string values in url.query/url.full (by default each value reads REDACTED).
+    #[arg(long)]
+    pub keep_query_values: bool,
+    /// Also trace OTLP trace exports (POST .../v1/traces) that a traced collector receives.
+    /// Off by default: each exported batch would otherwise cause another span, forever.
+    #[arg(long)]
+    pub trace_otlp_exports: bool,
+    /// Also write every raw kernel record to this file (for bug reports and test fixtures).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Log the counters every N seconds (0: only at exit and on SIGUSR1) [default: 0]
+    #[arg(long, value_name = "SECONDS")]
+    pub stats_interval: Option<u64>,
+    /// Admin HTTP endpoint (/healthz, /readyz, /metrics, POST /reload); `off` disables it.
+    /// Binds to localhost by default: it is not meant to be reachable from the network.
+    /// [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_addr: Option<String>,
+}
+
+impl RunOptions {
+    /// `self` (the flags) over `file`: a flag given on the command line wins; lists from the
+    /// command line replace the file's; switches are on if either turns them on.
+    pub fn over(self, file: RunOptions) -> RunOptions {
+        fn list<T>(cli: Vec<T>, file: Vec<T>) -> Vec<T> {
+            if cli.is_empty() { file } else { cli }
+        }
+        RunOptions {
+            pid: list(self.pid, file.pid),
+            port: list(self.port, file.port),
+            comm: self.comm.or(file.comm),
+            capture_size: self.capture_size.or(file.capture_size),
+            ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
+            output: self.output.or(file.output),
+            keep_query_values: self.keep_query_values || file.keep_query_values,
+            trace_otlp_exports: self.trace_otlp_exports || file.trace_otlp_exports,
+            record: self.record.or(file.record),
+            stats_interval: self.stats_interval.or(file.stats_interval),
+            admin_addr: self.admin_addr.or(file.admin_addr),
+        }
+    }
+
+    pub fn capture_size(&self) -> u32 {
+        self.capture_size.unwrap_or(tracer_common::DEFAULT_CAPTURE)
+    }
+
+    pub fn ring_buffer_mib(&self) -> u32 {
+        self.ring_buffer_mib.unwrap_or(16)
+    }
+
+    /// None when the admin endpoint is switched off.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.admin_addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR) {
+            "off" | "" => Ok(None),
+            a => a.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "admin-addr {a:?} is not HOST:PORT (e.g. {DEFAULT_ADMIN_ADDR})"
+                ))
+            }),
+        }
+    }
+
+    /// Checks what the types cannot: ranges, lengths, formats.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(64..=tracer_common::MAX_CAPTURE as u32).contains(&self.capture_size()) {
+            return bad(format!(
+                "capture-size {} is outside 64..={}",
+                self.capture_size(),
+                tracer_common::MAX_CAPTURE
+            ));
+        }
+        let mib = self.ring_buffer_mib();
+        if mib == 0 || !mib.is_power_of_two() {
+            return bad(format!(
+                "ring-buffer-mib must be a power of two (got {mib})"
+            ));
+        }
+        if let Some(c) = self
+            .comm
+            .as_ref()
+            .filter(|c| c.is_empty() || c.len() >= tracer_common::COMM_LEN)
+        {
+            return bad(format!(
+                "comm {c:?} must be 1 to {} characters",
+                tracer_common::COMM_LEN - 1
+            ));
+        }
+        if let Some(p) = self
+            .otlp_protocol
+            .as_ref()
+            .filter(|p| *p != "grpc" && *p != "http/protobuf")
+        {
+            return bad(format!("otlp-protocol {p:?}: use grpc or http/protobuf"));
+        }
+        self.admin_addr()?;
+        Ok(())
+    }
+
+    /// Options that differ between `self` and `new` and only take effect after a restart.
+    pub fn needs_restart(&self, new: &RunOptions) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut check = |changed: bool, name| {
+            if changed {
+                v.push(name)
+            }
+        };
+        check(
+            self.ring_buffer_mib() != new.ring_buffer_mib(),
+            "ring-buffer-mib",
+        );
+        check(self.otlp_endpoint != new.otlp_endpoint, "otlp-endpoint");
+        check(self.otlp_protocol != new.otlp_protocol, "otlp-protocol");
+        check(self.output != new.output, "output");
+        check(self.record != new.record, "record");
+        check(self.stats_interval != new.stats_interval, "stats-interval");
+        check(self.admin_addr != new.admin_addr, "admin-addr");
+        v
+    }
+}
+
+/// Reads a config file; the format follows the extension.
+pub fn read_file(path: &Path) -> Result<RunOptions, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let opts: RunOptions = match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => {
+            // An empty YAML document means "no settings", not an error.
+            if text.trim().is_empty() {
+                RunOptions::default()
+            } else {
+                serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    msg: e.to_string(),
+                })?
+            }
+        }
+        Some("toml") => toml::from_str(&text).map_err(|e| ConfigError::Toml {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?,
+        _ => {
+            return Err(ConfigError::Extension {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tracer-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn yaml_and_toml_use_the_flag_names() {
+        let y = read_file(&write(
+            "a.yaml",
+            "port: [8080, 9090]\ncomm: nginx\ncapture-size: 2048\notlp-endpoint: http://c:4317\notlp-protocol: grpc\noutput: json\nkeep-query-values: true\nadmin-addr: 0.0.0.0:9464\n",
+        ))
+        .unwrap();
+        assert_eq!(y.port, [8080, 9090]);
+        assert_eq!((y.comm.as_deref(), y.capture_size()), (Some("nginx"), 2048));
+        assert_eq!(y.output, Some(Format::Json));
+        assert!(y.keep_query_values);
+        let t = read_file(&write(
+            "a.toml",
+            "port = [8080, 9090]\ncomm = \"nginx\"\ncapture-size = 2048\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.port, t.comm, t.capture_size),
+            (y.port, y.comm, y.capture_size)
+        );
+        assert_eq!(
+            read_file(&write("empty.yaml", "")).unwrap(),
+            RunOptions::default()
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let e = read_file(&write("typo.yaml", "prot: [80]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `prot`"), "{e}");
+        let e = read_file(&write("type.yaml", "port: eighty\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = read_file(&write("range.toml", "capture-size = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("capture-size 10"), "{e}");
+        let e = read_file(&write("a.json", "{}")).unwrap_err().to_string();
+        assert!(e.contains(".yaml, .yml or .toml"), "{e}");
+        let e = read_file(&write("addr.yaml", "admin-addr: localhost\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HOST:PORT"), "{e}");
+        assert!(
+            read_file(Path::new("/nonexistent/tracer.yaml"))
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = RunOptions {
+            port: vec![80],
+            comm: Some("a".into()),
+            capture_size: Some(1024),
+            keep_query_values: true,
+            ..Default::default()
+        };
+        let cli = RunOptions {
+            comm: Some("b".into()),
+            ..Default::default()
+        };
+        let m = cli.over(file.clone());
+        assert_eq!(
+            (
+                &m.port[..],
+                m.comm.as_deref(),
+                m.capture_size(),
+                m.keep_query_values
+            ),
+            (&[80][..], Some("b"), 1024, true)
+        );
+        assert_eq!(
+            file.needs_restart(&RunOptions {
+                otlp_endpoint: Some("x".into()),
+                ..file.clone()
+            }),
+            ["otlp-endpoint"]
+        );
+        assert!(
+            file.needs_restart(&RunOptions {
+                port: vec![1],
+                ..file.clone()
+            })
+            .is_empty()
+        );
+    }
+}
