@@ -178,15 +178,7 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         .args(pkgs))
 }
 
-/// The python module that ships the `rotel-agent` collector binary.
-fn rotel_installed() -> bool {
-    output(Command::new("python3").args([
-        "-c",
-        "import rotel, os; print(os.path.dirname(rotel.__file__))",
-    ]))
-    .is_some_and(|d| Path::new(&d).join("rotel-agent").exists())
-}
-
+/// Whether python3 can import `module` (the rotel package ships the collector binary).
 fn python_has(module: &str) -> bool {
     output(Command::new("python3").args(["-c", &format!("import {module}")])).is_some()
 }
