@@ -214,13 +214,7 @@ fn setup() -> anyhow::Result<()> {
         ("prometheus_client", "prometheus-client"),
     ]
     .iter()
-    .filter(|(module, _)| {
-        !(if *module == "rotel" {
-            rotel_installed()
-        } else {
-            python_has(module)
-        })
-    })
+    .filter(|(module, _)| !python_has(module))
     .map(|(_, pkg)| *pkg)
     .collect();
     if missing_py.is_empty() {
