@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod decode;
 pub mod events;
 pub mod export;
+pub mod metadata;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use crate::span::{KeyValue, Resource, Value, kv};
+use crate::{
+    metadata::container::{Runtime, container_of_pid},
+    span::{KeyValue, Resource, Value, kv},
+};
 
 pub struct Processes {
     proc_root: PathBuf,
@@ -110,6 +113,22 @@ impl Processes {
                 .collect();
             if !args.is_empty() {
                 attributes.push(kv("process.command_args", Value::Str(args.join(" "))));
+            }
+        }
+        if let Some(c) = container_of_pid(&self.proc_root, pid) {
+            attributes.push(kv("container.id", Value::Str(c.id)));
+            let runtime = match c.runtime {
+                Runtime::Docker => Some("docker"),
+                Runtime::Containerd => Some("containerd"),
+                Runtime::CriO => Some("cri-o"),
+                Runtime::Podman => Some("podman"),
+                Runtime::Unknown => None,
+            };
+            if let Some(r) = runtime {
+                attributes.push(kv("container.runtime.name", Value::Str(r.into())));
+            }
+            if let Some(uid) = c.pod_uid {
+                attributes.push(kv("k8s.pod.uid", Value::Str(uid)));
             }
         }
         for e in &self.extra {

@@ -1,0 +1,2 @@
+//! Where a traced process runs: its container (from its cgroup) and, in Kubernetes, its pod.
+pub mod container;
