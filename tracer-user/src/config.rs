@@ -79,6 +79,9 @@ pub struct RunOptions {
     /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_addr: Option<String>,
+    /// In Kubernetes: pod labels to add to spans as k8s.pod.label.<key> (repeatable).
+    #[arg(long = "k8s-label", value_name = "KEY")]
+    pub k8s_label: Vec<String>,
 }
 
 impl RunOptions {
@@ -102,6 +105,7 @@ impl RunOptions {
             record: self.record.or(file.record),
             stats_interval: self.stats_interval.or(file.stats_interval),
             admin_addr: self.admin_addr.or(file.admin_addr),
+            k8s_label: list(self.k8s_label, file.k8s_label),
         }
     }
 
@@ -180,6 +184,7 @@ impl RunOptions {
         check(self.record != new.record, "record");
         check(self.stats_interval != new.stats_interval, "stats-interval");
         check(self.admin_addr != new.admin_addr, "admin-addr");
+        check(self.k8s_label != new.k8s_label, "k8s-label");
         v
     }
 }

@@ -14,6 +14,7 @@ use tracer_user::{
     config::{self, ConfigError, RunOptions},
     conntrack::{ConnTable, TableOptions},
     export::{self, BatchConfig, Exporters, Format, OtlpClient, Printer, Sink},
+    metadata::k8s::{self, PodCache},
     metrics::Metrics,
     pipeline::{self, Live, Recorder},
     probes::{ProbeOptions, Probes, ensure_tracefs},
@@ -115,17 +116,36 @@ fn probe_options(o: &RunOptions) -> ProbeOptions {
     }
 }
 
-fn table(opts: TableOptions, metrics: Arc<Metrics>) -> ConnTable {
+fn table(opts: TableOptions, pods: Option<PodCache>, metrics: Arc<Metrics>) -> ConnTable {
     let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .map(|s| parse_resource_attributes(&s))
         .unwrap_or_default();
-    ConnTable::new(
-        Processes::new("/proc", extra),
-        "/proc",
-        Clock::now(),
-        opts,
-        metrics,
-    )
+    let mut procs = Processes::new("/proc", extra);
+    if let Some(p) = pods {
+        procs = procs.with_pods(p);
+    }
+    ConnTable::new(procs, "/proc", Clock::now(), opts, metrics)
+}
+
+/// In Kubernetes (NODE_NAME set by the DaemonSet), watches this node's pods; elsewhere nothing.
+async fn pod_cache(labels: &[String]) -> Option<PodCache> {
+    let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())?;
+    match k8s::client_from_environment().await {
+        Ok(Some(client)) => {
+            tracing::info!("watching the pods of node {node} for k8s.* attributes");
+            Some(PodCache::spawn(client, node, labels.to_vec(), 20_000))
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "NODE_NAME={node} but no in-cluster service account or kubeconfig: spans get no pod metadata"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("cannot reach the Kubernetes API ({e}): spans get no pod metadata");
+            None
+        }
+    }
 }
 
 fn replay(cmd: ReplayCmd) -> anyhow::Result<()> {
@@ -143,7 +163,7 @@ fn replay(cmd: ReplayCmd) -> anyhow::Result<()> {
         keep_query_values: cmd.keep_query_values,
         ..Default::default()
     };
-    let mut t = table(table_options(&opts), metrics.clone());
+    let mut t = table(table_options(&opts), None, metrics.clone());
     let spans = pipeline::replay(&records, &mut t, &metrics);
     let mut p = Printer {
         format: cmd.output.unwrap_or(Format::Text),
@@ -242,7 +262,11 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         None => None,
     };
     let exporters = Exporters::spawn(sinks, batch, metrics.clone());
-    let mut t = table(table_options(&opts), metrics.clone());
+    let mut t = table(
+        table_options(&opts),
+        pod_cache(&opts.k8s_label).await,
+        metrics.clone(),
+    );
     t.set_preexisting(snapshot);
     let stats_every = opts
         .stats_interval

@@ -5,10 +5,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{
-    metadata::container::{Runtime, container_of_pid},
+    metadata::{
+        container::{Runtime, container_of_pid},
+        k8s::{ContainerMeta, PodCache},
+    },
     span::{KeyValue, Resource, Value, kv},
 };
 
@@ -17,9 +21,21 @@ pub struct Processes {
     host_name: String,
     /// OTEL_RESOURCE_ATTRIBUTES of the daemon: added to every resource (e.g. deployment.environment).
     extra: Vec<KeyValue>,
-    cache: HashMap<u32, Arc<Resource>>,
+    cache: HashMap<u32, Cached>,
     max: usize,
+    /// Pod metadata, when running in Kubernetes.
+    pods: Option<PodCache>,
 }
+
+struct Cached {
+    resource: Arc<Resource>,
+    /// A container whose pod the cache did not know yet (it is still listing, or the pod is
+    /// brand new): look again after this.
+    retry_at: Option<Instant>,
+}
+
+/// How long a containerized process waits before its pod is looked up again.
+const POD_RETRY: Duration = Duration::from_secs(5);
 
 /// Parses `k1=v1,k2=v2` (OTEL_RESOURCE_ATTRIBUTES); values are percent-decoded per the spec.
 pub fn parse_resource_attributes(s: &str) -> Vec<KeyValue> {
@@ -69,14 +85,23 @@ impl Processes {
             extra,
             cache: HashMap::new(),
             max: 16384,
+            pods: None,
         }
+    }
+
+    /// Adds pod metadata (k8s.* attributes, service.name from labels) to containerized processes.
+    pub fn with_pods(mut self, pods: PodCache) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// The resource of `pid`; `comm` (from the kernel record) names it when /proc is gone
     /// (a short-lived client that exited before we looked).
     pub fn resource(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
-        if let Some(r) = self.cache.get(&pid) {
-            return r.clone();
+        if let Some(c) = self.cache.get(&pid) {
+            if c.retry_at.is_none_or(|t| Instant::now() < t) {
+                return c.resource.clone();
+            }
         }
         if self.cache.len() >= self.max {
             self.sweep();
@@ -84,12 +109,21 @@ impl Processes {
                 self.cache.clear();
             }
         }
-        let r = Arc::new(self.read(pid, comm));
-        self.cache.insert(pid, r.clone());
-        r
+        let (resource, pod_pending) = self.read(pid, comm);
+        let resource = Arc::new(resource);
+        let retry_at = pod_pending.then(|| Instant::now() + POD_RETRY);
+        self.cache.insert(
+            pid,
+            Cached {
+                resource: resource.clone(),
+                retry_at,
+            },
+        );
+        resource
     }
 
-    fn read(&self, pid: u32, comm: &str) -> Resource {
+    /// The resource, and whether it lacks pod metadata the cache may know later.
+    fn read(&self, pid: u32, comm: &str) -> (Resource, bool) {
         let dir = self.proc_root.join(pid.to_string());
         let exe_name = std::fs::read_link(dir.join("exe"))
             .ok()
@@ -97,12 +131,9 @@ impl Processes {
             .map(|n| n.trim_end_matches(" (deleted)").to_string())
             .unwrap_or_else(|| comm.to_string());
         let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
-        let service_name =
-            env_var(&environ, "OTEL_SERVICE_NAME").unwrap_or_else(|| exe_name.clone());
         let mut attributes = vec![
-            kv("service.name", Value::Str(service_name.clone())),
             kv("process.pid", Value::Int(pid as i64)),
-            kv("process.executable.name", Value::Str(exe_name)),
+            kv("process.executable.name", Value::Str(exe_name.clone())),
             kv("host.name", Value::Str(self.host_name.clone())),
         ];
         if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
@@ -115,8 +146,10 @@ impl Processes {
                 attributes.push(kv("process.command_args", Value::Str(args.join(" "))));
             }
         }
+        let mut pod: Option<Arc<ContainerMeta>> = None;
+        let mut pod_pending = false;
         if let Some(c) = container_of_pid(&self.proc_root, pid) {
-            attributes.push(kv("container.id", Value::Str(c.id)));
+            attributes.push(kv("container.id", Value::Str(c.id.clone())));
             let runtime = match c.runtime {
                 Runtime::Docker => Some("docker"),
                 Runtime::Containerd => Some("containerd"),
@@ -127,20 +160,42 @@ impl Processes {
             if let Some(r) = runtime {
                 attributes.push(kv("container.runtime.name", Value::Str(r.into())));
             }
-            if let Some(uid) = c.pod_uid {
+            match self.pods.as_ref().map(|p| p.by_container_id(&c.id)) {
+                Some(Some(meta)) => pod = Some(meta),
+                // Not known yet; the cgroup still tells the pod uid.
+                Some(None) => pod_pending = true,
+                None => {}
+            }
+            if let Some(uid) = c.pod_uid.filter(|_| pod.is_none()) {
                 attributes.push(kv("k8s.pod.uid", Value::Str(uid)));
             }
         }
+        if let Some(m) = &pod {
+            pod_attributes(m, &mut attributes);
+        }
+        // OTEL_SERVICE_NAME of the process, else the pod's app.kubernetes.io/name, else its
+        // workload, else the executable.
+        let service_name = env_var(&environ, "OTEL_SERVICE_NAME")
+            .or_else(|| pod.as_ref().and_then(|m| m.app_name.clone()))
+            .or_else(|| {
+                pod.as_ref()
+                    .and_then(|m| m.workload.as_ref().map(|(_, n)| n.clone()))
+            })
+            .unwrap_or_else(|| exe_name.clone());
+        attributes.insert(0, kv("service.name", Value::Str(service_name.clone())));
         for e in &self.extra {
             if !attributes.iter().any(|a| a.key == e.key) {
                 attributes.push(e.clone());
             }
         }
-        Resource {
-            pid,
-            service_name,
-            attributes,
-        }
+        (
+            Resource {
+                pid,
+                service_name,
+                attributes,
+            },
+            pod_pending,
+        )
     }
 
     /// Forgets processes that exited (their pid may be reused by another program).
@@ -149,9 +204,24 @@ impl Processes {
         self.cache
             .retain(|pid, _| root.join(pid.to_string()).exists());
     }
+}
 
-    pub fn forget(&mut self, pid: u32) {
-        self.cache.remove(&pid);
+/// The OTel k8s.* resource attributes of a container's pod.
+fn pod_attributes(m: &ContainerMeta, out: &mut Vec<KeyValue>) {
+    for (k, v) in [
+        ("k8s.pod.name", &m.pod_name),
+        ("k8s.pod.uid", &m.pod_uid),
+        ("k8s.namespace.name", &m.namespace),
+        ("k8s.node.name", &m.node_name),
+        ("k8s.container.name", &m.container_name),
+    ] {
+        out.push(kv(k, Value::Str(v.clone())));
+    }
+    if let Some((kind, name)) = &m.workload {
+        out.push(kv(kind.attribute_key(), Value::Str(name.clone())));
+    }
+    for (k, v) in &m.labels {
+        out.push(kv(format!("k8s.pod.label.{k}"), Value::Str(v.clone())));
     }
 }
 
