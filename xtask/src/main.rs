@@ -235,6 +235,25 @@ struct Tally {
     failed: u64,
 }
 
+/// (passed, failed) of a libtest `test result: ok. 4 passed; 0 failed; ...` line.
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| {
+        rest.split(';')
+            // "ok. 4 passed" / " 0 failed": the number just before the word.
+            .find_map(|p| {
+                p.trim()
+                    .strip_suffix(word)?
+                    .split_whitespace()
+                    .last()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    Some((num("passed"), num("failed")))
+}
+
 /// Runs a `cargo test` command, echoing its output and adding its results to `tally`.
 fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
@@ -246,18 +265,9 @@ fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|p| {
-                        p.trim()
-                            .strip_suffix(word)
-                            .and_then(|n| n.trim().parse::<u64>().ok())
-                    })
-                    .unwrap_or(0)
-            };
-            tally.passed += num("passed");
-            tally.failed += num("failed");
+        if let Some((passed, failed)) = parse_result(&line) {
+            tally.passed += passed;
+            tally.failed += failed;
         }
     }
     let status = child.wait()?;
@@ -336,5 +346,17 @@ fn main() -> anyhow::Result<()> {
                 .arg(bin)
                 .args(&args))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_libtest_result_lines() {
+        let ok = "test result: ok. 64 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.59s";
+        assert_eq!(super::parse_result(ok), Some((64, 0)));
+        let bad = "test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result(bad), Some((9, 1)));
+        assert_eq!(super::parse_result("running 3 tests"), None);
     }
 }
