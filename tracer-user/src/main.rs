@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the probes and trace until Ctrl-C or SIGTERM. SIGHUP re-reads --config.
-    Run(RunCmd),
+    Run(Box<RunCmd>),
     /// Check that this host can run the tracer, and say what to fix if not.
     Check,
     /// Decode a recording made with `run --record` and print its spans (no root needed).
@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(run(cmd)),
+            .block_on(run(*cmd)),
     }
 }
 

@@ -98,10 +98,12 @@ impl Processes {
     /// The resource of `pid`; `comm` (from the kernel record) names it when /proc is gone
     /// (a short-lived client that exited before we looked).
     pub fn resource(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
-        if let Some(c) = self.cache.get(&pid) {
-            if c.retry_at.is_none_or(|t| Instant::now() < t) {
-                return c.resource.clone();
-            }
+        if let Some(c) = self
+            .cache
+            .get(&pid)
+            .filter(|c| c.retry_at.is_none_or(|t| Instant::now() < t))
+        {
+            return c.resource.clone();
         }
         if self.cache.len() >= self.max {
             self.sweep();
