@@ -15,7 +15,9 @@ impl FakeContainer {
     fn create(id: &str) -> Option<FakeContainer> {
         let candidates = [
             PathBuf::from(format!("/sys/fs/cgroup/system.slice/docker-{id}.scope")),
-            PathBuf::from(format!("/sys/fs/cgroup/unified/system.slice/docker-{id}.scope")),
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/unified/system.slice/docker-{id}.scope"
+            )),
             PathBuf::from(format!("/sys/fs/cgroup/pids/docker/{id}")),
         ];
         candidates.into_iter().find_map(|dir| {
@@ -30,7 +32,8 @@ impl FakeContainer {
     }
 
     fn add(&self, pid: u32) {
-        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
     }
 }
 
@@ -64,7 +67,11 @@ fn spans_of_a_containerized_process_carry_its_container_id() {
         // curl runs on the host: no container id.
         let clients = of_kind(&spans, "CLIENT");
         assert_eq!(clients.len(), 1);
-        assert!(clients[0]["resource"].get("container.id").is_none(), "{}", clients[0]);
+        assert!(
+            clients[0]["resource"].get("container.id").is_none(),
+            "{}",
+            clients[0]
+        );
     }
     drop(container);
 }
