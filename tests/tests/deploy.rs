@@ -34,9 +34,8 @@ const CAPABILITIES: [&str; 5] = [
     "SYS_RESOURCE",
 ];
 
-/// Flags the manifests pass that the tracer does not have yet (being written). Remove a flag
-/// from here once `tracer run --help` lists it; the test then checks it like the others.
-const PENDING_FLAGS: [&str; 1] = ["--plugins-dir"];
+/// Where the manifests mount the plugins: the tracer's default plugin directory.
+const PLUGINS_DIR: &str = "/etc/tracer/plugins";
 
 const ADMIN_PORT: u64 = 9464;
 
@@ -492,7 +491,8 @@ fn daemonset_wires_node_name_export_probes_and_mounts() {
         );
     }
 
-    // --config names a file of the mounted config ConfigMap; --plugins-dir is the plugins mount.
+    // --config names a file of the mounted config ConfigMap; the plugins mount is the default
+    // plugin directory.
     let config = Path::new(arg_value(&args, "--config"));
     let config_mount = mount(c, config.parent().unwrap().to_str().unwrap());
     assert_eq!(config_mount["readOnly"], true);
@@ -507,7 +507,7 @@ fn daemonset_wires_node_name_export_probes_and_mounts() {
         config_map["data"][key].is_string(),
         "the config ConfigMap has {key}"
     );
-    let plugins_mount = mount(c, arg_value(&args, "--plugins-dir"));
+    let plugins_mount = mount(c, PLUGINS_DIR);
     assert_eq!(plugins_mount["readOnly"], true);
     assert_eq!(
         volume(ds, plugins_mount["name"].as_str().unwrap())["configMap"]["name"],
@@ -685,11 +685,7 @@ fn hostpath_plugins_variant_reads_plugins_from_the_node() {
         plugins.get("configMap").is_none(),
         "hostPath only: {plugins}"
     );
-    let args = strings(container(ds).get("args"));
-    assert_eq!(
-        mount(container(ds), arg_value(&args, "--plugins-dir"))["name"],
-        "plugins"
-    );
+    assert_eq!(mount(container(ds), PLUGINS_DIR)["name"], "plugins");
     assert!(
         !names(&var).contains(&("ConfigMap".into(), "tracer-plugins".into())),
         "the unused plugins ConfigMap is gone"
@@ -830,10 +826,6 @@ fn args_and_config_file_use_flags_the_tracer_has() {
     let args = strings(container(daemonset(&objs)).get("args"));
     for a in args.iter().filter(|a| a.starts_with("--")) {
         let flag = a.split('=').next().unwrap();
-        if PENDING_FLAGS.contains(&flag) && !flags.contains(flag) {
-            eprintln!("NOTE {flag}: not in `tracer run --help` yet (PENDING_FLAGS)");
-            continue;
-        }
         assert!(
             flags.contains(flag),
             "the DaemonSet passes {flag}, which `tracer run` does not have"

