@@ -65,7 +65,10 @@ fn wakeup_flag(threshold: u32) -> u64 {
 fn output<T>(rec: &T, len: usize, threshold: u32) {
     // SAFETY: `len` never exceeds the size of `rec` (callers clamp it).
     let bytes = unsafe { core::slice::from_raw_parts((rec as *const T).cast::<u8>(), len) };
-    if EVENTS.output::<[u8]>(bytes, wakeup_flag(threshold)).is_err() {
+    if EVENTS
+        .output::<[u8]>(bytes, wakeup_flag(threshold))
+        .is_err()
+    {
         count(counter::RINGBUF_FULL);
     }
 }
@@ -90,16 +93,11 @@ pub fn save_args(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) {
     if !crate::filter::traced((id >> 32) as u32) {
         return;
     }
-    let args = SyscallArgs {
-        fd,
-        ptr,
-        iovcnt,
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        syscall,
-        direction,
-        _pad: [0; 6],
-    };
-    let _ = ARGS.insert(&id, &args, 0);
+    let _ = ARGS.insert(
+        &id,
+        &SyscallArgs::now(fd, ptr, iovcnt, syscall, direction),
+        0,
+    );
 }
 
 /// Takes the arguments saved at entry by this thread.
@@ -139,15 +137,7 @@ pub fn args_from_regs(syscall: u8, direction: u8) -> Option<SyscallArgs> {
         }
         _ => (arg1, 0),
     };
-    Some(SyscallArgs {
-        fd,
-        ptr,
-        iovcnt,
-        ts_enter: unsafe { bpf_ktime_get_ns() },
-        syscall,
-        direction,
-        _pad: [0; 6],
-    })
+    Some(SyscallArgs::now(fd, ptr, iovcnt, syscall, direction))
 }
 
 #[inline(always)]
@@ -234,12 +224,23 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         };
         // A connection set up before we attached: the daemon must look it up in /proc while it
         // still exists, so wake it now.
-        let threshold = if state.role == tracer_common::role::UNKNOWN { 0 } else { cfg.wakeup_bytes };
+        let threshold = if state.role == tracer_common::role::UNKNOWN {
+            0
+        } else {
+            cfg.wakeup_bytes
+        };
         output(&ev, core::mem::size_of::<ConnEvent>(), threshold);
     }
     let seq = state.seq;
     state.seq = seq.wrapping_add(1);
-    emit_data(args, ret as u64, seq, state, cfg.capture_size, cfg.wakeup_bytes);
+    emit_data(
+        args,
+        ret as u64,
+        seq,
+        state,
+        cfg.capture_size,
+        cfg.wakeup_bytes,
+    );
 }
 
 #[inline(always)]

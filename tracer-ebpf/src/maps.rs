@@ -19,7 +19,8 @@ pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Drop and failure counters, indexed by `tracer_common::counter`.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common::counter::LEN, 0);
+pub static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tracer_common::counter::LEN, 0);
 
 /// Scratch room for one DATA record (too large for the 512-byte BPF stack).
 #[map]
@@ -57,6 +58,22 @@ pub struct SyscallArgs {
     pub syscall: u8,
     pub direction: u8,
     pub _pad: [u8; 6],
+}
+
+impl SyscallArgs {
+    /// Arguments of a syscall entered now.
+    #[inline(always)]
+    pub fn now(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) -> Self {
+        SyscallArgs {
+            fd,
+            ptr,
+            iovcnt,
+            ts_enter: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            syscall,
+            direction,
+            _pad: [0; 6],
+        }
+    }
 }
 
 /// Keyed by pid_tgid: one syscall in flight per thread.
