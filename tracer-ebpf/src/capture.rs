@@ -17,6 +17,15 @@ use crate::{
     maps::{ARGS, CONNS, ConnState, EVENTS, SCRATCH, SyscallArgs, count},
 };
 
+/// An HTTP/2 SETTINGS frame header: what an h2c server writes first (its preface), before
+/// it has read the client's. Length a multiple of 6 (one 6-byte entry per setting), type 4,
+/// flags 0 or ACK, stream 0.
+#[inline(always)]
+fn is_h2_settings(b: &[u8; 8]) -> bool {
+    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+    len % 6 == 0 && len <= 60 && b[3] == 4 && b[4] & !1 == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0
+}
+
 /// Protocol of a message from its first 8 bytes, or UNKNOWN.
 #[inline(always)]
 fn classify(head: u64) -> u8 {
@@ -43,7 +52,7 @@ fn classify(head: u64) -> u8 {
         || starts(b"HTTP/1.")
     {
         protocol::HTTP1
-    } else if starts(b"PRI * HT") {
+    } else if starts(b"PRI * HT") || is_h2_settings(&b) {
         protocol::HTTP2
     } else {
         protocol::UNKNOWN

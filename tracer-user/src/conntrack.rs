@@ -5,20 +5,95 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
 use tracer_common::protocol;
 
 use crate::{
-    decode::http1::{Chunk, Direction, Exchange, Http1Conn, Stats},
+    decode::{
+        Chunk, Direction,
+        http1::{Exchange, Http1Conn},
+        http2::{H2Conn, Stream},
+    },
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     metrics::Metrics,
     process::{FdKind, Processes, inspect_fd},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
+/// The protocol decoder of one connection (the probes classify it by its first bytes).
+enum Decoder {
+    Http1(Http1Conn),
+    Http2(H2Conn),
+}
+
+/// Decoder counters, whatever the protocol.
+#[derive(Clone, Default)]
+struct Counts {
+    malformed: u64,
+    resyncs: u64,
+    orphans: u64,
+    lost: u64,
+    truncated: u64,
+}
+
+impl Decoder {
+    fn feed(&mut self, c: Chunk<'_>, done: &mut Done) {
+        match self {
+            Decoder::Http1(d) => d.feed(c, &mut done.exchanges),
+            Decoder::Http2(d) => d.feed(c, &mut done.streams),
+        }
+    }
+
+    fn gap(&mut self, dir: Direction) {
+        match self {
+            Decoder::Http1(d) => d.gap(dir),
+            Decoder::Http2(d) => d.gap(dir),
+        }
+    }
+
+    fn close(&mut self, ts: u64, done: &mut Done) {
+        match self {
+            Decoder::Http1(d) => d.close(ts, &mut done.exchanges),
+            Decoder::Http2(d) => d.close(ts, &mut done.streams),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        match self {
+            Decoder::Http1(d) => {
+                let s = d.stats();
+                Counts {
+                    malformed: s.malformed,
+                    resyncs: s.resyncs,
+                    orphans: s.orphan_responses,
+                    lost: s.lost_exchanges,
+                    truncated: s.truncated_headers,
+                }
+            }
+            Decoder::Http2(d) => {
+                let s = d.stats();
+                Counts {
+                    malformed: s.malformed + s.hpack_errors,
+                    resyncs: s.resyncs,
+                    orphans: 0,
+                    lost: s.lost_streams,
+                    truncated: s.incomplete_headers,
+                }
+            }
+        }
+    }
+}
+
+/// What the decoders finished and spans are still to be built from.
+#[derive(Default)]
+struct Done {
+    exchanges: Vec<Exchange>,
+    streams: Vec<Stream>,
+}
+
 struct Entry {
-    decoder: Http1Conn,
+    decoder: Decoder,
     info: ConnInfo,
     comm: String,
     next_seq: Option<u32>,
     /// Decoder counters already added to the metrics.
-    reported: Stats,
+    reported: Counts,
     /// Not traced further (not a socket, or a protocol this build does not decode).
     ignored: bool,
     last_ts: u64,
@@ -27,11 +102,11 @@ struct Entry {
 impl Entry {
     fn new(info: ConnInfo, comm: String, ts: u64) -> Self {
         Entry {
-            decoder: Http1Conn::new(),
+            decoder: Decoder::Http1(Http1Conn::new()),
             info,
             comm,
             next_seq: None,
-            reported: Stats::default(),
+            reported: Counts::default(),
             ignored: false,
             last_ts: ts,
         }
@@ -56,7 +131,7 @@ pub struct ConnTable {
     clock: Clock,
     opts: TableOptions,
     metrics: Arc<Metrics>,
-    exchanges: Vec<Exchange>,
+    done: Done,
     /// Peers of the sockets that were open when the probes attached.
     preexisting: HashMap<(u32, u32), SocketAddr>,
 }
@@ -81,7 +156,7 @@ impl ConnTable {
             clock,
             opts,
             metrics,
-            exchanges: Vec::new(),
+            done: Done::default(),
             preexisting: HashMap::new(),
         }
     }
@@ -148,10 +223,9 @@ impl ConnTable {
         if entry.ignored {
             return;
         }
-        if d.protocol == protocol::HTTP2 {
-            Metrics::add(&self.metrics.unsupported_protocol_total, 1);
-            entry.ignored = true;
-            return;
+        if entry.next_seq.is_none() && d.protocol == protocol::HTTP2 {
+            // The probes saw the client preface: an h2c connection from its start.
+            entry.decoder = Decoder::Http2(H2Conn::new());
         }
         if let Some(expected) = entry.next_seq
             && d.seq != expected
@@ -172,7 +246,7 @@ impl ConnTable {
             ts_start,
             ts_end: d.ts_exit_ns,
         };
-        entry.decoder.feed(chunk, &mut self.exchanges);
+        entry.decoder.feed(chunk, &mut self.done);
         self.emit(d.id, out);
     }
 
@@ -180,7 +254,7 @@ impl ConnTable {
     fn finish(&mut self, id: ConnId, ts: u64, out: &mut Vec<Span>) {
         if let Some(entry) = self.conns.get_mut(&id) {
             if !entry.ignored {
-                entry.decoder.close(ts, &mut self.exchanges);
+                entry.decoder.close(ts, &mut self.done);
             }
             self.emit(id, out);
             self.conns.remove(&id);
@@ -193,7 +267,7 @@ impl ConnTable {
             return;
         };
         let m = &self.metrics;
-        let now = entry.decoder.stats().clone();
+        let now = entry.decoder.counts();
         let was = std::mem::replace(&mut entry.reported, now.clone());
         Metrics::add(
             &m.decode_malformed_total,
@@ -205,22 +279,32 @@ impl ConnTable {
         );
         Metrics::add(
             &m.decode_orphan_responses_total,
-            now.orphan_responses.saturating_sub(was.orphan_responses),
+            now.orphans.saturating_sub(was.orphans),
         );
         Metrics::add(
             &m.decode_lost_exchanges_total,
-            now.lost_exchanges.saturating_sub(was.lost_exchanges),
+            now.lost.saturating_sub(was.lost),
         );
         Metrics::add(
             &m.decode_truncated_headers_total,
-            now.truncated_headers.saturating_sub(was.truncated_headers),
+            now.truncated.saturating_sub(was.truncated),
         );
-        if self.exchanges.is_empty() {
+        if self.done.exchanges.is_empty() && self.done.streams.is_empty() {
             return;
         }
         let resource = self.procs.resource(id.pid, &entry.comm);
-        for ex in self.exchanges.drain(..) {
-            let sp = span::build(&ex, &entry.info, &resource, self.clock, &self.opts.spans);
+        let (clock, opts) = (self.clock, &self.opts.spans);
+        let spans = self
+            .done
+            .exchanges
+            .drain(..)
+            .map(|ex| span::build(&ex, &entry.info, &resource, clock, opts));
+        let h2 = self
+            .done
+            .streams
+            .drain(..)
+            .map(|st| span::build_h2(&st, &entry.info, &resource, clock, opts));
+        for sp in spans.chain(h2) {
             Metrics::add(&m.spans_built_total, 1);
             let filtered = (!self.opts.ports.is_empty() && !port_matches(&sp, &self.opts.ports))
                 || (!self.opts.trace_otlp_exports && is_otlp_export(&sp));

@@ -2,7 +2,11 @@
 //! following the stable HTTP semantic conventions.
 use std::{borrow::Cow, fmt, net::SocketAddr, sync::Arc};
 
-use crate::decode::http1::{Exchange, Outcome, Request, Role, Version};
+use crate::decode::{
+    Role,
+    http1::{Exchange, Outcome, Version},
+    http2::Stream,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
@@ -189,13 +193,6 @@ const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Splits `host[:port]` (including `[v6]:port`).
 fn split_host(authority: &str) -> (String, Option<u16>) {
     let authority = authority.trim();
@@ -234,6 +231,35 @@ fn random_id<const N: usize>() -> [u8; N] {
 }
 
 /// Builds the span for one exchange.
+/// One request/response as the span builder needs it, whatever the protocol.
+struct Call<'a> {
+    kind: SpanKind,
+    /// None when it could not be decoded (HTTP/2 headers incomplete): never guessed.
+    method: Option<&'a str>,
+    /// Request target: origin-form `/p?q`, absolute-form `http://h/p?q`, or `*`.
+    target: Option<&'a str>,
+    /// `:authority` (HTTP/2); HTTP/1 uses the target or the Host header.
+    authority: Option<&'a str>,
+    headers: &'a [(String, String)],
+    version: &'static str,
+    status: Option<u16>,
+    req_body: u64,
+    resp_body: u64,
+    ts_start: u64,
+    ts_end: u64,
+    /// Why the exchange failed beyond its status code.
+    error: Option<String>,
+    notes: Vec<KeyValue>,
+}
+
+fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Builds the span for one HTTP/1.x exchange.
 pub fn build(
     ex: &Exchange,
     conn: &ConnInfo,
@@ -242,29 +268,154 @@ pub fn build(
     opts: &SpanOptions,
 ) -> Span {
     let req = &ex.request;
-    let kind = match ex.role {
+    let mut notes = Vec::new();
+    let error = match ex.outcome {
+        Outcome::Complete => None,
+        Outcome::ClosedBeforeResponse => Some("connection_closed_before_response".to_string()),
+        Outcome::ClosedMidResponse => Some("connection_closed_mid_response".to_string()),
+        // The response was seen but its exact end was not: say so, it is not an error.
+        Outcome::FramingLost => {
+            notes.push(kv("tracer.http.response_end_estimated", Value::Bool(true)));
+            None
+        }
+    };
+    if req.headers_truncated || ex.response.as_ref().is_some_and(|r| r.headers_truncated) {
+        notes.push(kv("tracer.http.headers_truncated", Value::Bool(true)));
+    }
+    let call = Call {
+        kind: match ex.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        },
+        method: Some(&req.method),
+        target: Some(&req.target),
+        authority: None,
+        headers: &req.headers,
+        version: match req.version {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+        },
+        status: ex.response.as_ref().map(|r| r.status),
+        req_body: req.body_len,
+        resp_body: ex.response.as_ref().map_or(0, |r| r.body_len),
+        ts_start: req.ts_start,
+        ts_end: ex
+            .response
+            .as_ref()
+            .map_or(req.ts_end, |r| r.ts_end.max(req.ts_end)),
+        error,
+        notes,
+    };
+    build_call(call, conn, resource, clock, opts)
+}
+
+/// gRPC status codes that make a SERVER span an error (OTel gRPC conventions); for CLIENT
+/// spans every code but OK does.
+const GRPC_SERVER_ERRORS: [u32; 6] = [2, 4, 12, 13, 14, 15];
+
+/// Builds the span for one HTTP/2 stream (a gRPC call when its content-type says so).
+pub fn build_h2(
+    st: &Stream,
+    conn: &ConnInfo,
+    resource: &Arc<Resource>,
+    clock: Clock,
+    opts: &SpanOptions,
+) -> Span {
+    let kind = match st.role {
         Role::Server => SpanKind::Server,
         Role::Client => SpanKind::Client,
     };
-    let mut attrs = Vec::with_capacity(16);
-    let method = if KNOWN_METHODS.contains(&req.method.as_str()) {
-        req.method.clone()
-    } else {
-        attrs.push(kv(
-            "http.request.method_original",
-            Value::Str(req.method.clone()),
-        ));
-        "_OTHER".to_string()
+    let mut notes = Vec::new();
+    if st.headers_incomplete {
+        notes.push(kv("tracer.http.headers_incomplete", Value::Bool(true)));
+    }
+    let error = match (st.reset, st.closed_early) {
+        (Some(_), _) => Some("stream_reset".to_string()),
+        (None, true) => Some("connection_closed_before_response".to_string()),
+        _ => None,
     };
-    attrs.push(kv("http.request.method", Value::Str(method.clone())));
+    let call = Call {
+        kind,
+        method: st.method.as_deref(),
+        target: st.path.as_deref(),
+        authority: st.authority.as_deref(),
+        headers: &st.request_headers,
+        version: "2",
+        status: st.status,
+        req_body: st.request_body_len,
+        resp_body: st.response_body_len,
+        ts_start: st.ts_start,
+        ts_end: st.ts_end,
+        error,
+        notes,
+    };
+    let mut span = build_call(call, conn, resource, clock, opts);
+    // gRPC: `/package.Service/Method`; the RPC's status comes from grpc-status, not HTTP.
+    let rpc = st
+        .path
+        .as_deref()
+        .and_then(|p| p.strip_prefix('/')?.split_once('/'));
+    if let (true, Some((service, method))) = (st.is_grpc, rpc) {
+        span.name = format!("{service}/{method}");
+        span.attributes
+            .push(kv("rpc.system", Value::Str("grpc".into())));
+        span.attributes
+            .push(kv("rpc.service", Value::Str(service.to_string())));
+        span.attributes
+            .push(kv("rpc.method", Value::Str(method.to_string())));
+        if let Some(code) = st.grpc_status {
+            span.attributes
+                .push(kv("rpc.grpc.status_code", Value::Int(code as i64)));
+            let failed = match kind {
+                SpanKind::Server => GRPC_SERVER_ERRORS.contains(&code),
+                SpanKind::Client => code != 0,
+            };
+            if failed && span.status == Status::Unset {
+                span.status = Status::Error(
+                    st.grpc_message
+                        .clone()
+                        .unwrap_or_else(|| format!("grpc-status {code}")),
+                );
+                span.attributes
+                    .push(kv("error.type", Value::Str(code.to_string())));
+            }
+        }
+    }
+    span
+}
 
-    // origin-form `/p?q`, absolute-form `http://h/p?q` (proxies), or `*`.
-    let (authority_in_target, path_query) = match req.target.split_once("://") {
+fn build_call(
+    call: Call<'_>,
+    conn: &ConnInfo,
+    resource: &Arc<Resource>,
+    clock: Clock,
+    opts: &SpanOptions,
+) -> Span {
+    let kind = call.kind;
+    let mut attrs = Vec::with_capacity(16);
+    // The span name is the method (the route is not known here); "HTTP" when even that is not.
+    let name = match call.method {
+        Some(m) if KNOWN_METHODS.contains(&m) => m.to_string(),
+        Some(m) => {
+            attrs.push(kv(
+                "http.request.method_original",
+                Value::Str(m.to_string()),
+            ));
+            "_OTHER".to_string()
+        }
+        None => "HTTP".to_string(),
+    };
+    if call.method.is_some() {
+        attrs.push(kv("http.request.method", Value::Str(name.clone())));
+    }
+
+    let target = call.target.unwrap_or("");
+    let (authority_in_target, path_query) = match target.split_once("://") {
         Some((_, rest)) => match rest.find('/') {
             Some(i) => (Some(&rest[..i]), &rest[i..]),
             None => (Some(rest), "/"),
         },
-        None => (None, req.target.as_str()),
+        None => (None, target),
     };
     let (path, query) = match path_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -277,13 +428,17 @@ pub fn build(
             redact_query(q)
         }
     });
-    attrs.push(kv("url.path", Value::Str(path.to_string())));
+    if call.target.is_some() {
+        attrs.push(kv("url.path", Value::Str(path.to_string())));
+    }
     if let Some(q) = &query {
         attrs.push(kv("url.query", Value::Str(q.clone())));
     }
     attrs.push(kv("url.scheme", Value::Str("http".into())));
 
-    let authority = authority_in_target.or_else(|| header(req, "host"));
+    let authority = authority_in_target
+        .or(call.authority)
+        .or_else(|| find(call.headers, "host"));
     let (host, port) = match authority {
         Some(a) => {
             let (h, p) = split_host(a);
@@ -297,7 +452,7 @@ pub fn build(
     if let Some(p) = port {
         attrs.push(kv("server.port", Value::Int(p as i64)));
     }
-    if kind == SpanKind::Client {
+    if kind == SpanKind::Client && call.target.is_some() {
         let full = format!(
             "http://{}{}{}",
             authority.unwrap_or("unknown"),
@@ -314,79 +469,57 @@ pub fn build(
         attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
         if kind == SpanKind::Server {
             // The first X-Forwarded-For hop is the original client when a proxy is in front.
-            let client = header(req, "x-forwarded-for")
+            let client = find(call.headers, "x-forwarded-for")
                 .and_then(|v| v.split(',').next())
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|| peer.ip().to_string());
             attrs.push(kv("client.address", Value::Str(client)));
         }
     }
-    let version = match req.version {
-        Version::Http10 => "1.0",
-        Version::Http11 => "1.1",
-    };
-    attrs.push(kv("network.protocol.version", Value::Str(version.into())));
-    if let Some(ua) = header(req, "user-agent") {
+    attrs.push(kv(
+        "network.protocol.version",
+        Value::Str(call.version.into()),
+    ));
+    if let Some(ua) = find(call.headers, "user-agent") {
         attrs.push(kv("user_agent.original", Value::Str(ua.to_string())));
     }
-    if req.body_len > 0 {
+    if call.req_body > 0 {
         attrs.push(kv(
             "http.request.body.size",
-            Value::Int(req.body_len as i64),
+            Value::Int(call.req_body as i64),
         ));
     }
-
-    let mut status = Status::Unset;
-    let mut error_type = None;
-    if let Some(resp) = &ex.response {
-        attrs.push(kv(
-            "http.response.status_code",
-            Value::Int(resp.status as i64),
-        ));
-        if resp.body_len > 0 {
+    let mut error_type = call.error;
+    if let Some(code) = call.status {
+        attrs.push(kv("http.response.status_code", Value::Int(code as i64)));
+        if call.resp_body > 0 {
             attrs.push(kv(
                 "http.response.body.size",
-                Value::Int(resp.body_len as i64),
+                Value::Int(call.resp_body as i64),
             ));
         }
-        let failed = resp.status >= 500 || (kind == SpanKind::Client && resp.status >= 400);
-        if failed {
-            error_type = Some(resp.status.to_string());
+        let failed = code >= 500 || (kind == SpanKind::Client && code >= 400);
+        if failed && error_type.is_none() {
+            error_type = Some(code.to_string());
         }
     }
-    match ex.outcome {
-        Outcome::Complete => {}
-        Outcome::ClosedBeforeResponse => {
-            error_type = Some("connection_closed_before_response".into())
-        }
-        Outcome::ClosedMidResponse => error_type = Some("connection_closed_mid_response".into()),
-        // The response was seen but its exact end was not: say so, it is not an error.
-        Outcome::FramingLost => {
-            attrs.push(kv("tracer.http.response_end_estimated", Value::Bool(true)))
-        }
-    }
+    let mut status = Status::Unset;
     if let Some(e) = error_type {
         status = Status::Error(e.clone());
         attrs.push(kv("error.type", Value::Str(e)));
     }
-    if req.headers_truncated || ex.response.as_ref().is_some_and(|r| r.headers_truncated) {
-        attrs.push(kv("tracer.http.headers_truncated", Value::Bool(true)));
-    }
+    attrs.extend(call.notes);
 
-    let parent = header(req, "traceparent").and_then(TraceParent::parse);
-    let end = ex
-        .response
-        .as_ref()
-        .map_or(req.ts_end, |r| r.ts_end.max(req.ts_end));
+    let parent = find(call.headers, "traceparent").and_then(TraceParent::parse);
     Span {
         trace_id: parent.map_or_else(random_id::<16>, |p| p.trace_id),
         span_id: random_id::<8>(),
         parent_span_id: parent.map(|p| p.parent_id),
         flags: parent.map_or(1, |p| p.flags),
         kind,
-        name: method,
-        start_unix_ns: clock.to_unix(req.ts_start),
-        end_unix_ns: clock.to_unix(end),
+        name,
+        start_unix_ns: clock.to_unix(call.ts_start),
+        end_unix_ns: clock.to_unix(call.ts_end),
         status,
         attributes: attrs,
         resource: resource.clone(),
@@ -396,7 +529,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::http1::Response;
+    use crate::decode::http1::{Request, Response};
 
     fn exchange(
         role: Role,

@@ -203,6 +203,9 @@ fn setup() -> anyhow::Result<()> {
         ("wrk", "wrk"),
         ("nginx", "nginx"),
         ("ip", "iproute2"),
+        ("nghttpd", "nghttp2-server"),
+        ("nghttp", "nghttp2-client"),
+        ("h2load", "nghttp2-client"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -210,7 +213,7 @@ fn setup() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        eprintln!("    curl, python3, wrk, nginx: present");
+        eprintln!("    curl, python3, wrk, nginx, nghttp2: present");
     } else if is_root() {
         apt_install(&missing)?;
     } else {
