@@ -27,7 +27,7 @@ use tracer_user::{
     name = "tracer",
     version,
     about = "eBPF tracer: OpenTelemetry spans for the HTTP traffic of unmodified programs",
-    long_about = "Watches socket syscalls with eBPF tracepoints, decodes HTTP/1.x and turns each request into an \
+    long_about = "Watches socket syscalls with eBPF tracepoints, decodes HTTP/1.x and HTTP/2 (h2c, gRPC) and turns each request into an \
                   OpenTelemetry span. Spans are printed on the terminal unless an OTLP endpoint is set \
                   (--otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT). Needs root (CAP_BPF + CAP_PERFMON)."
 )]
@@ -237,7 +237,7 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         snapshot.len()
     );
     tracing::info!(
-        "tracing HTTP/1.x (capture {} bytes per syscall{}{}{})",
+        "tracing HTTP/1.x and HTTP/2 (capture {} bytes per syscall{}{}{})",
         opts.capture_size(),
         if opts.pid.is_empty() {
             String::new()
