@@ -269,26 +269,19 @@ impl ConnTable {
         let m = &self.metrics;
         let now = entry.decoder.counts();
         let was = std::mem::replace(&mut entry.reported, now.clone());
-        Metrics::add(
-            &m.decode_malformed_total,
-            now.malformed.saturating_sub(was.malformed),
-        );
-        Metrics::add(
-            &m.decode_resyncs_total,
-            now.resyncs.saturating_sub(was.resyncs),
-        );
-        Metrics::add(
-            &m.decode_orphan_responses_total,
-            now.orphans.saturating_sub(was.orphans),
-        );
-        Metrics::add(
-            &m.decode_lost_exchanges_total,
-            now.lost.saturating_sub(was.lost),
-        );
-        Metrics::add(
-            &m.decode_truncated_headers_total,
-            now.truncated.saturating_sub(was.truncated),
-        );
+        for (counter, now, was) in [
+            (&m.decode_malformed_total, now.malformed, was.malformed),
+            (&m.decode_resyncs_total, now.resyncs, was.resyncs),
+            (&m.decode_orphan_responses_total, now.orphans, was.orphans),
+            (&m.decode_lost_exchanges_total, now.lost, was.lost),
+            (
+                &m.decode_truncated_headers_total,
+                now.truncated,
+                was.truncated,
+            ),
+        ] {
+            Metrics::add(counter, now.saturating_sub(was));
+        }
         if self.done.exchanges.is_empty() && self.done.streams.is_empty() {
             return;
         }

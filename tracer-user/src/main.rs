@@ -1,9 +1,5 @@
 //! `tracer`: request traces for services nobody has to touch.
-use std::{
-    path::PathBuf,
-    sync::{Arc, atomic::Ordering::Relaxed},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -337,11 +333,11 @@ async fn reload_loop(
         };
         match &result {
             Ok(msg) => {
-                metrics.health.config_reloads.fetch_add(1, Relaxed);
+                Metrics::add(&metrics.config_reloads_total, 1);
                 tracing::info!("{msg}");
             }
             Err(msg) => {
-                metrics.health.config_reload_failures.fetch_add(1, Relaxed);
+                Metrics::add(&metrics.config_reload_failures_total, 1);
                 tracing::warn!("{msg}");
             }
         }

@@ -18,8 +18,6 @@ pub struct Health {
     /// The last export attempt failed for good (cleared by the next success).
     pub export_failing: AtomicBool,
     pub last_export_error: Mutex<String>,
-    pub config_reloads: AtomicU64,
-    pub config_reload_failures: AtomicU64,
 }
 
 macro_rules! counters {
@@ -57,6 +55,8 @@ counters! {
     spans_exported_total => "Spans the exporter delivered",
     spans_export_failed_total => "Spans dropped after export retries failed",
     spans_queue_full_total => "Spans dropped because the export queue was full",
+    config_reloads_total => "Config reloads applied (SIGHUP or POST /reload)",
+    config_reload_failures_total => "Config reloads rejected (the running config stayed)",
 }
 
 impl Metrics {
@@ -90,19 +90,7 @@ impl Metrics {
     pub fn prometheus(&self) -> String {
         let mut s = String::new();
         let h = &self.health;
-        let counters = self.snapshot().into_iter().chain([
-            (
-                "tracer_config_reloads_total",
-                "Config reloads applied (SIGHUP or POST /reload)",
-                h.config_reloads.load(Relaxed),
-            ),
-            (
-                "tracer_config_reload_failures_total",
-                "Config reloads rejected (the running config stayed)",
-                h.config_reload_failures.load(Relaxed),
-            ),
-        ]);
-        for (name, help, v) in counters {
+        for (name, help, v) in self.snapshot() {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         for (name, help, v) in [
