@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Project tasks: build-ebpf, build, run, test, bench, setup")]
+#[command(about = "Project tasks: build-ebpf, build-plugins, build, run, test, bench, setup")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -20,6 +20,9 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (installs rust-src and bpf-linker first when missing).
     BuildEbpf,
+    /// Build every plugin under plugins/ to a WebAssembly component in target/plugins/
+    /// (test-only plugins from plugins/testing/ go to target/plugins/testing/).
+    BuildPlugins,
     /// Build the `tracer` binary (release) with the eBPF object embedded.
     Build,
     /// Build, then run `tracer run` with these arguments (as root: the probes need it).
@@ -171,6 +174,81 @@ fn build_ebpf() -> anyhow::Result<()> {
         .args(["build", "--release"]))
 }
 
+/// Plugin crates: `plugins/<name>/` and `plugins/testing/<name>/` (all but the SDK).
+fn plugin_crates() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for (dir, dest) in [
+        ("plugins", "target/plugins"),
+        ("plugins/testing", "target/plugins/testing"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name != "sdk" && path.join("Cargo.toml").exists() {
+                out.push((name, root().join(dest)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Builds the plugins for `wasm32-unknown-unknown` and wraps each in a component. A WASI target
+/// would make every plugin import a dozen WASI interfaces it never uses; this way the only
+/// imports are the tracer's `host` interface.
+fn build_plugins() -> anyhow::Result<Vec<PathBuf>> {
+    step("checking the wasm32-unknown-unknown target");
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed
+        .lines()
+        .any(|l| l.trim() == "wasm32-unknown-unknown")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let crates = plugin_crates()?;
+    step(&format!(
+        "building {} plugins (wasm32-unknown-unknown, profile `plugin`)",
+        crates.len()
+    ));
+    let mut cmd = cargo();
+    cmd.current_dir(root()).args([
+        "build",
+        "--profile",
+        "plugin",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]);
+    for (name, _) in &crates {
+        cmd.args(["-p", name]);
+    }
+    run(&mut cmd)?;
+    step("wrapping each module in a component (wit-component)");
+    let mut built = Vec::new();
+    for (name, dest) in crates {
+        let module = root().join(format!(
+            "target/wasm32-unknown-unknown/plugin/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let bytes =
+            std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(&bytes)
+            .and_then(|e| e.encode())
+            .with_context(|| format!("{name}: cannot make a component of {}", module.display()))?;
+        std::fs::create_dir_all(&dest)?;
+        let out = dest.join(format!("{name}.wasm"));
+        std::fs::write(&out, &component)?;
+        eprintln!("    {} ({} KiB)", out.display(), component.len() / 1024);
+        built.push(out);
+    }
+    Ok(built)
+}
+
 fn build() -> anyhow::Result<PathBuf> {
     build_ebpf()?;
     step("building the tracer (release, eBPF object embedded)");
@@ -311,6 +389,8 @@ fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     setup()?;
     build_ebpf()?;
+    // The plugin host's tests load the real components.
+    build_plugins()?;
     let mut tally = Tally::default();
     step("unit tests (no root needed: recorded events replayed through the same code path)");
     let unit = run_tests(
@@ -349,6 +429,7 @@ fn test() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(),
+        Task::BuildPlugins => build_plugins().map(drop),
         Task::Build => build().map(|bin| eprintln!("built {}", bin.display())),
         Task::Run { args } => {
             let bin = build()?;

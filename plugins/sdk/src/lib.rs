@@ -1,0 +1,500 @@
+//! The only dependency a tracer span plugin needs.
+//!
+//! A plugin is a type implementing [`Plugin`] (every method but `init` has a no-op default)
+//! and one [`export_plugin!`] line:
+//!
+//! ```ignore
+//! use tracer_plugin_sdk::{Action, Config, Interest, Plugin, Resource, Span};
+//!
+//! struct DropHealthChecks;
+//!
+//! impl Plugin for DropHealthChecks {
+//!     fn init(_: &Config) -> Result<Self, String> {
+//!         Ok(Self)
+//!     }
+//!     fn interest(&self) -> Interest {
+//!         Interest::none().attributes(["url.path"])
+//!     }
+//!     fn on_span(&mut self, span: &Span, _: &Resource) -> Action {
+//!         if span.str_attr("url.path") == Some("/healthz") { Action::drop() } else { Action::keep() }
+//!     }
+//! }
+//!
+//! tracer_plugin_sdk::export_plugin!(DropHealthChecks);
+//! ```
+//!
+//! Built for `wasm32-unknown-unknown` and turned into a component (`cargo xtask build-plugins`),
+//! it imports nothing but the tracer's `host` interface. The same code builds natively, where
+//! the host functions have stand-ins, so plugin logic is unit-tested with plain `cargo test`
+//! (see [`testing`]).
+
+pub use serde;
+pub use wit_bindgen;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "span-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_span_plugin",
+        default_bindings_module: "tracer_plugin_sdk::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+use std::{any::Any, cell::RefCell, fmt};
+
+use bindings::tracer::plugin::host;
+pub use bindings::tracer::plugin::types::{
+    Attribute, Edit, Interest, Resource, Span, SpanKind, Status, Value, Verdict,
+};
+pub use host::Level;
+
+/// A span plugin. Only `init` is required.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin from its configuration (the plugin's `.toml` file). An error refuses
+    /// the plugin with that message; the tracer keeps the previous version.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// What the plugin needs to see of each span. Default: ids, kind, times and status only.
+    fn interest(&self) -> Interest {
+        Interest::none()
+    }
+
+    /// The decision for one span. Default: keep it unchanged.
+    fn on_span(&mut self, _span: &Span, _resource: &Resource) -> Action {
+        Action::keep()
+    }
+
+    /// The decisions for a whole batch. Default: `on_span` for each span.
+    fn on_batch(&mut self, batch: &Batch<'_>, out: &mut Vec<Verdict>) {
+        for (i, span) in batch.spans.iter().enumerate() {
+            self.on_span(span, batch.resource(span)).push_to(i, out);
+        }
+    }
+}
+
+/// One batch of spans and the resources they point into.
+pub struct Batch<'a> {
+    pub spans: &'a [Span],
+    pub resources: &'a [Resource],
+}
+
+impl Batch<'_> {
+    /// The resource of a span (empty if the host sent an index out of range).
+    pub fn resource(&self, span: &Span) -> &Resource {
+        static EMPTY: Resource = Resource {
+            attributes: Vec::new(),
+        };
+        self.resources.get(span.resource as usize).unwrap_or(&EMPTY)
+    }
+}
+
+/// What happens to one span: kept or dropped, plus edits.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+pub struct Action {
+    keep: bool,
+    edits: Vec<Edit>,
+}
+
+impl Action {
+    pub fn keep() -> Self {
+        Self {
+            keep: true,
+            edits: Vec::new(),
+        }
+    }
+
+    /// Drops the span (it is counted as dropped by this plugin).
+    pub fn drop() -> Self {
+        Self {
+            keep: false,
+            edits: Vec::new(),
+        }
+    }
+
+    /// Sets an attribute (replacing the value of an existing one).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.edits.push(Edit::Set(Attribute {
+            key: key.into(),
+            value: value.into(),
+        }));
+        self
+    }
+
+    /// Removes an attribute.
+    pub fn remove(mut self, key: impl Into<String>) -> Self {
+        self.edits.push(Edit::Remove(key.into()));
+        self
+    }
+
+    /// Renames the span.
+    pub fn rename(mut self, name: impl Into<String>) -> Self {
+        self.edits.push(Edit::Rename(name.into()));
+        self
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
+    pub fn edits(&self) -> &[Edit] {
+        &self.edits
+    }
+
+    /// Appends the verdict for span `index`, unless the action changes nothing.
+    pub fn push_to(self, index: usize, out: &mut Vec<Verdict>) {
+        if !self.keep || !self.edits.is_empty() {
+            out.push(Verdict {
+                span: index as u32,
+                keep: self.keep,
+                edits: self.edits,
+            });
+        }
+    }
+}
+
+impl Interest {
+    /// Nothing beyond ids, kind, times and status.
+    pub fn none() -> Self {
+        Self {
+            attributes: Vec::new(),
+            resource_attributes: Vec::new(),
+            span_name: false,
+        }
+    }
+
+    /// Span attribute key patterns to receive; `*` matches any run of characters.
+    pub fn attributes<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        self.attributes.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Resource attribute key patterns to receive (`service.name`, `k8s.*`, ...).
+    pub fn resource_attributes<S: Into<String>>(
+        mut self,
+        keys: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.resource_attributes
+            .extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Receive the span name too.
+    pub fn span_name(mut self) -> Self {
+        self.span_name = true;
+        self
+    }
+}
+
+fn find<'a>(attrs: &'a [Attribute], key: &str) -> Option<&'a Value> {
+    attrs.iter().find(|a| a.key == key).map(|a| &a.value)
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        find(&self.attributes, key)
+    }
+
+    /// A string attribute's value (None if absent or not a string).
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// An integer attribute's value (None if absent or not an integer).
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
+        match self.attr(key)? {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.trace_id.0.to_be_bytes());
+        b[8..].copy_from_slice(&self.trace_id.1.to_be_bytes());
+        b
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self.status, Status::Error(_))
+    }
+}
+
+impl Resource {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        find(&self.attributes, key)
+    }
+
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Boolean(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<f64> for Value {
+    fn from(x: f64) -> Self {
+        Value::Float(x)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Boolean(b)
+    }
+}
+
+/// The plugin's configuration: the text of its `.toml` file, empty if there is none.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    text: String,
+}
+
+impl Config {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self { text: text.into() }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Deserializes the TOML text (an empty file is an empty table, so `#[serde(default)]`
+    /// fields get their defaults). The error names the bad key or line.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        toml::from_str(&self.text).map_err(|e| format!("invalid config: {e}"))
+    }
+}
+
+/// A line in the tracer's log, tagged with the plugin's name.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[plugin {level:?}] {message}");
+}
+
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log($crate::Level::Info, &format!($($t)*)) };
+}
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log($crate::Level::Warn, &format!($($t)*)) };
+}
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log($crate::Level::Debug, &format!($($t)*)) };
+}
+
+/// A random number from the host.
+pub fn random_u64() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return host::random_u64();
+    #[cfg(not(target_arch = "wasm32"))]
+    return testing::next_random();
+}
+
+/// Nanoseconds since the Unix epoch, from the host.
+pub fn now_unix_nano() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return host::now_unix_nano();
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+}
+
+thread_local! {
+    /// Counter increments of the current batch, sent to the host once at its end.
+    static COUNTS: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+    static STATE: RefCell<Option<Box<dyn Any>>> = RefCell::new(None);
+}
+
+/// Adds to the plugin's counter `name`, served as
+/// `tracer_plugin_custom_total{plugin="...",name="..."}`. Cheap: sums are sent once per batch.
+pub fn count(name: &str, delta: u64) {
+    COUNTS.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v += delta,
+            None => c.push((name.to_owned(), delta)),
+        }
+    });
+}
+
+fn flush_counts() {
+    let counts = COUNTS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    for (name, delta) in counts {
+        #[cfg(target_arch = "wasm32")]
+        host::counter_add(&name, delta);
+        #[cfg(not(target_arch = "wasm32"))]
+        testing::record_count(name, delta);
+    }
+}
+
+#[doc(hidden)]
+pub mod __rt {
+    use super::*;
+
+    pub fn init<P: Plugin>(config: String) -> Result<Interest, String> {
+        let plugin = P::init(&Config::new(config))?;
+        let interest = plugin.interest();
+        STATE.with(|s| *s.borrow_mut() = Some(Box::new(plugin)));
+        Ok(interest)
+    }
+
+    pub fn process<P: Plugin>(spans: Vec<Span>, resources: Vec<Resource>) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        STATE.with(|s| {
+            let mut state = s.borrow_mut();
+            let plugin = state
+                .as_mut()
+                .and_then(|p| p.downcast_mut::<P>())
+                .expect("process-batch called before a successful init");
+            plugin.on_batch(
+                &Batch {
+                    spans: &spans,
+                    resources: &resources,
+                },
+                &mut out,
+            );
+        });
+        flush_counts();
+        out
+    }
+}
+
+/// Exports a [`Plugin`] type as the component's `tracer:plugin/plugin` interface.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __TracerPluginExport;
+
+        impl $crate::bindings::exports::tracer::plugin::plugin::Guest for __TracerPluginExport {
+            fn init(config: String) -> Result<$crate::Interest, String> {
+                $crate::__rt::init::<$plugin>(config)
+            }
+            fn process_batch(
+                spans: Vec<$crate::Span>,
+                resources: Vec<$crate::Resource>,
+            ) -> Vec<$crate::Verdict> {
+                $crate::__rt::process::<$plugin>(spans, resources)
+            }
+        }
+
+        // Native builds (unit tests) export nothing: the names are not valid linker symbols.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_span_plugin!(__TracerPluginExport with_types_in $crate::bindings);
+    };
+}
+
+/// Native unit tests of plugin logic: sample spans, and running a plugin on them without a
+/// tracer (init, then one batch, exactly as the host calls it).
+pub mod testing {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        static SEED: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+        static COUNTED: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[doc(hidden)]
+    pub fn next_random() -> u64 {
+        // xorshift64*: deterministic, so native tests are repeatable.
+        SEED.with(|s| {
+            let mut x = s.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            s.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    }
+
+    #[doc(hidden)]
+    pub fn record_count(name: String, delta: u64) {
+        COUNTED.with(|c| c.borrow_mut().push((name, delta)));
+    }
+
+    /// Counter increments sent since the last call (native builds only).
+    pub fn take_counts() -> Vec<(String, u64)> {
+        COUNTED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+    }
+
+    /// A server span `GET` of 1 ms with trace id (1, 2) and span id 3, no attributes.
+    pub fn span() -> Span {
+        Span {
+            trace_id: (1, 2),
+            span_id: 3,
+            parent_span_id: None,
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            start_unix_nano: 1_000_000_000,
+            end_unix_nano: 1_001_000_000,
+            status: Status::Unset,
+            attributes: Vec::new(),
+            resource: 0,
+        }
+    }
+
+    impl Span {
+        /// Test helper: the span with one more attribute.
+        pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+            self.attributes.push(Attribute {
+                key: key.into(),
+                value: value.into(),
+            });
+            self
+        }
+    }
+
+    /// Runs `P` as the host would: `init(config)`, then one batch with one empty resource.
+    pub fn run<P: Plugin>(config: &str, spans: Vec<Span>) -> Result<Vec<Verdict>, String> {
+        __rt::init::<P>(config.to_owned())?;
+        Ok(__rt::process::<P>(
+            spans,
+            vec![Resource {
+                attributes: Vec::new(),
+            }],
+        ))
+    }
+}
