@@ -12,8 +12,9 @@ pub const WIRE_VERSION: u16 = 1;
 pub const MAX_CAPTURE: usize = 8192;
 /// Default payload prefix: a request line plus a typical header block.
 pub const DEFAULT_CAPTURE: u32 = 4096;
-/// iovec entries looked at per readv/writev/sendmsg/recvmsg.
-pub const MAX_IOV: usize = 8;
+/// iovec entries looked at per readv/writev/sendmsg/recvmsg (the kernel's IOV_MAX: every one).
+/// The probes walk them with `bpf_loop`, so the count does not grow the program.
+pub const MAX_IOV: usize = 1024;
 pub const COMM_LEN: usize = 16;
 
 pub mod kind {

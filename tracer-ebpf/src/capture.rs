@@ -293,6 +293,66 @@ fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
     rc == 0
 }
 
+/// State of one iovec walk, shared with the `bpf_loop` callback (on this program's stack).
+#[repr(C)]
+struct IovWalk {
+    /// User address of the iovec array.
+    iov: u64,
+    /// Payload bytes copied so far (also the offset of the next copy).
+    captured: u64,
+    /// Payload bytes wanted in all.
+    want: u64,
+}
+
+/// One iovec of the walk: copies a prefix of it after what is already captured.
+/// Returns 1 to stop the loop (budget reached, or user memory unreadable), 0 to go on.
+#[inline(never)]
+extern "C" fn copy_iovec(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `IovWalk` that `walk_iovecs` passed to bpf_loop.
+    let w = unsafe { &mut *ctx.cast::<IovWalk>() };
+    if w.captured >= w.want {
+        return 1;
+    }
+    let Some(iov) = read_user::<[u64; 2]>(w.iov + i * 16) else {
+        return 1;
+    };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch, not shared with a concurrent run on this CPU.
+    let payload = unsafe { (*rec).payload.as_mut_ptr() };
+    let n = clamp(iov[1], w.want - w.captured);
+    if !copy_user(payload, w.captured, iov[0], n) {
+        return 1;
+    }
+    w.captured += clamp(n, MAX_CAPTURE as u64);
+    0
+}
+
+/// Copies the first `want` bytes spread over `iovcnt` iovecs. A `bpf_loop` keeps the program
+/// small whatever the iovec count: gRPC's C core writes a header block as dozens of iovecs
+/// (one per name and value), and an unrolled loop past 8 iovecs hit the verifier's limit.
+#[inline(always)]
+fn walk_iovecs(iov: u64, iovcnt: u64, want: u64) -> u64 {
+    let mut w = IovWalk {
+        iov,
+        captured: 0,
+        want,
+    };
+    let n = clamp(iovcnt, MAX_IOV as u64) as u32;
+    let cb = copy_iovec as extern "C" fn(u64, *mut c_void) -> i64;
+    // SAFETY: the callback only touches `w`, which outlives the call.
+    unsafe {
+        generated::bpf_loop(
+            n,
+            cb as *mut c_void,
+            (&mut w as *mut IovWalk).cast::<c_void>(),
+            0,
+        );
+    }
+    w.captured
+}
+
 #[inline(always)]
 fn emit_data(args: &SyscallArgs, len: u64, seq: u32, state: &ConnState, capture: u32, wake: u32) {
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
@@ -306,21 +366,7 @@ fn emit_data(args: &SyscallArgs, len: u64, seq: u32, state: &ConnState, capture:
     match args.syscall {
         syscall::SENDFILE => {}
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
-            let mut i = 0;
-            while i < MAX_IOV {
-                if i as u64 >= args.iovcnt || captured >= want {
-                    break;
-                }
-                let Some(iov) = read_user::<[u64; 2]>(args.ptr + (i as u64) * 16) else {
-                    break;
-                };
-                let n = clamp(iov[1], want - captured);
-                if !copy_user(payload, captured, iov[0], n) {
-                    break;
-                }
-                captured += clamp(n, MAX_CAPTURE as u64);
-                i += 1;
-            }
+            captured = walk_iovecs(args.ptr, args.iovcnt, want);
         }
         _ => {
             if copy_user(payload, 0, args.ptr, want) {

@@ -39,9 +39,9 @@ pub fn run_checks() -> Vec<Finding> {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     out.push(finding(
-        (major, minor) >= (5, 8),
-        format!("kernel {release} (ring buffers need 5.8 or newer)"),
-        "upgrade the kernel to 5.8 or newer",
+        (major, minor) >= (5, 17),
+        format!("kernel {release} (the probes use bpf_loop: 5.17 or newer)"),
+        "upgrade the kernel to 5.17 or newer",
     ));
     out.push(finding(
         Path::new("/sys/kernel/btf/vmlinux").exists(),
