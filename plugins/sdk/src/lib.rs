@@ -426,6 +426,136 @@ macro_rules! export_plugin {
     };
 }
 
+/// Consistent probability sampling keyed on the trace id, as OpenTelemetry specifies it
+/// ("TraceState: Probability Sampling", the `th` threshold rule): the randomness `R` is the low
+/// 56 bits of the trace id (bytes 9..16, random by W3C Trace Context Level 2), the rejection
+/// threshold for probability `p` is `T = 2^56 - round(p * 2^56)`, and a span is kept iff
+/// `R >= T`. Every node (and every OpenTelemetry SDK or collector using the same rule) makes the
+/// same decision for a trace, and a trace kept at probability `p` is kept at any `q >= p`.
+pub mod sampling {
+    /// 2^56: the range of the randomness value.
+    pub const MAX: u64 = 1 << 56;
+
+    /// The randomness value of a trace: its low 56 bits.
+    pub fn randomness(trace_id: (u64, u64)) -> u64 {
+        trace_id.1 & (MAX - 1)
+    }
+
+    /// A sampling probability turned into its rejection threshold once, at init.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Threshold(u64);
+
+    impl Threshold {
+        /// The threshold for probability `ratio`; an error names the value unless it is in 0..=1.
+        pub fn new(ratio: f64) -> Result<Self, String> {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!("ratio must be between 0 and 1, not {ratio}"));
+            }
+            Ok(Self(MAX - (ratio * MAX as f64).round() as u64))
+        }
+
+        /// Keeps everything.
+        pub const ALWAYS: Self = Self(0);
+
+        /// `T`: a trace is kept iff its randomness is at least this.
+        pub fn rejection(self) -> u64 {
+            self.0
+        }
+
+        /// The probability this threshold keeps a trace with.
+        pub fn probability(self) -> f64 {
+            (MAX - self.0) as f64 / MAX as f64
+        }
+
+        /// The OpenTelemetry `th` tracestate value: `T` in 14 hex digits, trailing zeros removed
+        /// (`"0"` for always; `None` for never, which has no encoding).
+        pub fn th(self) -> Option<String> {
+            match self.0 {
+                0 => Some("0".into()),
+                MAX => None,
+                t => Some(format!("{t:014x}").trim_end_matches('0').to_string()),
+            }
+        }
+
+        pub fn keeps(self, trace_id: (u64, u64)) -> bool {
+            randomness(trace_id) >= self.0
+        }
+    }
+
+    /// Whether the trace is kept at probability `ratio` (see [`Threshold`]; compute the
+    /// threshold once at init when the ratio is fixed).
+    pub fn keep_trace(trace_id: (u64, u64), ratio: f64) -> bool {
+        Threshold::new(ratio.clamp(0.0, 1.0)).is_ok_and(|t| t.keeps(trace_id))
+    }
+}
+
+/// Key patterns as the host matches them: `*` matches any run of characters, everything else
+/// itself. Plugins use this to tell apart keys that arrived for different reasons.
+pub mod pattern {
+    /// Whether `text` matches `pattern` (iterative, one backtrack point: linear in practice).
+    pub fn matches(pattern: &str, text: &str) -> bool {
+        glob(pattern.as_bytes(), text.as_bytes(), |a, b| a == b)
+    }
+
+    /// The same, ignoring ASCII case (query parameter names, header names).
+    pub fn matches_ignore_case(pattern: &str, text: &str) -> bool {
+        glob(pattern.as_bytes(), text.as_bytes(), |a, b| {
+            a.eq_ignore_ascii_case(&b)
+        })
+    }
+
+    fn glob(p: &[u8], s: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
+        let (mut pi, mut si) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while si < s.len() {
+            if pi < p.len() && p[pi] == b'*' {
+                star = Some((pi, si));
+                pi += 1;
+            } else if pi < p.len() && eq(p[pi], s[si]) {
+                pi += 1;
+                si += 1;
+            } else if let Some((sp, ss)) = star {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+
+    /// A list of patterns, checked in order.
+    #[derive(Clone, Debug, Default)]
+    pub struct Patterns(Vec<String>);
+
+    impl Patterns {
+        /// Refuses empty patterns, naming `what` (the config key) in the message.
+        pub fn new(what: &str, patterns: Vec<String>) -> Result<Self, String> {
+            if let Some(i) = patterns.iter().position(|p| p.is_empty()) {
+                return Err(format!("{what}[{i}] is empty"));
+            }
+            Ok(Self(patterns))
+        }
+
+        pub fn matches(&self, text: &str) -> bool {
+            self.0.iter().any(|p| matches(p, text))
+        }
+
+        pub fn matches_ignore_case(&self, text: &str) -> bool {
+            self.0.iter().any(|p| matches_ignore_case(p, text))
+        }
+
+        pub fn as_slice(&self) -> &[String] {
+            &self.0
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+}
+
 /// Native unit tests of plugin logic: sample spans, and running a plugin on them without a
 /// tracer (init, then one batch, exactly as the host calls it).
 pub mod testing {
@@ -477,6 +607,36 @@ pub mod testing {
     }
 
     impl Span {
+        /// Test helper: the span with this trace id.
+        pub fn with_trace_id(mut self, trace_id: (u64, u64)) -> Self {
+            self.trace_id = trace_id;
+            self
+        }
+
+        /// Test helper: the span with this status.
+        pub fn with_status(mut self, status: Status) -> Self {
+            self.status = status;
+            self
+        }
+
+        /// Test helper: the span lasting `ms` milliseconds.
+        pub fn with_duration_ms(mut self, ms: u64) -> Self {
+            self.end_unix_nano = self.start_unix_nano + ms * 1_000_000;
+            self
+        }
+
+        /// Test helper: the span with this kind.
+        pub fn with_kind(mut self, kind: SpanKind) -> Self {
+            self.kind = kind;
+            self
+        }
+
+        /// Test helper: the span with this name.
+        pub fn with_name(mut self, name: &str) -> Self {
+            self.name = name.into();
+            self
+        }
+
         /// Test helper: the span with one more attribute.
         pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
             self.attributes.push(Attribute {
@@ -485,6 +645,26 @@ pub mod testing {
             });
             self
         }
+    }
+
+    /// `init(config)` only, as the host calls it: the interest the plugin declares.
+    pub fn init<P: Plugin>(config: &str) -> Result<Interest, String> {
+        __rt::init::<P>(config.to_owned())
+    }
+
+    /// One more batch (with one empty resource) on the instance the last `init` or `run` made.
+    pub fn process<P: Plugin>(spans: Vec<Span>) -> Vec<Verdict> {
+        process_with::<P>(
+            spans,
+            vec![Resource {
+                attributes: Vec::new(),
+            }],
+        )
+    }
+
+    /// One more batch with these resources.
+    pub fn process_with<P: Plugin>(spans: Vec<Span>, resources: Vec<Resource>) -> Vec<Verdict> {
+        __rt::process::<P>(spans, resources)
     }
 
     /// Runs `P` as the host would: `init(config)`, then one batch with one empty resource.
@@ -496,5 +676,45 @@ pub mod testing {
                 attributes: Vec::new(),
             }],
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pattern, sampling::*};
+
+    #[test]
+    fn thresholds_follow_the_opentelemetry_rule() {
+        assert_eq!(Threshold::new(1.0).unwrap(), Threshold::ALWAYS);
+        assert_eq!(Threshold::new(1.0).unwrap().th().as_deref(), Some("0"));
+        assert_eq!(Threshold::new(0.5).unwrap().th().as_deref(), Some("8"));
+        assert_eq!(Threshold::new(0.25).unwrap().th().as_deref(), Some("c"));
+        assert_eq!(Threshold::new(0.0).unwrap().th(), None);
+        assert!(Threshold::new(1.5).unwrap_err().contains("1.5"));
+        assert!(Threshold::new(f64::NAN).is_err());
+        let half = Threshold::new(0.5).unwrap();
+        // Only the low 56 bits count; the high byte of the second half is ignored.
+        assert!(half.keeps((0, 0x00ff_ffff_ffff_ffff)));
+        assert!(half.keeps((0, 0x0080_0000_0000_0000)));
+        assert!(!half.keeps((u64::MAX, 0xff7f_ffff_ffff_ffff)));
+        assert!(!Threshold::new(0.0).unwrap().keeps((0, u64::MAX)));
+        assert!(Threshold::ALWAYS.keeps((0, 0)));
+        assert!(keep_trace((0, 0x00ff_0000_0000_0000), 0.1));
+        assert!(!keep_trace((0, 0), 0.999));
+    }
+
+    #[test]
+    fn patterns_match_like_the_host() {
+        assert!(pattern::matches("*", ""));
+        assert!(pattern::matches("http.*", "http.route"));
+        assert!(pattern::matches("*token*", "x.token.y"));
+        assert!(pattern::matches("*token*", "token"));
+        assert!(!pattern::matches("*token*", "tokn"));
+        assert!(pattern::matches("a*b*c", "aXbYbc"));
+        assert!(!pattern::matches("a*b*c", "aXbYb"));
+        assert!(!pattern::matches("user.email", "user.emails"));
+        assert!(pattern::matches_ignore_case("Sig*", "signature"));
+        let p = pattern::Patterns::new("remove", vec!["a".into(), "".into()]);
+        assert_eq!(p.unwrap_err(), "remove[1] is empty");
     }
 }
