@@ -1,4 +1,5 @@
-//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text), POST /reload.
+//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text), /plugins (JSON),
+//! POST /reload.
 //! Deliberately tiny (a few fixed routes, one request per connection): it must not need a web
 //! framework, and it binds to localhost unless the operator says otherwise.
 use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
@@ -9,7 +10,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{metrics::Metrics, span::clock_ns};
+use crate::{metrics::Metrics, plugins::PluginHost, span::clock_ns};
 
 /// A reload request; the answer says what was applied or why the file was rejected.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -21,27 +22,37 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// What the routes read.
+#[derive(Clone)]
+struct State {
+    metrics: Arc<Metrics>,
+    plugins: Arc<PluginHost>,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    plugins: Arc<PluginHost>,
     reload: mpsc::Sender<ReloadRequest>,
 ) {
+    let state = State {
+        metrics,
+        plugins,
+        reload,
+    };
     loop {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
-        let (m, r) = (metrics.clone(), reload.clone());
+        let st = state.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, m, r)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, st)).await;
         });
     }
 }
 
-async fn handle(
-    mut sock: TcpStream,
-    metrics: Arc<Metrics>,
-    reload: mpsc::Sender<ReloadRequest>,
-) -> std::io::Result<()> {
+async fn handle(mut sock: TcpStream, st: State) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -54,7 +65,7 @@ async fn handle(
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (code, ctype, body) = route(method, path, &metrics, &reload).await;
+    let (code, ctype, body) = route(method, path, &st).await;
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -70,14 +81,9 @@ async fn handle(
     sock.shutdown().await
 }
 
-async fn route(
-    method: &str,
-    path: &str,
-    m: &Metrics,
-    reload: &mpsc::Sender<ReloadRequest>,
-) -> (u16, &'static str, String) {
+async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
-    let h = &m.health;
+    let h = &st.metrics.health;
     match (method, path) {
         ("GET", "/healthz") => {
             let last = h.reader_alive_s.load(Relaxed);
@@ -109,11 +115,16 @@ async fn route(
         ("GET", "/metrics") => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            m.prometheus(),
+            st.metrics.prometheus() + &st.plugins.prometheus(),
+        ),
+        ("GET", "/plugins") => (
+            200,
+            "application/json",
+            format!("{:#}\n", st.plugins.status()),
         ),
         ("POST", "/reload") => {
             let (tx, rx) = oneshot::channel();
-            if reload.send(tx).await.is_err() {
+            if st.reload.send(tx).await.is_err() {
                 return (
                     503,
                     TEXT,
@@ -126,13 +137,13 @@ async fn route(
                 Err(_) => (503, TEXT, "reload was dropped\n".into()),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/reload") => {
             (405, TEXT, "method not allowed\n".into())
         }
         _ => (
             404,
             TEXT,
-            "not found: try /healthz, /readyz, /metrics or POST /reload\n".into(),
+            "not found: try /healthz, /readyz, /metrics, /plugins or POST /reload\n".into(),
         ),
     }
 }

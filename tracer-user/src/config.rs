@@ -82,6 +82,26 @@ pub struct RunOptions {
     /// In Kubernetes: pod labels to add to spans as k8s.pod.label.<key> (repeatable).
     #[arg(long = "k8s-label", value_name = "KEY")]
     pub k8s_label: Vec<String>,
+    /// WebAssembly plugins: `NN-name.wasm` files run in name order, `NN-name.toml` beside one
+    /// is its config. Watched: adding, replacing or deleting a file swaps the chain live.
+    /// `off` runs none. [default: /etc/tracer/plugins]
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<String>,
+    /// Deadline of one plugin call (a batch of up to 256 spans); past it the batch goes on
+    /// unchanged and the timeout is counted. [default: 50]
+    #[arg(long, value_name = "MS")]
+    pub plugin_timeout_ms: Option<u64>,
+    /// Memory cap of each plugin instance, in MiB. [default: 64]
+    #[arg(long, value_name = "MIB")]
+    pub plugin_memory_mib: Option<u64>,
+    /// Drop a batch when a plugin fails on it (trap, timeout, bad result) instead of letting
+    /// it through unchanged.
+    #[arg(long)]
+    pub plugins_fail_closed: bool,
+    /// Load plugin files that users other than root can write (refused by default: the
+    /// daemon is privileged).
+    #[arg(long)]
+    pub plugins_allow_writable: bool,
 }
 
 impl RunOptions {
@@ -106,6 +126,11 @@ impl RunOptions {
             stats_interval: self.stats_interval.or(file.stats_interval),
             admin_addr: self.admin_addr.or(file.admin_addr),
             k8s_label: list(self.k8s_label, file.k8s_label),
+            plugins_dir: self.plugins_dir.or(file.plugins_dir),
+            plugin_timeout_ms: self.plugin_timeout_ms.or(file.plugin_timeout_ms),
+            plugin_memory_mib: self.plugin_memory_mib.or(file.plugin_memory_mib),
+            plugins_fail_closed: self.plugins_fail_closed || file.plugins_fail_closed,
+            plugins_allow_writable: self.plugins_allow_writable || file.plugins_allow_writable,
         }
     }
 
@@ -115,6 +140,31 @@ impl RunOptions {
 
     pub fn ring_buffer_mib(&self) -> u32 {
         self.ring_buffer_mib.unwrap_or(16)
+    }
+
+    /// The plugin settings; no directory when plugins are switched off.
+    pub fn plugins(&self) -> crate::plugins::Settings {
+        let dir = match self
+            .plugins_dir
+            .as_deref()
+            .unwrap_or(crate::plugins::DEFAULT_DIR)
+        {
+            "off" | "" => None,
+            d => Some(PathBuf::from(d)),
+        };
+        crate::plugins::Settings {
+            dir,
+            limits: crate::plugins::Limits {
+                call_timeout: std::time::Duration::from_millis(
+                    self.plugin_timeout_ms.unwrap_or(50),
+                ),
+                memory_bytes: (self.plugin_memory_mib.unwrap_or(64) as usize) << 20,
+                ..Default::default()
+            },
+            fail_closed: self.plugins_fail_closed,
+            allow_writable: self.plugins_allow_writable,
+            ..Default::default()
+        }
     }
 
     /// None when the admin endpoint is switched off.
@@ -162,6 +212,12 @@ impl RunOptions {
         {
             return bad(format!("otlp-protocol {p:?}: use grpc or http/protobuf"));
         }
+        if let Some(t) = self.plugin_timeout_ms.filter(|t| !(1..=10_000).contains(t)) {
+            return bad(format!("plugin-timeout-ms {t} is outside 1..=10000"));
+        }
+        if let Some(m) = self.plugin_memory_mib.filter(|m| !(1..=4096).contains(m)) {
+            return bad(format!("plugin-memory-mib {m} is outside 1..=4096"));
+        }
         self.admin_addr()?;
         Ok(())
     }
@@ -185,6 +241,7 @@ impl RunOptions {
         check(self.stats_interval != new.stats_interval, "stats-interval");
         check(self.admin_addr != new.admin_addr, "admin-addr");
         check(self.k8s_label != new.k8s_label, "k8s-label");
+        check(self.plugins() != new.plugins(), "plugins-*");
         v
     }
 }

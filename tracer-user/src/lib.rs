@@ -3,7 +3,8 @@
 //! Data flows one way, one module per stage:
 //! [`probes`] (kernel side, loaded and attached) -> [`events`] (ring-buffer records) ->
 //! [`conntrack`] (per-connection state) -> [`decode`] (protocols) -> [`span`] (OTel spans,
-//! with [`process`] metadata) -> [`export`] (OTLP, terminal). [`pipeline`] wires them;
+//! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
+//! (OTLP, terminal). [`pipeline`] wires them;
 //! [`metrics`] counts everything; [`check`] explains what a host lacks.
 pub mod admin;
 pub mod check;
@@ -15,6 +16,7 @@ pub mod export;
 pub mod metadata;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugins;
 pub mod probes;
 pub mod process;
 pub mod span;

@@ -13,6 +13,7 @@ use tracer_user::{
     metadata::k8s::{self, PodCache},
     metrics::Metrics,
     pipeline::{self, Live, Recorder},
+    plugins::{self, PluginHost},
     probes::{ProbeOptions, Probes, ensure_tracefs},
     process::{Processes, parse_resource_attributes},
     span::{Clock, SpanOptions},
@@ -206,6 +207,18 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         sinks.push(Sink::Otlp(OtlpClient::new(cfg)?));
     }
     let metrics = Arc::new(Metrics::default());
+    let plugins = Arc::new(PluginHost::new(opts.plugins())?);
+    if let Some(dir) = &plugins.settings.dir {
+        if dir.is_dir() {
+            plugins::reload(plugins.clone()).await;
+        } else {
+            tracing::info!(
+                "no plugin directory at {} (--plugins-dir): every span is exported; a plugin dropped there later is loaded",
+                dir.display()
+            );
+        }
+        tokio::spawn(plugins::watch(plugins.clone(), Duration::from_millis(500)));
+    }
     let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = opts.admin_addr()? {
         let listener = admin::bind(addr).await.with_context(|| {
@@ -213,8 +226,15 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
                 "cannot listen on {addr} for the admin endpoint (--admin-addr; `off` disables it)"
             )
         })?;
-        tracing::info!("admin endpoint on http://{addr} (/healthz /readyz /metrics, POST /reload)");
-        tokio::spawn(admin::serve(listener, metrics.clone(), reload_tx.clone()));
+        tracing::info!(
+            "admin endpoint on http://{addr} (/healthz /readyz /metrics /plugins, POST /reload)"
+        );
+        tokio::spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            plugins.clone(),
+            reload_tx.clone(),
+        ));
     }
 
     if ensure_tracefs()? {
@@ -228,8 +248,9 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
     let ring = probes.take_ring()?;
     // After attaching: every connection is either in this snapshot or seen being set up.
     let snapshot = tracer_user::process::socket_snapshot(std::path::Path::new("/proc"));
+    let seeded = probes.seed_preexisting(&snapshot)?;
     tracing::debug!(
-        "{} TCP sockets were open when the probes attached",
+        "{} TCP sockets were open when the probes attached ({seeded} handed to the probes)",
         snapshot.len()
     );
     tracing::info!(
@@ -275,6 +296,7 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         opts,
         reload_rx,
         control_tx,
+        plugins.clone(),
         metrics.clone(),
     ));
     let live = Live {
@@ -284,24 +306,37 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         recorder,
         stats_every,
     };
-    pipeline::run(live, t, &exporters, metrics.clone(), shutdown_signal()).await?;
+    pipeline::run(
+        live,
+        t,
+        &plugins,
+        &exporters,
+        metrics.clone(),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("detached; flushing spans");
     exporters.shutdown(Duration::from_secs(10)).await;
     tracing::info!("counters: {}", metrics.summary());
     Ok(())
 }
 
-/// Applies config reloads (SIGHUP, POST /reload) one at a time.
+/// Applies reloads (SIGHUP, POST /reload) one at a time: the config file, then the plugin
+/// directory.
 async fn reload_loop(
     cmd: RunCmd,
     mut current: RunOptions,
     mut requests: mpsc::Receiver<ReloadRequest>,
     control: mpsc::Sender<pipeline::Update>,
+    plugins: Arc<PluginHost>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(reply) = requests.recv().await {
         let result = match (&cmd.config, effective(&cmd)) {
-            (None, _) => Err("no --config file: nothing to reload".to_string()),
+            (None, _) if plugins.settings.dir.is_some() => Ok(String::new()),
+            (None, _) => {
+                Err("no --config file and no plugin directory: nothing to reload".to_string())
+            }
             (_, Err(e)) => Err(format!("config rejected, the running settings stay: {e}")),
             (Some(path), Ok(new)) => {
                 let (applied, done) = oneshot::channel();
@@ -332,6 +367,7 @@ async fn reload_loop(
             }
         };
         match &result {
+            Ok(msg) if msg.is_empty() => {}
             Ok(msg) => {
                 Metrics::add(&metrics.config_reloads_total, 1);
                 tracing::info!("{msg}");
@@ -341,6 +377,22 @@ async fn reload_loop(
                 tracing::warn!("{msg}");
             }
         }
+        let result = if plugins.settings.dir.is_some() {
+            let (r, msg) = plugins::reload(plugins.clone()).await;
+            let join = |a: String| {
+                if a.is_empty() {
+                    msg.clone()
+                } else {
+                    format!("{a}\n{msg}")
+                }
+            };
+            match result {
+                Ok(a) if r.rejected.is_empty() => Ok(join(a)),
+                Ok(a) | Err(a) => Err(join(a)),
+            }
+        } else {
+            result
+        };
         let _ = reply.send(result);
     }
 }

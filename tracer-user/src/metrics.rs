@@ -52,6 +52,8 @@ counters! {
     decode_truncated_headers_total => "Header blocks longer than the capture size (HTTP/2: not fully decodable)",
     spans_built_total => "Spans built from decoded exchanges",
     spans_filtered_total => "Spans dropped by filters (--port; OTLP exports received by a traced collector)",
+    spans_plugin_dropped_total => "Spans plugins dropped (sampling decisions)",
+    spans_plugin_failed_total => "Spans dropped because a plugin failed and --plugins-fail-closed is set",
     spans_exported_total => "Spans the exporter delivered",
     spans_export_failed_total => "Spans dropped after export retries failed",
     spans_queue_full_total => "Spans dropped because the export queue was full",

@@ -1,5 +1,5 @@
 //! Wires the stages together: ring buffer -> events -> connection table (decoders, spans) ->
-//! exporters. One task owns the hot path; nothing in it blocks.
+//! plugin chain -> exporters. One task owns the hot path; nothing in it blocks.
 use std::{
     io::{Read, Write},
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -18,6 +18,7 @@ use crate::{
     events::Event,
     export::Exporters,
     metrics::Metrics,
+    plugins::PluginHost,
     probes::{ProbeOptions, Probes},
     span::{Span, clock_ns},
 };
@@ -89,6 +90,7 @@ const DRAIN_BATCH: usize = 4096;
 pub async fn run(
     live: Live,
     mut table: ConnTable,
+    plugins: &PluginHost,
     exporters: &Exporters,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -149,6 +151,8 @@ pub async fn run(
         }
         more = n == DRAIN_BATCH;
         if !spans.is_empty() {
+            // One chain version for the whole batch (a swap in between takes the next one).
+            plugins.process(&mut spans, &metrics);
             exporters.submit(std::mem::take(&mut spans));
         }
         if !more || stop {

@@ -12,6 +12,8 @@ use crate::decode::{
 pub enum Value {
     Str(String),
     Int(i64),
+    /// Only plugins set these.
+    Float(f64),
     Bool(bool),
 }
 
@@ -20,6 +22,7 @@ impl fmt::Display for Value {
         match self {
             Value::Str(s) => f.write_str(s),
             Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
             Value::Bool(b) => write!(f, "{b}"),
         }
     }

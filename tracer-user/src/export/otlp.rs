@@ -56,6 +56,7 @@ fn pb_value(v: &Value) -> AnyValue {
         value: Some(match v {
             Value::Str(s) => any_value::Value::StringValue(s.clone()),
             Value::Int(i) => any_value::Value::IntValue(*i),
+            Value::Float(x) => any_value::Value::DoubleValue(*x),
             Value::Bool(b) => any_value::Value::BoolValue(*b),
         }),
     }
@@ -66,6 +67,7 @@ fn pb_value_owned(v: Value) -> AnyValue {
         value: Some(match v {
             Value::Str(s) => any_value::Value::StringValue(s),
             Value::Int(i) => any_value::Value::IntValue(i),
+            Value::Float(x) => any_value::Value::DoubleValue(x),
             Value::Bool(b) => any_value::Value::BoolValue(b),
         }),
     }

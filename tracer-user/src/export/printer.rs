@@ -9,6 +9,7 @@ fn json_value(v: &Value) -> Json {
     match v {
         Value::Str(s) => Json::String(s.clone()),
         Value::Int(i) => json!(i),
+        Value::Float(x) => json!(x),
         Value::Bool(b) => json!(b),
     }
 }

@@ -1,0 +1,225 @@
+//! The plugin directory: `NN-name.wasm` files run in file-name order, `NN-name.toml` beside one
+//! is its config. Hidden entries (kubelet's `..data` and timestamped dirs of a ConfigMap mount)
+//! are ignored; symlinks are followed, so a ConfigMap update shows up as changed files.
+use std::{
+    fs::Metadata,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// One plugin file and its optional config, as found in the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// File name without `.wasm`.
+    pub name: String,
+    pub wasm: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// What a file looked like at a scan: enough to notice any write, rename or swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    name: String,
+    len: u64,
+    mtime_ns: i64,
+    ino: u64,
+    mode: u32,
+    uid: u32,
+}
+
+/// The directory's state at one scan; equal fingerprints mean nothing changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint(Option<Vec<Seen>>);
+
+fn relevant(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".wasm") || name.ends_with(".toml"))
+}
+
+pub fn fingerprint(dir: &Path) -> Fingerprint {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Fingerprint(None);
+    };
+    let mut seen: Vec<Seen> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !relevant(&name) {
+                return None;
+            }
+            let m = std::fs::metadata(e.path()).ok()?;
+            Some(Seen {
+                name,
+                len: m.len(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                ino: m.ino(),
+                mode: m.mode(),
+                uid: m.uid(),
+            })
+        })
+        .collect();
+    seen.sort_by(|a, b| a.name.cmp(&b.name));
+    Fingerprint(Some(seen))
+}
+
+/// The plugins in `dir`, in the order they run. A missing directory has none.
+pub fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Entry> = rd
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let name = file.strip_suffix(".wasm")?;
+            if file.starts_with('.') || !e.path().is_file() {
+                return None;
+            }
+            let config = dir.join(format!("{name}.toml"));
+            Some(Entry {
+                name: name.to_owned(),
+                wasm: e.path(),
+                config: config.is_file().then_some(config),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// A plugin runs inside a privileged daemon: only root (or the daemon's own user) may be able
+/// to change what it runs.
+pub fn check_writers(path: &Path, meta: &Metadata, allow: bool) -> Result<(), String> {
+    if allow {
+        return Ok(());
+    }
+    let mode = meta.mode();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let fix = "(or start the tracer with --plugins-allow-writable)";
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by {} (mode {:o}): refused; run `chmod go-w {}` {fix}",
+            path.display(),
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, who could change it: refused; run `chown root {}` {fix}",
+            path.display(),
+            meta.uid(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a file whole, refusing one that changed while it was read (a copy in progress).
+pub fn read_settled(path: &Path, allow_writable: bool) -> Result<Vec<u8>, ReadError> {
+    let before = std::fs::metadata(path).map_err(|e| ReadError::Io(e.to_string()))?;
+    check_writers(path, &before, allow_writable).map_err(ReadError::Refused)?;
+    let bytes = std::fs::read(path).map_err(|e| ReadError::Io(e.to_string()))?;
+    let after = std::fs::metadata(path).map_err(|e| ReadError::Io(e.to_string()))?;
+    if before.len() != after.len()
+        || before.mtime_nsec() != after.mtime_nsec()
+        || before.mtime() != after.mtime()
+        || bytes.len() as u64 != after.len()
+    {
+        return Err(ReadError::Changing);
+    }
+    Ok(bytes)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Still being written: try again at the next scan.
+    Changing,
+    Refused(String),
+    Io(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tracer-plugdir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn scans_in_name_order_with_configs_and_ignores_hidden_entries() {
+        let d = tmp("scan");
+        for f in [
+            "20-b.wasm",
+            "10-a.wasm",
+            "10-a.toml",
+            ".hidden.wasm",
+            "notes.txt",
+            "30-c.toml",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::create_dir(d.join("..data")).unwrap();
+        let e = scan(&d).unwrap();
+        let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["10-a", "20-b"]);
+        assert_eq!(e[0].config.as_deref(), Some(d.join("10-a.toml").as_path()));
+        assert_eq!(e[1].config, None);
+        assert!(scan(&d.join("missing")).unwrap().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content_and_config() {
+        let d = tmp("fp");
+        let a = fingerprint(&d);
+        assert_eq!(a, fingerprint(&d));
+        std::fs::write(d.join("10-a.wasm"), b"one").unwrap();
+        let b = fingerprint(&d);
+        assert_ne!(a, b);
+        std::fs::write(d.join("10-a.toml"), b"k = 1").unwrap();
+        let c = fingerprint(&d);
+        assert_ne!(b, c);
+        std::fs::write(d.join("notes.txt"), b"irrelevant").unwrap();
+        assert_eq!(c, fingerprint(&d));
+        assert_eq!(fingerprint(&d.join("missing")), Fingerprint(None));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn files_others_can_write_are_refused_unless_allowed() {
+        let d = tmp("perm");
+        let f = d.join("10-a.wasm");
+        std::fs::write(&f, b"bytes").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_settled(&f, false).unwrap(), b"bytes");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        match read_settled(&f, false) {
+            Err(ReadError::Refused(m)) => {
+                assert!(
+                    m.contains("writable by everyone") && m.contains("chmod go-w"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(
+            matches!(read_settled(&f, false), Err(ReadError::Refused(m)) if m.contains("its group"))
+        );
+        assert_eq!(read_settled(&f, true).unwrap(), b"bytes");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

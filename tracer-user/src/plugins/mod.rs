@@ -1,0 +1,702 @@
+//! WebAssembly plugins between the span builder and the exporters: they drop spans (sampling)
+//! and set, remove or rename (enrichment, redaction).
+//!
+//! Reload is shadow-load -> validate -> swap: a new file is compiled and instantiated off the
+//! hot path, must meet the contract, accept its config and answer a self-test batch sanely;
+//! then the whole chain is replaced with one atomic pointer swap. Each batch loads the chain
+//! once, so it is processed by exactly one version; the old chain is dropped when the batch
+//! holding it ends. A bad file is refused with the reason and the last good version stays.
+pub mod chain;
+pub mod dir;
+pub mod runtime;
+pub mod stats;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded};
+pub use runtime::Limits;
+use runtime::{CallError, Instance, Runtime};
+use stats::{Families, PluginStats};
+
+use crate::{
+    metrics::Metrics,
+    span::{Resource, Span, SpanKind, Status, Value, kv},
+};
+
+/// Where the daemon looks for plugins unless told otherwise.
+pub const DEFAULT_DIR: &str = "/etc/tracer/plugins";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot start the WebAssembly runtime: {0}")]
+    Runtime(String),
+}
+
+/// How plugins run; set once at start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The watched directory; None runs no plugins.
+    pub dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// A failed call drops its batch instead of letting it through unchanged.
+    pub fail_closed: bool,
+    /// Failed calls in a row that take a plugin out of the chain.
+    pub max_failures: u32,
+    /// Accept plugin files that users other than root can write.
+    pub allow_writable: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            limits: Limits::default(),
+            fail_closed: false,
+            max_failures: 5,
+            allow_writable: false,
+        }
+    }
+}
+
+/// What the last attempt to load a file gave.
+#[derive(Clone, Debug)]
+enum FileState {
+    Active,
+    Rejected(String),
+    /// Failed too often while running; stays out until its content changes.
+    Quarantined(String),
+}
+
+#[derive(Clone, Debug)]
+struct FileRecord {
+    hash: String,
+    state: FileState,
+}
+
+/// The outcome of one reload, for logs and the admin endpoint.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    pub loaded: Vec<String>,
+    pub unloaded: Vec<String>,
+    pub rejected: Vec<(String, String)>,
+    /// Files still being written: looked at again at the next scan.
+    pub pending: Vec<String>,
+    /// The chain version now running, if this reload swapped it.
+    pub swapped_to: Option<u64>,
+    /// Time from the last plugin validated to the new chain active.
+    pub swap_time: Option<Duration>,
+}
+
+impl ReloadReport {
+    pub fn summary(&self, chain: &Chain) -> String {
+        let mut parts = vec![match self.swapped_to {
+            Some(v) => format!(
+                "plugin chain v{v}: [{}]",
+                if chain.is_empty() { "" } else { chain.label() }
+            ),
+            None => format!("plugin chain unchanged (v{})", chain.version),
+        }];
+        if !self.loaded.is_empty() {
+            parts.push(format!("loaded {}", self.loaded.join(", ")));
+        }
+        if !self.unloaded.is_empty() {
+            parts.push(format!("unloaded {}", self.unloaded.join(", ")));
+        }
+        for (n, why) in &self.rejected {
+            parts.push(format!("REJECTED {n}: {why}"));
+        }
+        if !self.pending.is_empty() {
+            parts.push(format!("still being written: {}", self.pending.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// The plugin host: the runtime, the current chain and the bookkeeping around reloads.
+pub struct PluginHost {
+    runtime: Runtime,
+    pub settings: Settings,
+    chain: ArcSwap<Chain>,
+    next_version: AtomicU64,
+    stats: Mutex<HashMap<String, Arc<PluginStats>>>,
+    files: Mutex<BTreeMap<String, FileRecord>>,
+    last_error: Mutex<Option<String>>,
+    /// One reload at a time (watcher, SIGHUP and the admin endpoint may race).
+    reloading: Mutex<()>,
+    pub reloads_total: AtomicU64,
+    pub reload_failures_total: AtomicU64,
+}
+
+impl PluginHost {
+    pub fn new(settings: Settings) -> Result<Self, PluginError> {
+        Ok(Self {
+            runtime: Runtime::new().map_err(|e| PluginError::Runtime(format!("{e:#}")))?,
+            settings,
+            chain: ArcSwap::from_pointee(Chain::new(0, Vec::new())),
+            next_version: AtomicU64::new(1),
+            stats: Mutex::default(),
+            files: Mutex::default(),
+            last_error: Mutex::default(),
+            reloading: Mutex::default(),
+            reloads_total: AtomicU64::new(0),
+            reload_failures_total: AtomicU64::new(0),
+        })
+    }
+
+    /// The chain new batches get.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain.load_full()
+    }
+
+    /// Runs a batch through the current chain (loaded once: one version per batch).
+    pub fn process(&self, spans: &mut Vec<Span>, metrics: &Metrics) {
+        let chain = self.chain.load();
+        if chain.is_empty() || spans.is_empty() {
+            return;
+        }
+        let r = chain.process(spans, self.settings.fail_closed);
+        Metrics::add(&metrics.spans_plugin_dropped_total, r.dropped);
+        Metrics::add(&metrics.spans_plugin_failed_total, r.failed_closed);
+        if r.quarantined {
+            drop(chain);
+            self.remove_quarantined();
+        }
+    }
+
+    fn stats_for(&self, name: &str) -> Arc<PluginStats> {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Compiles, instantiates and validates a plugin: the contract, `init(config)`, and a
+    /// self-test batch of sample spans in a throwaway instance. Then starts the live instance.
+    pub fn load(
+        &self,
+        name: &str,
+        file: &Path,
+        wasm: &[u8],
+        config: &str,
+    ) -> Result<Arc<Loaded>, String> {
+        let pre = self.runtime.compile_cached(wasm)?;
+        let name: Arc<str> = name.into();
+        let limits = &self.settings.limits;
+        let start = |stats: Arc<PluginStats>, self_test: bool| {
+            Instance::start(&pre, name.clone(), stats, limits, config, self_test).map_err(|e| {
+                match e {
+                    CallError::Invalid(m) => m,
+                    e => format!("init {e}"),
+                }
+            })
+        };
+        let test_stats = Arc::new(PluginStats::default());
+        let (inst, interest) = start(test_stats.clone(), true)?;
+        let probe = Loaded::new(
+            name.clone(),
+            file.to_owned(),
+            String::new(),
+            config.to_owned(),
+            pre.clone(),
+            limits.clone(),
+            test_stats,
+            inst,
+            interest,
+            1,
+        );
+        let mut sample = samples();
+        probe
+            .run(&mut sample)
+            .map_err(|e| format!("self-test batch: {e}"))?;
+        let stats = self.stats_for(&name);
+        let (inst, interest) = start(stats.clone(), false)?;
+        Ok(Arc::new(Loaded::new(
+            name,
+            file.to_owned(),
+            content_hash(wasm, config),
+            config.to_owned(),
+            pre,
+            limits.clone(),
+            stats,
+            inst,
+            interest,
+            self.settings.max_failures,
+        )))
+    }
+
+    /// Publishes a new chain; returns its version.
+    pub fn install(&self, plugins: Vec<Arc<Loaded>>) -> u64 {
+        let v = self.next_version.fetch_add(1, Relaxed);
+        self.chain.store(Arc::new(Chain::new(v, plugins)));
+        v
+    }
+
+    fn remove_quarantined(&self) {
+        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.chain.load_full();
+        let (bad, good): (Vec<_>, Vec<_>) = cur
+            .plugins
+            .iter()
+            .cloned()
+            .partition(|p| p.is_quarantined());
+        if bad.is_empty() {
+            return;
+        }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &bad {
+            let why = p
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default();
+            files.insert(
+                p.name.to_string(),
+                FileRecord {
+                    hash: p.hash.clone(),
+                    state: FileState::Quarantined(why),
+                },
+            );
+        }
+        drop(files);
+        let v = self.install(good);
+        tracing::error!(
+            "plugin chain v{v}: took out {} after repeated failures",
+            bad.iter().map(|p| p.id()).collect::<Vec<_>>().join(", ")
+        );
+    }
+
+    /// Re-reads the plugin directory and swaps in what changed. Unchanged files keep their
+    /// running instance; a file that fails keeps the last good version of that plugin.
+    pub fn reload_dir(&self) -> ReloadReport {
+        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = ReloadReport::default();
+        let Some(dir) = self.settings.dir.clone() else {
+            return report;
+        };
+        let entries = match dir::scan(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                let why = format!("cannot read the plugin directory {}: {e}", dir.display());
+                self.note_failure(&why);
+                report.rejected.push((dir.display().to_string(), why));
+                return report;
+            }
+        };
+        let current = self.chain.load_full();
+        let by_name: HashMap<&str, &Arc<Loaded>> =
+            current.plugins.iter().map(|p| (&*p.name, p)).collect();
+        let mut next = Vec::new();
+        let mut last_validated = None;
+        for e in &entries {
+            let old = by_name.get(e.name.as_str()).copied();
+            match self.load_entry(e, old) {
+                Ok(Some(p)) => {
+                    if old.is_none_or(|o| !Arc::ptr_eq(o, &p)) {
+                        report.loaded.push(p.id());
+                        last_validated = Some(Instant::now());
+                    }
+                    next.push(p);
+                }
+                Ok(None) => {}
+                Err(Outcome::Pending) => {
+                    report.pending.push(e.name.clone());
+                    next.extend(old.cloned());
+                }
+                Err(Outcome::Rejected(why)) => {
+                    report.rejected.push((e.name.clone(), why));
+                    next.extend(old.cloned());
+                }
+                Err(Outcome::Unchanged) => next.extend(old.cloned()),
+            }
+        }
+        for p in &current.plugins {
+            if !entries.iter().any(|e| *e.name == *p.name) {
+                report.unloaded.push(p.id());
+            }
+        }
+        {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.retain(|n, _| entries.iter().any(|e| &e.name == n));
+        }
+        let same = next.len() == current.plugins.len()
+            && next
+                .iter()
+                .zip(&current.plugins)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            let v = self.install(next);
+            report.swapped_to = Some(v);
+            report.swap_time = last_validated.map(|t| t.elapsed());
+            Metrics::add(&self.reloads_total, 1);
+        }
+        report
+    }
+
+    /// Loads one directory entry unless its content is what already runs (or was already
+    /// refused). Ok(None): quarantined and unchanged, so it stays out.
+    fn load_entry(
+        &self,
+        e: &dir::Entry,
+        old: Option<&Arc<Loaded>>,
+    ) -> Result<Option<Arc<Loaded>>, Outcome> {
+        let allow = self.settings.allow_writable;
+        let read = |p: &Path| {
+            dir::read_settled(p, allow).map_err(|err| match err {
+                dir::ReadError::Changing => Outcome::Pending,
+                dir::ReadError::Refused(m) => Outcome::Rejected(m),
+                dir::ReadError::Io(m) => {
+                    Outcome::Rejected(format!("cannot read {}: {m}", p.display()))
+                }
+            })
+        };
+        let wasm = read(&e.wasm);
+        let config = match &e.config {
+            Some(c) => read(c).and_then(|b| {
+                String::from_utf8(b)
+                    .map_err(|_| Outcome::Rejected(format!("{} is not UTF-8 text", c.display())))
+            }),
+            None => Ok(String::new()),
+        };
+        let (wasm, config) = match (wasm, config) {
+            (Ok(w), Ok(c)) => (w, c),
+            (Err(o), _) | (_, Err(o)) => {
+                if let Outcome::Rejected(why) = &o {
+                    self.record(&e.name, String::new(), FileState::Rejected(why.clone()));
+                    self.note_failure(&format!("{}: {why}", e.name));
+                }
+                return Err(o);
+            }
+        };
+        let hash = content_hash(&wasm, &config);
+        if let Some(o) = old
+            && o.hash == hash
+        {
+            return Ok(Some(o.clone()));
+        }
+        let prev = self.files.lock().ok().and_then(|f| f.get(&e.name).cloned());
+        if let Some(r) = prev
+            && r.hash == hash
+        {
+            match r.state {
+                FileState::Quarantined(_) => return Ok(None),
+                FileState::Rejected(_) => return Err(Outcome::Unchanged),
+                FileState::Active => {}
+            }
+        }
+        match self.load(&e.name, &e.wasm, &wasm, &config) {
+            Ok(p) => {
+                self.record(&e.name, hash, FileState::Active);
+                Ok(Some(p))
+            }
+            Err(why) => {
+                self.record(&e.name, hash, FileState::Rejected(why.clone()));
+                self.note_failure(&format!("{}: {why}", e.name));
+                Err(Outcome::Rejected(why))
+            }
+        }
+    }
+
+    fn record(&self, name: &str, hash: String, state: FileState) {
+        if let Ok(mut f) = self.files.lock() {
+            f.insert(name.to_owned(), FileRecord { hash, state });
+        }
+    }
+
+    fn note_failure(&self, why: &str) {
+        Metrics::add(&self.reload_failures_total, 1);
+        tracing::warn!("plugin refused, the last good version stays: {why}");
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(why.to_owned());
+        }
+    }
+
+    /// What `GET /plugins` serves and `tracer plugins list` prints.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let chain = self.chain.load_full();
+        let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
+        let plugins: Vec<_> = chain
+            .plugins
+            .iter()
+            .map(|p| {
+                let (attrs, res, name) = p.interest();
+                let counters: serde_json::Map<_, _> = p
+                    .stats
+                    .snapshot()
+                    .into_iter()
+                    .map(|(n, _, v)| (n.trim_start_matches("tracer_plugin_").to_string(), json!(v)))
+                    .collect();
+                json!({
+                    "name": &*p.name,
+                    "hash": p.hash,
+                    "file": p.file.display().to_string(),
+                    "state": "active",
+                    "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    "interest": {"attributes": attrs, "resource_attributes": res, "span_name": name},
+                    "counters": counters,
+                    "call_seconds": p.stats.call_ns.load(Relaxed) as f64 / 1e9,
+                    "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+                })
+            })
+            .collect();
+        let others: Vec<_> = files
+            .iter()
+            .filter_map(|(n, r)| match &r.state {
+                FileState::Active => None,
+                FileState::Rejected(why) => {
+                    Some(json!({"name": n, "state": "rejected", "error": why}))
+                }
+                FileState::Quarantined(why) => {
+                    Some(json!({"name": n, "state": "quarantined", "error": why}))
+                }
+            })
+            .collect();
+        json!({
+            "directory": self.settings.dir.as_ref().map(|d| d.display().to_string()),
+            "chain": {"version": chain.version, "label": chain.label()},
+            "plugins": plugins,
+            "not_running": others,
+            "reloads": self.reloads_total.load(Relaxed),
+            "reload_failures": self.reload_failures_total.load(Relaxed),
+            "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
+            "limits": {
+                "call_timeout_ms": self.settings.limits.call_timeout.as_millis() as u64,
+                "memory_mib": self.settings.limits.memory_bytes >> 20,
+                "fail_closed": self.settings.fail_closed,
+            },
+        })
+    }
+
+    /// Prometheus text for every plugin that ever ran, plus chain gauges.
+    pub fn prometheus(&self) -> String {
+        let mut counters = Families::default();
+        let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut names: Vec<_> = stats.keys().cloned().collect();
+        names.sort();
+        for n in &names {
+            stats[n].render(n, &mut counters);
+        }
+        counters.add(
+            "tracer_plugin_reloads_total",
+            "Plugin chain swaps",
+            format!(" {}", self.reloads_total.load(Relaxed)),
+        );
+        counters.add(
+            "tracer_plugin_reload_failures_total",
+            "Plugin files refused (not wasm, wrong contract, failed init or self-test, unsafe permissions)",
+            format!(" {}", self.reload_failures_total.load(Relaxed)),
+        );
+        let chain = self.chain.load_full();
+        let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut gauges = Families::default();
+        gauges.add(
+            "tracer_plugin_chain_version",
+            "Version of the running plugin chain (increases at every swap)",
+            format!(" {}", chain.version),
+        );
+        for p in &chain.plugins {
+            gauges.add(
+                "tracer_plugin_active",
+                "1 for each plugin in the running chain",
+                format!(
+                    "{{plugin=\"{}\",hash=\"{}\"}} 1",
+                    stats::escape(&p.name),
+                    p.hash
+                ),
+            );
+        }
+        for (n, r) in &files {
+            let state = match r.state {
+                FileState::Active => continue,
+                FileState::Rejected(_) => "rejected",
+                FileState::Quarantined(_) => "quarantined",
+            };
+            gauges.add(
+                "tracer_plugin_not_running",
+                "1 for each plugin file that is refused or taken out of the chain",
+                format!("{{plugin=\"{}\",state=\"{state}\"}} 1", stats::escape(n)),
+            );
+        }
+        counters.render("counter") + &gauges.render("gauge")
+    }
+}
+
+enum Outcome {
+    Pending,
+    Rejected(String),
+    /// The same content was refused before: not retried until it changes.
+    Unchanged,
+}
+
+/// 12 hex digits of SHA-256 over the module and its config: the version a span records.
+pub fn content_hash(wasm: &[u8], config: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(wasm);
+    h.update([0]);
+    h.update(config.as_bytes());
+    h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Spans a plugin is validated on (and `tracer plugins check` shows): an HTTP server request
+/// with ids in its path, a failing client call, a gRPC call and a slow request.
+pub fn samples() -> Vec<Span> {
+    let res = Arc::new(Resource {
+        pid: 4242,
+        service_name: "checkout".into(),
+        attributes: vec![
+            kv("service.name", Value::Str("checkout".into())),
+            kv("process.pid", Value::Int(4242)),
+            kv("host.name", Value::Str("node-1".into())),
+        ],
+    });
+    let t0 = 1_700_000_000_000_000_000u64;
+    let s = |i: u8, kind, name: &str, dur_ms: u64, status, attrs: Vec<(&str, Value)>| Span {
+        trace_id: [i.wrapping_mul(37); 16],
+        span_id: [i; 8],
+        parent_span_id: None,
+        flags: 1,
+        kind,
+        name: name.into(),
+        start_unix_ns: t0,
+        end_unix_ns: t0 + dur_ms * 1_000_000,
+        status,
+        attributes: attrs
+            .into_iter()
+            .map(|(k, v)| kv(k.to_owned(), v))
+            .collect(),
+        resource: res.clone(),
+    };
+    let str = |v: &str| Value::Str(v.into());
+    vec![
+        s(
+            1,
+            SpanKind::Server,
+            "GET",
+            3,
+            Status::Unset,
+            vec![
+                ("http.request.method", str("GET")),
+                (
+                    "url.path",
+                    str("/users/123/orders/9f8e7d6c-1a2b-4c3d-8e9f-0a1b2c3d4e5f"),
+                ),
+                ("url.query", str("token=REDACTED&page=REDACTED")),
+                ("url.scheme", str("http")),
+                ("http.response.status_code", Value::Int(200)),
+                ("server.address", str("checkout")),
+                ("server.port", Value::Int(8080)),
+                ("network.peer.address", str("10.0.0.7")),
+                ("user_agent.original", str("curl/8.5.0")),
+            ],
+        ),
+        s(
+            2,
+            SpanKind::Client,
+            "POST",
+            40,
+            Status::Error("503".into()),
+            vec![
+                ("http.request.method", str("POST")),
+                (
+                    "url.full",
+                    str("http://payments:9000/api/charge?key=REDACTED"),
+                ),
+                ("http.response.status_code", Value::Int(503)),
+                ("server.address", str("payments")),
+                ("server.port", Value::Int(9000)),
+                ("error.type", str("503")),
+            ],
+        ),
+        s(
+            3,
+            SpanKind::Server,
+            "shop.Cart/Add",
+            1,
+            Status::Unset,
+            vec![
+                ("rpc.system", str("grpc")),
+                ("rpc.service", str("shop.Cart")),
+                ("rpc.method", str("Add")),
+                ("rpc.grpc.status_code", Value::Int(0)),
+                ("url.path", str("/shop.Cart/Add")),
+            ],
+        ),
+        s(
+            4,
+            SpanKind::Server,
+            "GET",
+            2500,
+            Status::Unset,
+            vec![
+                ("http.request.method", str("GET")),
+                ("url.path", str("/reports/2024/0xdeadbeef01")),
+                ("http.response.status_code", Value::Int(200)),
+            ],
+        ),
+    ]
+}
+
+/// Watches the plugin directory: a change is loaded once the directory has looked the same for
+/// one whole interval, so a file being copied in is not read half-written.
+pub async fn watch(host: Arc<PluginHost>, every: Duration) {
+    let Some(dir) = host.settings.dir.clone() else {
+        return;
+    };
+    let mut applied = dir::fingerprint(&dir);
+    let mut last = applied.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        let now = tokio::task::spawn_blocking(move || dir::fingerprint(&d))
+            .await
+            .unwrap_or_default();
+        if now != applied && now == last {
+            let (r, _) = reload(host.clone()).await;
+            if r.pending.is_empty() {
+                applied = now.clone();
+            }
+        }
+        last = now;
+    }
+}
+
+/// Reloads the directory off the async threads (compiling takes milliseconds per plugin) and
+/// logs one line: info when all went well, warn when a file was refused.
+pub async fn reload(host: Arc<PluginHost>) -> (ReloadReport, String) {
+    let (r, msg) = tokio::task::spawn_blocking(move || {
+        let r = host.reload_dir();
+        let msg = r.summary(&host.chain());
+        (r, msg)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        (
+            ReloadReport::default(),
+            format!("plugin reload failed: {e}"),
+        )
+    });
+    if r.rejected.is_empty() {
+        tracing::info!("{msg}");
+    } else {
+        tracing::warn!("{msg}");
+    }
+    if let Some(t) = r.swap_time {
+        tracing::debug!("plugin validated to active in {t:?}");
+    }
+    (r, msg)
+}

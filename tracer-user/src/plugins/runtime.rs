@@ -1,0 +1,358 @@
+//! The sandbox: one wasmtime engine, plugins compiled to components, each instance in its own
+//! store with a memory cap and an epoch deadline per call. Plugins import only the `host`
+//! interface of the contract: no filesystem, network, environment or clock beyond it.
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread,
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, ResourceLimiter, Store, Trap,
+    component::{Component, HasSelf, Linker},
+};
+
+use super::stats::PluginStats;
+
+wasmtime::component::bindgen!({
+    path: "../plugins/wit",
+    world: "span-plugin",
+});
+
+pub use exports::tracer::plugin::plugin::{Interest, Verdict};
+pub use tracer::plugin::types::{
+    Attribute, Edit, Resource as WitResource, Span as WitSpan, SpanKind as WitKind,
+    Status as WitStatus, Value as WitValue,
+};
+
+/// The contract version the host implements, as it appears in import and export names.
+pub const CONTRACT: &str = "tracer:plugin@0.1.0";
+
+/// One epoch tick; deadlines are whole ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Why a call into a plugin did not return a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("ran past its deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("tried to use more than its memory cap of {0} MiB")]
+    Memory(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned an invalid result: {0}")]
+    Invalid(String),
+}
+
+/// Limits applied to every plugin instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline of one `process-batch` call.
+    pub call_timeout: Duration,
+    /// Deadline of `init` (and of instantiation).
+    pub init_timeout: Duration,
+    /// Linear memory cap per instance.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(50),
+            init_timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What a plugin's store carries: its identity for logs and counters, and its limits.
+pub struct HostState {
+    plugin: Arc<str>,
+    stats: Arc<PluginStats>,
+    memory_bytes: usize,
+    memory_denied: bool,
+    /// Validation runs: counters and logs are not the live plugin's.
+    self_test: bool,
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl tracer::plugin::host::Host for HostState {
+    fn log(&mut self, level: tracer::plugin::host::Level, message: String) {
+        use tracer::plugin::host::Level;
+        // A chatty plugin must not flood the daemon's log.
+        if !self.stats.log_allowed() {
+            return;
+        }
+        let message: String = message.chars().take(1024).collect();
+        let p = &*self.plugin;
+        let test = if self.self_test { " (self-test)" } else { "" };
+        match level {
+            Level::Trace => tracing::trace!(plugin = p, "{message}{test}"),
+            Level::Debug => tracing::debug!(plugin = p, "{message}{test}"),
+            Level::Info => tracing::info!(plugin = p, "{message}{test}"),
+            Level::Warn => tracing::warn!(plugin = p, "{message}{test}"),
+            Level::Error => tracing::error!(plugin = p, "{message}{test}"),
+        }
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        rand::random()
+    }
+
+    fn now_unix_nano(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        if !self.self_test {
+            self.stats.custom_add(&name, delta);
+        }
+    }
+}
+
+impl tracer::plugin::types::Host for HostState {}
+
+/// Compiled components kept for reuse: a config-only change or a swap back to a previous
+/// version skips the compiler.
+const CACHED: usize = 16;
+
+/// The engine every plugin shares, with the thread that advances its epoch.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    stop: Arc<AtomicBool>,
+    cache: Mutex<Vec<([u8; 32], SpanPluginPre<HostState>)>>,
+}
+
+impl Runtime {
+    pub fn new() -> wasmtime::Result<Self> {
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true);
+        let engine = Engine::new(&cfg)?;
+        let mut linker = Linker::new(&engine);
+        SpanPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !s.load(Relaxed) {
+                    thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            stop,
+            cache: Mutex::default(),
+        })
+    }
+
+    /// [`Self::compile`] through a small most-recently-used cache keyed by the file's SHA-256.
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, String> {
+        let key: [u8; 32] = Sha256::digest(bytes).into();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(i);
+            let pre = hit.1.clone();
+            cache.push(hit);
+            return Ok(pre);
+        }
+        drop(cache);
+        let pre = self.compile(bytes)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHED {
+            cache.remove(0);
+        }
+        cache.push((key, pre.clone()));
+        Ok(pre)
+    }
+
+    /// Compiles and links a component (tens of milliseconds: never on the hot path).
+    /// The error says what is wrong in terms an operator can act on.
+    pub fn compile(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, String> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err("not a WebAssembly file (no \\0asm header)".into());
+        }
+        // Byte 4..8: version and layer; a core module is layer 0.
+        if bytes[6..8] == [0, 0] {
+            return Err(format!(
+                "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
+                 (it wraps the module with wit-component for the {CONTRACT} contract)"
+            ));
+        }
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| format!("not a valid component (truncated or corrupt?): {e:#}"))?;
+        contract_check(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("cannot be linked against the {CONTRACT} host: {e:#}"))?;
+        SpanPluginPre::new(pre).map_err(|e| {
+            format!("does not export the {CONTRACT} plugin interface as expected: {e:#}")
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+/// Names the contract version a component was built for when it is not ours.
+fn contract_check(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
+        .collect();
+    let ours = format!(
+        "tracer:plugin/plugin@{}",
+        &CONTRACT["tracer:plugin@".len()..]
+    );
+    if names.contains(&ours) {
+        return Ok(());
+    }
+    match names.iter().find(|n| n.starts_with("tracer:plugin/")) {
+        Some(other) => Err(format!(
+            "built for another contract version ({other}); this tracer implements {CONTRACT}: \
+             rebuild the plugin with the SDK that matches this tracer"
+        )),
+        None => Err(format!(
+            "does not implement the {CONTRACT} contract (its interfaces: {}); a plugin exports \
+             tracer:plugin/plugin and imports only tracer:plugin/host",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )),
+    }
+}
+
+/// A live instance: its store and the handles of its exports.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: SpanPlugin,
+    limits: Limits,
+}
+
+impl Instance {
+    /// Instantiates and runs `init(config)` within the init deadline.
+    pub fn start(
+        pre: &SpanPluginPre<HostState>,
+        plugin: Arc<str>,
+        stats: Arc<PluginStats>,
+        limits: &Limits,
+        config: &str,
+        self_test: bool,
+    ) -> Result<(Self, Interest), CallError> {
+        let mut store = Store::new(
+            pre.engine(),
+            HostState {
+                plugin,
+                stats,
+                memory_bytes: limits.memory_bytes,
+                memory_denied: false,
+                self_test,
+            },
+        );
+        store.limiter(|s| s);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(limits.init_timeout));
+        let bindings = match pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => return Err(classify(e, &store, limits.init_timeout, limits)),
+        };
+        let mut inst = Self {
+            store,
+            bindings,
+            limits: limits.clone(),
+        };
+        let interest = inst.call(limits.init_timeout, |b, s| {
+            b.tracer_plugin_plugin().call_init(s, config)
+        })?;
+        let interest = interest.map_err(|msg| {
+            CallError::Invalid(format!(
+                "init refused the config: {}",
+                msg.chars().take(512).collect::<String>()
+            ))
+        })?;
+        Ok((inst, interest))
+    }
+
+    pub fn process(
+        &mut self,
+        spans: &[WitSpan],
+        resources: &[WitResource],
+    ) -> Result<Vec<Verdict>, CallError> {
+        let timeout = self.limits.call_timeout;
+        self.call(timeout, |b, s| {
+            b.tracer_plugin_plugin()
+                .call_process_batch(s, spans, resources)
+        })
+    }
+
+    fn call<R>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&SpanPlugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        // Deadlines count from now: re-armed before every call.
+        self.store.set_epoch_deadline(ticks(timeout));
+        self.store.data_mut().memory_denied = false;
+        f(&self.bindings, &mut self.store)
+            .map_err(|e| classify(e, &self.store, timeout, &self.limits))
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() as u64 / TICK.as_millis() as u64).max(1)
+}
+
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<HostState>,
+    timeout: Duration,
+    limits: &Limits,
+) -> CallError {
+    if store.data().memory_denied {
+        return CallError::Memory(limits.memory_bytes >> 20);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout(timeout),
+        _ => CallError::Trap(format!("{e:#}").chars().take(512).collect()),
+    }
+}

@@ -1,0 +1,386 @@
+//! The plugin host with real plugin components (built by `cargo xtask build-plugins`): loading,
+//! swapping under load, refusing bad files, and containing hostile plugins. No root needed.
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tracer_user::{
+    metrics::Metrics,
+    plugins::{self, CHAIN_ATTRIBUTE, PluginHost, Settings, content_hash, samples},
+    span::{Span, Value},
+};
+
+/// A built plugin component, or None (with the reason printed) outside CI.
+fn built(rel: &str) -> Option<Vec<u8>> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(rel);
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "{}: {e}; `cargo xtask build-plugins` builds it",
+                p.display()
+            )
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIP: {}: {e} (run `cargo xtask build-plugins` first)",
+                p.display()
+            );
+            None
+        }
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tracer-plugins-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn host(dir: &Path) -> PluginHost {
+    PluginHost::new(Settings {
+        dir: Some(dir.to_owned()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
+    match s.attr(k)? {
+        Value::Str(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// `n` sample spans with unique span ids starting at `first`.
+fn spans(first: u64, n: usize) -> Vec<Span> {
+    let base = samples();
+    (0..n)
+        .map(|i| {
+            let mut s = base[i % base.len()].clone();
+            s.span_id = (first + i as u64).to_be_bytes();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn enricher_edits_spans_and_names_the_chain_version() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("enrich");
+    let cfg = "[attributes]\n\"deployment.environment\" = \"prod\"\n";
+    write(&d, "10-enricher.wasm", &wasm);
+    write(&d, "10-enricher.toml", cfg.as_bytes());
+    let h = host(&d);
+    let r = h.reload_dir();
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    assert_eq!(r.swapped_to, Some(1));
+    let m = Metrics::default();
+    let mut batch = spans(0, 10);
+    h.process(&mut batch, &m);
+    assert_eq!(batch.len(), 10);
+    let label = format!("10-enricher@{}", content_hash(&wasm, cfg));
+    for s in &batch {
+        assert_eq!(attr(s, "deployment.environment"), Some("prod"));
+        assert_eq!(attr(s, CHAIN_ATTRIBUTE), Some(label.as_str()));
+    }
+    // Nothing changed: a reload keeps the running instance and does not swap.
+    assert_eq!(h.reload_dir().swapped_to, None);
+    // Deleting the file unloads it: spans go through untouched.
+    std::fs::remove_file(d.join("10-enricher.wasm")).unwrap();
+    let r = h.reload_dir();
+    assert_eq!(r.unloaded, [label]);
+    let mut batch = spans(100, 3);
+    h.process(&mut batch, &m);
+    assert!(
+        batch.iter().all(
+            |s| s.attr(CHAIN_ATTRIBUTE).is_none() && s.attr("deployment.environment").is_none()
+        )
+    );
+    let text = h.prometheus();
+    assert!(
+        text.contains("tracer_plugin_spans_edited_total{plugin=\"10-enricher\"} 10\n"),
+        "{text}"
+    );
+    assert!(text.contains("tracer_plugin_calls_total{plugin=\"10-enricher\"} 1\n"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// 100 swaps of a two-plugin chain between versions A and B while batches flow: every span
+/// comes out exactly once, and each names one whole version (both plugins A, or both B).
+#[test]
+fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("swap");
+    let cfg = |k: &str, v: &str| format!("overwrite = true\n[attributes]\n{k} = \"{v}\"\n");
+    write(&d, "10-first.wasm", &wasm);
+    write(&d, "20-second.wasm", &wasm);
+    let set = |v: &str| {
+        write(&d, "10-first.toml", cfg("first", v).as_bytes());
+        write(&d, "20-second.toml", cfg("second", v).as_bytes());
+    };
+    set("A");
+    let h = Arc::new(host(&d));
+    assert_eq!(h.reload_dir().swapped_to, Some(1));
+    let label = |v: &str| {
+        format!(
+            "10-first@{},20-second@{}",
+            content_hash(&wasm, &cfg("first", v)),
+            content_hash(&wasm, &cfg("second", v))
+        )
+    };
+    let labels: HashMap<String, &str> = [(label("A"), "A"), (label("B"), "B")].into();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
+    let producer = {
+        let (h, done, m) = (h.clone(), done.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            let (mut out, mut made) = (Vec::new(), 0u64);
+            while !done.load(Relaxed) {
+                let mut batch = spans(made, 64);
+                made += 64;
+                h.process(&mut batch, &m);
+                out.extend(batch);
+            }
+            (out, made)
+        })
+    };
+    for i in 0..100 {
+        set(if i % 2 == 0 { "B" } else { "A" });
+        let r = h.reload_dir();
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        assert!(r.swapped_to.is_some(), "swap {i} did not happen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    done.store(true, Relaxed);
+    let (out, made) = producer.join().unwrap();
+
+    assert_eq!(out.len() as u64, made, "no plugin here drops spans");
+    let ids: HashSet<[u8; 8]> = out.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), out.len(), "a span came out twice");
+    let mut seen = HashMap::new();
+    for s in &out {
+        let l = attr(s, CHAIN_ATTRIBUTE).expect("every span names its chain");
+        let v = labels
+            .get(l)
+            .unwrap_or_else(|| panic!("unknown chain label {l}"));
+        assert_eq!(
+            (attr(s, "first"), attr(s, "second")),
+            (Some(*v), Some(*v)),
+            "span processed by a mix of versions under {l}"
+        );
+        *seen.entry(*v).or_insert(0u64) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both versions processed spans: {seen:?}");
+    assert_eq!(h.reloads_total.load(Relaxed), 101);
+    assert_eq!(h.chain().version, 101);
+    eprintln!("{} spans through 101 chain versions: {seen:?}", out.len());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A component built for a WIT world (with dummy function bodies).
+fn component_for(wit: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve.push_str("test.wit", wit).unwrap();
+    let world = resolve.select_world(&[pkg], None).unwrap();
+    let mut module =
+        wit_component::dummy_module(&resolve, world, wit_parser::ManglingAndAbi::Standard32);
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
+
+/// Bad files are refused with a reason, counted, and the running chain keeps working.
+#[test]
+fn bad_files_are_refused_and_the_last_good_chain_stays() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("bad");
+    let cfg = b"[attributes]\ngood = \"yes\"\n";
+    write(&d, "10-good.wasm", &wasm);
+    write(&d, "10-good.toml", cfg);
+    let h = host(&d);
+    assert_eq!(h.reload_dir().swapped_to, Some(1));
+    let ours = include_str!("../../plugins/wit/plugin.wit");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "text",
+            b"hello, I am not wasm".to_vec(),
+            "not a WebAssembly file",
+        ),
+        ("empty", Vec::new(), "not a WebAssembly file"),
+        (
+            "truncated",
+            wasm[..wasm.len() / 2].to_vec(),
+            "not a valid component",
+        ),
+        (
+            "core-module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
+        (
+            "newer-contract",
+            component_for(&ours.replace("@0.1.0", "@0.2.0")),
+            "another contract version (tracer:plugin/",
+        ),
+        (
+            "other-world",
+            component_for("package other:thing;\nworld w { export run: func(); }\n"),
+            "does not implement the tracer:plugin@0.1.0 contract",
+        ),
+    ];
+    let m = Metrics::default();
+    for (i, (name, bytes, why)) in cases.iter().enumerate() {
+        let file = format!("20-{name}.wasm");
+        write(&d, &file, bytes);
+        let r = h.reload_dir();
+        assert_eq!(r.rejected.len(), 1, "{name}: {r:?}");
+        assert!(r.rejected[0].1.contains(why), "{name}: {}", r.rejected[0].1);
+        assert_eq!(r.swapped_to, None, "{name}: the chain must not change");
+        assert_eq!(h.reload_failures_total.load(Relaxed), i as u64 + 1);
+        // The same bad content is not retried at every scan.
+        assert!(h.reload_dir().rejected.is_empty());
+        let mut batch = spans(0, 4);
+        h.process(&mut batch, &m);
+        assert!(
+            batch.iter().all(|s| attr(s, "good") == Some("yes")),
+            "{name}"
+        );
+        std::fs::remove_file(d.join(&file)).unwrap();
+    }
+    // A failing init (bad config) is refused with the plugin's own message...
+    write(&d, "30-conf.wasm", &wasm);
+    write(&d, "30-conf.toml", b"colour = 1\n");
+    let r = h.reload_dir();
+    assert!(
+        r.rejected[0]
+            .1
+            .contains("init refused the config: invalid config"),
+        "{:?}",
+        r.rejected
+    );
+    // ...and a replaced good version of a running plugin keeps the old one running.
+    write(&d, "10-good.toml", b"[attributes]\n");
+    let r = h.reload_dir();
+    assert!(
+        r.rejected
+            .iter()
+            .any(|(n, why)| n == "10-good" && why.contains("nothing to add")),
+        "{r:?}"
+    );
+    let mut batch = spans(0, 2);
+    h.process(&mut batch, &m);
+    assert!(batch.iter().all(|s| attr(s, "good") == Some("yes")));
+    let status = h.status();
+    assert_eq!(status["plugins"][0]["name"], "10-good");
+    assert_eq!(
+        status["not_running"].as_array().unwrap().len(),
+        2,
+        "{status:#}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn files_others_can_write_are_refused() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("perm");
+    write(&d, "10-x.wasm", &wasm);
+    write(&d, "10-x.toml", b"[attributes]\na = 1\n");
+    std::fs::set_permissions(d.join("10-x.wasm"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = host(&d).reload_dir();
+    assert!(
+        r.rejected[0].1.contains("writable by everyone"),
+        "{:?}",
+        r.rejected
+    );
+    let h = PluginHost::new(Settings {
+        dir: Some(d.clone()),
+        allow_writable: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(h.reload_dir().rejected.is_empty());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A file copied in slowly is loaded once, whole: the watcher waits until the directory has
+/// stopped changing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("watch");
+    let h = Arc::new(host(&d));
+    tokio::spawn(plugins::watch(h.clone(), Duration::from_millis(200)));
+    write(&d, "10-x.toml", b"[attributes]\nslow = \"copy\"\n");
+    let path = d.join("10-x.wasm");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in wasm.chunks(wasm.len() / 8 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut waited = 0;
+    while h.chain().is_empty() && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(h.chain().plugins.len(), 1, "loaded after the copy ended");
+    assert_eq!(
+        h.reload_failures_total.load(Relaxed),
+        0,
+        "a half-written file was read: {:?}",
+        h.status()["last_error"]
+    );
+    // Deleting it unloads it, also through the watcher.
+    std::fs::remove_file(&path).unwrap();
+    let mut waited = 0;
+    while !h.chain().is_empty() && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(h.chain().is_empty());
+    std::fs::remove_dir_all(&d).unwrap();
+}
