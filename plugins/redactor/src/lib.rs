@@ -17,11 +17,16 @@
 //! empty value stays empty. A key matching `remove` is removed even if it also matches `mask`;
 //! a key matching `mask` is masked whole (its query is not looked at).
 //!
+//! Results stay within the host's limits, so a redaction is never refused and the span sent on
+//! as it was: a masked URL that would grow past 4096 bytes is masked whole, and a span needing
+//! more than 64 edits (a `remove = ["*"]` on a very wide span) is dropped and counted
+//! (`dropped_too_many_edits`).
+//!
 //! Interest: exactly the keys the plugin may touch: the `remove` and `mask` patterns, plus
 //! `query_attributes` when `query_params` is set and `url.full` when `userinfo` is on. A verdict
 //! is sent only for spans that change (a value already masked is left alone).
 use tracer_plugin_sdk::{
-    Attribute, Batch, Config, Edit, Interest, Plugin, Span, Value, Verdict, count,
+    Attribute, Batch, Config, Edit, Interest, Plugin, Span, Value, Verdict, count, limits,
     pattern::Patterns, serde::Deserialize,
 };
 
@@ -147,6 +152,13 @@ impl Redactor {
                 }
             }
             if let Some(v) = new {
+                // Past the host's limit the whole result would be refused (and the span sent
+                // on unredacted): mask the whole value instead.
+                let v = if v.len() > limits::MAX_VALUE {
+                    self.mask_with.clone()
+                } else {
+                    v
+                };
                 edits.push(self.set(key, v));
             }
         }
@@ -216,7 +228,16 @@ impl Plugin for Redactor {
                 continue;
             }
             let edits = self.edits(span);
-            if !edits.is_empty() {
+            if edits.len() > limits::MAX_EDITS {
+                // More edits than the host takes for one span: the result would be refused and
+                // the batch sent on unredacted. Drop this span instead of leaking it.
+                count("dropped_too_many_edits", 1);
+                out.push(Verdict {
+                    span: i as u32,
+                    keep: false,
+                    edits: Vec::new(),
+                });
+            } else if !edits.is_empty() {
                 changed += 1;
                 out.push(Verdict {
                     span: i as u32,
@@ -364,6 +385,26 @@ mask = ["b", "a"]"#,
             counts.contains(&("redacted_spans".to_string(), 2)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn never_returns_what_the_host_would_refuse() {
+        let p = plugin("query_params = [\"t\"]\nmask_with = \"MASKED-VALUE-THAT-IS-LONG\"");
+        let long = format!("http://h/?{}", "t=1&".repeat(900));
+        let span = testing::span().with("url.full", long.as_str());
+        assert_eq!(
+            p.edits(&span),
+            vec![set("url.full", "MASKED-VALUE-THAT-IS-LONG")]
+        );
+        let wide = (0..70).fold(testing::span(), |s, i| s.with(&format!("k{i}"), 1i64));
+        let v = testing::run::<Redactor>(
+            "remove = [\"*\"]",
+            vec![wide, testing::span().with("k", 1i64)],
+        )
+        .unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(!v[0].keep);
+        assert_eq!(v[1].edits, vec![Edit::Remove("k".into())]);
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! Interest: `url.path`, `http.route` and the span name (the name is the method, so the method
 //! attribute is not needed). A verdict is sent only for spans that change.
 use tracer_plugin_sdk::{
-    Attribute, Batch, Config, Edit, Interest, Plugin, Span, SpanKind, Value, Verdict,
+    Attribute, Batch, Config, Edit, Interest, Plugin, Span, SpanKind, Value, Verdict, limits,
     serde::Deserialize,
 };
 
@@ -226,7 +226,7 @@ impl RouteNormalizer {
                 &span.name
             };
             let name = format!("{method} {route}");
-            if name.len() <= MAX_ROUTE + 56 {
+            if name.len() <= limits::MAX_KEY {
                 edits.push(Edit::Rename(name));
             }
         }

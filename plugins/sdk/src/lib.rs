@@ -426,6 +426,19 @@ macro_rules! export_plugin {
     };
 }
 
+/// What the host accepts in a result; a result beyond these is refused whole (the batch goes
+/// on unchanged, or is dropped when the tracer runs fail-closed) and counted as a failure.
+pub mod limits {
+    /// Edits in one verdict.
+    pub const MAX_EDITS: usize = 64;
+    /// Bytes of an attribute key, and of a span name given to `rename`.
+    pub const MAX_KEY: usize = 256;
+    /// Bytes of a string attribute value.
+    pub const MAX_VALUE: usize = 4096;
+    /// Spans in one batch (so a plugin's working memory per call is bounded).
+    pub const MAX_BATCH: usize = 256;
+}
+
 /// Consistent probability sampling keyed on the trace id, as OpenTelemetry specifies it
 /// ("TraceState: Probability Sampling", the `th` threshold rule): the randomness `R` is the low
 /// 56 bits of the trace id (bytes 9..16, random by W3C Trace Context Level 2), the rejection

@@ -8,6 +8,8 @@
 //! count = 1000000       # huge: how many verdicts (default 1_000_000)
 //! string_len = 1048576  # huge: bytes of the string in the first verdict's edit (default 1 MiB)
 //! ms = 50               # slow: how long each batch takes (default 50)
+//! after = 1             # behave like `ok` for the first N batches of each instance (default 0):
+//!                       # the host's load-time self-test passes, the live instance misbehaves
 //! ```
 //!
 //! | mode          | what it does                                                                 |
@@ -16,12 +18,18 @@
 //! | `init-error`  | `init` returns `Err("refusing on purpose")`                                   |
 //! | `loop-init`   | `init` never returns (a busy loop: only an epoch deadline stops it)           |
 //! | `loop`        | `process-batch` never returns                                                 |
-//! | `memory`      | `process-batch` allocates 1 MiB blocks without bound, writing every page and keeping them, until the memory cap makes an allocation fail (an abort: a trap) |
+//! | `memory`      | `process-batch` allocates blocks of 1, 2, 4, 8... MiB without bound, writing every page and keeping them, until the memory cap makes an allocation fail (an abort: a trap); doubling keeps the number of `memory.grow` calls, and so the time to reach any cap, small |
 //! | `trap`        | `process-batch` panics (a trap: the plugins are built with `panic = "abort"`) |
 //! | `trap-every`  | like `ok`, but panics on batches `every`, 2 x `every`, ... of one instance (a new instance after a trap starts counting again) |
 //! | `huge`        | returns `count` verdicts for indices from the batch length upward (all out of range), the first with a `set` edit whose key is `hostile.huge` and value `string_len` bytes |
 //! | `bad-index`   | returns one drop verdict for index = batch length                             |
 //! | `slow`        | like `ok`, but busy-waits `ms` milliseconds (on the host clock) per batch     |
+//!
+//! `after = N` delays the misbehaviour of the `process-batch` modes: the first N batches of an
+//! instance are answered like `ok`. The count lives in the instance, so an instance the host
+//! makes anew (after a trap or a timeout, which leave the old one unusable) behaves for N
+//! batches again; `huge` and `bad-index` leave the instance usable, so their failures follow
+//! one another.
 use tracer_plugin_sdk::{
     Action, Attribute, Batch, Config, Edit, Interest, Plugin, Value, Verdict, now_unix_nano,
     serde::Deserialize,
@@ -53,6 +61,8 @@ struct Settings {
     string_len: u32,
     #[serde(default = "default_ms")]
     ms: u64,
+    #[serde(default)]
+    after: u64,
 }
 
 fn default_count() -> u32 {
@@ -71,6 +81,7 @@ pub struct Hostile {
     count: u32,
     string_len: u32,
     ms: u64,
+    after: u64,
     batches: u64,
 }
 
@@ -82,12 +93,14 @@ fn spin() -> ! {
     }
 }
 
-/// Allocates and fills 1 MiB blocks, keeping all of them, until an allocation fails.
+/// Allocates and fills blocks of 1, 2, 4... MiB, keeping all of them, until an allocation fails.
 fn exhaust_memory() -> ! {
-    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut kept: Vec<Vec<u8>> = Vec::with_capacity(64);
+    let mut size = 1usize << 20;
     loop {
-        let mut block = Vec::<u8>::with_capacity(1 << 20);
-        block.resize(1 << 20, 0xa5);
+        let mut block = Vec::<u8>::with_capacity(size);
+        block.resize(size, 0xa5);
+        size = size.saturating_mul(2);
         for page in block.chunks_mut(4096) {
             page[0] = std::hint::black_box(page[0] ^ 0xff);
         }
@@ -122,6 +135,7 @@ impl Plugin for Hostile {
             count: s.count,
             string_len: s.string_len,
             ms: s.ms,
+            after: s.after,
             batches: 0,
         })
     }
@@ -133,6 +147,9 @@ impl Plugin for Hostile {
     fn on_batch(&mut self, batch: &Batch<'_>, out: &mut Vec<Verdict>) {
         self.batches += 1;
         let n = batch.spans.len();
+        if self.batches <= self.after {
+            return ok_verdicts(n, out);
+        }
         match self.mode {
             Mode::Ok | Mode::InitError | Mode::LoopInit => ok_verdicts(n, out),
             Mode::Loop => spin(),
@@ -262,6 +279,18 @@ mod tests {
         // The defaults: a million verdicts and a 1 MiB string.
         let v = testing::run::<Hostile>("mode = \"huge\"", spans(1)).unwrap();
         assert_eq!(v.len(), 1_000_000);
+    }
+
+    #[test]
+    fn after_delays_the_misbehaviour() {
+        testing::init::<Hostile>("mode = \"trap\"\nafter = 2").unwrap();
+        for _ in 0..2 {
+            assert_eq!(testing::process::<Hostile>(spans(2)).len(), 2);
+        }
+        assert!(panics(|| testing::process::<Hostile>(spans(1))));
+        let v = testing::run::<Hostile>("mode = \"bad-index\"\nafter = 1", spans(3)).unwrap();
+        assert!(v.iter().all(|v| v.keep && v.span < 3));
+        assert_eq!(testing::process::<Hostile>(spans(3))[0].span, 3);
     }
 
     #[test]
