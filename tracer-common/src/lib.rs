@@ -152,6 +152,30 @@ pub struct ConnKey {
     pub fd: u32,
 }
 
+/// What the probes know about a socket of a traced process (value of the kernel's
+/// connection map). The daemon writes entries too: the sockets that were already open when the
+/// probes attached (see [`ConnState::PREEXISTING_SNIFFS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub peer: SockAddr,
+    /// DATA records emitted so far (the daemon detects lost records from gaps).
+    pub seq: u32,
+    pub protocol: u8,
+    pub role: u8,
+    /// Whether the CONN record was sent (only once the connection is known to carry HTTP).
+    pub announced: u8,
+    /// Non-zero for a socket that was open before the probes attached: its next syscalls may
+    /// start anywhere in a conversation, so an HTTP/2 frame header also classifies it, and this
+    /// many syscalls are sniffed before it is given up as not HTTP.
+    pub sniffs_left: u8,
+}
+
+impl ConnState {
+    /// Syscalls sniffed on a socket that was open before the probes attached.
+    pub const PREEXISTING_SNIFFS: u8 = 64;
+}
+
 /// Filter flags in [`Config::flags`].
 pub mod filter {
     /// Only processes listed in the PIDS map are traced.
@@ -181,6 +205,7 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), integers and byte arrays only, no implicit padding.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnState {}
 }
 
 #[cfg(test)]
@@ -198,5 +223,6 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16);
         assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<ConnKey>(), 8);
+        assert_eq!(size_of::<ConnState>(), 24 + 4 + 4);
     }
 }

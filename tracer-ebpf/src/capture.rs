@@ -8,13 +8,13 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    CloseEvent, ConnEvent, ConnKey, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOV, WIRE_VERSION,
-    counter, kind, protocol, syscall,
+    CloseEvent, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOV,
+    WIRE_VERSION, counter, kind, protocol, syscall,
 };
 
 use crate::{
     filter::config,
-    maps::{ARGS, CONNS, ConnState, EVENTS, SCRATCH, SyscallArgs, count},
+    maps::{ARGS, CONNS, EVENTS, SCRATCH, SyscallArgs, count},
 };
 
 /// An HTTP/2 SETTINGS frame header: what an h2c server writes first (its preface), before
@@ -24,6 +24,43 @@ use crate::{
 fn is_h2_settings(b: &[u8; 8]) -> bool {
     let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
     len % 6 == 0 && len <= 60 && b[3] == 4 && b[4] & !1 == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0
+}
+
+/// A plausible HTTP/2 frame header (RFC 9113 section 4.1 and 6): what a connection that began
+/// before the probes shows first when it is in the middle of a conversation. Default maximum
+/// frame size, a known type with only its defined flags, the reserved bit clear, and the
+/// stream-id and fixed-length rules of that type.
+#[inline(always)]
+fn is_h2_frame_header(b: &[u8; 9]) -> bool {
+    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+    let (ty, flags) = (b[3], b[4]);
+    if len > 16384 || b[5] & 0x80 != 0 {
+        return false;
+    }
+    let sid = (b[5] as u32) << 24 | (b[6] as u32) << 16 | (b[7] as u32) << 8 | b[8] as u32;
+    let stream = sid != 0;
+    match ty {
+        // DATA: END_STREAM, PADDED
+        0 => stream && flags & !0x09 == 0,
+        // HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY
+        1 => stream && flags & !0x2d == 0 && len > 0,
+        // PRIORITY
+        2 => stream && flags == 0 && len == 5,
+        // RST_STREAM
+        3 => stream && flags == 0 && len == 4,
+        // SETTINGS: ACK (then empty)
+        4 => !stream && len % 6 == 0 && (flags == 0 || (flags == 1 && len == 0)),
+        // PING: ACK
+        6 => !stream && flags & !0x01 == 0 && len == 8,
+        // GOAWAY
+        7 => !stream && flags == 0 && len >= 8,
+        // WINDOW_UPDATE
+        8 => flags == 0 && len == 4,
+        // CONTINUATION: END_HEADERS
+        9 => stream && flags & !0x04 == 0,
+        // PUSH_PROMISE (5) never starts what a client or server sends unprompted; others unknown.
+        _ => false,
+    }
 }
 
 /// Protocol of a message from its first 8 bytes, or UNKNOWN.
@@ -154,16 +191,17 @@ fn read_user<T>(src: u64) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(src as *const T) }.ok()
 }
 
-/// First user buffer of a syscall and its length (for the vectored calls: the first iovec).
+/// First user buffer of a syscall and how many of its bytes moved (for the vectored calls:
+/// the first iovec).
 #[inline(always)]
-fn first_buf(args: &SyscallArgs) -> Option<u64> {
+fn first_buf(args: &SyscallArgs, ret: u64) -> Option<(u64, u64)> {
     match args.syscall {
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
             let iov: [u64; 2] = read_user(args.ptr)?;
-            Some(iov[0])
+            Some((iov[0], clamp(iov[1], ret)))
         }
         syscall::SENDFILE => None,
-        _ => Some(args.ptr),
+        _ => Some((args.ptr, ret)),
     }
 }
 
@@ -185,7 +223,7 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         None => {
             // Not seen being set up (opened before we started, or not a socket): only follow it
             // if these bytes start an HTTP message. The daemon checks it really is a socket.
-            let proto = sniff(args, ret);
+            let proto = sniff(args, ret, false);
             if proto == protocol::UNKNOWN {
                 return;
             }
@@ -195,7 +233,7 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
                 protocol: proto,
                 role: tracer_common::role::UNKNOWN,
                 announced: 0,
-                _pad: 0,
+                sniffs_left: 0,
             };
             if CONNS.insert(&key, &fresh, 0).is_err() {
                 count(counter::CONN_MAP_FULL);
@@ -211,16 +249,21 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         return;
     }
     if state.protocol == protocol::UNKNOWN {
-        let proto = sniff(args, ret);
-        // The first bytes of a fresh socket decide: anything else is not ours to copy.
-        state.protocol = if proto == protocol::UNKNOWN {
-            protocol::OTHER
-        } else {
-            proto
-        };
+        let preexisting = state.sniffs_left != 0;
+        let proto = sniff(args, ret, preexisting);
         if proto == protocol::UNKNOWN {
+            // The first bytes of a fresh socket decide: anything else is not ours to copy. A
+            // socket open before we attached gets a few more chances (its syscalls may start
+            // inside a message).
+            if preexisting {
+                state.sniffs_left -= 1;
+            }
+            if state.sniffs_left == 0 {
+                state.protocol = protocol::OTHER;
+            }
             return;
         }
+        state.protocol = proto;
     }
     if state.announced == 0 {
         state.announced = 1;
@@ -252,14 +295,30 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
     );
 }
 
+/// Protocol of the bytes a syscall moved, from their start. `frames`: the connection may be
+/// in the middle of a conversation (it was open before the probes attached), so an HTTP/2
+/// frame header counts too.
 #[inline(always)]
-fn sniff(args: &SyscallArgs, ret: i64) -> u8 {
+fn sniff(args: &SyscallArgs, ret: i64, frames: bool) -> u8 {
     if ret < 8 {
         return protocol::UNKNOWN;
     }
-    match first_buf(args).and_then(read_user::<u64>) {
-        Some(head) => classify(head),
-        None => protocol::UNKNOWN,
+    let Some((buf, n)) = first_buf(args, ret as u64) else {
+        return protocol::UNKNOWN;
+    };
+    if n < 8 {
+        return protocol::UNKNOWN;
+    }
+    let Some(head) = read_user::<u64>(buf) else {
+        return protocol::UNKNOWN;
+    };
+    let proto = classify(head);
+    if proto != protocol::UNKNOWN || !frames || n < 9 {
+        return proto;
+    }
+    match read_user::<[u8; 9]>(buf) {
+        Some(h) if is_h2_frame_header(&h) => protocol::HTTP2,
+        _ => protocol::UNKNOWN,
     }
 }
 
@@ -453,7 +512,7 @@ pub fn on_setup(fd: u64, sockaddr: u64, role: u8) {
         protocol: protocol::UNKNOWN,
         role,
         announced: 0,
-        _pad: 0,
+        sniffs_left: 0,
     };
     if CONNS.insert(&key, &state, 0).is_err() {
         count(counter::CONN_MAP_FULL);

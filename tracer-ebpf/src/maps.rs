@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Config, ConnKey, DataRecord, SockAddr};
+use tracer_common::{Config, ConnKey, ConnState, DataRecord};
 
 /// Records for the daemon. The daemon may resize it before load.
 #[map]
@@ -26,21 +26,7 @@ pub static COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the probes know about a socket of a traced process.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnState {
-    pub peer: SockAddr,
-    /// DATA records emitted so far (the daemon detects lost records from gaps).
-    pub seq: u32,
-    pub protocol: u8,
-    pub role: u8,
-    /// Whether the CONN record was sent (only once the connection is known to carry HTTP).
-    pub announced: u8,
-    pub _pad: u8,
-}
-
-/// Connections of traced processes. LRU: a process that exits closes its sockets without
+/// Connections of traced processes (the daemon adds the sockets open before it attached). LRU: a process that exits closes its sockets without
 /// close(2), so entries must be able to age out.
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);

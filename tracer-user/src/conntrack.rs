@@ -35,7 +35,25 @@ struct Counts {
 impl Decoder {
     fn feed(&mut self, c: Chunk<'_>, done: &mut Done) {
         match self {
-            Decoder::Http1(d) => d.feed(c, &mut done.exchanges),
+            Decoder::Http1(d) => {
+                d.feed(c, &mut done.exchanges);
+                if let Some(up) = d.take_h2c() {
+                    // `Upgrade: h2c` answered by 101: HTTP/2 from right after the 101's head.
+                    let mut h2 = H2Conn::after_h2c_upgrade(&up);
+                    let off = up.offset.min(c.len);
+                    if off < c.len {
+                        let cut =
+                            usize::try_from(off).map_or(c.data.len(), |o| o.min(c.data.len()));
+                        let rest = Chunk {
+                            len: c.len - off,
+                            data: &c.data[cut..],
+                            ..c
+                        };
+                        h2.feed(rest, &mut done.streams);
+                    }
+                    *self = Decoder::Http2(h2);
+                }
+            }
             Decoder::Http2(d) => d.feed(c, &mut done.streams),
         }
     }
@@ -96,6 +114,8 @@ struct Entry {
     reported: Counts,
     /// Not traced further (not a socket, or a protocol this build does not decode).
     ignored: bool,
+    /// Seen being accepted or connected: its first record is the conversation's start.
+    seen_setup: bool,
     last_ts: u64,
 }
 
@@ -108,6 +128,7 @@ impl Entry {
             next_seq: None,
             reported: Counts::default(),
             ignored: false,
+            seen_setup: false,
             last_ts: ts,
         }
     }
@@ -190,6 +211,7 @@ impl ConnTable {
                     self.maintain(c.ts_ns, true);
                 }
                 let mut entry = Entry::new(ConnInfo { peer: c.peer }, c.comm, c.ts_ns);
+                entry.seen_setup = c.role != Role::Unknown;
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).
@@ -224,8 +246,16 @@ impl ConnTable {
             return;
         }
         if entry.next_seq.is_none() && d.protocol == protocol::HTTP2 {
-            // The probes saw the client preface: an h2c connection from its start.
-            entry.decoder = Decoder::Http2(H2Conn::new());
+            // From its start when the probes saw it set up, or its first bytes are the client
+            // preface; otherwise it was open before the probes attached and they classified it
+            // by a frame header: HPACK state unknown, frames only from a plausible boundary.
+            let from_start =
+                (entry.seen_setup && d.seq == 0) || d.payload.starts_with(b"PRI * HTTP/2.0");
+            entry.decoder = Decoder::Http2(if from_start {
+                H2Conn::new()
+            } else {
+                H2Conn::mid_stream()
+            });
         }
         if let Some(expected) = entry.next_seq
             && d.seq != expected
@@ -501,5 +531,150 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    fn h2_frame(ty: u8, flags: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([ty, flags]);
+        f.extend(sid.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// HPACK literal without indexing, name from the static table (index < 15).
+    fn lit(idx: u8, v: &str) -> Vec<u8> {
+        let mut b = vec![idx, v.len() as u8];
+        b.extend(v.as_bytes());
+        b
+    }
+
+    /// The middle of a gRPC conversation: one call on stream 5, its header blocks only
+    /// static-table references and literals (no dynamic table needed).
+    fn h2_call_mid_stream(first_seq: u32) -> Vec<Vec<u8>> {
+        let mut req = vec![0x83, 0x86]; // :method POST, :scheme http
+        req.extend(lit(4, "/a.B/C"));
+        req.extend([0x0f, 0x10, 16]); // content-type (static 31)
+        req.extend(b"application/grpc");
+        let mut trailers = vec![0x00, 11];
+        trailers.extend(b"grpc-status");
+        trailers.extend([1, b'5']);
+        let recs = [
+            (Dir::Ingress, h2_frame(1, 4, 5, &req)),
+            (Dir::Ingress, h2_frame(0, 1, 5, &[0, 0, 0, 0, 0])),
+            (Dir::Egress, h2_frame(1, 4, 5, &[0x88])),
+            (Dir::Egress, h2_frame(1, 5, 5, &trailers)),
+        ];
+        recs.into_iter()
+            .enumerate()
+            .map(|(i, (dir, b))| {
+                let t = 100 + 10 * i as u64;
+                encode::data_as(
+                    protocol::HTTP2,
+                    encode::data(
+                        ID,
+                        first_seq + i as u32,
+                        dir,
+                        (t, t + 5),
+                        b.len() as u64,
+                        &b,
+                        "srv",
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// A connection open before the probes attached, classified by a frame header: decoded
+    /// from that frame on, and only what needs no HPACK history is reported.
+    #[test]
+    fn h2_connection_open_before_the_probes_is_decoded_mid_stream() {
+        let (mut t, _) = table(vec![]);
+        let mut recs = vec![encode::conn(ID, 1, Role::Unknown, None, "srv")];
+        recs.extend(h2_call_mid_stream(0));
+        let spans = replay(&mut t, &recs);
+        assert_eq!(spans.len(), 1);
+        let sp = &spans[0];
+        assert_eq!(sp.kind, SpanKind::Server);
+        assert_eq!(sp.name, "a.B/C");
+        assert_eq!(sp.attr("url.path"), Some(&Value::Str("/a.B/C".into())));
+        assert_eq!(sp.attr("rpc.grpc.status_code"), Some(&Value::Int(5)));
+        assert_eq!(sp.attr("tracer.http.headers_incomplete"), None);
+
+        // The same bytes on a connection seen being accepted are not an h2c start (no
+        // preface): nothing is made up from them.
+        let (mut t, m) = table(vec![]);
+        let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "srv")];
+        recs.extend(h2_call_mid_stream(0));
+        assert!(replay(&mut t, &recs).is_empty());
+        assert!(
+            m.decode_malformed_total
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+    }
+
+    /// HTTP/1.1 `Upgrade: h2c`: the upgrade request is HTTP/2 stream 1, answered in frames
+    /// that share the 101's write; later streams follow on the same connection.
+    #[test]
+    fn h2c_upgrade_continues_as_http2() {
+        let (mut t, _) = table(vec![]);
+        let up = b"GET /up HTTP/1.1\r\nHost: a:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                   Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+        let switch = [
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"[..],
+            &h2_frame(4, 0, 0, &[]),
+            &h2_frame(1, 4, 1, &[0x88]), // :status 200
+            &h2_frame(0, 1, 1, b"hello"),
+        ]
+        .concat();
+        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        client.extend(h2_frame(4, 0, 0, &[]));
+        client.extend(h2_frame(4, 1, 0, &[]));
+        // GET http / , :authority a:8080
+        let mut req = vec![0x82, 0x86, 0x84, 0x01, 6];
+        req.extend(b"a:8080");
+        client.extend(h2_frame(1, 5, 3, &req));
+        let not_found = h2_frame(1, 5, 3, &[0x8d]); // :status 404
+        let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "srv")];
+        for (i, (dir, b)) in [
+            (Dir::Ingress, up.to_vec()),
+            (Dir::Egress, switch),
+            (Dir::Ingress, client),
+            (Dir::Egress, not_found),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ts = 100 * (i as u64 + 1);
+            recs.push(encode::data(
+                ID,
+                i as u32,
+                dir,
+                (ts, ts + 10),
+                b.len() as u64,
+                &b,
+                "srv",
+            ));
+        }
+        let spans = replay(&mut t, &recs);
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let (s1, s3) = (&spans[0], &spans[1]);
+        for sp in [s1, s3] {
+            assert_eq!(sp.kind, SpanKind::Server);
+            assert_eq!(sp.name, "GET");
+            assert_eq!(
+                sp.attr("network.protocol.version"),
+                Some(&Value::Str("2".into()))
+            );
+            assert_eq!(sp.attr("server.port"), Some(&Value::Int(8080)));
+            assert_eq!(sp.attr("tracer.http.headers_incomplete"), None);
+        }
+        assert_eq!(s1.attr("url.path"), Some(&Value::Str("/up".into())));
+        assert_eq!(s1.attr("http.response.status_code"), Some(&Value::Int(200)));
+        assert_eq!(s1.attr("http.response.body.size"), Some(&Value::Int(5)));
+        // From the upgrade request's first byte to stream 1's last.
+        assert_eq!((s1.start_unix_ns, s1.end_unix_ns), (110, 210));
+        assert_eq!(s3.attr("url.path"), Some(&Value::Str("/".into())));
+        assert_eq!(s3.attr("http.response.status_code"), Some(&Value::Int(404)));
     }
 }

@@ -262,6 +262,12 @@ pub mod encode {
         v
     }
 
+    /// A DATA record like [`data`], classified by the probes as `protocol`.
+    pub fn data_as(protocol: u8, mut rec: Vec<u8>) -> Vec<u8> {
+        rec[core::mem::offset_of!(DataEvent, protocol)] = protocol;
+        rec
+    }
+
     pub fn close(id: ConnId, ts_ns: u64) -> Vec<u8> {
         bytes(&CloseEvent {
             header: header(kind::CLOSE, id, ts_ns),

@@ -1,12 +1,17 @@
 //! Kernel probes: load the embedded eBPF object, configure it, attach every tracepoint.
-use std::path::Path;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tracer_common::{COMM_LEN, Config, MAX_CAPTURE, counter, filter};
+use tracer_common::{
+    COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, SockAddr, counter, filter, protocol, role,
+};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` (or this crate's build script) and
 /// embedded so that the `tracer` binary is one self-contained file.
@@ -42,6 +47,31 @@ pub const TRACEPOINTS: &[&str] = &[
 ];
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// At most this many sockets open at attach time are handed to the probes: a quarter of their
+/// LRU connection map, so seeding never pushes out connections being traced.
+pub const MAX_PREEXISTING: usize = 16_384;
+
+/// BPF_NOEXIST: never overwrite what the probes already learned about a socket.
+const BPF_NOEXIST: u64 = 1;
+
+fn sock_addr(a: &SocketAddr) -> SockAddr {
+    let mut sa = SockAddr {
+        port: a.port(),
+        ..Default::default()
+    };
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            sa.family = 2;
+            sa.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            sa.family = 10;
+            sa.addr = v6.octets();
+        }
+    }
+    sa
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -212,6 +242,46 @@ impl Probes {
             let _ = pids.remove(pid);
         }
         Ok(())
+    }
+
+    /// Hands the probes the TCP sockets that were open when they attached (`(pid, fd)` and
+    /// peer, from `process::socket_snapshot`). Their next syscalls may start anywhere in a
+    /// conversation, so the probes also classify them by an HTTP/2 frame header, and give them
+    /// [`ConnState::PREEXISTING_SNIFFS`] syscalls to show one. Sockets the probes already know
+    /// are left alone. Returns how many were added.
+    pub fn seed_preexisting(
+        &mut self,
+        sockets: &std::collections::HashMap<(u32, u32), SocketAddr>,
+    ) -> Result<usize, ProbeError> {
+        let mut conns: HashMap<_, ConnKey, ConnState> = HashMap::try_from(
+            self.ebpf
+                .map_mut("CONNS")
+                .ok_or(ProbeError::MissingMap("CONNS"))?,
+        )
+        .map_err(|e| ProbeError::Map("CONNS", e))?;
+        let me = std::process::id();
+        let mut added = 0;
+        for (&(tgid, fd), peer) in sockets.iter().filter(|((pid, _), _)| *pid != me) {
+            if added >= MAX_PREEXISTING {
+                break;
+            }
+            let state = ConnState {
+                peer: sock_addr(peer),
+                seq: 0,
+                protocol: protocol::UNKNOWN,
+                role: role::UNKNOWN,
+                announced: 0,
+                sniffs_left: ConnState::PREEXISTING_SNIFFS,
+            };
+            // EEXIST: the probes saw this socket already (it carried a request since).
+            if conns
+                .insert(ConnKey { tgid, fd }, state, BPF_NOEXIST)
+                .is_ok()
+            {
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {

@@ -333,7 +333,15 @@ pub fn build_h2(
         notes.push(kv("tracer.http.headers_incomplete", Value::Bool(true)));
     }
     let error = match (st.reset, st.closed_early) {
+        // A gRPC status known despite the reset (a deadline that ran out): that status tells.
+        (Some(_), _) if st.is_grpc && st.grpc_status.is_some() => None,
         (Some(_), _) => Some("stream_reset".to_string()),
+        // The response started, and its end went by in bytes we could not follow.
+        (None, true) if st.framing_lost && st.status.is_some() => {
+            notes.push(kv("tracer.http.response_end_estimated", Value::Bool(true)));
+            None
+        }
+        (None, true) if st.status.is_some() => Some("connection_closed_mid_response".to_string()),
         (None, true) => Some("connection_closed_before_response".to_string()),
         _ => None,
     };
@@ -726,5 +734,103 @@ mod tests {
         ));
         assert_eq!(sp.attr("client.address"), Some(&s("203.0.113.9")));
         assert_eq!(sp.attr("network.peer.address"), Some(&s("127.0.0.1")));
+    }
+
+    fn grpc_stream(
+        role: Role,
+        status: Option<u32>,
+        reset: Option<u32>,
+    ) -> crate::decode::http2::Stream {
+        crate::decode::http2::Stream {
+            role,
+            stream_id: 1,
+            method: Some("POST".into()),
+            path: Some("/pkg.Svc/Get".into()),
+            authority: Some("svc:50051".into()),
+            scheme: Some("http".into()),
+            status: reset.is_none().then_some(200),
+            request_headers: vec![("content-type".into(), "application/grpc".into())],
+            grpc_status: status,
+            grpc_message: None,
+            is_grpc: true,
+            request_body_len: 5,
+            response_body_len: 7,
+            ts_start: 1_000,
+            ts_end: 2_000,
+            reset,
+            headers_incomplete: false,
+            closed_early: false,
+            framing_lost: false,
+        }
+    }
+
+    fn build_grpc(st: &crate::decode::http2::Stream) -> Span {
+        build_h2(
+            st,
+            &ConnInfo::default(),
+            &resource(),
+            Clock { offset_ns: 0 },
+            &SpanOptions::default(),
+        )
+    }
+
+    /// OTel gRPC conventions: a SERVER span is an error only for UNKNOWN, DEADLINE_EXCEEDED,
+    /// UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS; a CLIENT span for every non-OK code.
+    #[test]
+    fn grpc_status_rules_differ_by_kind() {
+        for code in 0..=16u32 {
+            let server = build_grpc(&grpc_stream(Role::Server, Some(code), None));
+            let client = build_grpc(&grpc_stream(Role::Client, Some(code), None));
+            for sp in [&server, &client] {
+                assert_eq!(sp.name, "pkg.Svc/Get");
+                assert_eq!(sp.attr("rpc.system"), Some(&s("grpc")));
+                assert_eq!(sp.attr("rpc.service"), Some(&s("pkg.Svc")));
+                assert_eq!(sp.attr("rpc.method"), Some(&s("Get")));
+                assert_eq!(
+                    sp.attr("rpc.grpc.status_code"),
+                    Some(&Value::Int(code as i64))
+                );
+            }
+            let server_error = [2, 4, 12, 13, 14, 15].contains(&code);
+            assert_eq!(server.status != Status::Unset, server_error, "{code}");
+            assert_eq!(client.status != Status::Unset, code != 0, "{code}");
+        }
+    }
+
+    /// A reset stream is an error (`stream_reset`), unless the decoder knows its gRPC status
+    /// (a deadline that ran out): then the status decides, as for trailers.
+    #[test]
+    fn grpc_reset_streams() {
+        // Closed with the response under way: an error only if its end was in sight.
+        let mut st = grpc_stream(Role::Server, None, None);
+        st.closed_early = true;
+        let sp = build_grpc(&st);
+        assert_eq!(
+            sp.status,
+            Status::Error("connection_closed_mid_response".into())
+        );
+        st.framing_lost = true;
+        let sp = build_grpc(&st);
+        assert_eq!(sp.status, Status::Unset);
+        assert_eq!(
+            sp.attr("tracer.http.response_end_estimated"),
+            Some(&Value::Bool(true))
+        );
+        st.status = None;
+        let sp = build_grpc(&st);
+        assert_eq!(
+            sp.status,
+            Status::Error("connection_closed_before_response".into())
+        );
+
+        let plain = build_grpc(&grpc_stream(Role::Client, None, Some(8)));
+        assert_eq!(plain.status, Status::Error("stream_reset".into()));
+        assert_eq!(plain.attr("rpc.grpc.status_code"), None);
+        for role in [Role::Client, Role::Server] {
+            let sp = build_grpc(&grpc_stream(role, Some(4), Some(8)));
+            assert!(matches!(sp.status, Status::Error(_)), "{role:?}");
+            assert_eq!(sp.attr("error.type"), Some(&s("4")));
+            assert_eq!(sp.attr("rpc.grpc.status_code"), Some(&Value::Int(4)));
+        }
     }
 }

@@ -386,7 +386,23 @@ pub const KEPT_HEADERS: &[&str] = &[
     "x-forwarded-for",
     "content-length",
     "transfer-encoding",
+    // `Upgrade: h2c`: the connection goes on as HTTP/2.
+    "upgrade",
 ];
+
+/// Whether a 101 switched to h2c: the request asked for it, and the response (when its
+/// Upgrade header was captured) names it.
+fn upgrades_to_h2c(req: &[(String, String)], resp: &[(String, String)]) -> bool {
+    let names_h2c = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .filter(|(k, _)| k == "upgrade")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    };
+    let resp_says = resp.iter().any(|(k, _)| k == "upgrade");
+    names_h2c(req) && (!resp_says || names_h2c(resp))
+}
 
 fn parse_head<'a>(buf: &'a [u8], keep: Option<&[&str]>) -> (&'a [u8], Vec<(String, String)>) {
     let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
@@ -659,8 +675,21 @@ enum HeadEnd {
     Closing,
 }
 
+/// A request that switched its connection to HTTP/2 (`Upgrade: h2c` answered by 101): per
+/// RFC 9113 section 3.2 (RFC 7540 3.2) it is stream 1, and its response comes as HTTP/2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct H2cUpgrade {
+    pub role: Role,
+    pub request: Request,
+    /// Where HTTP/2 starts: right after the 101's head, in the chunk that carried it
+    /// (the server's SETTINGS and stream 1's response often share that write).
+    pub offset: u64,
+}
+
 pub struct Http1Conn {
     role: Option<Role>,
+    /// Set when a 101 switched the connection to h2c; taken by [`Http1Conn::take_h2c`].
+    h2c: Option<H2cUpgrade>,
     dirs: [Dir; 2],
     /// Unanswered requests, oldest first. `None` marks a request known to be lost (not
     /// captured): its response still comes and must not be paired with a later request.
@@ -696,6 +725,7 @@ impl Http1Conn {
     pub fn new() -> Self {
         Http1Conn {
             role: None,
+            h2c: None,
             dirs: [Dir::new(), Dir::new()],
             pending: VecDeque::new(),
             cur_req: None,
@@ -722,6 +752,13 @@ impl Http1Conn {
 
     pub fn upgraded(&self) -> bool {
         self.upgraded
+    }
+
+    /// The connection switched to HTTP/2 in the chunk just fed (`Upgrade: h2c`, 101): the
+    /// upgrade request, whose exchange is not reported here, and where HTTP/2 begins. The
+    /// caller goes on with an HTTP/2 decoder.
+    pub fn take_h2c(&mut self) -> Option<H2cUpgrade> {
+        self.h2c.take()
     }
 
     /// Feed one syscall's worth of bytes; push completed exchanges to `out`.
@@ -827,6 +864,9 @@ impl Http1Conn {
                         HeadRes::Done(n) => {
                             pos += n as u64;
                             self.head_done(d, h, HeadEnd::Complete, out);
+                            if let Some(u) = self.h2c.as_mut() {
+                                u.offset = pos;
+                            }
                         }
                         HeadRes::Need(n) => {
                             pos += n as u64;
@@ -1185,6 +1225,18 @@ impl Http1Conn {
                 };
                 if status == 101 || (connect && (200..300).contains(&status)) {
                     self.upgraded = true;
+                    if let (101, Some(role), Some(p)) = (status, self.role, req.as_ref())
+                        && upgrades_to_h2c(&p.req.headers, &resp.headers)
+                        && let Some(p) = req
+                    {
+                        // Not an exchange of its own: stream 1 of the HTTP/2 connection.
+                        self.h2c = Some(H2cUpgrade {
+                            role,
+                            request: p.req,
+                            offset: 0,
+                        });
+                        return;
+                    }
                     return self.emit(req, Some(resp), Outcome::Complete, out);
                 }
                 let framing = match framing {
@@ -1743,6 +1795,43 @@ mod tests {
             (101, Outcome::Complete)
         );
         assert_eq!(t.stats().malformed, 0);
+    }
+
+    #[test]
+    fn upgrade_to_h2c_hands_over_stream_1() {
+        let mut t = T::new();
+        t.send(
+            I,
+            b"GET /up HTTP/1.1\r\nHost: a:80\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        );
+        assert_eq!(t.c.take_h2c(), None);
+        let head =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        // The server's SETTINGS follows in the same write.
+        let settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        t.send(E, &[&head[..], &settings[..]].concat());
+        assert!(t.c.upgraded());
+        let u = t.c.take_h2c().expect("h2c upgrade");
+        assert_eq!(u.offset, head.len() as u64);
+        assert_eq!(u.role, Role::Server);
+        assert_eq!(u.request.method, "GET");
+        assert_eq!(u.request.target, "/up");
+        assert_eq!(t.c.take_h2c(), None);
+        // Stream 1 is reported by the HTTP/2 decoder, not as a 101 exchange.
+        t.close();
+        assert!(t.take().is_empty());
+
+        // A 101 to something else than the h2c asked for stays an ordinary upgrade.
+        let mut t = T::new();
+        t.send(I, b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n");
+        t.send(
+            E,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(t.c.take_h2c(), None);
+        t.close();
+        assert_eq!(resp(&t.take()[0]).status, 101);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct Stream {
     pub reset: Option<u32>,
     pub headers_incomplete: bool,
     pub closed_early: bool,
+    /// Framing of the response direction was lost while this stream was open: its end may
+    /// have gone by unseen, so `ts_end` is an estimate (when framing was lost) if it was never
+    /// seen, and an early close is not evidence of a failure.
+    pub framing_lost: bool,
 }
 
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
@@ -704,6 +708,53 @@ pub fn looks_like_h2_frames(data: &[u8]) -> bool {
     }
 }
 
+/// RST_STREAM error code CANCEL (RFC 9113 section 7).
+const CANCEL: u32 = 0x8;
+
+/// A `grpc-timeout` value (`1*8DIGIT unit`, unit one of H M S m u n) in nanoseconds.
+fn grpc_timeout_ns(v: &str) -> Option<u64> {
+    let unit = v.as_bytes().last()?;
+    let digits = &v[..v.len() - 1];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let per = match unit {
+        b'H' => 3_600_000_000_000,
+        b'M' => 60_000_000_000,
+        b'S' => 1_000_000_000,
+        b'm' => 1_000_000,
+        b'u' => 1_000,
+        b'n' => 1,
+        _ => return None,
+    };
+    n.checked_mul(per)
+}
+
+/// A gRPC call whose deadline passed ends with RST_STREAM(CANCEL) and no trailers (gRPC over
+/// HTTP/2: "when the deadline expires the client cancels the call"); both ends then report
+/// DEADLINE_EXCEEDED. Say so when the stream was cancelled once its `grpc-timeout` had run
+/// out. Senders round the timeout up (grpc-core sent `201m` for 200 ms), and our start is the
+/// HEADERS write, not the call's start: 2% + 2 ms of slack.
+fn deadline_from_cancel(s: &mut Stream, code: u32, ts_end: u64) {
+    if code != CANCEL || !s.is_grpc || s.grpc_status.is_some() {
+        return;
+    }
+    let Some(timeout) = s
+        .request_headers
+        .iter()
+        .find(|(k, _)| k == "grpc-timeout")
+        .and_then(|(_, v)| grpc_timeout_ns(v))
+    else {
+        return;
+    };
+    let slack = timeout / 50 + 2_000_000;
+    if ts_end.saturating_sub(s.ts_start) + slack >= timeout {
+        s.grpc_status = Some(4);
+        s.grpc_message = Some("deadline exceeded (stream cancelled after grpc-timeout)".into());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Connection state
 // ---------------------------------------------------------------------------
@@ -919,6 +970,54 @@ impl H2Conn {
         Self::build(false)
     }
 
+    /// The connection switched from HTTP/1.1 (`Upgrade: h2c`, 101): both sides start HTTP/2
+    /// now (client preface, SETTINGS first, fresh HPACK tables), and the upgrade request is
+    /// stream 1, half-closed by the client; its response comes in HTTP/2 frames.
+    pub fn after_h2c_upgrade(up: &super::http1::H2cUpgrade) -> Self {
+        let mut c = Self::build(true);
+        c.req_dir = Some(match up.role {
+            Role::Server => Direction::Ingress,
+            Role::Client => Direction::Egress,
+        });
+        let r = &up.request;
+        let host = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "host")
+            .map(|(_, v)| v.clone());
+        let mut kept = Fields::default();
+        for (k, v) in &r.headers {
+            if KEPT_HEADERS.contains(&k.as_str()) {
+                kept.add(k, v);
+            }
+        }
+        c.streams.insert(
+            1,
+            Stream {
+                role: up.role,
+                stream_id: 1,
+                method: Some(r.method.clone()),
+                path: Some(r.target.clone()),
+                authority: host,
+                scheme: Some("http".into()),
+                status: None,
+                request_headers: kept.kept,
+                grpc_status: None,
+                grpc_message: None,
+                is_grpc: kept.grpc,
+                request_body_len: r.body_len,
+                response_body_len: 0,
+                ts_start: r.ts_start,
+                ts_end: 0,
+                reset: None,
+                headers_incomplete: r.headers_truncated,
+                closed_early: false,
+                framing_lost: false,
+            },
+        );
+        c
+    }
+
     fn build(from_start: bool) -> Self {
         H2Conn {
             dirs: [DirState::new(from_start), DirState::new(from_start)],
@@ -1086,6 +1185,13 @@ impl H2Conn {
             return;
         }
         let ts = self.last_ts;
+        if self.req_dir != Some(DIRS[d]) {
+            // Responses may end in the bytes we cannot follow.
+            for s in self.streams.values_mut().filter(|s| !s.framing_lost) {
+                s.framing_lost = true;
+                s.ts_end = ts;
+            }
+        }
         self.salvage(d, ts, out);
         self.dirs[d].mode = Mode::Resync;
         self.dirs[d].hpack.trusted = false;
@@ -1222,7 +1328,8 @@ impl H2Conn {
                     Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
                     None => RST_CODE_UNKNOWN,
                 };
-                if self.streams.contains_key(&f.sid) {
+                if let Some(s) = self.streams.get_mut(&f.sid) {
+                    deadline_from_cancel(s, code, ts_end);
                     self.complete(f.sid, ts_end, Some(code), false, out);
                 } else {
                     self.note_lost(f.sid);
@@ -1353,6 +1460,7 @@ impl H2Conn {
                 reset: None,
                 headers_incomplete: incomplete,
                 closed_early: false,
+                framing_lost: false,
             };
             self.streams.insert(b.sid, s);
         } else if let Some(s) = self.streams.get_mut(&b.sid) {
@@ -1402,7 +1510,9 @@ impl H2Conn {
         out: &mut Vec<Stream>,
     ) {
         if let Some(mut s) = self.streams.remove(&sid) {
-            s.ts_end = ts_end;
+            if !(early && s.framing_lost) {
+                s.ts_end = ts_end;
+            }
             if reset.is_some() {
                 s.reset = reset;
             }
@@ -2355,6 +2465,50 @@ mod tests {
     }
 
     #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(grpc_timeout_ns("201m"), Some(201_000_000));
+        assert_eq!(grpc_timeout_ns("1S"), Some(1_000_000_000));
+        assert_eq!(grpc_timeout_ns("2H"), Some(7_200_000_000_000));
+        assert_eq!(grpc_timeout_ns("99999999n"), Some(99_999_999));
+        assert_eq!(grpc_timeout_ns("123456789m"), None); // at most 8 digits
+        assert_eq!(grpc_timeout_ns("m"), None);
+        assert_eq!(grpc_timeout_ns("10x"), None);
+        assert_eq!(grpc_timeout_ns("-1S"), None);
+        assert_eq!(grpc_timeout_ns(""), None);
+    }
+
+    /// A call cancelled (RST_STREAM CANCEL, no trailers) once its grpc-timeout (1S in
+    /// `grpc_req`) ran out reports DEADLINE_EXCEEDED; cancelled earlier, or reset with another
+    /// code, it has no gRPC status.
+    #[test]
+    fn grpc_cancel_after_deadline_is_deadline_exceeded() {
+        const MS: u64 = 1_000_000;
+        let cases = [
+            (Egress, CANCEL, 1000 * MS, Some(4)),
+            (Ingress, CANCEL, 995 * MS, Some(4)), // within the slack, from the server
+            (Egress, CANCEL, 900 * MS, None),     // cancelled before the deadline
+            (Egress, 0x2, 1500 * MS, None),       // INTERNAL_ERROR: not a deadline
+        ];
+        for (dir, code, at, want) in cases {
+            let mut c = H2Conn::new();
+            let mut out = Vec::new();
+            let req = [grpc_req(1, "/pkg.Svc/Slow"), grpc_msg(1, true, 3)].concat();
+            let rst = frame(T_RST_STREAM, 0, 1, &code.to_be_bytes());
+            for (d, b, t) in [
+                (Egress, client_preface(), 0),
+                (Ingress, server_preface(), 0),
+                (Egress, req, 0),
+                (dir, rst, at),
+            ] {
+                c.feed(chunk(d, &b, t), &mut out);
+            }
+            assert_eq!(out.len(), 1, "{code} at {at}");
+            assert_eq!(out[0].reset, Some(code));
+            assert_eq!(out[0].grpc_status, want, "{code} at {at}");
+        }
+    }
+
+    #[test]
     fn mid_stream_dynamic_table_unknown() {
         // Full conversation; we attach after stream 1's request.
         let mut full = basic_get();
@@ -2590,8 +2744,14 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].stream_id, 1);
         assert!(out[1].closed_early);
-        assert_eq!(out[1].ts_end, 99);
+        // Its end went by in the bytes that could not be followed: the estimate is when
+        // framing was lost (the latest byte time seen then: 25 from `run`), not the
+        // connection's close.
+        assert!(out[1].framing_lost);
+        assert_eq!(out[1].ts_end, 25);
         assert_eq!(out[1].response_body_len, 100);
+        // Stream 3 began after the loss and ended in sight.
+        assert!(!out[0].framing_lost);
     }
 
     #[test]
