@@ -184,7 +184,7 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
         let l = attr(s, CHAIN_ATTRIBUTE).expect("every span names its chain");
         let v = labels
             .get(l)
-            .unwrap_or_else(|| panic!("unknown chain label {l}"));
+            .unwrap_or_else(|| panic!("unknown chain label {l}: {:#}", h.status()));
         assert_eq!(
             (attr(s, "first"), attr(s, "second")),
             (Some(*v), Some(*v)),
@@ -382,5 +382,220 @@ async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
         waited += 1;
     }
     assert!(h.chain().is_empty());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn strict_host(dir: &Path, fail_closed: bool) -> PluginHost {
+    PluginHost::new(Settings {
+        dir: Some(dir.to_owned()),
+        limits: plugins::Limits {
+            call_timeout: Duration::from_millis(250),
+            init_timeout: Duration::from_millis(500),
+            memory_bytes: 16 << 20,
+        },
+        fail_closed,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Plugins that misbehave from the start fail validation: refused with the reason, the rest
+/// of the chain keeps running.
+#[test]
+fn hostile_plugins_are_refused_at_load() {
+    let (Some(hostile), Some(enricher)) = (built("testing/hostile.wasm"), built("enricher.wasm"))
+    else {
+        return;
+    };
+    let d = tmpdir("hostile-load");
+    write(&d, "10-good.wasm", &enricher);
+    write(&d, "10-good.toml", b"[attributes]\ngood = \"yes\"\n");
+    let h = strict_host(&d, false);
+    assert_eq!(h.reload_dir().swapped_to, Some(1));
+    let m = Metrics::default();
+    for (mode, why) in [
+        ("init-error", "init refused the config: refusing on purpose"),
+        ("loop-init", "init ran past its deadline of 500ms"),
+        ("loop", "self-test batch: ran past its deadline of 250ms"),
+        (
+            "memory",
+            "self-test batch: tried to use more than its memory cap of 16 MiB",
+        ),
+        ("trap", "self-test batch: trapped"),
+        (
+            "huge\"\ncount = 10000\nstring_len = 10\n#\"",
+            "self-test batch: returned an invalid result: 10000 verdicts for 4 spans",
+        ),
+        (
+            "huge",
+            "self-test batch: tried to use more than its memory cap of 16 MiB",
+        ),
+        (
+            "bad-index",
+            "self-test batch: returned an invalid result: verdict for span 4 of a batch of 4",
+        ),
+    ] {
+        write(&d, "20-hostile.wasm", &hostile);
+        write(
+            &d,
+            "20-hostile.toml",
+            format!("mode = \"{mode}\"\n").as_bytes(),
+        );
+        let t0 = std::time::Instant::now();
+        let r = h.reload_dir();
+        assert_eq!(r.rejected.len(), 1, "{mode}: {r:?}");
+        assert!(r.rejected[0].1.contains(why), "{mode}: {}", r.rejected[0].1);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{mode} took {:?}",
+            t0.elapsed()
+        );
+        let mut batch = spans(0, 8);
+        h.process(&mut batch, &m);
+        assert_eq!(batch.len(), 8, "{mode}");
+        assert!(
+            batch.iter().all(|s| attr(s, "good") == Some("yes")),
+            "{mode}"
+        );
+    }
+    assert_eq!(h.chain().plugins.len(), 1);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Plugins that pass validation and misbehave later: each failed call lets its batch through
+/// unchanged (fail-open) and is counted by kind; five in a row take the plugin out of the chain
+/// until its file changes.
+#[test]
+fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
+    let (Some(hostile), Some(enricher)) = (built("testing/hostile.wasm"), built("enricher.wasm"))
+    else {
+        return;
+    };
+    for (mode, extra, counter) in [
+        ("loop", "", "timeouts_total"),
+        ("memory", "", "memory_exceeded_total"),
+        ("trap", "", "traps_total"),
+        ("huge", "", "memory_exceeded_total"),
+        (
+            "huge",
+            "count = 10000\nstring_len = 10\n",
+            "invalid_results_total",
+        ),
+        ("bad-index", "", "invalid_results_total"),
+    ] {
+        let d = tmpdir(&format!("hostile-run-{mode}"));
+        write(&d, "10-hostile.wasm", &hostile);
+        let cfg = format!("mode = \"{mode}\"\nafter = 1\n{extra}");
+        write(&d, "10-hostile.toml", cfg.as_bytes());
+        write(&d, "20-good.wasm", &enricher);
+        write(&d, "20-good.toml", b"[attributes]\ngood = \"yes\"\n");
+        let h = strict_host(&d, false);
+        let r = h.reload_dir();
+        assert!(r.rejected.is_empty(), "{mode}: {r:?}");
+        let m = Metrics::default();
+        let good = format!(
+            "20-good@{}",
+            content_hash(&enricher, "[attributes]\ngood = \"yes\"\n")
+        );
+        let both = format!("10-hostile@{},{good}", content_hash(&hostile, &cfg));
+        // Batch 1 of the live instance behaves.
+        let mut batch = spans(0, 8);
+        h.process(&mut batch, &m);
+        assert!(
+            batch.iter().all(|s| s.attr("hostile.ok").is_some()
+                && attr(s, CHAIN_ATTRIBUTE) == Some(both.as_str())),
+            "{mode}: expected {both}: {:?}",
+            batch[0].attributes
+        );
+        // Then every other batch fails (a fresh instance behaves once): every span still
+        // comes out, edited by the good plugin only when the hostile one failed; the fifth
+        // failure takes it out of the chain.
+        let mut failed = 0;
+        for i in 0..9 {
+            let mut batch = spans(100 + i * 8, 8);
+            h.process(&mut batch, &m);
+            assert_eq!(batch.len(), 8, "{mode}: fail-open lets the batch through");
+            let ran = batch[0].attr("hostile.ok").is_some();
+            failed += u32::from(!ran);
+            for s in &batch {
+                assert_eq!(s.attr("hostile.ok").is_some(), ran, "{mode}");
+                assert_eq!(attr(s, "good"), Some("yes"), "{mode}");
+                let want = if ran { both.as_str() } else { good.as_str() };
+                assert_eq!(
+                    attr(s, CHAIN_ATTRIBUTE),
+                    Some(want),
+                    "{mode}: the chain names what ran"
+                );
+            }
+        }
+        assert_eq!(failed, 5, "{mode}");
+        let status = h.status();
+        assert_eq!(
+            status["plugins"].as_array().unwrap().len(),
+            1,
+            "{mode}: {status:#}"
+        );
+        assert_eq!(status["not_running"][0]["state"], "quarantined", "{mode}");
+        let text = h.prometheus();
+        assert!(
+            text.contains(&format!(
+                "tracer_plugin_{counter}{{plugin=\"10-hostile\"}} 5\n"
+            )),
+            "{mode}: {text}"
+        );
+        assert!(
+            text.contains(
+                "tracer_plugin_not_running{plugin=\"10-hostile\",state=\"quarantined\"} 1"
+            )
+        );
+        // Unchanged file: stays out. Changed config: comes back (here as a well-behaved plugin).
+        assert_eq!(h.reload_dir().swapped_to, None, "{mode}");
+        write(&d, "10-hostile.toml", b"mode = \"ok\"\n");
+        let r = h.reload_dir();
+        assert!(
+            r.swapped_to.is_some() && r.rejected.is_empty(),
+            "{mode}: {r:?}"
+        );
+        let mut batch = spans(500, 4);
+        h.process(&mut batch, &m);
+        assert!(
+            batch.iter().all(|s| s.attr("hostile.ok").is_some()),
+            "{mode}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
+fn fail_closed_drops_the_batch_and_counts_it() {
+    let Some(hostile) = built("testing/hostile.wasm") else {
+        return;
+    };
+    let d = tmpdir("closed");
+    write(&d, "10-h.wasm", &hostile);
+    write(&d, "10-h.toml", b"mode = \"trap-every\"\nevery = 2\n");
+    let h = strict_host(&d, true);
+    assert!(h.reload_dir().rejected.is_empty());
+    let m = Metrics::default();
+    let mut out = 0;
+    for i in 0..6 {
+        let mut batch = spans(i * 10, 10);
+        h.process(&mut batch, &m);
+        out += batch.len();
+    }
+    // Batches 2, 4 and 6 of the instance trap; a fresh instance starts after each trap, so
+    // the plugin is never 5 failures in a row and stays in the chain.
+    assert_eq!(m.spans_plugin_failed_total.load(Relaxed), 30);
+    assert_eq!(out, 30);
+    assert_eq!(h.chain().plugins.len(), 1);
+    let text = h.prometheus();
+    assert!(
+        text.contains("tracer_plugin_traps_total{plugin=\"10-h\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tracer_plugin_restarts_total{plugin=\"10-h\"} 2\n"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -3,12 +3,13 @@
 //! against the contract before anything is applied.
 use std::{
     collections::HashSet,
+    collections::VecDeque,
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        atomic::{AtomicBool, Ordering::Relaxed},
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{
@@ -20,7 +21,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    span::{Resource, Span, SpanKind, Status, Value, kv},
+    span::{Resource, Span, SpanKind, Status, Value, clock_ns, kv},
 };
 
 /// The attribute naming the plugin versions that processed a span.
@@ -28,6 +29,8 @@ pub const CHAIN_ATTRIBUTE: &str = "tracer.plugins.chain";
 /// Spans per call: bounds a plugin's working memory and its time per call.
 pub const MAX_BATCH: usize = 256;
 const MAX_EDITS: usize = 64;
+/// Failed calls count toward quarantine for this long.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 4096;
 
@@ -98,8 +101,8 @@ pub struct Loaded {
     span_name: bool,
     /// None after a failed call: a trapped instance cannot be re-entered.
     instance: Mutex<Option<Instance>>,
-    /// Failed calls in a row.
-    failures: AtomicU32,
+    /// When the recent failed calls happened (CLOCK_MONOTONIC ns), oldest first.
+    failures: Mutex<VecDeque<u64>>,
     max_failures: u32,
     quarantined: AtomicBool,
     pub last_error: Mutex<Option<String>>,
@@ -132,7 +135,7 @@ impl Loaded {
             resource_attributes: KeyMatcher::new(&interest.resource_attributes),
             span_name: interest.span_name,
             instance: Mutex::new(Some(instance)),
-            failures: AtomicU32::new(0),
+            failures: Mutex::default(),
             max_failures,
             quarantined: AtomicBool::new(false),
             last_error: Mutex::new(None),
@@ -196,14 +199,15 @@ impl Loaded {
                 return Err(self.failed(e));
             }
         };
-        drop(guard);
         if let Err(why) = check(&verdicts, batch.len()) {
+            // Whatever state produced it is not trusted with the next batch either.
+            *guard = None;
             return Err(self.failed(CallError::Invalid(why)));
         }
+        drop(guard);
         let (dropped, edited) = apply(batch, verdicts);
         Metrics::add(&st.spans_dropped_total, dropped);
         Metrics::add(&st.spans_edited_total, edited);
-        self.failures.store(0, Relaxed);
         Ok(())
     }
 
@@ -221,11 +225,24 @@ impl Loaded {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(e.to_string());
         }
-        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        // Failures within the window count, successes in between do not excuse them: a plugin
+        // that fails every other batch (a fresh instance works once, then traps) is failing.
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let n = {
+            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            f.push_back(now);
+            while f
+                .front()
+                .is_some_and(|&t| now - t > FAILURE_WINDOW.as_nanos() as u64)
+            {
+                f.pop_front();
+            }
+            f.len() as u32
+        };
         if n >= self.max_failures && !self.quarantined.swap(true, Relaxed) {
             tracing::error!(
                 plugin = &*self.name,
-                "failed {n} calls in a row (last: {e}): taken out of the chain until its file changes"
+                "failed {n} calls within {FAILURE_WINDOW:?} (last: {e}): taken out of the chain until its file changes"
             );
         } else if n == 1 {
             tracing::warn!(plugin = &*self.name, "{e}");

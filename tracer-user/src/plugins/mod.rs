@@ -51,7 +51,7 @@ pub struct Settings {
     pub limits: Limits,
     /// A failed call drops its batch instead of letting it through unchanged.
     pub fail_closed: bool,
-    /// Failed calls in a row that take a plugin out of the chain.
+    /// Failed calls within a minute that take a plugin out of the chain.
     pub max_failures: u32,
     /// Accept plugin files that users other than root can write.
     pub allow_writable: bool,
