@@ -44,6 +44,32 @@ enum Command {
     Check,
     /// Decode a recording made with `run --record` and print its spans (no root needed).
     Replay(ReplayCmd),
+    /// WebAssembly plugins: what a running tracer has loaded, or check a file before deploying it.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
+}
+
+#[derive(Subcommand)]
+enum PluginsCmd {
+    /// Show the running tracer's plugin chain, per-plugin counters and refused files
+    /// (asks its admin endpoint: GET /plugins).
+    List {
+        /// The running tracer's --admin-addr.
+        #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_ADMIN_ADDR)]
+        admin_addr: String,
+        /// Print the endpoint's JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a plugin (contract, config, self-test) and show what it does to sample spans.
+    /// Needs no daemon and no root.
+    Check {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Its config (the .toml that would sit beside it in the plugin directory).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -85,6 +111,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay(cmd) => replay(cmd),
+        Command::Plugins(PluginsCmd::List { admin_addr, json }) => plugins_list(&admin_addr, json),
+        Command::Plugins(PluginsCmd::Check { file, config }) => {
+            plugins_check(&file, config.as_deref())
+        }
         Command::Run(cmd) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -168,6 +198,162 @@ fn replay(cmd: ReplayCmd) -> anyhow::Result<()> {
     };
     p.write(&spans)?;
     tracing::info!("counters: {}", metrics.summary());
+    Ok(())
+}
+
+fn plugins_list(addr: &str, raw: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).with_context(|| {
+        format!("no tracer answers on {addr}: is it running, with this --admin-addr?")
+    })?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        sock,
+        "GET /plugins HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp)?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    if raw {
+        print!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(body).with_context(|| {
+        format!(
+            "unexpected answer from {addr}: {}",
+            resp.lines().next().unwrap_or("")
+        )
+    })?;
+    let dir = v["directory"].as_str().unwrap_or("(plugins off)");
+    println!("plugin directory: {dir}");
+    println!(
+        "chain v{}: {}",
+        v["chain"]["version"],
+        v["chain"]["label"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+            .unwrap_or("(empty: spans pass unchanged)")
+    );
+    let empty = Vec::new();
+    let plugins = v["plugins"].as_array().unwrap_or(&empty);
+    if !plugins.is_empty() {
+        println!(
+            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9}",
+            "PLUGIN", "HASH", "CALLS", "SPANS IN", "DROPPED", "EDITED", "FAILED", "TIME"
+        );
+    }
+    for p in plugins {
+        let c = &p["counters"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let failed = n("traps_total")
+            + n("timeouts_total")
+            + n("memory_exceeded_total")
+            + n("invalid_results_total");
+        println!(
+            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.3}s",
+            p["name"].as_str().unwrap_or("?"),
+            p["hash"].as_str().unwrap_or("?"),
+            n("calls_total"),
+            n("spans_in_total"),
+            n("spans_dropped_total"),
+            n("spans_edited_total"),
+            failed,
+            p["call_seconds"].as_f64().unwrap_or(0.0),
+        );
+        if let Some(e) = p["last_error"].as_str() {
+            println!("    last error: {e}");
+        }
+    }
+    for p in v["not_running"].as_array().unwrap_or(&empty) {
+        println!(
+            "{} is {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?").to_uppercase(),
+            p["error"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "reloads: {}, refused files: {}",
+        v["reloads"], v["reload_failures"]
+    );
+    Ok(())
+}
+
+fn plugins_check(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use tracer_user::{export::printer::to_line, plugins::dir};
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cfg = match config {
+        Some(c) => {
+            std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?
+        }
+        None => String::new(),
+    };
+    for p in std::iter::once(file).chain(config) {
+        if let Err(why) = std::fs::metadata(p)
+            .map_err(|e| e.to_string())
+            .and_then(|m| dir::check_writers(p, &m, false))
+        {
+            println!("WARNING: the daemon would refuse this file: {why}");
+        }
+    }
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let host = PluginHost::new(plugins::Settings::default())?;
+    let p = match host.load(&name, file, &wasm, &cfg) {
+        Ok(p) => p,
+        Err(why) => {
+            println!("REFUSED {}: {why}", file.display());
+            std::process::exit(1);
+        }
+    };
+    let (attrs, res, span_name) = p.interest();
+    println!(
+        "OK {}: implements {}; sees span attributes {:?}, resource attributes {:?}{}",
+        p.id(),
+        plugins::runtime::CONTRACT,
+        attrs,
+        res,
+        if span_name { ", span names" } else { "" }
+    );
+    host.install(vec![p]);
+    let before = plugins::samples();
+    let mut after = before.clone();
+    host.process(&mut after, &Metrics::default());
+    println!("\non {} sample spans:", before.len());
+    for b in &before {
+        println!("  in:   {}", to_line(b));
+        match after.iter().find(|a| a.span_id == b.span_id) {
+            None => println!("  out:  DROPPED"),
+            Some(a) => {
+                let mut changes = Vec::new();
+                if a.name != b.name {
+                    changes.push(format!("renamed {:?} -> {:?}", b.name, a.name));
+                }
+                for kv in &a.attributes {
+                    if kv.key == plugins::CHAIN_ATTRIBUTE {
+                        continue;
+                    }
+                    match b.attr(&kv.key) {
+                        Some(old) if *old == kv.value => {}
+                        Some(old) => changes.push(format!("{}: {old} -> {}", kv.key, kv.value)),
+                        None => changes.push(format!("+{}={}", kv.key, kv.value)),
+                    }
+                }
+                for kv in &b.attributes {
+                    if a.attr(&kv.key).is_none() {
+                        changes.push(format!("-{}", kv.key));
+                    }
+                }
+                if changes.is_empty() {
+                    println!("  out:  kept, unchanged");
+                } else {
+                    println!("  out:  kept, {}", changes.join(", "));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
