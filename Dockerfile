@@ -74,15 +74,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     install -D -m 0755 target/release/tracer /out/tracer; \
     /out/tracer --version
 
-# Plugins: plugins/ has no build yet. When it has one, build the shipped plugins here and copy
-# them into the runtime stage (as examples: the live plugins directory is a volume in
-# Kubernetes, which would hide files the image puts there), e.g.:
-#
-# RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-#     --mount=type=cache,target=/src/plugins/target,sharing=locked \
-#     rustup target add wasm32-wasip1 \
-#     && cargo build --release --manifest-path plugins/Cargo.toml --target wasm32-wasip1 \
-#     && install -D -m 0644 -t /out/plugins plugins/target/wasm32-wasip1/release/*.wasm
+# The shipped plugins, as examples under /usr/share/tracer/plugins (not in /etc/tracer/plugins:
+# in Kubernetes that is a volume, which would hide them). `cargo xtask build-plugins` adds the
+# wasm32-unknown-unknown target and wraps each module in a component.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    set -eux; \
+    cargo xtask build-plugins; \
+    install -D -m 0644 -t /out/plugins target/plugins/*.wasm; \
+    /out/tracer plugins check /out/plugins/route-normalizer.wasm
 
 # ---------------------------------------------------------------------------------------------
 # Runtime: the binary and CA certificates (for https:// OTLP endpoints), nothing else.
@@ -98,7 +98,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=builder /out/tracer /usr/local/bin/tracer
-# COPY --from=builder /out/plugins/ /usr/share/tracer/plugins/
+COPY --from=builder /out/plugins/ /usr/share/tracer/plugins/
 
 # Mount points of the Kubernetes manifests: the --config file's directory and --plugins-dir.
 RUN mkdir -p /etc/tracer/config /etc/tracer/plugins
