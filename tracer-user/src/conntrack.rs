@@ -12,7 +12,7 @@ use crate::{
     },
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     metrics::Metrics,
-    process::{FdKind, Processes, inspect_fd},
+    process::{FdKind, Processes, inspect_fd, local_port},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -116,6 +116,9 @@ struct Entry {
     ignored: bool,
     /// Seen being accepted or connected: its first record is the conversation's start.
     seen_setup: bool,
+    /// Local port of a connection set up before the probes (from /proc): a server span there
+    /// may have no Host or :authority to match the port filter with.
+    local_port: Option<u16>,
     last_ts: u64,
 }
 
@@ -129,6 +132,7 @@ impl Entry {
             reported: Counts::default(),
             ignored: false,
             seen_setup: false,
+            local_port: None,
             last_ts: ts,
         }
     }
@@ -225,7 +229,12 @@ impl ConnTable {
                             Metrics::add(&self.metrics.non_socket_streams_total, 1);
                             entry.ignored = true;
                         }
-                        FdKind::Socket { peer } => entry.info.peer = peer,
+                        FdKind::Socket { peer } => {
+                            entry.info.peer = peer;
+                            if !self.opts.ports.is_empty() {
+                                entry.local_port = local_port(&self.proc_root, c.id.pid, c.id.fd);
+                            }
+                        }
                         FdKind::Gone => Metrics::add(&self.metrics.peer_unknown_total, 1),
                     }
                 }
@@ -329,7 +338,13 @@ impl ConnTable {
             .map(|st| span::build_h2(&st, &entry.info, &resource, clock, opts));
         for sp in spans.chain(h2) {
             Metrics::add(&m.spans_built_total, 1);
-            let filtered = (!self.opts.ports.is_empty() && !port_matches(&sp, &self.opts.ports))
+            let local_match = sp.kind == span::SpanKind::Server
+                && entry
+                    .local_port
+                    .is_some_and(|p| self.opts.ports.contains(&p));
+            let filtered = (!self.opts.ports.is_empty()
+                && !local_match
+                && !port_matches(&sp, &self.opts.ports))
                 || (!self.opts.trace_otlp_exports && is_otlp_export(&sp));
             if filtered {
                 Metrics::add(&m.spans_filtered_total, 1);

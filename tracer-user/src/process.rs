@@ -265,6 +265,23 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: u32) -> FdKind {
     FdKind::Socket { peer }
 }
 
+/// The local port of a process's TCP socket, from /proc (for connections set up before the
+/// probes: the port filter needs it when no Host or :authority header names it).
+pub fn local_port(proc_root: &Path, pid: u32, fd: u32) -> Option<u16> {
+    let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
+    let link = link.to_string_lossy();
+    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+    ["tcp", "tcp6"].iter().find_map(|t| {
+        let table = std::fs::read_to_string(proc_root.join(format!("{pid}/net/{t}"))).ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(9) == Some(&inode))
+                .then(|| parse_hex_addr(f.get(1)?).map(|a| a.port()))
+                .flatten()
+        })
+    })
+}
+
 /// Peers of every TCP socket open on the host, keyed by (pid, fd). Taken once, right after the
 /// probes attach: connections set up before that were not seen being accepted or connected,
 /// and by the time their first request shows up the peer may already have closed them.
@@ -441,6 +458,18 @@ mod tests {
         assert_eq!(
             snap.get(&(me, client.as_raw_fd() as u32)),
             Some(&sock.local_addr().unwrap())
+        );
+        assert_eq!(
+            local_port(Path::new("/proc"), me, client.as_raw_fd() as u32),
+            Some(client.local_addr().unwrap().port())
+        );
+        assert_eq!(
+            local_port(Path::new("/proc"), me, sock.as_raw_fd() as u32),
+            Some(sock.local_addr().unwrap().port())
+        );
+        assert_eq!(
+            local_port(Path::new("/proc"), me, file.as_raw_fd() as u32),
+            None
         );
     }
 }

@@ -336,8 +336,8 @@ pub fn build_h2(
         // A gRPC status known despite the reset (a deadline that ran out): that status tells.
         (Some(_), _) if st.is_grpc && st.grpc_status.is_some() => None,
         (Some(_), _) => Some("stream_reset".to_string()),
-        // The response started, and its end went by in bytes we could not follow.
-        (None, true) if st.framing_lost && st.status.is_some() => {
+        // The response (or its end) went by in bytes we could not follow: not a failure.
+        (None, true) if st.framing_lost => {
             notes.push(kv("tracer.http.response_end_estimated", Value::Bool(true)));
             None
         }
@@ -817,6 +817,8 @@ mod tests {
             Some(&Value::Bool(true))
         );
         st.status = None;
+        assert_eq!(build_grpc(&st).status, Status::Unset);
+        st.framing_lost = false;
         let sp = build_grpc(&st);
         assert_eq!(
             sp.status,

