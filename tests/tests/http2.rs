@@ -85,3 +85,181 @@ fn h2c_server_and_clients_with_many_concurrent_streams() {
         .count();
     assert_eq!(index_ok, 101);
 }
+
+fn nghttpd(www: &TempDir) -> Server {
+    std::fs::write(www.join("index.html"), "hello over h2\n").unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(which("nghttpd").unwrap());
+    cmd.args(["--no-tls", &port.to_string(), "-d"])
+        .arg(www.path());
+    Server::spawn(cmd, port)
+}
+
+fn have_hypercorn() -> bool {
+    let ok = python().is_some_and(|py| {
+        Command::new(py)
+            .args(["-c", "import hypercorn"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    require(
+        "python hypercorn (pip install hypercorn; `cargo xtask setup`)",
+        ok,
+    )
+}
+
+/// HTTP/1.1 `Upgrade: h2c`: curl --http2 asks for it, hypercorn switches (nghttpd does not
+/// implement the upgrade). The upgrade request is HTTP/2 stream 1 (RFC 7540 3.2), answered in
+/// frames after the 101; the next request is an ordinary stream on the same connection.
+#[test]
+fn h2c_upgrade_from_http1() {
+    let Some(_g) = setup_with_curl() else { return };
+    if !have_hypercorn() {
+        return;
+    }
+    let port = free_port();
+    let mut cmd = Command::new(python().unwrap());
+    cmd.args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(peer(""))
+        .arg("h2c_app:app");
+    let server = Server::spawn(cmd, port);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let out = Command::new("curl")
+        .args(["-sv", "--http2", &url("/index.html"), &url("/missing")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Switching to HTTP/2"), "{err}");
+    assert_eq!(out.stdout, b"hello over h2\nnope\n");
+    let spans = tracer.stop();
+
+    // hypercorn serves from a worker process it forks: its spans are the SERVER spans of
+    // this port.
+    let _ = server.pid();
+    let servers: Vec<&Value> = of_port(&spans, port)
+        .into_iter()
+        .filter(|s| kind(s) == "SERVER")
+        .collect();
+    let clients = of_kind(&spans, "CLIENT");
+    assert_eq!(servers.len(), 2, "{}", pretty(&servers));
+    assert_eq!(clients.len(), 2, "{}", pretty(&clients));
+    for list in [&servers, &clients] {
+        for s in list.iter() {
+            assert_well_formed(s);
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+            assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
+            assert!(
+                s["attributes"]
+                    .get("tracer.http.headers_incomplete")
+                    .is_none(),
+                "{s}"
+            );
+        }
+        let up = one_with_path(list, "/index.html");
+        assert_eq!(attr_u64(up, "http.response.status_code"), Some(200), "{up}");
+        assert_eq!(attr_u64(up, "http.response.body.size"), Some(14), "{up}");
+        assert_eq!(attr_u64(up, "server.port"), Some(port as u64), "{up}");
+        assert_eq!(status_code(up), "UNSET", "{up}");
+        let missing = one_with_path(list, "/missing");
+        assert_eq!(attr_u64(missing, "http.response.status_code"), Some(404));
+        assert_eq!(attr_u64(missing, "http.response.body.size"), Some(5));
+        // curl closes once it has the 5 bytes content-length announced, before the server's
+        // END_STREAM: still a whole response. A 404 is an error for the client only.
+        let want = if kind(missing) == "CLIENT" {
+            "ERROR"
+        } else {
+            "UNSET"
+        };
+        assert_eq!(status_code(missing), want, "{missing}");
+        let error_type = (want == "ERROR").then_some("404");
+        assert_eq!(attr_str(missing, "error.type"), error_type, "{missing}");
+    }
+}
+
+/// A header block larger than a HEADERS frame (CONTINUATION frames follow) and larger than
+/// the largest capture (8 KiB): the span keeps the method and path, which come first, and says
+/// its headers are incomplete. Then 1000 requests with 100 concurrent streams on one
+/// connection: one span each, never a wrong method, path or status.
+#[test]
+fn continuation_frames_and_100_concurrent_streams() {
+    let Some(_g) = setup() else { return };
+    if !(have("nghttpd") && have("nghttp") && have("h2load")) {
+        return;
+    }
+    let www = TempDir::new("h2www");
+    let server = nghttpd(&www);
+    let port = server.port();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    // Huffman codes an "a" in 5 bits: 30 000 of them are ~18.8 kB, over one frame's 16 kB.
+    let big = format!("x-big: {}", "a".repeat(30_000));
+    let out = Command::new("nghttp")
+        .args(["-nv", "-H", &big, &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", &text[..text.len().min(2000)]);
+    // nghttp2 reports a HEADERS frame and its CONTINUATION frames as one, with the block's
+    // length: over the 16 kB default frame size (nghttp sends before the server's SETTINGS can
+    // raise it), the block went out as HEADERS + CONTINUATION.
+    let block_len: usize = text
+        .split("send HEADERS frame <length=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("nghttp -v reports the HEADERS frame it sent");
+    assert!(block_len > 16_384, "no CONTINUATION needed: {block_len}");
+    let out = Command::new("h2load")
+        .args(["-n", "1000", "-c", "1", "-m", "100", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1000 succeeded"), "{text}");
+    let spans = tracer.stop();
+
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    assert_eq!(
+        servers.len(),
+        1001,
+        "{}",
+        pretty(&servers[..servers.len().min(3)])
+    );
+    let by = |name: &str| -> Vec<&Value> {
+        of_kind(&spans, "CLIENT")
+            .into_iter()
+            .filter(|s| s["resource"]["service.name"] == name)
+            .collect()
+    };
+    let (nghttp, h2load) = (by("nghttp"), by("h2load"));
+    assert_eq!(nghttp.len(), 1, "{}", pretty(&nghttp));
+    assert_eq!(h2load.len(), 1000);
+    // The big block: one span per side, first in time on the server.
+    let mut sorted = servers.clone();
+    sorted.sort_by_key(|s| s["start_unix_nano"].as_u64());
+    for s in [sorted[0], nghttp[0]] {
+        assert_eq!(attr_str(s, "url.path"), Some("/index.html"), "{s}");
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
+        assert_eq!(attr_u64(s, "http.response.status_code"), Some(200), "{s}");
+        assert_eq!(
+            s["attributes"]["tracer.http.headers_incomplete"], true,
+            "19 kB of headers cannot fit the capture: {s}"
+        );
+    }
+    for s in sorted.iter().chain(h2load.iter()) {
+        assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
+        assert_eq!(attr_u64(s, "http.response.status_code"), Some(200), "{s}");
+        // Every response ended: none is reported as failed.
+        assert_eq!(status_code(s), "UNSET", "{s}");
+        match attr_str(s, "url.path") {
+            Some(p) => assert_eq!(p, "/index.html", "{s}"),
+            None => assert_eq!(
+                s["attributes"]["tracer.http.headers_incomplete"], true,
+                "{s}"
+            ),
+        }
+    }
+}

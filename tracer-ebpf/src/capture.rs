@@ -146,6 +146,16 @@ pub fn save_args(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) {
     );
 }
 
+/// recv flag: the bytes stay in the socket and will be read again.
+pub const MSG_PEEK: u64 = 2;
+
+/// Marks this thread's syscall as a peek (recvfrom/recvmsg with MSG_PEEK): its exit copies
+/// nothing and counts nothing, or the same bytes would count twice and shift the framing.
+#[inline(always)]
+pub fn save_peek(fd: u64, syscall: u8) {
+    save_args(fd, 0, 0, syscall, 0);
+}
+
 /// Takes the arguments saved at entry by this thread.
 #[inline(always)]
 pub fn take_args() -> Option<SyscallArgs> {
@@ -177,6 +187,14 @@ pub fn args_from_regs(syscall: u8, direction: u8) -> Option<SyscallArgs> {
     let (ptr, iovcnt) = match syscall {
         syscall::SENDFILE => (0, 0),
         syscall::READV | syscall::WRITEV => (arg1, arg2),
+        syscall::RECVMSG if arg2 & MSG_PEEK != 0 => return None,
+        syscall::RECVFROM => {
+            let flags = reg(unsafe { core::ptr::addr_of!((*regs).r10) })?;
+            if flags & MSG_PEEK != 0 {
+                return None;
+            }
+            (arg1, 0)
+        }
         syscall::RECVMSG | syscall::SENDMSG => {
             let msg: [u64; 4] = read_user(arg1)?;
             (msg[2], msg[3])

@@ -47,6 +47,12 @@ pub struct SyscallArgs {
 }
 
 impl SyscallArgs {
+    /// Saved by `capture::save_peek`: a MSG_PEEK receive, ignored at exit.
+    #[inline(always)]
+    pub fn is_peek(&self) -> bool {
+        self.direction == 0
+    }
+
     /// Arguments of a syscall entered now.
     #[inline(always)]
     pub fn now(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) -> Self {

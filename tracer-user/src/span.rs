@@ -761,6 +761,7 @@ mod tests {
             headers_incomplete: false,
             closed_early: false,
             framing_lost: false,
+            response_content_length: None,
         }
     }
 

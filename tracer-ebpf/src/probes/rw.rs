@@ -2,10 +2,12 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{direction, syscall};
 
-use crate::capture::{args_from_regs, on_data, save_args, take_args};
+use crate::capture::{MSG_PEEK, args_from_regs, on_data, save_args, save_peek, take_args};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+/// recvfrom's flags.
+const ARG3: usize = 40;
 const RET: usize = 16;
 
 #[inline(always)]
@@ -17,6 +19,10 @@ fn enter(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
     } else {
         unsafe { ctx.read_at(ARG1) }?
     };
+    if syscall == syscall::RECVFROM && unsafe { ctx.read_at::<u64>(ARG3) }? & MSG_PEEK != 0 {
+        save_peek(fd, syscall);
+        return Ok(());
+    }
     save_args(fd, buf, 0, syscall, dir);
     Ok(())
 }
@@ -26,6 +32,9 @@ pub fn exit(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
     let Some(args) = take_args().or_else(|| args_from_regs(syscall, dir)) else {
         return Ok(());
     };
+    if args.is_peek() {
+        return Ok(());
+    }
     let ret: i64 = unsafe { ctx.read_at(RET) }?;
     on_data(&args, ret);
     Ok(())

@@ -3,7 +3,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use tracer_common::{direction, syscall};
 
 use super::rw::exit;
-use crate::capture::save_args;
+use crate::capture::{MSG_PEEK, save_args, save_peek};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -25,6 +25,10 @@ fn enter_iov(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
 fn enter_msg(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
     let fd: u64 = unsafe { ctx.read_at(ARG0) }?;
     let msg: u64 = unsafe { ctx.read_at(ARG1) }?;
+    if syscall == syscall::RECVMSG && unsafe { ctx.read_at::<u64>(ARG2) }? & MSG_PEEK != 0 {
+        save_peek(fd, syscall);
+        return Ok(());
+    }
     let iov: u64 = unsafe { bpf_probe_read_user((msg + MSG_IOV) as *const u64) }?;
     let cnt: u64 = unsafe { bpf_probe_read_user((msg + MSG_IOVLEN) as *const u64) }?;
     save_args(fd, iov, cnt, syscall, dir);

@@ -68,6 +68,8 @@ pub struct Stream {
     pub reset: Option<u32>,
     pub headers_incomplete: bool,
     pub closed_early: bool,
+    /// The response's content-length, when it had one.
+    pub response_content_length: Option<u64>,
     /// Framing of the response direction was lost while this stream was open: its response
     /// (or its end) may have gone by unseen, so `ts_end` is an estimate (when framing was lost)
     /// if the end was never seen, and an early close is not evidence of a failure.
@@ -857,6 +859,7 @@ struct Fields {
     grpc: bool,
     grpc_status: Option<u32>,
     grpc_message: Option<String>,
+    content_length: Option<u64>,
 }
 
 fn set_once(slot: &mut Option<String>, v: &str) {
@@ -884,6 +887,11 @@ impl Fields {
             "grpc-status" => {
                 if self.grpc_status.is_none() {
                     self.grpc_status = value.parse().ok();
+                }
+            }
+            "content-length" => {
+                if self.content_length.is_none() {
+                    self.content_length = value.trim().parse().ok();
                 }
             }
             "grpc-message" => {
@@ -1013,6 +1021,7 @@ impl H2Conn {
                 headers_incomplete: r.headers_truncated,
                 closed_early: false,
                 framing_lost: false,
+                response_content_length: None,
             },
         );
         c
@@ -1142,7 +1151,16 @@ impl H2Conn {
         }
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
-            self.complete(id, ts, None, true, out);
+            // A client may close once it has the content-length's worth of body, before the
+            // END_STREAM that follows (curl does): that response was complete.
+            let whole = self.streams.get(&id).and_then(|s| {
+                (s.status.is_some() && s.response_content_length == Some(s.response_body_len))
+                    .then_some(s.ts_end)
+            });
+            match whole {
+                Some(end) => self.complete(id, end, None, false, out),
+                None => self.complete(id, ts, None, true, out),
+            }
         }
     }
 
@@ -1389,6 +1407,9 @@ impl H2Conn {
                 s.request_body_len = s.request_body_len.saturating_add(body);
             } else {
                 s.response_body_len = s.response_body_len.saturating_add(body);
+                if !s.framing_lost {
+                    s.ts_end = ts_end; // the latest response byte so far
+                }
                 if end {
                     self.complete(f.sid, ts_end, None, false, out);
                 }
@@ -1461,6 +1482,7 @@ impl H2Conn {
                 headers_incomplete: incomplete,
                 closed_early: false,
                 framing_lost: false,
+                response_content_length: None,
             };
             self.streams.insert(b.sid, s);
         } else if let Some(s) = self.streams.get_mut(&b.sid) {
@@ -1471,6 +1493,9 @@ impl H2Conn {
             }
             s.is_grpc |= fields.grpc;
             s.headers_incomplete |= incomplete;
+            if fields.status.is_some_and(|st| st >= 200) {
+                s.response_content_length = fields.content_length;
+            }
             if b.end_stream {
                 if fields.grpc_status.is_some() {
                     s.grpc_status = fields.grpc_status;
@@ -2829,6 +2854,33 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].stream_id, 1);
         assert!(out[0].closed_early);
+    }
+
+    /// curl closes once it has content-length bytes of body, before the server's empty
+    /// END_STREAM DATA frame arrives: that response was complete, not cut.
+    #[test]
+    fn close_after_content_length_body_is_complete() {
+        let mut evs = basic_get()[..3].to_vec();
+        let resp = headers(1, false, &block(&[H::Idx(8), H::IncN(28, "5")], false));
+        evs.push((Ingress, [resp, data(1, false, 5)].concat()));
+        let mut c = H2Conn::new();
+        let mut out = run(&mut c, &evs);
+        assert!(out.is_empty());
+        c.close(1000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].closed_early);
+        assert_eq!(out[0].response_body_len, 5);
+        assert_eq!(out[0].ts_end, 35); // the DATA frame's chunk, not the close
+
+        // One byte short: cut.
+        let mut evs = basic_get()[..3].to_vec();
+        let resp = headers(1, false, &block(&[H::Idx(8), H::IncN(28, "6")], false));
+        evs.push((Ingress, [resp, data(1, false, 5)].concat()));
+        let mut c = H2Conn::new();
+        let mut out = run(&mut c, &evs);
+        c.close(1000, &mut out);
+        assert!(out[0].closed_early);
+        assert_eq!(out[0].ts_end, 1000);
     }
 
     #[test]
