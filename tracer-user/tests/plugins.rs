@@ -124,16 +124,20 @@ fn enricher_edits_spans_and_names_the_chain_version() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// 100 swaps of a two-plugin chain between versions A and B while batches flow: every span
-/// comes out exactly once, and each names one whole version (both plugins A, or both B).
+/// 100 swaps of a three-plugin chain (enricher, sampler, enricher) between versions A and B
+/// while batches flow: every span comes out exactly once or is dropped by the sampler
+/// (counted), and each names one whole version (both enrichers A, or both B).
 #[test]
 fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
-    let Some(wasm) = built("enricher.wasm") else {
+    let (Some(wasm), Some(sampler)) = (built("enricher.wasm"), built("ratio-sampler.wasm")) else {
         return;
     };
     let d = tmpdir("swap");
     let cfg = |k: &str, v: &str| format!("overwrite = true\n[attributes]\n{k} = \"{v}\"\n");
+    let ratio = "ratio = 0.5\n";
     write(&d, "10-first.wasm", &wasm);
+    write(&d, "15-sample.wasm", &sampler);
+    write(&d, "15-sample.toml", ratio.as_bytes());
     write(&d, "20-second.wasm", &wasm);
     let set = |v: &str| {
         write(&d, "10-first.toml", cfg("first", v).as_bytes());
@@ -144,8 +148,9 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     assert_eq!(h.reload_dir().swapped_to, Some(1));
     let label = |v: &str| {
         format!(
-            "10-first@{},20-second@{}",
+            "10-first@{},15-sample@{},20-second@{}",
             content_hash(&wasm, &cfg("first", v)),
+            content_hash(&sampler, ratio),
             content_hash(&wasm, &cfg("second", v))
         )
     };
@@ -159,6 +164,14 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
             let (mut out, mut made) = (Vec::new(), 0u64);
             while !done.load(Relaxed) {
                 let mut batch = spans(made, 64);
+                for (i, s) in batch.iter_mut().enumerate() {
+                    // Distinct traces, so the sampler keeps about half.
+                    s.trace_id[8..].copy_from_slice(
+                        &(made + i as u64)
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            .to_be_bytes(),
+                    );
+                }
                 made += 64;
                 h.process(&mut batch, &m);
                 out.extend(batch);
@@ -176,7 +189,16 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     done.store(true, Relaxed);
     let (out, made) = producer.join().unwrap();
 
-    assert_eq!(out.len() as u64, made, "no plugin here drops spans");
+    let dropped = metrics.spans_plugin_dropped_total.load(Relaxed);
+    assert_eq!(
+        out.len() as u64 + dropped,
+        made,
+        "every span exported or dropped by the sampler"
+    );
+    assert!(
+        dropped > made / 4 && dropped < made * 3 / 4,
+        "{dropped} of {made}"
+    );
     let ids: HashSet<[u8; 8]> = out.iter().map(|s| s.span_id).collect();
     assert_eq!(ids.len(), out.len(), "a span came out twice");
     let mut seen = HashMap::new();
@@ -195,7 +217,7 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     assert_eq!(seen.len(), 2, "both versions processed spans: {seen:?}");
     assert_eq!(h.reloads_total.load(Relaxed), 101);
     assert_eq!(h.chain().version, 101);
-    eprintln!("{} spans through 101 chain versions: {seen:?}", out.len());
+    eprintln!("{made} spans through 101 chain versions: {dropped} sampled out, kept {seen:?}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
