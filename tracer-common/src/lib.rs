@@ -226,3 +226,27 @@ mod tests {
         assert_eq!(size_of::<ConnState>(), 24 + 4 + 4);
     }
 }
+
+/// The plugin contract's key patterns: `*` matches any run of bytes, everything else itself
+/// (per `eq`). Shared by the host, which filters what it sends a plugin, and the plugin SDK.
+/// Iterative with one backtrack point: linear in practice.
+pub fn glob_match(p: &[u8], s: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && eq(p[pi], s[si]) {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}

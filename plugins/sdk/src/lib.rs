@@ -517,26 +517,7 @@ pub mod pattern {
         })
     }
 
-    fn glob(p: &[u8], s: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
-        let (mut pi, mut si) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while si < s.len() {
-            if pi < p.len() && p[pi] == b'*' {
-                star = Some((pi, si));
-                pi += 1;
-            } else if pi < p.len() && eq(p[pi], s[si]) {
-                pi += 1;
-                si += 1;
-            } else if let Some((sp, ss)) = star {
-                pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
-            } else {
-                return false;
-            }
-        }
-        p[pi..].iter().all(|&c| c == b'*')
-    }
+    use tracer_common::glob_match as glob;
 
     /// A list of patterns, checked in order.
     #[derive(Clone, Debug, Default)]

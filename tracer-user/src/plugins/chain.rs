@@ -62,26 +62,8 @@ impl KeyMatcher {
     }
 }
 
-/// `*`-only glob match (iterative, with one backtrack point: linear in practice).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
+    tracer_common::glob_match(p, s, |a, b| a == b)
 }
 
 /// A plugin that passed validation: its compiled code, config, interest and live instance.
