@@ -208,25 +208,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use core::mem::size_of;
-
-    // The layouts are a contract with the kernel side: a size change must be deliberate
-    // (and come with a WIRE_VERSION bump).
-    #[test]
-    fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<SockAddr>(), 24);
-        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 16);
-        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16);
-        assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<ConnKey>(), 8);
-        assert_eq!(size_of::<ConnState>(), 24 + 4 + 4);
-    }
-}
-
 /// The plugin contract's key patterns: `*` matches any run of bytes, everything else itself
 /// (per `eq`). Shared by the host, which filters what it sends a plugin, and the plugin SDK.
 /// Iterative with one backtrack point: linear in practice.
@@ -249,4 +230,23 @@ pub fn glob_match(p: &[u8], s: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    // The layouts are a contract with the kernel side: a size change must be deliberate
+    // (and come with a WIRE_VERSION bump).
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<SockAddr>(), 24);
+        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 16);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16);
+        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<ConnKey>(), 8);
+        assert_eq!(size_of::<ConnState>(), 24 + 4 + 4);
+    }
 }
