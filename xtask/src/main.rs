@@ -405,10 +405,13 @@ fn test() -> anyhow::Result<()> {
         &mut tally,
     );
     let all = unit.and_then(|()| {
-        step("building the tracer for the end-to-end tests");
-        run(cargo()
-            .current_dir(root())
-            .args(["build", "-p", "tracer-user"]))?;
+        // `cargo test` built the daemon for tracer-user's integration tests. A separate
+        // `cargo build -p tracer-user` would resolve features without the dev-dependencies and
+        // rebuild wasmtime and half the tree for nothing.
+        let bin = root().join("target/debug/tracer");
+        if !bin.exists() {
+            bail!("{} is missing after the unit tests built it", bin.display());
+        }
         step("privileged end-to-end tests (real probes, servers, clients and collector)");
         if !is_root() {
             eprintln!(
@@ -418,8 +421,16 @@ fn test() -> anyhow::Result<()> {
         run_tests(
             cargo()
                 .current_dir(root())
-                .env("TRACER_BIN", root().join("target/debug/tracer"))
-                .args(["test", "-p", "tracer-tests", "--", "--test-threads=1"]),
+                .env("TRACER_BIN", &bin)
+                // Every failing test binary is reported, not only the first.
+                .args([
+                    "test",
+                    "-p",
+                    "tracer-tests",
+                    "--no-fail-fast",
+                    "--",
+                    "--test-threads=1",
+                ]),
             &mut tally,
         )
     });
