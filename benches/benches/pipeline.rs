@@ -32,7 +32,7 @@ fn records(n: u32) -> Vec<Vec<u8>> {
         let t = i as u64 * 1000;
         v.push(encode::data(
             id,
-            3 * i,
+            i,
             Dir::Ingress,
             (t, t + 1),
             REQ.len() as u64,
@@ -41,7 +41,7 @@ fn records(n: u32) -> Vec<Vec<u8>> {
         ));
         v.push(encode::data(
             id,
-            3 * i + 1,
+            2 * i,
             Dir::Egress,
             (t + 2, t + 3),
             RESP.len() as u64,
@@ -50,7 +50,7 @@ fn records(n: u32) -> Vec<Vec<u8>> {
         ));
         v.push(encode::data(
             id,
-            3 * i + 2,
+            2 * i + 1,
             Dir::Egress,
             (t + 4, t + 5),
             612,

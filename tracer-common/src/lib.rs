@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes; the daemon refuses records of another version.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Largest payload prefix the probes can copy per syscall (power of two: the probes mask with it).
 pub const MAX_CAPTURE: usize = 8192;
@@ -71,7 +71,10 @@ pub mod counter {
     pub const CONN_MAP_FULL: u32 = 1;
     /// Copying user memory failed (the payload prefix is then empty, byte counts stay right).
     pub const READ_USER_FAILED: u32 = 2;
-    pub const LEN: u32 = 3;
+    /// The HTTP/2 frame walk met bytes that are not a frame header: that direction goes back
+    /// to prefix copies until a syscall starts with a frame header again.
+    pub const H2_FRAMES_LOST: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// First field of every ring-buffer record.
@@ -125,7 +128,8 @@ pub struct DataEvent {
     pub ts_enter_ns: u64,
     /// Bytes the syscall really moved (its return value): framing uses this, never `captured`.
     pub len: u64,
-    /// Per-connection sequence number of DATA records; a gap means records were lost.
+    /// Sequence number of DATA records per connection and direction; a gap means records of
+    /// this direction were lost.
     pub seq: u32,
     /// Payload bytes that follow this header (a prefix of what moved).
     pub captured: u32,
@@ -133,8 +137,50 @@ pub struct DataEvent {
     pub syscall: u8,
     pub protocol: u8,
     pub role: u8,
-    pub _pad: [u8; 4],
+    /// [`data_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; COMM_LEN],
+    /// With [`data_flags::H2_FRAMES`]: offset in the syscall's bytes of the first frame header
+    /// that starts in it, or [`NO_FRAME`].
+    pub frame_at: u32,
+    /// Where that frame header is in the payload (the payload leaves DATA bytes out).
+    pub frame_at_captured: u32,
+}
+
+/// [`DataEvent::frame_at`] when no frame header starts in the syscall (or none was captured).
+pub const NO_FRAME: u32 = u32::MAX;
+
+/// Bits of [`DataEvent::flags`].
+pub mod data_flags {
+    /// The payload is the syscall's HTTP/2 byte stream with the payload of DATA frames left
+    /// out (all but the pad-length byte of a padded one, see [`super::h2_copied_len`]): frame
+    /// headers and header blocks fit the capture budget however large the bodies are. Without
+    /// this flag the payload is a plain prefix.
+    pub const H2_FRAMES: u8 = 1;
+    /// The probes lost the frame boundaries after the payload's last byte (the rest of the
+    /// syscall did not look like frames): whoever decodes it must re-synchronise too.
+    pub const H2_FRAMES_LOST: u8 = 2;
+}
+
+/// HTTP/2 frame type DATA.
+pub const H2_DATA: u8 = 0;
+/// HTTP/2 DATA flag PADDED.
+pub const H2_PADDED: u8 = 0x8;
+
+/// How many payload bytes of an HTTP/2 frame the frame walk copies: all of them but for DATA,
+/// of which only the pad length (first byte) of a padded frame. The probes and the decoder
+/// both follow this rule, so the decoder knows which bytes an [`data_flags::H2_FRAMES`]
+/// payload holds.
+#[inline(always)]
+pub const fn h2_copied_len(ty: u8, flags: u8, len: u32) -> u32 {
+    if ty != H2_DATA {
+        len
+    } else if flags & H2_PADDED != 0 && len > 0 {
+        1
+    } else {
+        0
+    }
 }
 
 /// A DATA record as the probes build it in scratch memory: header then payload room.
@@ -159,8 +205,9 @@ pub struct ConnKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
     pub peer: SockAddr,
-    /// DATA records emitted so far (the daemon detects lost records from gaps).
-    pub seq: u32,
+    /// DATA records emitted so far in each direction (index `direction - 1`): the daemon
+    /// detects lost records, and which direction lost them, from gaps.
+    pub seq: [u32; 2],
     pub protocol: u8,
     pub role: u8,
     /// Whether the CONN record was sent (only once the connection is known to carry HTTP).
@@ -169,6 +216,24 @@ pub struct ConnState {
     /// start anywhere in a conversation, so an HTTP/2 frame header also classifies it, and this
     /// many syscalls are sniffed before it is given up as not HTTP.
     pub sniffs_left: u8,
+    /// Frame walk of each direction (index `direction - 1`) of an HTTP/2 connection.
+    pub h2: [H2Walk; 2],
+}
+
+/// Where the HTTP/2 frames of one direction of a connection stand between two syscalls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Walk {
+    /// Payload bytes of the current frame still to come.
+    pub rem: u32,
+    /// Of those, how many are copied (see [`h2_copied_len`]); the rest are skipped.
+    pub copy: u32,
+    /// Non-zero once the probes know where frames start in this direction.
+    pub synced: u8,
+    /// Bytes of a frame header split across syscalls already seen (they are in `hdr`).
+    pub hdr_have: u8,
+    pub hdr: [u8; 9],
+    pub _pad: [u8; 1],
 }
 
 impl ConnState {
@@ -244,9 +309,10 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<SockAddr>(), 24);
         assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 16);
-        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16 + 8);
         assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<ConnKey>(), 8);
-        assert_eq!(size_of::<ConnState>(), 24 + 4 + 4);
+        assert_eq!(size_of::<H2Walk>(), 20);
+        assert_eq!(size_of::<ConnState>(), 24 + 8 + 4 + 2 * 20);
     }
 }

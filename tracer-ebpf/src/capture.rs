@@ -9,12 +9,13 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use tracer_common::{
     CloseEvent, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOV,
-    WIRE_VERSION, counter, kind, protocol, syscall,
+    NO_FRAME, WIRE_VERSION, counter, kind, protocol, syscall,
 };
 
 use crate::{
     filter::config,
-    maps::{ARGS, CONNS, EVENTS, SCRATCH, SyscallArgs, count},
+    frames::Placed,
+    maps::{ARGS, CONNS, EVENTS, IOV_WALK, SCRATCH, SyscallArgs, count},
 };
 
 /// An HTTP/2 SETTINGS frame header: what an h2c server writes first (its preface), before
@@ -31,7 +32,7 @@ fn is_h2_settings(b: &[u8; 8]) -> bool {
 /// frame size, a known type with only its defined flags, the reserved bit clear, and the
 /// stream-id and fixed-length rules of that type.
 #[inline(always)]
-fn is_h2_frame_header(b: &[u8; 9]) -> bool {
+pub(crate) fn is_h2_frame_header(b: &[u8; 9]) -> bool {
     let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
     let (ty, flags) = (b[3], b[4]);
     if len > 16384 || b[5] & 0x80 != 0 {
@@ -205,14 +206,14 @@ pub fn args_from_regs(syscall: u8, direction: u8) -> Option<SyscallArgs> {
 }
 
 #[inline(always)]
-fn read_user<T>(src: u64) -> Option<T> {
+pub(crate) fn read_user<T>(src: u64) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(src as *const T) }.ok()
 }
 
 /// First user buffer of a syscall and how many of its bytes moved (for the vectored calls:
 /// the first iovec).
 #[inline(always)]
-fn first_buf(args: &SyscallArgs, ret: u64) -> Option<(u64, u64)> {
+pub(crate) fn first_buf(args: &SyscallArgs, ret: u64) -> Option<(u64, u64)> {
     match args.syscall {
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
             let iov: [u64; 2] = read_user(args.ptr)?;
@@ -247,11 +248,12 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             }
             let fresh = ConnState {
                 peer: Default::default(),
-                seq: 0,
+                seq: [0; 2],
                 protocol: proto,
                 role: tracer_common::role::UNKNOWN,
                 announced: 0,
                 sniffs_left: 0,
+                h2: Default::default(),
             };
             if CONNS.insert(&key, &fresh, 0).is_err() {
                 count(counter::CONN_MAP_FULL);
@@ -301,8 +303,9 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         };
         output(&ev, core::mem::size_of::<ConnEvent>(), threshold);
     }
-    let seq = state.seq;
-    state.seq = seq.wrapping_add(1);
+    let d = (args.direction.wrapping_sub(1) & 1) as usize;
+    let seq = state.seq[d];
+    state.seq[d] = seq.wrapping_add(1);
     emit_data(
         args,
         ret as u64,
@@ -341,13 +344,13 @@ fn sniff(args: &SyscallArgs, ret: i64, frames: bool) -> u8 {
 }
 
 #[inline(always)]
-fn clamp(n: u64, max: u64) -> u64 {
+pub(crate) fn clamp(n: u64, max: u64) -> u64 {
     if n > max { max } else { n }
 }
 
 /// Copies up to `n` bytes from user memory into the record's payload at `off`.
 #[inline(always)]
-fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
+pub(crate) fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
     // Bounds the verifier can follow: off < MAX_CAPTURE and n <= MAX_CAPTURE, and the payload
     // has room for 2 * MAX_CAPTURE.
     if off >= MAX_CAPTURE as u64 {
@@ -370,9 +373,11 @@ fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
     rc == 0
 }
 
-/// State of one iovec walk, shared with the `bpf_loop` callback (on this program's stack).
+/// State of one iovec walk, shared with the `bpf_loop` callback. In a per-CPU map rather
+/// than on the stack, like `frames::Walk`: the verifier then checks the callback once per call
+/// site, not once per value the fields could have.
 #[repr(C)]
-struct IovWalk {
+pub struct IovWalk {
     /// User address of the iovec array.
     iov: u64,
     /// Payload bytes copied so far (also the offset of the next copy).
@@ -384,9 +389,12 @@ struct IovWalk {
 /// One iovec of the walk: copies a prefix of it after what is already captured.
 /// Returns 1 to stop the loop (budget reached, or user memory unreadable), 0 to go on.
 #[inline(never)]
-extern "C" fn copy_iovec(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `IovWalk` that `walk_iovecs` passed to bpf_loop.
-    let w = unsafe { &mut *ctx.cast::<IovWalk>() };
+extern "C" fn copy_iovec(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = IOV_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU map value, used by one program run at a time on this CPU.
+    let w = unsafe { &mut *w };
     if w.captured >= w.want {
         return 1;
     }
@@ -411,47 +419,71 @@ extern "C" fn copy_iovec(i: u64, ctx: *mut c_void) -> i64 {
 /// (one per name and value), and an unrolled loop past 8 iovecs hit the verifier's limit.
 #[inline(always)]
 fn walk_iovecs(iov: u64, iovcnt: u64, want: u64) -> u64 {
-    let mut w = IovWalk {
+    let Some(w) = IOV_WALK.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU map value, used by one program run at a time on this CPU.
+    let w = unsafe { &mut *w };
+    *w = IovWalk {
         iov,
         captured: 0,
         want,
     };
     let n = clamp(iovcnt, MAX_IOV as u64) as u32;
     let cb = copy_iovec as extern "C" fn(u64, *mut c_void) -> i64;
-    // SAFETY: the callback only touches `w`, which outlives the call.
+    // SAFETY: the callback only touches per-CPU map values.
     unsafe {
-        generated::bpf_loop(
-            n,
-            cb as *mut c_void,
-            (&mut w as *mut IovWalk).cast::<c_void>(),
-            0,
-        );
+        generated::bpf_loop(n, cb as *mut c_void, core::ptr::null_mut(), 0);
     }
     w.captured
 }
 
 #[inline(always)]
-fn emit_data(args: &SyscallArgs, len: u64, seq: u32, state: &ConnState, capture: u32, wake: u32) {
+fn emit_data(
+    args: &SyscallArgs,
+    len: u64,
+    seq: u32,
+    state: &mut ConnState,
+    capture: u32,
+    wake: u32,
+) {
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch, not shared with a concurrent run on this CPU.
     let rec = unsafe { &mut *rec };
     let want = clamp(len, clamp(capture as u64, MAX_CAPTURE as u64));
-    let payload = rec.payload.as_mut_ptr();
-    let mut captured: u64 = 0;
-    match args.syscall {
-        syscall::SENDFILE => {}
-        syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
-            captured = walk_iovecs(args.ptr, args.iovcnt, want);
-        }
-        _ => {
-            if copy_user(payload, 0, args.ptr, want) {
-                captured = want;
+    let walked = if state.protocol == protocol::HTTP2 {
+        let slot = &mut state.h2[(args.direction.wrapping_sub(1) & 1) as usize];
+        // Frames keep the whole header blocks within the budget: their budget is the whole
+        // capture size, not a prefix of `len`.
+        crate::frames::walk(args, len, clamp(capture as u64, MAX_CAPTURE as u64), slot)
+    } else {
+        None
+    };
+    let placed = walked.unwrap_or_else(|| {
+        let payload = rec.payload.as_mut_ptr();
+        let captured = match args.syscall {
+            syscall::SENDFILE => 0,
+            syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
+                walk_iovecs(args.ptr, args.iovcnt, want)
             }
+            _ => {
+                if copy_user(payload, 0, args.ptr, want) {
+                    want
+                } else {
+                    0
+                }
+            }
+        };
+        Placed {
+            captured,
+            flags: 0,
+            frame_at: NO_FRAME,
+            frame_at_captured: NO_FRAME,
         }
-    }
-    let captured = clamp(captured, MAX_CAPTURE as u64);
+    });
+    let captured = clamp(placed.captured, MAX_CAPTURE as u64);
     let h = header(kind::DATA, args.fd as u32);
     rec.event = DataEvent {
         header: h,
@@ -463,8 +495,11 @@ fn emit_data(args: &SyscallArgs, len: u64, seq: u32, state: &ConnState, capture:
         syscall: args.syscall,
         protocol: state.protocol,
         role: state.role,
-        _pad: [0; 4],
+        flags: placed.flags,
+        _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or_default(),
+        frame_at: placed.frame_at,
+        frame_at_captured: placed.frame_at_captured,
     };
     output(
         rec,
@@ -526,11 +561,12 @@ pub fn on_setup(fd: u64, sockaddr: u64, role: u8) {
     }
     let state = ConnState {
         peer,
-        seq: 0,
+        seq: [0; 2],
         protocol: protocol::UNKNOWN,
         role,
         announced: 0,
         sniffs_left: 0,
+        h2: Default::default(),
     };
     if CONNS.insert(&key, &state, 0).is_err() {
         count(counter::CONN_MAP_FULL);

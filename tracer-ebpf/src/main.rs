@@ -5,6 +5,7 @@
 
 mod capture;
 mod filter;
+mod frames;
 mod maps;
 mod probes;
 

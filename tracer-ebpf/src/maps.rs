@@ -26,6 +26,14 @@ pub static COUNTERS: PerCpuArray<u64> =
 #[map]
 pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// State of the iovec copy of the syscall being handled (`capture::walk_iovecs`).
+#[map]
+pub static IOV_WALK: PerCpuArray<crate::capture::IovWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the HTTP/2 frame walk of the syscall being handled (`frames::walk`).
+#[map]
+pub static WALK: PerCpuArray<crate::frames::Walk> = PerCpuArray::with_max_entries(1, 0);
+
 /// Connections of traced processes (the daemon adds the sockets open before it attached). LRU: a process that exits closes its sockets without
 /// close(2), so entries must be able to age out.
 #[map]

@@ -1,6 +1,6 @@
 //! Connection table: routes each event to the decoder of its connection, notices lost records
 //! (sequence gaps), and turns decoded exchanges into spans.
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use tracer_common::protocol;
 
@@ -12,7 +12,7 @@ use crate::{
     },
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     metrics::Metrics,
-    process::{FdKind, Processes, inspect_fd, local_port},
+    process::{FdKind, Processes, SocketEnds, inspect_fd, local_port},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -47,6 +47,7 @@ impl Decoder {
                         let rest = Chunk {
                             len: c.len - off,
                             data: &c.data[cut..],
+                            layout: c.layout,
                             ..c
                         };
                         h2.feed(rest, &mut done.streams);
@@ -109,7 +110,8 @@ struct Entry {
     decoder: Decoder,
     info: ConnInfo,
     comm: String,
-    next_seq: Option<u32>,
+    /// Next DATA record expected in each direction (ingress, egress).
+    next_seq: [Option<u32>; 2],
     /// Decoder counters already added to the metrics.
     reported: Counts,
     /// Not traced further (not a socket, or a protocol this build does not decode).
@@ -128,7 +130,7 @@ impl Entry {
             decoder: Decoder::Http1(Http1Conn::new()),
             info,
             comm,
-            next_seq: None,
+            next_seq: [None; 2],
             reported: Counts::default(),
             ignored: false,
             seen_setup: false,
@@ -157,8 +159,8 @@ pub struct ConnTable {
     opts: TableOptions,
     metrics: Arc<Metrics>,
     done: Done,
-    /// Peers of the sockets that were open when the probes attached.
-    preexisting: HashMap<(u32, u32), SocketAddr>,
+    /// Ends of the sockets that were open when the probes attached.
+    preexisting: HashMap<(u32, u32), SocketEnds>,
 }
 
 /// Connections idle this long whose fd is gone are forgotten (their process exited without
@@ -191,8 +193,8 @@ impl ConnTable {
         self.opts = opts;
     }
 
-    /// Gives the table the peers of the sockets open when the probes attached.
-    pub fn set_preexisting(&mut self, snapshot: HashMap<(u32, u32), SocketAddr>) {
+    /// Gives the table the ends of the sockets open when the probes attached.
+    pub fn set_preexisting(&mut self, snapshot: HashMap<(u32, u32), SocketEnds>) {
         self.preexisting = snapshot;
     }
 
@@ -219,9 +221,14 @@ impl ConnTable {
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).
-                    let kind = match self.preexisting.remove(&(c.id.pid, c.id.fd)) {
-                        Some(peer) => FdKind::Socket { peer: Some(peer) },
-                        None => inspect_fd(&self.proc_root, c.id.pid, c.id.fd),
+                    let (kind, local) = match self.preexisting.remove(&(c.id.pid, c.id.fd)) {
+                        Some(ends) => (
+                            FdKind::Socket {
+                                peer: Some(ends.peer),
+                            },
+                            Some(ends.local.port()),
+                        ),
+                        None => (inspect_fd(&self.proc_root, c.id.pid, c.id.fd), None),
                     };
                     tracing::debug!("connection {:?} set up before the probes: {kind:?}", c.id);
                     match kind {
@@ -232,7 +239,9 @@ impl ConnTable {
                         FdKind::Socket { peer } => {
                             entry.info.peer = peer;
                             if !self.opts.ports.is_empty() {
-                                entry.local_port = local_port(&self.proc_root, c.id.pid, c.id.fd);
+                                // From the snapshot when it has it: by now the fd may be closed.
+                                entry.local_port = local
+                                    .or_else(|| local_port(&self.proc_root, c.id.pid, c.id.fd));
                             }
                         }
                         FdKind::Gone => Metrics::add(&self.metrics.peer_unknown_total, 1),
@@ -254,7 +263,7 @@ impl ConnTable {
         if entry.ignored {
             return;
         }
-        if entry.next_seq.is_none() && d.protocol == protocol::HTTP2 {
+        if entry.next_seq == [None; 2] && d.protocol == protocol::HTTP2 {
             // From its start when the probes saw it set up, or its first bytes are the client
             // preface; otherwise it was open before the probes attached and they classified it
             // by a frame header: HPACK state unknown, frames only from a plausible boundary.
@@ -266,22 +275,23 @@ impl ConnTable {
                 H2Conn::mid_stream()
             });
         }
-        if let Some(expected) = entry.next_seq
+        let (dir, ts_start, di) = match d.dir {
+            // A read's bytes exist from when it returned; a write's from when it began.
+            Dir::Ingress => (Direction::Ingress, d.ts_exit_ns, 0),
+            Dir::Egress => (Direction::Egress, d.ts_enter_ns, 1),
+        };
+        if let Some(expected) = entry.next_seq[di]
             && d.seq != expected
         {
             Metrics::add(&self.metrics.sequence_gaps_total, 1);
-            entry.decoder.gap(Direction::Ingress);
+            entry.decoder.gap(dir);
         }
-        entry.next_seq = Some(d.seq.wrapping_add(1));
-        let (dir, ts_start) = match d.dir {
-            // A read's bytes exist from when it returned; a write's from when it began.
-            Dir::Ingress => (Direction::Ingress, d.ts_exit_ns),
-            Dir::Egress => (Direction::Egress, d.ts_enter_ns),
-        };
+        entry.next_seq[di] = Some(d.seq.wrapping_add(1));
         let chunk = Chunk {
             dir,
             len: d.len,
             data: d.payload,
+            layout: d.layout,
             ts_start,
             ts_end: d.ts_exit_ns,
         };
@@ -432,7 +442,7 @@ mod tests {
             ),
             encode::data(
                 ID,
-                seq + 1,
+                seq,
                 Dir::Egress,
                 (t0 + 20, t0 + 30),
                 RESP.len() as u64,
@@ -453,7 +463,7 @@ mod tests {
             "python3",
         )];
         recs.extend(server_exchange(0, 100));
-        recs.extend(server_exchange(2, 200));
+        recs.extend(server_exchange(1, 200));
         recs.push(encode::close(ID, 300));
         let spans = replay(&mut t, &recs);
         assert_eq!(spans.len(), 2);
@@ -474,17 +484,17 @@ mod tests {
         let (mut t, m) = table(vec![]);
         let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "python3")];
         recs.extend(server_exchange(0, 100));
-        // seq 2 (a request) was lost; its response arrives as seq 3.
+        // Ingress seq 1 (a request) was lost; its response arrives as egress seq 1.
         recs.push(encode::data(
             ID,
-            3,
+            1,
             Dir::Egress,
             (220, 230),
             RESP.len() as u64,
             RESP,
             "python3",
         ));
-        recs.extend(server_exchange(4, 300));
+        recs.extend(server_exchange(2, 300));
         let spans = replay(&mut t, &recs);
         assert_eq!(
             spans.len(),
@@ -565,7 +575,7 @@ mod tests {
 
     /// The middle of a gRPC conversation: one call on stream 5, its header blocks only
     /// static-table references and literals (no dynamic table needed).
-    fn h2_call_mid_stream(first_seq: u32) -> Vec<Vec<u8>> {
+    fn h2_call_mid_stream() -> Vec<Vec<u8>> {
         let mut req = vec![0x83, 0x86]; // :method POST, :scheme http
         req.extend(lit(4, "/a.B/C"));
         req.extend([0x0f, 0x10, 16]); // content-type (static 31)
@@ -579,21 +589,15 @@ mod tests {
             (Dir::Egress, h2_frame(1, 4, 5, &[0x88])),
             (Dir::Egress, h2_frame(1, 5, 5, &trailers)),
         ];
+        // Sequence numbers count per direction.
+        let seqs = [0, 1, 0, 1];
         recs.into_iter()
             .enumerate()
             .map(|(i, (dir, b))| {
                 let t = 100 + 10 * i as u64;
                 encode::data_as(
                     protocol::HTTP2,
-                    encode::data(
-                        ID,
-                        first_seq + i as u32,
-                        dir,
-                        (t, t + 5),
-                        b.len() as u64,
-                        &b,
-                        "srv",
-                    ),
+                    encode::data(ID, seqs[i], dir, (t, t + 5), b.len() as u64, &b, "srv"),
                 )
             })
             .collect()
@@ -605,7 +609,7 @@ mod tests {
     fn h2_connection_open_before_the_probes_is_decoded_mid_stream() {
         let (mut t, _) = table(vec![]);
         let mut recs = vec![encode::conn(ID, 1, Role::Unknown, None, "srv")];
-        recs.extend(h2_call_mid_stream(0));
+        recs.extend(h2_call_mid_stream());
         let spans = replay(&mut t, &recs);
         assert_eq!(spans.len(), 1);
         let sp = &spans[0];
@@ -619,12 +623,38 @@ mod tests {
         // preface): nothing is made up from them.
         let (mut t, m) = table(vec![]);
         let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "srv")];
-        recs.extend(h2_call_mid_stream(0));
+        recs.extend(h2_call_mid_stream());
         assert!(replay(&mut t, &recs).is_empty());
         assert!(
             m.decode_malformed_total
                 .load(std::sync::atomic::Ordering::Relaxed)
                 > 0
+        );
+    }
+
+    /// A server connection open before the probes, whose fd is already closed when its first
+    /// record is read: the port filter still knows its local port, from the snapshot taken when
+    /// the probes attached (the h2 call names no :authority to match it by).
+    #[test]
+    fn port_filter_matches_a_closed_preexisting_server_socket_by_its_snapshot() {
+        let (mut t, m) = table(vec![50051]);
+        t.set_preexisting(HashMap::from([(
+            (ID.pid, ID.fd),
+            SocketEnds {
+                local: "127.0.0.1:50051".parse().unwrap(),
+                peer: "127.0.0.1:40000".parse().unwrap(),
+            },
+        )]));
+        let mut recs = vec![encode::conn(ID, 1, Role::Unknown, None, "srv")];
+        recs.extend(h2_call_mid_stream());
+        let spans = replay(&mut t, &recs);
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!(spans[0].kind, SpanKind::Server);
+        assert_eq!(spans[0].attr("network.peer.port"), Some(&Value::Int(40000)));
+        assert_eq!(
+            m.spans_filtered_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     }
 
@@ -663,7 +693,7 @@ mod tests {
             let ts = 100 * (i as u64 + 1);
             recs.push(encode::data(
                 ID,
-                i as u32,
+                i as u32 / 2,
                 dir,
                 (ts, ts + 10),
                 b.len() as u64,

@@ -3,8 +3,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    CloseEvent, ConnEvent, DataEvent, EventHeader, WIRE_VERSION, direction, kind, role,
+    CloseEvent, ConnEvent, DataEvent, EventHeader, NO_FRAME, WIRE_VERSION, data_flags, direction,
+    kind, role,
 };
+
+use crate::decode::Layout;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -60,6 +63,8 @@ pub struct Data<'a> {
     pub protocol: u8,
     /// Command name, NUL-padded (converted only when a connection is first seen).
     pub comm: [u8; 16],
+    /// What `payload` holds of the syscall's bytes.
+    pub layout: Layout,
     pub payload: &'a [u8],
 }
 
@@ -106,6 +111,17 @@ fn sockaddr(sa: &tracer_common::SockAddr) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, sa.port))
+}
+
+fn layout(d: &DataEvent) -> Layout {
+    if d.flags & data_flags::H2_FRAMES == 0 {
+        return Layout::Prefix;
+    }
+    Layout::H2Frames {
+        first: (d.frame_at != NO_FRAME && d.frame_at_captured < d.captured)
+            .then_some((u64::from(d.frame_at), d.frame_at_captured as usize)),
+        lost: d.flags & data_flags::H2_FRAMES_LOST != 0,
+    }
 }
 
 impl<'a> Event<'a> {
@@ -157,6 +173,7 @@ impl<'a> Event<'a> {
                     syscall: d.syscall,
                     protocol: d.protocol,
                     comm: d.comm,
+                    layout: layout(&d),
                     payload: &payload[..d.captured as usize],
                 }))
             }
@@ -254,8 +271,11 @@ pub mod encode {
             syscall: 0,
             protocol: tracer_common::protocol::HTTP1,
             role: 0,
-            _pad: [0; 4],
+            flags: 0,
+            _pad: [0; 3],
             comm: comm(name),
+            frame_at: NO_FRAME,
+            frame_at_captured: NO_FRAME,
         };
         let mut v = bytes(&ev).to_vec();
         v.extend_from_slice(captured);
@@ -265,6 +285,21 @@ pub mod encode {
     /// A DATA record like [`data`], classified by the probes as `protocol`.
     pub fn data_as(protocol: u8, mut rec: Vec<u8>) -> Vec<u8> {
         rec[core::mem::offset_of!(DataEvent, protocol)] = protocol;
+        rec
+    }
+
+    /// A DATA record like [`data`] as the HTTP/2 frame walk makes it: `captured` leaves DATA
+    /// payloads out; `first` is where the first frame header starting in the syscall is (in
+    /// the syscall's bytes, in `captured`); `lost`: the walk lost the frames after `captured`.
+    pub fn h2_frames(mut rec: Vec<u8>, first: Option<(u32, u32)>, lost: bool) -> Vec<u8> {
+        rec[core::mem::offset_of!(DataEvent, protocol)] = tracer_common::protocol::HTTP2;
+        rec[core::mem::offset_of!(DataEvent, flags)] =
+            data_flags::H2_FRAMES | if lost { data_flags::H2_FRAMES_LOST } else { 0 };
+        let (at, at_captured) = first.unwrap_or((NO_FRAME, NO_FRAME));
+        let off = core::mem::offset_of!(DataEvent, frame_at);
+        rec[off..off + 4].copy_from_slice(&at.to_ne_bytes());
+        let off = core::mem::offset_of!(DataEvent, frame_at_captured);
+        rec[off..off + 4].copy_from_slice(&at_captured.to_ne_bytes());
         rec
     }
 

@@ -251,7 +251,7 @@ impl Probes {
     /// are left alone. Returns how many were added.
     pub fn seed_preexisting(
         &mut self,
-        sockets: &std::collections::HashMap<(u32, u32), SocketAddr>,
+        sockets: &std::collections::HashMap<(u32, u32), crate::process::SocketEnds>,
     ) -> Result<usize, ProbeError> {
         let mut conns: HashMap<_, ConnKey, ConnState> = HashMap::try_from(
             self.ebpf
@@ -261,17 +261,18 @@ impl Probes {
         .map_err(|e| ProbeError::Map("CONNS", e))?;
         let me = std::process::id();
         let mut added = 0;
-        for (&(tgid, fd), peer) in sockets.iter().filter(|((pid, _), _)| *pid != me) {
+        for (&(tgid, fd), ends) in sockets.iter().filter(|((pid, _), _)| *pid != me) {
             if added >= MAX_PREEXISTING {
                 break;
             }
             let state = ConnState {
-                peer: sock_addr(peer),
-                seq: 0,
+                peer: sock_addr(&ends.peer),
+                seq: [0; 2],
                 protocol: protocol::UNKNOWN,
                 role: role::UNKNOWN,
                 announced: 0,
                 sniffs_left: ConnState::PREEXISTING_SNIFFS,
+                h2: Default::default(),
             };
             // EEXIST: the probes saw this socket already (it carried a request since).
             if conns

@@ -282,13 +282,21 @@ pub fn local_port(proc_root: &Path, pid: u32, fd: u32) -> Option<u16> {
     })
 }
 
-/// Peers of every TCP socket open on the host, keyed by (pid, fd). Taken once, right after the
-/// probes attach: connections set up before that were not seen being accepted or connected,
-/// and by the time their first request shows up the peer may already have closed them.
-pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketAddr> {
+/// Both ends of a TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEnds {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// Both ends of every TCP socket open on the host, keyed by (pid, fd). Taken once, right after
+/// the probes attach: connections set up before that were not seen being accepted or
+/// connected, and by the time their first record is read the peer may already have closed
+/// them (then /proc no longer knows the fd).
+pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
     let mut by_inode: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
     let mut netns_seen = std::collections::HashSet::new();
-    let mut peers: HashMap<String, SocketAddr> = HashMap::new();
+    let mut ends: HashMap<String, SocketEnds> = HashMap::new();
     let Ok(dir) = std::fs::read_dir(proc_root) else {
         return HashMap::new();
     };
@@ -332,10 +340,12 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketAddr> {
                 };
                 for line in table.lines().skip(1) {
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    if let (Some(addr), Some(inode)) =
-                        (f.get(2).and_then(|a| parse_hex_addr(a)), f.get(9))
-                    {
-                        peers.insert(inode.to_string(), addr);
+                    if let (Some(local), Some(peer), Some(inode)) = (
+                        f.get(1).and_then(|a| parse_hex_addr(a)),
+                        f.get(2).and_then(|a| parse_hex_addr(a)),
+                        f.get(9),
+                    ) {
+                        ends.insert(inode.to_string(), SocketEnds { local, peer });
                     }
                 }
             }
@@ -343,9 +353,9 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketAddr> {
     }
     let mut out = HashMap::new();
     for (inode, owners) in by_inode {
-        if let Some(peer) = peers.get(&inode) {
+        if let Some(e) = ends.get(&inode) {
             for o in owners {
-                out.insert(o, *peer);
+                out.insert(o, *e);
             }
         }
     }
@@ -457,7 +467,10 @@ mod tests {
         let snap = socket_snapshot(Path::new("/proc"));
         assert_eq!(
             snap.get(&(me, client.as_raw_fd() as u32)),
-            Some(&sock.local_addr().unwrap())
+            Some(&SocketEnds {
+                local: client.local_addr().unwrap(),
+                peer: sock.local_addr().unwrap()
+            })
         );
         assert_eq!(
             local_port(Path::new("/proc"), me, client.as_raw_fd() as u32),

@@ -31,7 +31,7 @@
 
 use std::collections::VecDeque;
 
-pub use super::{Chunk, Direction, Role};
+pub use super::{Chunk, Direction, Layout, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -1283,6 +1283,7 @@ mod tests {
                     dir,
                     len: b.len() as u64,
                     data: b,
+                    layout: Layout::Prefix,
                     ts_start: t,
                     ts_end: t,
                 },
@@ -1331,6 +1332,7 @@ mod tests {
                 dir,
                 len,
                 data,
+                layout: Layout::Prefix,
                 ts_start,
                 ts_end,
             };
@@ -2036,6 +2038,7 @@ mod tests {
             dir,
             len: data.len() as u64,
             data,
+            layout: Layout::Prefix,
             ts_start: ts,
             ts_end: ts + 1,
         };
@@ -2590,6 +2593,7 @@ mod tests {
                 dir,
                 len,
                 data: &data[..cut],
+                layout: Layout::Prefix,
                 ts_start: ts,
                 ts_end: ts + rng.below(10),
             };
@@ -2644,6 +2648,7 @@ mod recovery_tests {
                         dir,
                         len,
                         data,
+                        layout: Layout::Prefix,
                         ts_start: t,
                         ts_end: t + 1,
                     },

@@ -27,7 +27,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
-pub use super::{Chunk, Direction, Role};
+pub use super::{Chunk, Direction, Layout, Role};
+use tracer_common::h2_copied_len;
 
 impl Direction {
     fn idx(self) -> usize {
@@ -1043,6 +1044,9 @@ impl H2Conn {
         &self.stats
     }
 
+    /// Decodes one syscall's bytes. `pos` walks the syscall's bytes, `cpos` the captured ones:
+    /// the same offsets in a prefix; with [`Layout::H2Frames`] the captured bytes leave out
+    /// DATA payloads (all but [`h2_copied_len`] of each frame).
     pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Stream>) {
         out.append(&mut self.pending);
         self.last_ts = self.last_ts.max(chunk.ts_end);
@@ -1052,16 +1056,34 @@ impl H2Conn {
         let data = &chunk.data[..keep];
         let cap = data.len() as u64;
         let total = chunk.len;
-        if self.dirs[d].mode == Mode::Resync && !self.try_relock(d, data) {
-            return;
+        let (frames, first, lost) = match chunk.layout {
+            Layout::Prefix => (false, None, false),
+            Layout::H2Frames { first, lost } => (true, first, lost),
+        };
+        let (mut pos, mut cpos) = (0u64, 0u64);
+        if self.dirs[d].mode == Mode::Resync {
+            if frames {
+                // The probes know where a frame starts: pick the frames up there.
+                let Some((at, at_captured)) = first.filter(|&(at, c)| at < total && c < data.len())
+                else {
+                    return;
+                };
+                let st = &mut self.dirs[d];
+                st.mode = Mode::Frames;
+                st.hdr_have = 0;
+                st.frame = None;
+                st.block = None;
+                (pos, cpos) = (at, at_captured as u64);
+            } else if !self.try_relock(d, data) {
+                return;
+            }
         }
-        let mut pos = 0u64;
         while pos < total {
             match self.dirs[d].mode {
                 Mode::Resync => break,
                 Mode::Preface(m) => {
-                    let Some(&b) = (if pos < cap {
-                        data.get(pos as usize)
+                    let Some(&b) = (if cpos < cap {
+                        data.get(cpos as usize)
                     } else {
                         None
                     }) else {
@@ -1070,6 +1092,7 @@ impl H2Conn {
                     };
                     if PREFACE.get(m) == Some(&b) {
                         pos += 1;
+                        cpos += 1;
                         if m + 1 == PREFACE.len() {
                             self.dirs[d].mode = Mode::Frames;
                             if self.req_dir.is_none() {
@@ -1089,7 +1112,7 @@ impl H2Conn {
                 }
                 Mode::Frames => {
                     if self.dirs[d].frame.is_none() {
-                        if pos >= cap {
+                        if cpos >= cap {
                             // The next frame header is in uncaptured bytes.
                             self.lose_framing(d, out);
                             break;
@@ -1098,11 +1121,14 @@ impl H2Conn {
                         if st.hdr_have == 0 {
                             st.hdr_ts = chunk.ts_start;
                         }
-                        let p = pos as usize;
-                        let take = (9 - st.hdr_have).min(data.len() - p);
+                        let p = cpos as usize;
+                        let take = (9 - st.hdr_have)
+                            .min(data.len() - p)
+                            .min(usize::try_from(total - pos).unwrap_or(usize::MAX));
                         st.hdr[st.hdr_have..st.hdr_have + take].copy_from_slice(&data[p..p + take]);
                         st.hdr_have += take;
                         pos += take as u64;
+                        cpos += take as u64;
                         if st.hdr_have == 9 {
                             st.hdr_have = 0;
                             self.start_frame(d, chunk.ts_end, out);
@@ -1111,20 +1137,28 @@ impl H2Conn {
                         let st = &mut self.dirs[d];
                         let Some(f) = st.frame.as_mut() else { break };
                         let n = u64::from(f.len - f.done).min(total - pos);
+                        // Of these bytes, the ones the capture holds.
+                        let present = if frames {
+                            u64::from(h2_copied_len(f.ty, f.flags, f.len).saturating_sub(f.done))
+                                .min(n)
+                        } else {
+                            n
+                        };
                         if !f.gap {
-                            if pos < cap {
-                                let end = (pos + n).min(cap) as usize;
-                                let slice = &data[pos as usize..end];
+                            if cpos < cap {
+                                let end = (cpos + present).min(cap) as usize;
+                                let slice = &data[cpos as usize..end];
                                 let room = f.cap.saturating_sub(f.buf.len());
                                 f.buf.extend_from_slice(&slice[..slice.len().min(room)]);
                             }
-                            if pos + n > cap {
+                            if cpos + present > cap {
                                 f.gap = true;
                             }
                         }
                         // n <= f.len - f.done, so this fits in u32.
                         f.done += n as u32;
                         pos += n;
+                        cpos += present;
                         if f.done == f.len
                             && let Some(f) = st.frame.take()
                         {
@@ -1133,6 +1167,10 @@ impl H2Conn {
                     }
                 }
             }
+        }
+        if lost {
+            // The probes could not follow the rest of this syscall as frames.
+            self.lose_framing(d, out);
         }
     }
 
@@ -1754,6 +1792,7 @@ mod tests {
             dir,
             len: b.len() as u64,
             data: b,
+            layout: Layout::Prefix,
             ts_start: t,
             ts_end: t + 5,
         }
@@ -2642,6 +2681,7 @@ mod tests {
             dir: Ingress,
             len: (hl_len + 9 + 1000) as u64,
             data: captured,
+            layout: Layout::Prefix,
             ts_start: 50,
             ts_end: 55,
         };
@@ -2651,6 +2691,7 @@ mod tests {
             dir: Ingress,
             len: rest.len() as u64,
             data: &rest[..9],
+            layout: Layout::Prefix,
             ts_start: 60,
             ts_end: 65,
         };
@@ -2671,6 +2712,7 @@ mod tests {
             dir: Egress,
             len: req.len() as u64,
             data: &req[..13],
+            layout: Layout::Prefix,
             ts_start: 7,
             ts_end: 8,
         };
@@ -2699,6 +2741,7 @@ mod tests {
                 dir: Egress,
                 len: 17,
                 data: &req[..13],
+                layout: Layout::Prefix,
                 ts_start: 1,
                 ts_end: 1,
             },
@@ -2735,6 +2778,7 @@ mod tests {
             dir: Ingress,
             len: b.len() as u64,
             data: &b[..seen],
+            layout: Layout::Prefix,
             ts_start: 1,
             ts_end: 2,
         };
@@ -3076,6 +3120,7 @@ mod tests {
                         dir: *d,
                         len: a.len() as u64,
                         data: a,
+                        layout: Layout::Prefix,
                         ts_start: 0,
                         ts_end: 0,
                     },
@@ -3098,6 +3143,7 @@ mod tests {
                     dir: *d,
                     len: b.len() as u64,
                     data: b,
+                    layout: Layout::Prefix,
                     ts_start: 0,
                     ts_end: 0,
                 },
@@ -3159,11 +3205,20 @@ mod tests {
                     _ => buf.len() as u64,
                 };
                 let t = rng.next();
+                let layout = match rng.below(3) {
+                    0 => Layout::Prefix,
+                    _ => Layout::H2Frames {
+                        first: (rng.below(2) == 0)
+                            .then(|| (rng.below(len.max(1)), rng.below(cap as u64 + 2) as usize)),
+                        lost: rng.below(4) == 0,
+                    },
+                };
                 c.feed(
                     Chunk {
                         dir,
                         len,
                         data: &buf[..cap],
+                        layout,
                         ts_start: t,
                         ts_end: t,
                     },
@@ -3181,5 +3236,262 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the probes' frame walk (tracer-ebpf/src/frames.rs) makes of one direction's
+    /// syscalls: the same rules, written plainly, so the decoder is tested against them.
+    #[derive(Default)]
+    struct KernelWalk {
+        rem: u32,
+        copy: u32,
+        hdr: Vec<u8>,
+    }
+
+    impl KernelWalk {
+        /// A direction whose first syscall starts with the client preface.
+        fn client() -> Self {
+            KernelWalk {
+                rem: 24,
+                copy: 24,
+                hdr: Vec::new(),
+            }
+        }
+
+        /// (captured bytes within `budget`, first frame header (offset, offset in captured)).
+        fn syscall(&mut self, bytes: &[u8], budget: usize) -> (Vec<u8>, Option<(u64, usize)>) {
+            let mut out = Vec::new();
+            let mut first = None;
+            let mut i = 0;
+            let put = |out: &mut Vec<u8>, b: &[u8]| {
+                let room = budget.saturating_sub(out.len());
+                out.extend_from_slice(&b[..b.len().min(room)]);
+            };
+            while i < bytes.len() {
+                if self.rem > 0 {
+                    let n = (self.rem as usize).min(bytes.len() - i);
+                    let c = n.min(self.copy as usize);
+                    if c > 0 {
+                        put(&mut out, &bytes[i..i + c]);
+                        self.copy -= c as u32;
+                        self.rem -= c as u32;
+                        i += c;
+                    } else {
+                        self.rem -= n as u32;
+                        i += n;
+                    }
+                    continue;
+                }
+                if self.hdr.is_empty() && first.is_none() {
+                    first = Some((i as u64, out.len()));
+                }
+                self.hdr.push(bytes[i]);
+                put(&mut out, &bytes[i..i + 1]);
+                i += 1;
+                if self.hdr.len() == 9 {
+                    let h = std::mem::take(&mut self.hdr);
+                    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                    self.rem = len;
+                    self.copy = h2_copied_len(h[3], h[4], len);
+                }
+            }
+            let first = first.filter(|&(_, c)| c < out.len());
+            (out, first)
+        }
+    }
+
+    /// Feeds `evs` as the frame walk captures them, cut at random points into syscalls, each
+    /// captured within `budget` bytes.
+    fn feed_walked(c: &mut H2Conn, evs: &[Ev], rng: &mut Rng, budget: usize) -> Vec<Stream> {
+        let mut walks = [KernelWalk::default(), KernelWalk::default()];
+        let mut out = Vec::new();
+        for (d, b) in evs {
+            if b.starts_with(PREFACE) {
+                walks[d.idx()] = KernelWalk::client();
+            }
+            let mut rest = &b[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len().min(200) as u64) as usize;
+                let (a, r) = rest.split_at(n);
+                let (captured, first) = walks[d.idx()].syscall(a, budget);
+                c.feed(
+                    Chunk {
+                        dir: *d,
+                        len: a.len() as u64,
+                        data: &captured,
+                        layout: Layout::H2Frames { first, lost: false },
+                        ts_start: 0,
+                        ts_end: 0,
+                    },
+                    &mut out,
+                );
+                rest = r;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frame_walk_payloads_decode_like_whole_bytes() {
+        let evs = rich_conversation();
+        let mut reference = Vec::new();
+        let mut c = H2Conn::new();
+        for (d, b) in &evs {
+            c.feed(
+                Chunk {
+                    dir: *d,
+                    len: b.len() as u64,
+                    data: b,
+                    layout: Layout::Prefix,
+                    ts_start: 0,
+                    ts_end: 0,
+                },
+                &mut reference,
+            );
+        }
+        let mut rng = Rng(0x5151_2323_abab_0101);
+        for _ in 0..40 {
+            let mut c2 = H2Conn::new();
+            let got = feed_walked(&mut c2, &evs, &mut rng, usize::MAX);
+            assert_eq!(got, reference);
+            assert_eq!(c2.stats(), c.stats());
+        }
+    }
+
+    /// A server answering ten streams in one write with large bodies: a prefix of the write
+    /// holds only the first response, the frame walk holds all ten within a small budget.
+    #[test]
+    fn frame_walk_keeps_every_response_of_one_big_write() {
+        let mut req = client_preface();
+        for sid in (1..=19).step_by(2) {
+            req.extend(get_req(sid, "/index.html"));
+        }
+        let mut resp = server_preface();
+        for sid in (1..=19).step_by(2) {
+            resp.extend(headers(sid, false, &resp_200()));
+            resp.extend(data(sid, true, 3000));
+        }
+        let budget = 1024;
+        let run = |walked: bool| {
+            let mut c = H2Conn::new();
+            let mut out = Vec::new();
+            let mut walks = [KernelWalk::client(), KernelWalk::default()];
+            for (dir, b) in [(Ingress, &req), (Egress, &resp)] {
+                let (data, layout) = if walked {
+                    let (cap, first) = walks[dir.idx()].syscall(b, budget);
+                    (cap, Layout::H2Frames { first, lost: false })
+                } else {
+                    (b[..b.len().min(budget)].to_vec(), Layout::Prefix)
+                };
+                c.feed(
+                    Chunk {
+                        dir,
+                        len: b.len() as u64,
+                        data: &data,
+                        layout,
+                        ts_start: 1,
+                        ts_end: 2,
+                    },
+                    &mut out,
+                );
+            }
+            c.close(3, &mut out);
+            out
+        };
+        let walked = run(true);
+        assert_eq!(walked.len(), 10);
+        for s in &walked {
+            assert_eq!(s.status, Some(200), "{s:?}");
+            assert_eq!(s.response_body_len, 3000);
+            assert!(!s.framing_lost && !s.closed_early, "{s:?}");
+        }
+        let prefix = run(false);
+        assert!(
+            prefix
+                .iter()
+                .filter(|s| s.status == Some(200) && !s.framing_lost)
+                .count()
+                < 2,
+            "{prefix:?}"
+        );
+    }
+
+    /// Records lost: the next record says where its first frame starts, and decoding picks
+    /// up there (HPACK state unknown: static and literal fields only).
+    #[test]
+    fn frame_walk_relocks_where_the_probes_say_after_a_gap() {
+        let mut w = [KernelWalk::client(), KernelWalk::default()];
+        let mut c = H2Conn::new();
+        let mut out = Vec::new();
+        let feed = |c: &mut H2Conn, out: &mut Vec<Stream>, w: &mut KernelWalk, dir, b: &[u8]| {
+            let (data, first) = w.syscall(b, usize::MAX);
+            c.feed(
+                Chunk {
+                    dir,
+                    len: b.len() as u64,
+                    data: &data,
+                    layout: Layout::H2Frames { first, lost: false },
+                    ts_start: 1,
+                    ts_end: 2,
+                },
+                out,
+            );
+        };
+        let [wi, we] = &mut w;
+        feed(&mut c, &mut out, wi, Ingress, &client_preface());
+        feed(&mut c, &mut out, we, Egress, &server_preface());
+        // A request whose syscall went missing, ending inside a DATA frame: the walk in the
+        // kernel still followed it.
+        let body = data(1, false, 100);
+        let lost = [get_req(1, "/lost"), body[..50].to_vec()].concat();
+        let _ = wi.syscall(&lost, usize::MAX);
+        c.gap(Ingress);
+        // The next syscall starts inside that DATA frame, then a new request with a literal path.
+        let tail = [
+            body[50..].to_vec(),
+            data(1, true, 0),
+            headers(
+                3,
+                true,
+                &block(&[H::Idx(2), H::Idx(6), H::NoN(4, "/after")], false),
+            ),
+        ]
+        .concat();
+        feed(&mut c, &mut out, wi, Ingress, &tail);
+        feed(
+            &mut c,
+            &mut out,
+            we,
+            Egress,
+            &headers(3, true, &block(&[H::Idx(8)], false)),
+        );
+        let s = out.iter().find(|s| s.stream_id == 3).expect("stream 3");
+        assert_eq!(s.path.as_deref(), Some("/after"));
+        assert_eq!(s.method.as_deref(), Some("GET"));
+        assert_eq!(s.status, Some(200));
+    }
+
+    /// The probes lost the frames after a syscall's captured bytes: the decoder must not go
+    /// on reading what follows as frames.
+    #[test]
+    fn frames_lost_in_the_kernel_resyncs_the_decoder() {
+        let mut c = H2Conn::new();
+        let mut out = Vec::new();
+        let pre = client_preface();
+        c.feed(
+            Chunk {
+                dir: Ingress,
+                len: pre.len() as u64 + 40,
+                data: &pre,
+                layout: Layout::H2Frames {
+                    first: None,
+                    lost: true,
+                },
+                ts_start: 1,
+                ts_end: 1,
+            },
+            &mut out,
+        );
+        assert_eq!(c.dirs[0].mode, Mode::Resync);
+        assert_eq!(c.stats().resyncs, 1);
     }
 }

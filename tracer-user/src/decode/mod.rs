@@ -16,12 +16,29 @@ pub struct Chunk<'a> {
     pub dir: Direction,
     /// Real bytes moved by the syscall (> 0).
     pub len: u64,
-    /// Captured prefix, data.len() <= len.
+    /// Captured bytes (a prefix, unless `layout` says otherwise), data.len() <= len.
     pub data: &'a [u8],
+    pub layout: Layout,
     /// ns; when the first byte of this chunk moved.
     pub ts_start: u64,
     /// ns; when the last byte moved.
     pub ts_end: u64,
+}
+
+/// What [`Chunk::data`] holds of the syscall's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Their first `data.len()` bytes.
+    #[default]
+    Prefix,
+    /// The probes' HTTP/2 frame walk (`tracer_common::data_flags::H2_FRAMES`): the bytes with
+    /// the payload of DATA frames left out (`tracer_common::h2_copied_len`).
+    H2Frames {
+        /// First frame header that starts in the syscall: (offset in its bytes, in `data`).
+        first: Option<(u64, usize)>,
+        /// The probes lost the frame boundaries after `data`.
+        lost: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
