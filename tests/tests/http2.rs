@@ -1,6 +1,6 @@
 //! HTTP/2 (h2c with prior knowledge) end to end: nghttpd, nghttp and h2load from Debian's
 //! nghttp2 packages, traced from the connection's start.
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use tracer_tests::*;
 
@@ -330,5 +330,72 @@ fn every_stream_of_a_busy_connection_with_real_bodies() {
                 .is_none(),
             "{s}"
         );
+    }
+}
+
+/// A Rust peer on both sides (hyper's h2 client and server, h2c with prior knowledge): 500
+/// requests with bodies of 0 to 6 kB, 50 in flight on one connection, and a 404. Every request
+/// is one span per side with its path, status and body size.
+#[test]
+fn rust_hyper_client_and_server() {
+    let Some(_g) = setup() else { return };
+    let peer = env!("CARGO_BIN_EXE_rust_h2_peer");
+    let port = free_port();
+    let mut cmd = Command::new(peer);
+    cmd.args(["server", &port.to_string()]);
+    let server = Server::spawn(cmd, port);
+    let tracer = Tracer::start_with(
+        &["--port", &port.to_string()],
+        &[("OTEL_BSP_MAX_QUEUE_SIZE", "16384")],
+        true,
+    );
+    let client = Command::new(peer)
+        .args(["client", &port.to_string(), "500", "50"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client_pid = client.id();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("ok 501 "),
+        "{text}"
+    );
+    let spans = tracer.stop();
+    let want_bytes: u64 = (0..500u64).map(|i| (i % 7) * 1000).sum::<u64>() + 13;
+    for (kind, pid) in [("SERVER", server.pid()), ("CLIENT", client_pid)] {
+        let list = of_kind_pid(&spans, kind, pid);
+        assert_eq!(
+            list.len(),
+            501,
+            "{kind}: {}",
+            pretty(&list[..list.len().min(3)])
+        );
+        let mut bytes = 0;
+        for s in &list {
+            assert_well_formed(s);
+            assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+            assert!(
+                s["attributes"]
+                    .get("tracer.http.headers_incomplete")
+                    .is_none(),
+                "{s}"
+            );
+            let path = attr_str(s, "url.path").expect("url.path");
+            let size = attr_u64(s, "http.response.body.size").unwrap_or(0);
+            bytes += size;
+            match path.strip_prefix("/items/") {
+                Some(n) => {
+                    assert_eq!(attr_u64(s, "http.response.status_code"), Some(200), "{s}");
+                    assert_eq!(Some(size), n.parse().ok(), "{s}");
+                }
+                None => {
+                    assert_eq!(path, "/missing", "{s}");
+                    assert_eq!(attr_u64(s, "http.response.status_code"), Some(404), "{s}");
+                }
+            }
+        }
+        assert_eq!(bytes, want_bytes, "{kind}");
     }
 }

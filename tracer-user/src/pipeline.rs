@@ -180,6 +180,8 @@ fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
         .store(k[counter::CONN_MAP_FULL as usize], Relaxed);
     m.kernel_read_failed_total
         .store(k[counter::READ_USER_FAILED as usize], Relaxed);
+    m.kernel_h2_frames_lost_total
+        .store(k[counter::H2_FRAMES_LOST as usize], Relaxed);
 }
 
 /// Runs a recording through the same table, returning the spans (and whether its tail was cut).
