@@ -815,6 +815,16 @@ pub fn run_ok<S: AsRef<OsStr>>(prog: S, args: &[&str]) -> String {
 }
 
 /// Basic shape every span must have, whatever the test.
+/// The span's headers were all decoded (no `tracer.http.headers_incomplete`).
+pub fn assert_headers_complete(s: &Value) {
+    assert!(
+        s["attributes"]
+            .get("tracer.http.headers_incomplete")
+            .is_none(),
+        "headers incomplete: {s}"
+    );
+}
+
 pub fn assert_well_formed(s: &Value) {
     assert!(is_hex_id(&s["trace_id"], 32), "bad trace_id: {s}");
     assert!(is_hex_id(&s["span_id"], 16), "bad span_id: {s}");

@@ -57,12 +57,7 @@ fn h2c_server_and_clients_with_many_concurrent_streams() {
         assert_well_formed(s);
         assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
         assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
-        assert!(
-            s["attributes"]
-                .get("tracer.http.headers_incomplete")
-                .is_none(),
-            "{s}"
-        );
+        assert_headers_complete(s);
     }
     let h2load = clients
         .iter()
@@ -155,12 +150,7 @@ fn h2c_upgrade_from_http1() {
             assert_well_formed(s);
             assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
             assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
-            assert!(
-                s["attributes"]
-                    .get("tracer.http.headers_incomplete")
-                    .is_none(),
-                "{s}"
-            );
+            assert_headers_complete(s);
         }
         let up = one_with_path(list, "/index.html");
         assert_eq!(attr_u64(up, "http.response.status_code"), Some(200), "{up}");
@@ -270,12 +260,7 @@ fn continuation_frames_and_100_concurrent_streams() {
     // header block however the 100 streams' frames were packed into syscalls.
     for s in sorted[1..].iter().chain(h2load.iter()) {
         assert_eq!(attr_str(s, "url.path"), Some("/index.html"), "{s}");
-        assert!(
-            s["attributes"]
-                .get("tracer.http.headers_incomplete")
-                .is_none(),
-            "{s}"
-        );
+        assert_headers_complete(s);
     }
 }
 
@@ -324,12 +309,7 @@ fn every_stream_of_a_busy_connection_with_real_bodies() {
         assert_eq!(attr_u64(s, "http.response.status_code"), Some(200), "{s}");
         assert_eq!(attr_u64(s, "http.response.body.size"), Some(3000), "{s}");
         assert_eq!(status_code(s), "UNSET", "{s}");
-        assert!(
-            s["attributes"]
-                .get("tracer.http.headers_incomplete")
-                .is_none(),
-            "{s}"
-        );
+        assert_headers_complete(s);
     }
 }
 
@@ -376,12 +356,7 @@ fn rust_hyper_client_and_server() {
             assert_well_formed(s);
             assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
             assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
-            assert!(
-                s["attributes"]
-                    .get("tracer.http.headers_incomplete")
-                    .is_none(),
-                "{s}"
-            );
+            assert_headers_complete(s);
             let path = attr_str(s, "url.path").expect("url.path");
             let size = attr_u64(s, "http.response.body.size").unwrap_or(0);
             bytes += size;

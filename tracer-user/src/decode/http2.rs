@@ -3132,24 +3132,26 @@ mod tests {
         out
     }
 
+    /// Each event as one syscall, captured whole, at time 0 (what the split feeds compare to).
+    fn whole(c: &mut H2Conn, evs: &[Ev]) -> Vec<Stream> {
+        let mut out = Vec::new();
+        for (d, b) in evs {
+            c.feed(
+                Chunk {
+                    ts_end: 0,
+                    ..chunk(*d, b, 0)
+                },
+                &mut out,
+            );
+        }
+        out
+    }
+
     #[test]
     fn random_split_gives_same_streams() {
         let evs = rich_conversation();
         let mut c = H2Conn::new();
-        let mut reference = Vec::new();
-        for (d, b) in &evs {
-            c.feed(
-                Chunk {
-                    dir: *d,
-                    len: b.len() as u64,
-                    data: b,
-                    layout: Layout::Prefix,
-                    ts_start: 0,
-                    ts_end: 0,
-                },
-                &mut reference,
-            );
-        }
+        let reference = whole(&mut c, &evs);
         assert_eq!(reference.len(), 30);
         assert_eq!(
             c.stats().malformed + c.stats().hpack_errors + c.stats().resyncs,
@@ -3333,21 +3335,8 @@ mod tests {
     #[test]
     fn frame_walk_payloads_decode_like_whole_bytes() {
         let evs = rich_conversation();
-        let mut reference = Vec::new();
         let mut c = H2Conn::new();
-        for (d, b) in &evs {
-            c.feed(
-                Chunk {
-                    dir: *d,
-                    len: b.len() as u64,
-                    data: b,
-                    layout: Layout::Prefix,
-                    ts_start: 0,
-                    ts_end: 0,
-                },
-                &mut reference,
-            );
-        }
+        let reference = whole(&mut c, &evs);
         let mut rng = Rng(0x5151_2323_abab_0101);
         for _ in 0..40 {
             let mut c2 = H2Conn::new();
