@@ -1,13 +1,19 @@
 //! HTTP/2 (h2c) stream decoder with HPACK and gRPC awareness.
 //!
 //! Input is the byte flow of one TCP connection as seen by syscall probes: each
-//! chunk reports the real byte count (`len`) and a captured prefix (`data`).
-//! Frame boundaries are tracked from the 9-byte frame headers, so uncaptured
-//! bytes are consumed without being read. Header blocks that were not captured
+//! chunk reports the real byte count (`len`) and the captured bytes (`data`): a
+//! prefix, or what the probes' frame walk keeps (frame headers and header blocks,
+//! DATA payloads left out: [`Layout::H2Frames`]). Frame boundaries are tracked
+//! from the 9-byte frame headers, so uncaptured bytes are consumed without being
+//! read. Header blocks that were not captured
 //! are never guessed: the HPACK decoder of that direction becomes *untrusted*
 //! and from then on only yields fields that do not depend on the dynamic table.
 //!
 //! Design notes (why, briefly):
+//! * Own HPACK rather than a crate: a passive observer must keep decoding with a
+//!   table it no longer trusts (static and literal fields only, dynamic references
+//!   reported unknown) and must bound memory per connection; decoders written for
+//!   endpoints (h2's is not public API) fail the connection instead.
 //! * One HPACK decoder per direction; it is trusted only if it has seen every
 //!   header block of its direction since the connection start. Once untrusted
 //!   it stays untrusted for the rest of the connection: there is no in-band
