@@ -44,7 +44,8 @@ pub struct RunOptions {
     #[arg(long)]
     pub comm: Option<String>,
     /// Payload bytes copied per syscall: enough for the request line and headers; bodies are
-    /// never needed (framing uses byte counts). 64 to 8192 [default: 4096]
+    /// never needed (framing uses byte counts). HTTP/2: frame headers and header blocks only,
+    /// DATA payloads are skipped in the kernel. 64 to 8192 [default: 4096]
     #[arg(long, value_name = "BYTES")]
     pub capture_size: Option<u32>,
     /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts [default: 16]
