@@ -36,12 +36,7 @@ fn h2c_server_and_clients_with_many_concurrent_streams() {
         &url("/missing"),
     ]));
     // 100 requests, 10 concurrent streams on one connection.
-    let out = Command::new("h2load")
-        .args(["-n", "100", "-c", "1", "-m", "10", &url("/index.html")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("100 succeeded"), "{text}");
+    h2load(100, 1, 10, &url("/index.html"));
     let spans = tracer.stop();
 
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
@@ -79,6 +74,17 @@ fn h2c_server_and_clients_with_many_concurrent_streams() {
         .filter(|s| attr_u64(s, "http.response.status_code") == Some(200))
         .count();
     assert_eq!(index_ok, 101);
+}
+
+/// `h2load -n N -c CLIENTS -m STREAMS URL`; every request must succeed.
+fn h2load(n: u32, clients: u32, streams: u32, url: &str) {
+    let out = Command::new(which("h2load").unwrap())
+        .args(["-n", &n.to_string(), "-c", &clients.to_string()])
+        .args(["-m", &streams.to_string(), url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{n} succeeded")), "{text}");
 }
 
 fn nghttpd(www: &TempDir) -> Server {
@@ -206,12 +212,7 @@ fn continuation_frames_and_100_concurrent_streams() {
         .and_then(|n| n.parse().ok())
         .expect("nghttp -v reports the HEADERS frame it sent");
     assert!(block_len > 16_384, "no CONTINUATION needed: {block_len}");
-    let out = Command::new("h2load")
-        .args(["-n", "1000", "-c", "1", "-m", "100", &url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("1000 succeeded"), "{text}");
+    h2load(1000, 1, 100, &url);
     let spans = tracer.stop();
 
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
@@ -287,12 +288,7 @@ fn every_stream_of_a_busy_connection_with_real_bodies() {
         true,
     );
     let url = format!("http://127.0.0.1:{port}/page.html");
-    let out = Command::new("h2load")
-        .args(["-n", "2000", "-c", "2", "-m", "32", &url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2000 succeeded"), "{text}");
+    h2load(2000, 2, 32, &url);
     let stopped = tracer.stop_full();
     let spans = &stopped.spans;
     let servers = of_kind_pid(spans, "SERVER", server.pid());

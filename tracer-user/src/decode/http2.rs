@@ -1074,11 +1074,7 @@ impl H2Conn {
                 else {
                     return;
                 };
-                let st = &mut self.dirs[d];
-                st.mode = Mode::Frames;
-                st.hdr_have = 0;
-                st.frame = None;
-                st.block = None;
+                self.relock(d, Mode::Frames);
                 (pos, cpos) = (at, at_captured as u64);
             } else if !self.try_relock(d, data) {
                 return;
@@ -1209,21 +1205,28 @@ impl H2Conn {
     }
 
     fn try_relock(&mut self, d: usize, data: &[u8]) -> bool {
-        let st = &mut self.dirs[d];
         if data.len() >= 4 && PREFACE.starts_with(&data[..data.len().min(PREFACE.len())]) {
             // The h2 session really starts here: fresh HPACK state is exact.
-            st.mode = Mode::Preface(0);
+            let st = &mut self.dirs[d];
             st.hpack = Hpack::new();
             st.need_settings = true;
+            self.relock(d, Mode::Preface(0));
         } else if looks_like_h2_frames(data) {
-            st.mode = Mode::Frames;
+            self.relock(d, Mode::Frames);
         } else {
             return false;
         }
+        true
+    }
+
+    /// Decoding of direction `d` resumes in `mode` at a frame boundary: nothing half-read
+    /// from before carries over.
+    fn relock(&mut self, d: usize, mode: Mode) {
+        let st = &mut self.dirs[d];
+        st.mode = mode;
         st.hdr_have = 0;
         st.frame = None;
         st.block = None;
-        true
     }
 
     /// Decode what we have of a half-received header frame / block.
@@ -3106,27 +3109,28 @@ mod tests {
         evs
     }
 
-    fn feed_split(c: &mut H2Conn, evs: &[Ev], rng: &mut Rng) -> Vec<Stream> {
-        // Merge consecutive same-direction events, then cut at random points.
-        let mut runs: Vec<Ev> = Vec::new();
-        for (d, b) in evs {
-            match runs.last_mut() {
-                Some((ld, lb)) if ld == d && rng.below(2) == 0 => lb.extend(b),
-                _ => runs.push((*d, b.clone())),
-            }
-        }
+    /// Feeds `runs` cut at random points (at most `max_cut` bytes) into syscalls, each captured
+    /// as `capture` makes it.
+    fn feed_cuts(
+        c: &mut H2Conn,
+        runs: &[Ev],
+        rng: &mut Rng,
+        max_cut: usize,
+        mut capture: impl FnMut(Direction, &[u8]) -> (Vec<u8>, Layout),
+    ) -> Vec<Stream> {
         let mut out = Vec::new();
-        for (d, b) in &runs {
+        for (d, b) in runs {
             let mut rest = &b[..];
             while !rest.is_empty() {
-                let n = 1 + rng.below(rest.len().min(64) as u64) as usize;
+                let n = 1 + rng.below(rest.len().min(max_cut) as u64) as usize;
                 let (a, r) = rest.split_at(n);
+                let (data, layout) = capture(*d, a);
                 c.feed(
                     Chunk {
                         dir: *d,
                         len: a.len() as u64,
-                        data: a,
-                        layout: Layout::Prefix,
+                        data: &data,
+                        layout,
                         ts_start: 0,
                         ts_end: 0,
                     },
@@ -3136,6 +3140,18 @@ mod tests {
             }
         }
         out
+    }
+
+    fn feed_split(c: &mut H2Conn, evs: &[Ev], rng: &mut Rng) -> Vec<Stream> {
+        // Merge consecutive same-direction events, then cut at random points.
+        let mut runs: Vec<Ev> = Vec::new();
+        for (d, b) in evs {
+            match runs.last_mut() {
+                Some((ld, lb)) if ld == d && rng.below(2) == 0 => lb.extend(b),
+                _ => runs.push((*d, b.clone())),
+            }
+        }
+        feed_cuts(c, &runs, rng, 64, |_, a| (a.to_vec(), Layout::Prefix))
     }
 
     /// Each event as one syscall, captured whole, at time 0 (what the split feeds compare to).
@@ -3311,31 +3327,14 @@ mod tests {
     /// captured within `budget` bytes.
     fn feed_walked(c: &mut H2Conn, evs: &[Ev], rng: &mut Rng, budget: usize) -> Vec<Stream> {
         let mut walks = [KernelWalk::default(), KernelWalk::default()];
-        let mut out = Vec::new();
-        for (d, b) in evs {
-            if b.starts_with(PREFACE) {
-                walks[d.idx()] = KernelWalk::client();
-            }
-            let mut rest = &b[..];
-            while !rest.is_empty() {
-                let n = 1 + rng.below(rest.len().min(200) as u64) as usize;
-                let (a, r) = rest.split_at(n);
-                let (captured, first) = walks[d.idx()].syscall(a, budget);
-                c.feed(
-                    Chunk {
-                        dir: *d,
-                        len: a.len() as u64,
-                        data: &captured,
-                        layout: Layout::H2Frames { first, lost: false },
-                        ts_start: 0,
-                        ts_end: 0,
-                    },
-                    &mut out,
-                );
-                rest = r;
-            }
+        // The direction that opens with the client preface is walked from it.
+        if let Some((d, _)) = evs.iter().find(|(_, b)| b.starts_with(PREFACE)) {
+            walks[d.idx()] = KernelWalk::client();
         }
-        out
+        feed_cuts(c, evs, rng, 200, |d, a| {
+            let (captured, first) = walks[d.idx()].syscall(a, budget);
+            (captured, Layout::H2Frames { first, lost: false })
+        })
     }
 
     #[test]
