@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use prost::Message;
 use tracer_user::{
     conntrack::{ConnTable, TableOptions},
     decode::{Chunk, Direction, http1::Http1Conn, http2::H2Conn},
@@ -221,13 +220,7 @@ fn stages<T>(
     let m = Arc::new(Metrics::default());
     let spans = pipeline::replay(records, &mut table(&m), &m);
     assert_eq!(spans.len(), N as usize);
-    g.bench_function("otlp_per_span", |b| {
-        b.iter_batched(
-            || spans.clone(),
-            |s| otlp::request(s).encode_to_vec(),
-            BatchSize::SmallInput,
-        )
-    });
+    g.bench_function("otlp_per_span", |b| b.iter(|| otlp::encode_request(&spans)));
     g.bench_function("records_to_spans_per_request", |b| {
         b.iter_batched(
             || table(&m),
@@ -241,7 +234,7 @@ fn stages<T>(
             |mut t| {
                 let spans = pipeline::replay(records, &mut t, &m);
                 assert_eq!(spans.len(), N as usize);
-                otlp::request(spans).encode_to_vec()
+                otlp::encode_request(&spans)
             },
             BatchSize::SmallInput,
         )

@@ -323,7 +323,7 @@ async fn send_with_retry(
     metrics: Arc<Metrics>,
 ) {
     let n = batch.len() as u64;
-    let body = client.encode(&otlp::request(batch));
+    let body = client.encode(&batch);
     let start = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -3,16 +3,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, InstrumentationScope, KeyValue as PbKeyValue, any_value},
-    resource::v1::Resource as PbResource,
-    trace::v1::{
-        ResourceSpans, ScopeSpans, Span as PbSpan, Status as PbStatus, span::SpanKind as PbKind,
-        status::StatusCode,
-    },
-};
-use prost::Message;
+use prost::encoding::{encode_varint, encoded_len_varint};
 
 use crate::span::{KeyValue, Resource, Span, SpanKind, Status, Value};
 
@@ -51,114 +42,213 @@ impl ExportError {
     }
 }
 
-fn pb_value(v: &Value) -> AnyValue {
-    AnyValue {
-        value: Some(match v {
-            Value::Str(s) => any_value::Value::StringValue(s.clone()),
-            Value::Int(i) => any_value::Value::IntValue(*i),
-            Value::Float(x) => any_value::Value::DoubleValue(*x),
-            Value::Bool(b) => any_value::Value::BoolValue(*b),
-        }),
+// The ExportTraceServiceRequest protobuf, written straight from our spans: the messages of
+// opentelemetry-proto, their fields in tag order and proto3 defaults left out, as prost
+// writes them (the tests compare both byte for byte). Sizes are computed first, so the
+// request is one exact-size buffer with no intermediate messages.
+
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+const SCOPE_NAME: &str = "tracer";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `Status.code` STATUS_CODE_ERROR.
+const STATUS_ERROR: u8 = 2;
+
+fn put_key(buf: &mut Vec<u8>, tag: u32, wire: u32) {
+    encode_varint(u64::from((tag << 3) | wire), buf);
+}
+
+/// Size of a length-delimited field (tag below 16) with a body of `len` bytes.
+fn len_field(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+fn put_len(buf: &mut Vec<u8>, tag: u32, len: usize) {
+    put_key(buf, tag, LEN);
+    encode_varint(len as u64, buf);
+}
+
+/// A string field: left out when empty (the proto3 default).
+fn str_field(s: &str) -> usize {
+    if s.is_empty() { 0 } else { len_field(s.len()) }
+}
+
+fn put_str(buf: &mut Vec<u8>, tag: u32, s: &str) {
+    if !s.is_empty() {
+        put_len(buf, tag, s.len());
+        buf.extend_from_slice(s.as_bytes());
     }
 }
 
-fn pb_value_owned(v: Value) -> AnyValue {
-    AnyValue {
-        value: Some(match v {
-            Value::Str(s) => any_value::Value::StringValue(s),
-            Value::Int(i) => any_value::Value::IntValue(i),
-            Value::Float(x) => any_value::Value::DoubleValue(x),
-            Value::Bool(b) => any_value::Value::BoolValue(b),
-        }),
+/// AnyValue: its `value` oneof is written even when it holds a default.
+fn any_value_len(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => len_field(s.len()),
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + encoded_len_varint(*i as u64),
+        Value::Float(_) => 9,
     }
 }
 
-/// Resource attributes are shared by many spans: copied once per request.
-fn pb_attrs(attrs: &[KeyValue]) -> Vec<PbKeyValue> {
-    attrs
-        .iter()
-        .map(|a| PbKeyValue {
-            key: a.key.to_string(),
-            value: Some(pb_value(&a.value)),
-            ..Default::default()
-        })
-        .collect()
+fn key_value_len(a: &KeyValue) -> usize {
+    str_field(&a.key) + len_field(any_value_len(&a.value))
 }
 
-/// Span attributes are moved, not copied: the batch is not needed after conversion.
-fn pb_attrs_owned(attrs: Vec<KeyValue>) -> Vec<PbKeyValue> {
-    attrs
-        .into_iter()
-        .map(|a| PbKeyValue {
-            key: a.key.into_owned(),
-            value: Some(pb_value_owned(a.value)),
-            ..Default::default()
-        })
-        .collect()
+fn attributes_len(attrs: &[KeyValue]) -> usize {
+    attrs.iter().map(|a| len_field(key_value_len(a))).sum()
 }
 
-fn pb_span(sp: Span) -> PbSpan {
-    PbSpan {
-        trace_id: sp.trace_id.to_vec(),
-        span_id: sp.span_id.to_vec(),
-        parent_span_id: sp.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        // Low byte: W3C trace flags; bit 8: the sampled-flag is known (OTLP SpanFlags).
-        flags: sp.flags as u32 | 0x100,
-        name: sp.name,
-        kind: match sp.kind {
-            SpanKind::Server => PbKind::Server,
-            SpanKind::Client => PbKind::Client,
-        } as i32,
-        start_time_unix_nano: sp.start_unix_ns,
-        end_time_unix_nano: sp.end_unix_ns,
-        attributes: pb_attrs_owned(sp.attributes),
-        status: Some(match sp.status {
-            Status::Unset => PbStatus::default(),
-            Status::Error(m) => PbStatus {
-                message: m,
-                code: StatusCode::Error as i32,
-            },
-        }),
-        ..Default::default()
+/// The KeyValue messages of a repeated field `tag`.
+fn put_attributes(buf: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
+    for a in attrs {
+        put_len(buf, tag, key_value_len(a));
+        put_str(buf, 1, &a.key);
+        put_len(buf, 2, any_value_len(&a.value));
+        match &a.value {
+            Value::Str(s) => {
+                put_len(buf, 1, s.len());
+                buf.extend_from_slice(s.as_bytes());
+            }
+            Value::Bool(b) => {
+                put_key(buf, 2, VARINT);
+                buf.push(u8::from(*b));
+            }
+            Value::Int(i) => {
+                put_key(buf, 3, VARINT);
+                encode_varint(*i as u64, buf);
+            }
+            Value::Float(x) => {
+                put_key(buf, 4, FIXED64);
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
     }
 }
 
-/// Groups spans by the process they came from: one ResourceSpans each.
-pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    let mut by_resource: HashMap<*const Resource, (Arc<Resource>, Vec<PbSpan>)> = HashMap::new();
-    let mut order = Vec::new();
+fn status_len(st: &Status) -> usize {
+    match st {
+        Status::Unset => 0,
+        Status::Error(m) => str_field(m) + 2,
+    }
+}
+
+/// Low byte: W3C trace flags; bit 8: the sampled flag is known (OTLP SpanFlags).
+fn span_flags(sp: &Span) -> u32 {
+    u32::from(sp.flags) | 0x100
+}
+
+fn span_len(sp: &Span) -> usize {
+    let time = |t: u64| if t == 0 { 0 } else { 9 };
+    len_field(16)
+        + len_field(8)
+        + sp.parent_span_id.map_or(0, |_| len_field(8))
+        + str_field(&sp.name)
+        + 2
+        + time(sp.start_unix_ns)
+        + time(sp.end_unix_ns)
+        + attributes_len(&sp.attributes)
+        + len_field(status_len(&sp.status))
+        // flags: tag 16 takes a two-byte key.
+        + 6
+}
+
+fn put_span(buf: &mut Vec<u8>, sp: &Span) {
+    put_len(buf, 1, 16);
+    buf.extend_from_slice(&sp.trace_id);
+    put_len(buf, 2, 8);
+    buf.extend_from_slice(&sp.span_id);
+    if let Some(p) = &sp.parent_span_id {
+        put_len(buf, 4, 8);
+        buf.extend_from_slice(p);
+    }
+    put_str(buf, 5, &sp.name);
+    put_key(buf, 6, VARINT);
+    // SpanKind: SERVER 2, CLIENT 3.
+    buf.push(match sp.kind {
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+    });
+    for (tag, t) in [(7, sp.start_unix_ns), (8, sp.end_unix_ns)] {
+        if t != 0 {
+            put_key(buf, tag, FIXED64);
+            buf.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+    put_attributes(buf, 9, &sp.attributes);
+    put_len(buf, 15, status_len(&sp.status));
+    if let Status::Error(m) = &sp.status {
+        put_str(buf, 2, m);
+        put_key(buf, 3, VARINT);
+        buf.push(STATUS_ERROR);
+    }
+    put_key(buf, 16, FIXED32);
+    buf.extend_from_slice(&span_flags(sp).to_le_bytes());
+}
+
+fn scope_len() -> usize {
+    str_field(SCOPE_NAME) + str_field(SCOPE_VERSION)
+}
+
+/// The spans of one process (one ResourceSpans), each with its encoded size.
+struct Group<'a> {
+    resource: &'a Resource,
+    spans: Vec<(&'a Span, usize)>,
+    resource_len: usize,
+    scope_spans_len: usize,
+}
+
+impl Group<'_> {
+    fn len(&self) -> usize {
+        len_field(self.resource_len) + len_field(self.scope_spans_len)
+    }
+}
+
+/// The ExportTraceServiceRequest of a batch: one ResourceSpans per process, in the order
+/// their first spans came, each with one ScopeSpans holding its spans in batch order.
+pub fn encode_request(spans: &[Span]) -> Vec<u8> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut index: HashMap<*const Resource, usize> = HashMap::new();
+    // Consecutive spans mostly come from the same process: no lookup for those.
+    let mut last: Option<(*const Resource, usize)> = None;
     for sp in spans {
         let key = Arc::as_ptr(&sp.resource);
-        by_resource
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                (sp.resource.clone(), Vec::new())
-            })
-            .1
-            .push(pb_span(sp));
-    }
-    let resource_spans = order
-        .into_iter()
-        .filter_map(|k| by_resource.remove(&k))
-        .map(|(res, spans)| ResourceSpans {
-            resource: Some(PbResource {
-                attributes: pb_attrs(&res.attributes),
-                ..Default::default()
+        let g = match last {
+            Some((k, g)) if k == key => g,
+            _ => *index.entry(key).or_insert_with(|| {
+                groups.push(Group {
+                    resource: &sp.resource,
+                    spans: Vec::new(),
+                    resource_len: attributes_len(&sp.resource.attributes),
+                    scope_spans_len: len_field(scope_len()),
+                });
+                groups.len() - 1
             }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "tracer".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        })
-        .collect();
-    ExportTraceServiceRequest { resource_spans }
+        };
+        last = Some((key, g));
+        let n = span_len(sp);
+        groups[g].spans.push((sp, n));
+        groups[g].scope_spans_len += len_field(n);
+    }
+    let total = groups.iter().map(|g| len_field(g.len())).sum();
+    let mut buf = Vec::with_capacity(total);
+    for g in &groups {
+        put_len(&mut buf, 1, g.len());
+        put_len(&mut buf, 1, g.resource_len);
+        put_attributes(&mut buf, 1, &g.resource.attributes);
+        put_len(&mut buf, 2, g.scope_spans_len);
+        put_len(&mut buf, 1, scope_len());
+        put_str(&mut buf, 1, SCOPE_NAME);
+        put_str(&mut buf, 2, SCOPE_VERSION);
+        for &(sp, n) in &g.spans {
+            put_len(&mut buf, 2, n);
+            put_span(&mut buf, sp);
+        }
+    }
+    debug_assert_eq!(buf.len(), total);
+    buf
 }
 
 /// The gRPC method OTLP receivers serve.
@@ -273,8 +363,8 @@ impl OtlpClient {
     }
 
     /// Encodes a batch once, in the form this client sends (gzip applied for HTTP).
-    pub fn encode(&self, req: &ExportTraceServiceRequest) -> Bytes {
-        let raw = req.encode_to_vec();
+    pub fn encode(&self, spans: &[Span]) -> Bytes {
+        let raw = encode_request(spans);
         match self {
             OtlpClient::Http { gzip: true, .. } => {
                 use std::io::Write;
@@ -364,8 +454,102 @@ impl OtlpClient {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{AnyValue, InstrumentationScope, KeyValue as PbKeyValue, any_value},
+        resource::v1::Resource as PbResource,
+        trace::v1::{
+            ResourceSpans, ScopeSpans, Span as PbSpan, Status as PbStatus,
+            span::SpanKind as PbKind, status::StatusCode,
+        },
+    };
+    use prost::Message;
+
     use super::*;
     use crate::span::kv;
+
+    /// The request as opentelemetry-proto's messages, built the way the exporter did before it
+    /// wrote the protobuf itself: what [`encode_request`] must be equivalent to.
+    fn reference(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        fn attrs(attrs: &[KeyValue]) -> Vec<PbKeyValue> {
+            attrs
+                .iter()
+                .map(|a| PbKeyValue {
+                    key: a.key.to_string(),
+                    value: Some(AnyValue {
+                        value: Some(match &a.value {
+                            Value::Str(s) => any_value::Value::StringValue(s.clone()),
+                            Value::Int(i) => any_value::Value::IntValue(*i),
+                            Value::Float(x) => any_value::Value::DoubleValue(*x),
+                            Value::Bool(b) => any_value::Value::BoolValue(*b),
+                        }),
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        }
+        let mut by_resource: HashMap<*const Resource, (Arc<Resource>, Vec<PbSpan>)> =
+            HashMap::new();
+        let mut order = Vec::new();
+        for sp in spans {
+            let key = Arc::as_ptr(&sp.resource);
+            let pb = PbSpan {
+                trace_id: sp.trace_id.to_vec(),
+                span_id: sp.span_id.to_vec(),
+                parent_span_id: sp.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+                flags: sp.flags as u32 | 0x100,
+                name: sp.name.clone(),
+                kind: match sp.kind {
+                    SpanKind::Server => PbKind::Server,
+                    SpanKind::Client => PbKind::Client,
+                } as i32,
+                start_time_unix_nano: sp.start_unix_ns,
+                end_time_unix_nano: sp.end_unix_ns,
+                attributes: attrs(&sp.attributes),
+                status: Some(match &sp.status {
+                    Status::Unset => PbStatus::default(),
+                    Status::Error(m) => PbStatus {
+                        message: m.clone(),
+                        code: StatusCode::Error as i32,
+                    },
+                }),
+                ..Default::default()
+            };
+            by_resource
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    (sp.resource.clone(), Vec::new())
+                })
+                .1
+                .push(pb);
+        }
+        let resource_spans = order
+            .into_iter()
+            .filter_map(|k| by_resource.remove(&k))
+            .map(|(res, spans)| ResourceSpans {
+                resource: Some(PbResource {
+                    attributes: attrs(&res.attributes),
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "tracer".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect();
+        ExportTraceServiceRequest { resource_spans }
+    }
+
+    fn decode(spans: &[Span]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(&encode_request(spans)[..]).unwrap()
+    }
 
     fn span(res: &Arc<Resource>, name: &str) -> Span {
         Span {
@@ -395,7 +579,7 @@ mod tests {
             service_name: "b".into(),
             attributes: vec![],
         });
-        let req = request(vec![span(&a, "GET"), span(&b, "POST"), span(&a, "PUT")]);
+        let req = decode(&[span(&a, "GET"), span(&b, "POST"), span(&a, "PUT")]);
         assert_eq!(req.resource_spans.len(), 2);
         let names: Vec<_> = req.resource_spans[0].scope_spans[0]
             .spans
@@ -411,5 +595,59 @@ mod tests {
             s.attributes[0].value.as_ref().unwrap().value,
             Some(any_value::Value::IntValue(500))
         );
+    }
+
+    /// Every kind of value and field, defaults included (empty strings, zero times, no
+    /// parent, unset status), over processes that interleave: the bytes decode to the
+    /// messages the opentelemetry-proto path builds, and are the bytes prost writes for them.
+    #[test]
+    fn encodes_what_opentelemetry_proto_would() {
+        let a = Arc::new(Resource {
+            pid: 1,
+            service_name: "nginx".into(),
+            attributes: vec![
+                kv("service.name", Value::Str("nginx".into())),
+                kv("process.pid", Value::Int(1)),
+                kv("process.command_args", Value::Str("x".repeat(300))),
+            ],
+        });
+        let b = Arc::new(Resource {
+            pid: 2,
+            service_name: String::new(),
+            attributes: vec![],
+        });
+        let mut client = span(&b, "");
+        client.kind = SpanKind::Client;
+        client.parent_span_id = Some([7; 8]);
+        client.flags = 0;
+        client.start_unix_ns = 0;
+        client.status = Status::Error(String::new());
+        client.attributes = vec![
+            kv("neg", Value::Int(-5)),
+            kv("zero", Value::Int(0)),
+            kv("big", Value::Int(i64::MAX)),
+            kv("pi", Value::Float(3.25)),
+            kv("zero.float", Value::Float(0.0)),
+            kv("yes", Value::Bool(true)),
+            kv("no", Value::Bool(false)),
+            kv("empty", Value::Str(String::new())),
+            kv(String::new(), Value::Str("no key".into())),
+            kv("long", Value::Str("v".repeat(20_000))),
+        ];
+        let mut unset = span(&a, "GET");
+        unset.status = Status::Unset;
+        unset.end_unix_ns = 0;
+        unset.attributes.clear();
+        let spans = vec![
+            span(&a, "GET"),
+            client,
+            unset,
+            span(&b, "POST"),
+            span(&a, "PUT"),
+        ];
+        let want = reference(spans.clone());
+        assert_eq!(decode(&spans), want);
+        assert_eq!(encode_request(&spans), want.encode_to_vec());
+        assert!(encode_request(&[]).is_empty());
     }
 }
