@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes; the daemon refuses records of another version.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// Largest payload prefix the probes can copy per syscall (power of two: the probes mask with it).
 pub const MAX_CAPTURE: usize = 8192;
@@ -18,7 +18,8 @@ pub const MAX_IOV: usize = 1024;
 pub const COMM_LEN: usize = 16;
 
 pub mod kind {
-    /// A connection the kernel saw being set up (accept/connect), with the peer address.
+    /// A connection starts carrying HTTP: its addresses and role, sent once before its first
+    /// DATA record.
     pub const CONN: u16 = 1;
     /// Bytes moved by one read/write-family syscall on a traced connection.
     pub const DATA: u16 = 2;
@@ -54,13 +55,59 @@ pub mod syscall {
     pub const SENDFILE: u8 = 9;
 }
 
-/// Role of a connection known from the syscall that created it.
+/// Role of a connection: from the syscall that created it (syscall hooks), or from who sent
+/// the first message of a connection seen from its first byte (socket hooks).
 pub mod role {
+    /// Joined mid-conversation (open before the probes attached) or not seen set up.
     pub const UNKNOWN: u8 = 0;
-    /// accept/accept4: the traced process is the server.
+    /// The traced process is the server (accepted it, or read a request / wrote a response first).
     pub const ACCEPTED: u8 = 1;
-    /// connect: the traced process is the client.
+    /// The traced process is the client (connected it, or wrote a request / read a response first).
     pub const CONNECTED: u8 = 2;
+}
+
+/// Which hooks feed the probes' shared capture code, chosen by the daemon at load time.
+pub mod hooks {
+    /// `sock:sock_send_length` / `sock:sock_recv_length` / `sock:inet_sock_set_state` (Linux
+    /// 6.3+): only socket I/O runs a probe; no syscall tracepoint is enabled.
+    pub const SOCKET: u32 = 1;
+    /// `syscalls:sys_{enter,exit}_*` tracepoints (older kernels): every read/write of every
+    /// task pays for the probes.
+    pub const SYSCALLS: u32 = 2;
+}
+
+/// Linux syscall numbers (x86_64) the socket hooks find in the task's saved registers.
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const SPLICE: u64 = 275;
+}
+
+/// Syscall tag of a socket-hook event from the syscall number in the task's registers, or
+/// `None` for socket I/O made another way (io_uring, sendmmsg, the kernel itself): its buffer
+/// is not where the registers say.
+#[inline(always)]
+pub const fn syscall_of_nr(nr: u64) -> Option<u8> {
+    match nr {
+        nr::READ => Some(syscall::READ),
+        nr::WRITE => Some(syscall::WRITE),
+        nr::READV => Some(syscall::READV),
+        nr::WRITEV => Some(syscall::WRITEV),
+        nr::RECVFROM => Some(syscall::RECVFROM),
+        nr::SENDTO => Some(syscall::SENDTO),
+        nr::RECVMSG => Some(syscall::RECVMSG),
+        nr::SENDMSG => Some(syscall::SENDMSG),
+        // The bytes come from a file or a pipe, not user memory: counted, not copied.
+        nr::SENDFILE | nr::SPLICE => Some(syscall::SENDFILE),
+        _ => None,
+    }
 }
 
 /// Index of each counter in the per-CPU `COUNTERS` map.
@@ -74,7 +121,13 @@ pub mod counter {
     /// The HTTP/2 frame walk met bytes that are not a frame header: that direction goes back
     /// to prefix copies until a syscall starts with a frame header again.
     pub const H2_FRAMES_LOST: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// Socket I/O of a traced process that did not come from a read/write-family syscall
+    /// (io_uring, sendmmsg/recvmmsg, in-kernel users): not decoded.
+    pub const UNSUPPORTED_CALL: u32 = 4;
+    /// A socket's fd was reused by a new socket before the old one's close was seen: the old
+    /// connection was ended there.
+    pub const FD_REUSED: u32 = 5;
+    pub const LEN: u32 = 6;
 }
 
 /// First field of every ring-buffer record.
@@ -110,6 +163,8 @@ pub struct ConnEvent {
     pub role: u8,
     pub _pad: [u8; 7],
     pub peer: SockAddr,
+    /// The traced process's own end (family 0 when the hooks cannot tell: syscall hooks).
+    pub local: SockAddr,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -205,6 +260,9 @@ pub struct ConnKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
     pub peer: SockAddr,
+    /// The kernel socket (`struct sock *`) behind the fd, 0 until a socket hook saw it: a
+    /// different one on the same fd means the fd was closed and reused.
+    pub sk: u64,
     /// DATA records emitted so far in each direction (index `direction - 1`): the daemon
     /// detects lost records, and which direction lost them, from gaps.
     pub seq: [u32; 2],
@@ -218,6 +276,7 @@ pub struct ConnState {
     pub sniffs_left: u8,
     /// Frame walk of each direction (index `direction - 1`) of an HTTP/2 connection.
     pub h2: [H2Walk; 2],
+    pub _pad: [u8; 4],
 }
 
 /// Where the HTTP/2 frames of one direction of a connection stand between two syscalls.
@@ -239,6 +298,32 @@ pub struct H2Walk {
 impl ConnState {
     /// Syscalls sniffed on a socket that was open before the probes attached.
     pub const PREEXISTING_SNIFFS: u8 = 64;
+
+    /// A connection nothing was sent about yet.
+    pub const fn new(peer: SockAddr, sk: u64, protocol: u8, role: u8, sniffs_left: u8) -> Self {
+        ConnState {
+            peer,
+            sk,
+            seq: [0; 2],
+            protocol,
+            role,
+            announced: 0,
+            sniffs_left,
+            h2: [H2Walk::IDLE; 2],
+            _pad: [0; 4],
+        }
+    }
+}
+
+impl H2Walk {
+    const IDLE: H2Walk = H2Walk {
+        rem: 0,
+        copy: 0,
+        synced: 0,
+        hdr_have: 0,
+        hdr: [0; 9],
+        _pad: [0; 1],
+    };
 }
 
 /// Filter flags in [`Config::flags`].
@@ -263,6 +348,29 @@ pub struct Config {
     /// Ask for a ring-buffer wake-up only once this many bytes wait to be read.
     pub wakeup_bytes: u32,
     pub comm: [u8; COMM_LEN],
+    /// Offsets in `struct sock` of this kernel (from its BTF), for the socket hooks: the
+    /// protocol, and the IPv6 peer and local addresses (0: unknown, IPv6 addresses not read).
+    pub sk_protocol_off: u16,
+    pub sk_v6_daddr_off: u16,
+    pub sk_v6_saddr_off: u16,
+    pub _pad: u16,
+}
+
+/// Fixed offsets in `struct sock_common`, the same on every Linux since 2.6: IPv4 peer and
+/// local address, peer port (network order), local port (host order), address family.
+pub mod sk {
+    pub const DADDR: usize = 0;
+    pub const RCV_SADDR: usize = 4;
+    pub const DPORT: usize = 12;
+    pub const NUM: usize = 14;
+    pub const FAMILY: usize = 16;
+    /// Bytes read to get all of the above at once.
+    pub const HEAD: usize = 18;
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+    pub const IPPROTO_TCP: u16 = 6;
+    /// `inet_sock_set_state`'s new state when a TCP socket is done.
+    pub const TCP_CLOSE: u32 = 7;
 }
 
 #[cfg(feature = "user")]
@@ -302,17 +410,27 @@ mod tests {
     use super::*;
     use core::mem::size_of;
 
+    #[test]
+    fn socket_hook_syscalls() {
+        assert_eq!(syscall_of_nr(nr::WRITE), Some(syscall::WRITE));
+        assert_eq!(syscall_of_nr(nr::RECVMSG), Some(syscall::RECVMSG));
+        assert_eq!(syscall_of_nr(nr::SPLICE), Some(syscall::SENDFILE));
+        // io_uring_enter, sendmmsg: the registers do not point at the bytes.
+        assert_eq!(syscall_of_nr(426), None);
+        assert_eq!(syscall_of_nr(307), None);
+    }
+
     // The layouts are a contract with the kernel side: a size change must be deliberate
     // (and come with a WIRE_VERSION bump).
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<SockAddr>(), 24);
-        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 16);
+        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 24 + 16);
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16 + 8);
-        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<ConnKey>(), 8);
         assert_eq!(size_of::<H2Walk>(), 20);
-        assert_eq!(size_of::<ConnState>(), 24 + 8 + 4 + 2 * 20);
+        assert_eq!(size_of::<ConnState>(), 24 + 8 + 8 + 4 + 2 * 20 + 4);
     }
 }

@@ -8,14 +8,14 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    CloseEvent, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOV,
-    NO_FRAME, WIRE_VERSION, counter, kind, protocol, syscall,
+    CloseEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE,
+    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, counter, kind, protocol, syscall,
 };
 
 use crate::{
     filter::config,
     frames::Placed,
-    maps::{ARGS, CONNS, EVENTS, IOV_WALK, SCRATCH, SyscallArgs, count},
+    maps::{ARGS, CONNS, EVENTS, IOV_WALK, SCRATCH, SOCKS, SyscallArgs, count},
 };
 
 /// An HTTP/2 SETTINGS frame header: what an h2c server writes first (its preface), before
@@ -64,9 +64,44 @@ pub(crate) fn is_h2_frame_header(b: &[u8; 9]) -> bool {
     }
 }
 
+/// What the first bytes of a connection were: a request (or the HTTP/2 client preface), a
+/// response (or an HTTP/2 server's SETTINGS), or an HTTP/2 frame from the middle of a
+/// conversation. Who sent the first message tells who is the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum First {
+    Request,
+    Response,
+    Frame,
+}
+
+#[derive(Clone, Copy)]
+struct Sniffed {
+    protocol: u8,
+    first: First,
+}
+
+impl Sniffed {
+    const NONE: Sniffed = Sniffed {
+        protocol: protocol::UNKNOWN,
+        first: First::Frame,
+    };
+
+    /// The role of the traced process, when these were the connection's first bytes.
+    #[inline(always)]
+    fn role(self, dir: u8) -> u8 {
+        let sent = dir == tracer_common::direction::EGRESS;
+        match self.first {
+            First::Frame => tracer_common::role::UNKNOWN,
+            First::Request if sent => tracer_common::role::CONNECTED,
+            First::Response if !sent => tracer_common::role::CONNECTED,
+            _ => tracer_common::role::ACCEPTED,
+        }
+    }
+}
+
 /// Protocol of a message from its first 8 bytes, or UNKNOWN.
 #[inline(always)]
-fn classify(head: u64) -> u8 {
+fn classify(head: u64) -> Sniffed {
     let b = head.to_le_bytes();
     let starts = |p: &[u8]| {
         let mut i = 0;
@@ -78,7 +113,7 @@ fn classify(head: u64) -> u8 {
         }
         true
     };
-    if starts(b"GET /")
+    let (protocol, first) = if starts(b"GET /")
         || starts(b"POST /")
         || starts(b"PUT /")
         || starts(b"HEAD /")
@@ -87,14 +122,18 @@ fn classify(head: u64) -> u8 {
         || starts(b"OPTIONS ")
         || starts(b"CONNECT ")
         || starts(b"TRACE /")
-        || starts(b"HTTP/1.")
     {
-        protocol::HTTP1
-    } else if starts(b"PRI * HT") || is_h2_settings(&b) {
-        protocol::HTTP2
+        (protocol::HTTP1, First::Request)
+    } else if starts(b"HTTP/1.") {
+        (protocol::HTTP1, First::Response)
+    } else if starts(b"PRI * HT") {
+        (protocol::HTTP2, First::Request)
+    } else if is_h2_settings(&b) {
+        (protocol::HTTP2, First::Response)
     } else {
-        protocol::UNKNOWN
-    }
+        return Sniffed::NONE;
+    };
+    Sniffed { protocol, first }
 }
 
 /// Ask for a wake-up only when enough is waiting: the daemon also drains on a timer, so a busy
@@ -123,11 +162,16 @@ fn output<T>(rec: &T, len: usize, threshold: u32) {
 #[inline(always)]
 fn header(kind: u16, fd: u32) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
+    header_of(kind, (id >> 32) as u32, id as u32, fd)
+}
+
+#[inline(always)]
+fn header_of(kind: u16, tgid: u32, tid: u32, fd: u32) -> EventHeader {
     EventHeader {
         version: WIRE_VERSION,
         kind,
-        tgid: (id >> 32) as u32,
-        tid: id as u32,
+        tgid,
+        tid,
         fd,
         ts_ns: unsafe { bpf_ktime_get_ns() },
     }
@@ -168,41 +212,77 @@ pub fn take_args() -> Option<SyscallArgs> {
     args
 }
 
+/// The user registers a task saved when it entered its current syscall, from r10 to orig_ax
+/// (x86_64 `struct pt_regs` order): one read for everything the probes need.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UserRegs {
+    r10: u64,
+    _r9: u64,
+    _r8: u64,
+    _ax: u64,
+    _cx: u64,
+    dx: u64,
+    si: u64,
+    di: u64,
+    orig_ax: u64,
+}
+
+#[inline(always)]
+fn user_regs() -> Option<UserRegs> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<UserRegs>()) }.ok()
+}
+
+/// Arguments of data syscall `syscall` from its saved registers (x86_64 ABI: rdi, rsi, rdx,
+/// r10); `None` for a peek, whose bytes will be read again.
+#[inline(always)]
+fn args_of(regs: &UserRegs, syscall: u8, direction: u8) -> Option<SyscallArgs> {
+    let (ptr, iovcnt) = match syscall {
+        syscall::SENDFILE => (0, 0),
+        syscall::READV | syscall::WRITEV => (regs.si, regs.dx),
+        syscall::RECVMSG if regs.dx & MSG_PEEK != 0 => return None,
+        syscall::RECVFROM if regs.r10 & MSG_PEEK != 0 => return None,
+        syscall::RECVMSG | syscall::SENDMSG => {
+            let msg: [u64; 4] = read_user(regs.si)?;
+            (msg[2], msg[3])
+        }
+        _ => (regs.si, 0),
+    };
+    Some(SyscallArgs::now(regs.di, ptr, iovcnt, syscall, direction))
+}
+
 /// Arguments of a data syscall whose entry we did not see: it was already blocked (an idle
 /// keep-alive connection waiting in read) when the probes attached. The user registers saved
-/// at syscall entry still hold the arguments (x86_64 ABI: rdi, rsi, rdx).
+/// at syscall entry still hold the arguments.
 #[inline(always)]
 pub fn args_from_regs(syscall: u8, direction: u8) -> Option<SyscallArgs> {
     let id = bpf_get_current_pid_tgid();
     if !crate::filter::traced((id >> 32) as u32) {
         return None;
     }
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    if regs.is_null() {
+    args_of(&user_regs()?, syscall, direction)
+}
+
+/// Arguments of the syscall that made socket `sk` move bytes (the socket hooks fire inside it,
+/// in the calling task): which syscall from the saved `orig_ax`, the rest from its registers.
+#[inline(always)]
+pub fn args_from_sock(sk: u64, direction: u8) -> Option<SyscallArgs> {
+    let id = bpf_get_current_pid_tgid();
+    if !crate::filter::traced((id >> 32) as u32) {
         return None;
     }
-    let reg = |r: *const u64| unsafe { bpf_probe_read_kernel(r) }.ok();
-    let fd = reg(unsafe { core::ptr::addr_of!((*regs).rdi) })?;
-    let arg1 = reg(unsafe { core::ptr::addr_of!((*regs).rsi) })?;
-    let arg2 = reg(unsafe { core::ptr::addr_of!((*regs).rdx) })?;
-    let (ptr, iovcnt) = match syscall {
-        syscall::SENDFILE => (0, 0),
-        syscall::READV | syscall::WRITEV => (arg1, arg2),
-        syscall::RECVMSG if arg2 & MSG_PEEK != 0 => return None,
-        syscall::RECVFROM => {
-            let flags = reg(unsafe { core::ptr::addr_of!((*regs).r10) })?;
-            if flags & MSG_PEEK != 0 {
-                return None;
-            }
-            (arg1, 0)
-        }
-        syscall::RECVMSG | syscall::SENDMSG => {
-            let msg: [u64; 4] = read_user(arg1)?;
-            (msg[2], msg[3])
-        }
-        _ => (arg1, 0),
+    let regs = user_regs()?;
+    let Some(syscall) = tracer_common::syscall_of_nr(regs.orig_ax) else {
+        count(counter::UNSUPPORTED_CALL);
+        return None;
     };
-    Some(SyscallArgs::now(fd, ptr, iovcnt, syscall, direction))
+    let mut args = args_of(&regs, syscall, direction)?;
+    args.sk = sk;
+    Some(args)
 }
 
 #[inline(always)]
@@ -224,8 +304,9 @@ pub(crate) fn first_buf(args: &SyscallArgs, ret: u64) -> Option<(u64, u64)> {
     }
 }
 
-/// Handles the exit of a read/write-family syscall that moved `ret` bytes.
-#[inline(always)]
+/// Handles a read/write-family syscall that moved `ret` bytes. Its own BPF function, so its
+/// stack is not added to that of the hook that found the arguments.
+#[inline(never)]
 pub fn on_data(args: &SyscallArgs, ret: i64) {
     if ret <= 0 {
         return;
@@ -236,24 +317,25 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
     };
-    let state = match CONNS.get_ptr_mut(&key) {
+    let mut found = CONNS.get_ptr_mut(&key);
+    if let Some(s) = found {
         // SAFETY: map value pointer, valid for this program run.
+        let known = unsafe { (*s).sk };
+        if args.sk != 0 && known != 0 && known != args.sk {
+            // The fd names another socket now: the old one closed without our seeing it end.
+            count(counter::FD_REUSED);
+            end(&key, unsafe { (*s).announced }, known);
+            found = None;
+        }
+    }
+    // The socket's two ends, when this run read them (a new socket seen by the socket hooks).
+    let mut ends = None;
+    let state = match found {
+        // SAFETY: as above.
         Some(s) => unsafe { &mut *s },
         None => {
-            // Not seen being set up (opened before we started, or not a socket): only follow it
-            // if these bytes start an HTTP message. The daemon checks it really is a socket.
-            let proto = sniff(args, ret, false);
-            if proto == protocol::UNKNOWN {
+            let Some(fresh) = fresh_state(args, ret, cfg, &mut ends) else {
                 return;
-            }
-            let fresh = ConnState {
-                peer: Default::default(),
-                seq: [0; 2],
-                protocol: proto,
-                role: tracer_common::role::UNKNOWN,
-                announced: 0,
-                sniffs_left: 0,
-                h2: Default::default(),
             };
             if CONNS.insert(&key, &fresh, 0).is_err() {
                 count(counter::CONN_MAP_FULL);
@@ -265,12 +347,16 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             }
         }
     };
+    if state.sk == 0 {
+        // Seeded by the daemon (open before we attached): from now on it is this socket.
+        state.sk = args.sk;
+    }
     if state.protocol == protocol::OTHER {
         return;
     }
     if state.protocol == protocol::UNKNOWN {
         let preexisting = state.sniffs_left != 0;
-        let proto = sniff(args, ret, preexisting);
+        let proto = sniff(args, ret, preexisting).protocol;
         if proto == protocol::UNKNOWN {
             // The first bytes of a fresh socket decide: anything else is not ours to copy. A
             // socket open before we attached gets a few more chances (its syscalls may start
@@ -287,21 +373,7 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
     }
     if state.announced == 0 {
         state.announced = 1;
-        let ev = ConnEvent {
-            header: header(kind::CONN, key.fd),
-            role: state.role,
-            _pad: [0; 7],
-            peer: state.peer,
-            comm: bpf_get_current_comm().unwrap_or_default(),
-        };
-        // A connection set up before we attached: the daemon must look it up in /proc while it
-        // still exists, so wake it now.
-        let threshold = if state.role == tracer_common::role::UNKNOWN {
-            0
-        } else {
-            cfg.wakeup_bytes
-        };
-        output(&ev, core::mem::size_of::<ConnEvent>(), threshold);
+        announce(&key, state, &ends, cfg);
     }
     let d = (args.direction.wrapping_sub(1) & 1) as usize;
     let seq = state.seq[d];
@@ -316,30 +388,170 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
     );
 }
 
+/// State of a socket the probes meet for the first time, or `None` when it is not worth an
+/// entry. Syscall hooks: an fd not seen being set up (opened before we started, or not a
+/// socket) is only followed if these bytes start an HTTP message; the daemon checks it is a
+/// socket. Socket hooks: it is a socket opened since we attached (those open before were
+/// seeded by the daemon), so its first bytes also say who is the client; a socket that is not
+/// TCP or not HTTP is remembered as such, so its later syscalls cost one lookup.
+#[inline(never)]
+fn fresh_state(
+    args: &SyscallArgs,
+    ret: i64,
+    cfg: &Config,
+    ends: &mut Option<(SockAddr, SockAddr)>,
+) -> Option<ConnState> {
+    use tracer_common::role;
+    if args.sk == 0 {
+        let sniffed = sniff(args, ret, false);
+        if sniffed.protocol == protocol::UNKNOWN {
+            return None;
+        }
+        return Some(ConnState::new(
+            SockAddr::default(),
+            0,
+            sniffed.protocol,
+            role::UNKNOWN,
+            0,
+        ));
+    }
+    let Some(both) = sock_ends(args.sk, cfg) else {
+        return Some(ConnState::new(
+            SockAddr::default(),
+            args.sk,
+            protocol::OTHER,
+            role::UNKNOWN,
+            0,
+        ));
+    };
+    *ends = Some(both);
+    let sniffed = sniff(args, ret, false);
+    let proto = match sniffed.protocol {
+        protocol::UNKNOWN => protocol::OTHER,
+        p => p,
+    };
+    Some(ConnState::new(
+        both.0,
+        args.sk,
+        proto,
+        sniffed.role(args.direction),
+        0,
+    ))
+}
+
+/// Peer and local address of a TCP socket (`None` for anything else: UDP, unix sockets).
+/// The IPv4 fields sit at fixed offsets; the protocol and IPv6 addresses at offsets the
+/// daemon read from the kernel's BTF.
+#[inline(always)]
+fn sock_ends(sk: u64, cfg: &Config) -> Option<(SockAddr, SockAddr)> {
+    use tracer_common::sk as off;
+    let head: [u8; off::HEAD] = kernel_read(sk)?;
+    if cfg.sk_protocol_off != 0 {
+        let proto: u16 = kernel_read(sk + cfg.sk_protocol_off as u64)?;
+        if proto != off::IPPROTO_TCP {
+            return None;
+        }
+    }
+    let family = u16::from_ne_bytes([head[off::FAMILY], head[off::FAMILY + 1]]);
+    let mut peer = SockAddr {
+        family,
+        port: u16::from_be_bytes([head[off::DPORT], head[off::DPORT + 1]]),
+        ..Default::default()
+    };
+    let mut local = SockAddr {
+        family,
+        port: u16::from_ne_bytes([head[off::NUM], head[off::NUM + 1]]),
+        ..Default::default()
+    };
+    match family {
+        off::AF_INET => {
+            peer.addr[..4].copy_from_slice(&head[off::DADDR..off::DADDR + 4]);
+            local.addr[..4].copy_from_slice(&head[off::RCV_SADDR..off::RCV_SADDR + 4]);
+        }
+        off::AF_INET6 if cfg.sk_v6_daddr_off != 0 && cfg.sk_v6_saddr_off != 0 => {
+            peer.addr = kernel_read(sk + cfg.sk_v6_daddr_off as u64)?;
+            local.addr = kernel_read(sk + cfg.sk_v6_saddr_off as u64)?;
+        }
+        // This kernel's BTF did not say where IPv6 addresses are: ports only.
+        off::AF_INET6 => {
+            peer.family = 0;
+            local.family = 0;
+        }
+        _ => return None,
+    }
+    Some((peer, local))
+}
+
+#[inline(always)]
+fn kernel_read<T>(src: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(src as *const T) }.ok()
+}
+
+/// Sends the CONN record of a connection about to carry its first DATA record. Its own BPF
+/// function, with the record built in the per-CPU scratch (free until the DATA record is
+/// built there): the data path's stack stays small.
+#[inline(never)]
+fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)>, cfg: &Config) {
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, larger than a ConnEvent, used by one program run at a time.
+    let ev = unsafe { &mut *rec.cast::<ConnEvent>() };
+    ev.header = header(kind::CONN, key.fd);
+    ev.role = state.role;
+    ev._pad = [0; 7];
+    ev.local = SockAddr::default();
+    ev.peer = state.peer;
+    if let Some((peer, local)) = ends {
+        ev.peer = *peer;
+        ev.local = *local;
+    } else if state.sk != 0
+        && let Some((peer, local)) = sock_ends(state.sk, cfg)
+    {
+        ev.peer = peer;
+        ev.local = local;
+    }
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    if state.sk != 0 && SOCKS.insert(&state.sk, key, 0).is_err() {
+        count(counter::CONN_MAP_FULL);
+    }
+    // A connection of unknown role was set up before we attached: the daemon must look it up
+    // in /proc while it still exists, so wake it now.
+    let threshold = if state.role == tracer_common::role::UNKNOWN {
+        0
+    } else {
+        cfg.wakeup_bytes
+    };
+    output(ev, core::mem::size_of::<ConnEvent>(), threshold);
+}
+
 /// Protocol of the bytes a syscall moved, from their start. `frames`: the connection may be
 /// in the middle of a conversation (it was open before the probes attached), so an HTTP/2
 /// frame header counts too.
 #[inline(always)]
-fn sniff(args: &SyscallArgs, ret: i64, frames: bool) -> u8 {
+fn sniff(args: &SyscallArgs, ret: i64, frames: bool) -> Sniffed {
     if ret < 8 {
-        return protocol::UNKNOWN;
+        return Sniffed::NONE;
     }
     let Some((buf, n)) = first_buf(args, ret as u64) else {
-        return protocol::UNKNOWN;
+        return Sniffed::NONE;
     };
     if n < 8 {
-        return protocol::UNKNOWN;
+        return Sniffed::NONE;
     }
     let Some(head) = read_user::<u64>(buf) else {
-        return protocol::UNKNOWN;
+        return Sniffed::NONE;
     };
-    let proto = classify(head);
-    if proto != protocol::UNKNOWN || !frames || n < 9 {
-        return proto;
+    let sniffed = classify(head);
+    if sniffed.protocol != protocol::UNKNOWN || !frames || n < 9 {
+        return sniffed;
     }
     match read_user::<[u8; 9]>(buf) {
-        Some(h) if is_h2_frame_header(&h) => protocol::HTTP2,
-        _ => protocol::UNKNOWN,
+        Some(h) if is_h2_frame_header(&h) => Sniffed {
+            protocol: protocol::HTTP2,
+            first: First::Frame,
+        },
+        _ => Sniffed::NONE,
     }
 }
 
@@ -508,7 +720,7 @@ fn emit_data(
     );
 }
 
-/// A socket of a traced process is closing: forget it, and tell the daemon if it carried HTTP.
+/// A socket of a traced process is closing (close(2), syscall hooks).
 #[inline(always)]
 pub fn on_close(fd: u64) {
     let id = bpf_get_current_pid_tgid();
@@ -516,15 +728,39 @@ pub fn on_close(fd: u64) {
         tgid: (id >> 32) as u32,
         fd: fd as u32,
     };
-    let Some(state) = (unsafe { CONNS.get(&key) }) else {
+    if let Some(state) = unsafe { CONNS.get(&key) } {
+        end(&key, state.announced, state.sk);
+    }
+}
+
+/// A TCP socket is done (`inet_sock_set_state` to TCP_CLOSE, socket hooks): after both sides'
+/// last bytes, or a reset. It may run in any task or in softirq, so the connection is found
+/// by its socket.
+#[inline(always)]
+pub fn on_sock_close(sk: u64) {
+    let Some(key) = (unsafe { SOCKS.get(&sk) }).copied() else {
         return;
     };
-    let announced = state.announced;
-    let _ = CONNS.remove(&key);
+    match unsafe { CONNS.get(&key) } {
+        Some(state) if state.sk == sk => end(&key, state.announced, sk),
+        // The fd already names another socket (that one was ended when it was reused).
+        _ => {
+            let _ = SOCKS.remove(&sk);
+        }
+    }
+}
+
+/// Forgets a connection, and tells the daemon if it carried HTTP.
+#[inline(always)]
+fn end(key: &ConnKey, announced: u8, sk: u64) {
+    let _ = CONNS.remove(key);
+    if sk != 0 {
+        let _ = SOCKS.remove(&sk);
+    }
     if announced != 0 {
         let wake = config().map_or(0, |c| c.wakeup_bytes);
         let ev = CloseEvent {
-            header: header(kind::CLOSE, key.fd),
+            header: header_of(kind::CLOSE, key.tgid, 0, key.fd),
         };
         output(&ev, core::mem::size_of::<CloseEvent>(), wake);
     }
@@ -559,15 +795,7 @@ pub fn on_setup(fd: u64, sockaddr: u64, role: u8) {
             }
         }
     }
-    let state = ConnState {
-        peer,
-        seq: [0; 2],
-        protocol: protocol::UNKNOWN,
-        role,
-        announced: 0,
-        sniffs_left: 0,
-        h2: Default::default(),
-    };
+    let state = ConnState::new(peer, 0, protocol::UNKNOWN, role, 0);
     if CONNS.insert(&key, &state, 0).is_err() {
         count(counter::CONN_MAP_FULL);
     }

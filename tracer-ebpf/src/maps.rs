@@ -39,11 +39,19 @@ pub static WALK: PerCpuArray<crate::frames::Walk> = PerCpuArray::with_max_entrie
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Arguments of a syscall in flight, saved at entry and used at exit.
+/// The connection-map key of each announced socket (by `struct sock *`): the socket hooks
+/// learn that a socket closed from `inet_sock_set_state`, which knows only the socket.
+#[map]
+pub static SOCKS: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// What the capture code needs of one data syscall: saved at entry by the syscall hooks, or
+/// read from the task's registers by the socket hooks.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {
     pub fd: u64,
+    /// The kernel socket (socket hooks), 0 for the syscall hooks.
+    pub sk: u64,
     /// Data buffer, iovec array, msghdr or sockaddr, depending on the syscall.
     pub ptr: u64,
     /// iovec count for the vectored calls.
@@ -66,6 +74,7 @@ impl SyscallArgs {
     pub fn now(fd: u64, ptr: u64, iovcnt: u64, syscall: u8, direction: u8) -> Self {
         SyscallArgs {
             fd,
+            sk: 0,
             ptr,
             iovcnt,
             ts_enter: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },

@@ -10,12 +10,15 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{metrics::Metrics, plugins::PluginHost, span::clock_ns};
+use crate::{
+    metrics::{Metrics, monotonic_s},
+    plugins::PluginHost,
+};
 
 /// A reload request; the answer says what was applied or why the file was rejected.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
-/// The reader loop counts as alive if it turned within this many seconds.
+/// A pipeline stage counts as alive if it made progress within this many seconds.
 const STALL_S: u64 = 10;
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -85,19 +88,14 @@ async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, Stri
     const TEXT: &str = "text/plain; charset=utf-8";
     let h = &st.metrics.health;
     match (method, path) {
-        ("GET", "/healthz") => {
-            let last = h.reader_alive_s.load(Relaxed);
-            let now = clock_ns(libc::CLOCK_MONOTONIC) / 1_000_000_000;
-            if last == 0 || now.saturating_sub(last) <= STALL_S {
-                (200, TEXT, "ok\n".into())
-            } else {
-                (
-                    503,
-                    TEXT,
-                    format!("the event reader has not run for {} s\n", now - last),
-                )
-            }
-        }
+        ("GET", "/healthz") => match h.stalled(monotonic_s(), STALL_S) {
+            None => (200, TEXT, "ok\n".into()),
+            Some((stage, s)) => (
+                503,
+                TEXT,
+                format!("the {stage} has not made progress for {s} s\n"),
+            ),
+        },
         ("GET", "/readyz") => {
             if !h.probes_attached.load(Relaxed) {
                 (503, TEXT, "probes not attached yet\n".into())

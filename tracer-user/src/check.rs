@@ -1,7 +1,10 @@
 //! `tracer check`: can tracing work on this host, and if not, what to do about it.
 use std::path::Path;
 
-use crate::probes::{ProbeOptions, Probes, TRACEFS, TRACEPOINTS, ensure_tracefs};
+use crate::probes::{
+    Hooks, ProbeOptions, Probes, SOCKET_HOOKS, TRACEFS, TRACEPOINTS, ensure_tracefs,
+    socket_hooks_present,
+};
 
 pub struct Finding {
     pub ok: bool,
@@ -74,30 +77,48 @@ pub fn run_checks() -> Vec<Finding> {
         )),
         Err(e) => out.push(finding(false, "tracefs", e.to_string())),
     }
-    let missing: Vec<_> = TRACEPOINTS
-        .iter()
-        .filter(|tp| !Path::new(TRACEFS).join("events/syscalls").join(tp).is_dir())
-        .copied()
-        .collect();
+    let socket_hooks = socket_hooks_present();
     out.push(finding(
-        missing.is_empty(),
-        format!(
-            "{} syscall tracepoints present",
-            TRACEPOINTS.len() - missing.len()
-        ),
-        format!(
-            "missing: {} (needs CONFIG_FTRACE_SYSCALLS=y)",
-            missing.join(", ")
-        ),
+        true,
+        if socket_hooks {
+            format!(
+                "socket tracepoints present (sock:{}): only socket I/O will run a probe",
+                SOCKET_HOOKS.join(", sock:")
+            )
+        } else {
+            "no socket tracepoints (Linux 6.3+): falling back to syscall tracepoints, which cost every read/write syscall of every process a probe".to_string()
+        },
+        "",
     ));
+    if !socket_hooks {
+        let missing: Vec<_> = TRACEPOINTS
+            .iter()
+            .filter(|tp| !Path::new(TRACEFS).join("events/syscalls").join(tp).is_dir())
+            .copied()
+            .collect();
+        out.push(finding(
+            missing.is_empty(),
+            format!(
+                "{} syscall tracepoints present",
+                TRACEPOINTS.len() - missing.len()
+            ),
+            format!(
+                "missing: {} (needs CONFIG_FTRACE_SYSCALLS=y)",
+                missing.join(", ")
+            ),
+        ));
+    }
     match Probes::attach(&ProbeOptions::default()) {
         Ok(p) => {
-            drop(p);
+            let n = match p.hooks() {
+                Hooks::Socket => SOCKET_HOOKS.len(),
+                Hooks::Syscalls => TRACEPOINTS.len(),
+            };
             out.push(finding(
                 true,
                 format!(
-                    "eBPF object loads (ring buffer, maps) and all {} tracepoints attach",
-                    TRACEPOINTS.len()
+                    "eBPF object loads (ring buffer, maps) and all {n} hooks attach: {}",
+                    p.hooks().describe()
                 ),
                 "",
             ));

@@ -48,6 +48,11 @@ pub struct RunOptions {
     /// DATA payloads are skipped in the kernel. 64 to 8192 [default: 4096]
     #[arg(long, value_name = "BYTES")]
     pub capture_size: Option<u32>,
+    /// Kernel hooks: `socket` (Linux 6.3+: only socket I/O runs a probe, other syscalls of the
+    /// node pay nothing), `syscalls` (older kernels: every read/write of every process runs a
+    /// probe), or `auto`, the socket hooks when the kernel has them [default: auto]
+    #[arg(long, value_enum, value_name = "HOOKS", env = "TRACER_HOOKS")]
+    pub hooks: Option<crate::probes::HookChoice>,
     /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts [default: 16]
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
@@ -72,6 +77,11 @@ pub struct RunOptions {
     /// Also write every raw kernel record to this file (for bug reports and test fixtures).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Memory for the spans waiting for export, in MiB per sink (OTLP, printer): past it new
+    /// spans are dropped and counted (spans_dropped_total{reason="export_queue_full"}).
+    /// OTEL_BSP_MAX_QUEUE_SIZE, when set, also caps the number of spans. [default: 64]
+    #[arg(long, value_name = "MIB")]
+    pub export_queue_mib: Option<u32>,
     /// Log the counters every N seconds (0: only at exit and on SIGUSR1) [default: 0]
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<u64>,
@@ -117,12 +127,14 @@ impl RunOptions {
             port: list(self.port, file.port),
             comm: self.comm.or(file.comm),
             capture_size: self.capture_size.or(file.capture_size),
+            hooks: self.hooks.or(file.hooks),
             ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib),
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
             output: self.output.or(file.output),
             keep_query_values: self.keep_query_values || file.keep_query_values,
             trace_otlp_exports: self.trace_otlp_exports || file.trace_otlp_exports,
+            export_queue_mib: self.export_queue_mib.or(file.export_queue_mib),
             record: self.record.or(file.record),
             stats_interval: self.stats_interval.or(file.stats_interval),
             admin_addr: self.admin_addr.or(file.admin_addr),
@@ -140,7 +152,15 @@ impl RunOptions {
     }
 
     pub fn ring_buffer_mib(&self) -> u32 {
-        self.ring_buffer_mib.unwrap_or(16)
+        self.ring_buffer_mib
+            .unwrap_or(crate::probes::ProbeOptions::default().ring_bytes >> 20)
+    }
+
+    pub fn export_queue_bytes(&self) -> usize {
+        (self
+            .export_queue_mib
+            .unwrap_or(crate::export::DEFAULT_QUEUE_MIB) as usize)
+            << 20
     }
 
     /// The plugin settings; no directory when plugins are switched off.
@@ -153,14 +173,17 @@ impl RunOptions {
             "off" | "" => None,
             d => Some(PathBuf::from(d)),
         };
+        let d = crate::plugins::Limits::default();
         crate::plugins::Settings {
             dir,
             limits: crate::plugins::Limits {
-                call_timeout: std::time::Duration::from_millis(
-                    self.plugin_timeout_ms.unwrap_or(50),
-                ),
-                memory_bytes: (self.plugin_memory_mib.unwrap_or(64) as usize) << 20,
-                ..Default::default()
+                call_timeout: self
+                    .plugin_timeout_ms
+                    .map_or(d.call_timeout, std::time::Duration::from_millis),
+                memory_bytes: self
+                    .plugin_memory_mib
+                    .map_or(d.memory_bytes, |m| (m as usize) << 20),
+                ..d
             },
             fail_closed: self.plugins_fail_closed,
             allow_writable: self.plugins_allow_writable,
@@ -213,6 +236,9 @@ impl RunOptions {
         {
             return bad(format!("otlp-protocol {p:?}: use grpc or http/protobuf"));
         }
+        if let Some(m) = self.export_queue_mib.filter(|m| !(1..=65_536).contains(m)) {
+            return bad(format!("export-queue-mib {m} is outside 1..=65536"));
+        }
         if let Some(t) = self.plugin_timeout_ms.filter(|t| !(1..=10_000).contains(t)) {
             return bad(format!("plugin-timeout-ms {t} is outside 1..=10000"));
         }
@@ -231,6 +257,7 @@ impl RunOptions {
                 v.push(name)
             }
         };
+        check(self.hooks != new.hooks, "hooks");
         check(
             self.ring_buffer_mib() != new.ring_buffer_mib(),
             "ring-buffer-mib",
@@ -238,6 +265,10 @@ impl RunOptions {
         check(self.otlp_endpoint != new.otlp_endpoint, "otlp-endpoint");
         check(self.otlp_protocol != new.otlp_protocol, "otlp-protocol");
         check(self.output != new.output, "output");
+        check(
+            self.export_queue_bytes() != new.export_queue_bytes(),
+            "export-queue-mib",
+        );
         check(self.record != new.record, "record");
         check(self.stats_interval != new.stats_interval, "stats-interval");
         check(self.admin_addr != new.admin_addr, "admin-addr");
@@ -295,13 +326,14 @@ mod tests {
     fn yaml_and_toml_use_the_flag_names() {
         let y = read_file(&write(
             "a.yaml",
-            "port: [8080, 9090]\ncomm: nginx\ncapture-size: 2048\notlp-endpoint: http://c:4317\notlp-protocol: grpc\noutput: json\nkeep-query-values: true\nadmin-addr: 0.0.0.0:9464\n",
+            "port: [8080, 9090]\ncomm: nginx\ncapture-size: 2048\notlp-endpoint: http://c:4317\notlp-protocol: grpc\noutput: json\nkeep-query-values: true\nadmin-addr: 0.0.0.0:9464\nexport-queue-mib: 256\n",
         ))
         .unwrap();
         assert_eq!(y.port, [8080, 9090]);
         assert_eq!((y.comm.as_deref(), y.capture_size()), (Some("nginx"), 2048));
         assert_eq!(y.output, Some(Format::Json));
         assert!(y.keep_query_values);
+        assert_eq!(y.export_queue_bytes(), 256 << 20);
         let t = read_file(&write(
             "a.toml",
             "port = [8080, 9090]\ncomm = \"nginx\"\ncapture-size = 2048\n",
@@ -314,6 +346,20 @@ mod tests {
         assert_eq!(
             read_file(&write("empty.yaml", "")).unwrap(),
             RunOptions::default()
+        );
+    }
+
+    #[test]
+    fn unset_options_take_the_defaults_of_the_modules_that_use_them() {
+        let o = RunOptions::default();
+        assert_eq!(
+            o.export_queue_bytes(),
+            crate::export::BatchConfig::default().max_queue_bytes
+        );
+        assert_eq!(o.plugins().limits, crate::plugins::Limits::default());
+        assert_eq!(
+            o.ring_buffer_mib() << 20,
+            crate::probes::ProbeOptions::default().ring_bytes
         );
     }
 
@@ -337,6 +383,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HOST:PORT"), "{e}");
+        let e = read_file(&write("queue.yaml", "export-queue-mib: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("export-queue-mib 0"), "{e}");
         assert!(
             read_file(Path::new("/nonexistent/tracer.yaml"))
                 .unwrap_err()

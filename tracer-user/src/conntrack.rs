@@ -116,10 +116,11 @@ struct Entry {
     reported: Counts,
     /// Not traced further (not a socket, or a protocol this build does not decode).
     ignored: bool,
-    /// Seen being accepted or connected: its first record is the conversation's start.
+    /// Seen from its start (accepted or connected, or its first bytes seen by the socket
+    /// hooks): its first record is the conversation's start.
     seen_setup: bool,
-    /// Local port of a connection set up before the probes (from /proc): a server span there
-    /// may have no Host or :authority to match the port filter with.
+    /// Local port (from the socket, or from /proc for a connection set up before the probes):
+    /// a server span may have no Host or :authority to match the port filter with.
     local_port: Option<u16>,
     last_ts: u64,
 }
@@ -218,6 +219,7 @@ impl ConnTable {
                 }
                 let mut entry = Entry::new(ConnInfo { peer: c.peer }, c.comm, c.ts_ns);
                 entry.seen_setup = c.role != Role::Unknown;
+                entry.local_port = c.local.map(|l| l.port());
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).

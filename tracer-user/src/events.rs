@@ -47,6 +47,8 @@ pub struct Conn {
     pub ts_ns: u64,
     pub role: Role,
     pub peer: Option<SocketAddr>,
+    /// The traced process's own end, when the probes read it from the socket.
+    pub local: Option<SocketAddr>,
     pub comm: String,
 }
 
@@ -98,6 +100,25 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// A socket address as the wire types carry it.
+pub fn to_wire(a: &SocketAddr) -> tracer_common::SockAddr {
+    let mut sa = tracer_common::SockAddr {
+        port: a.port(),
+        ..Default::default()
+    };
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            sa.family = tracer_common::sk::AF_INET;
+            sa.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            sa.family = tracer_common::sk::AF_INET6;
+            sa.addr = v6.octets();
+        }
+    }
+    sa
+}
+
 fn sockaddr(sa: &tracer_common::SockAddr) -> Option<SocketAddr> {
     let ip = match sa.family {
         2 => IpAddr::V4(Ipv4Addr::new(
@@ -146,6 +167,7 @@ impl<'a> Event<'a> {
                         _ => Role::Unknown,
                     },
                     peer: sockaddr(&c.peer),
+                    local: sockaddr(&c.local),
                     comm: comm_str(&c.comm),
                 }))
             }
@@ -220,20 +242,6 @@ pub mod encode {
         peer: Option<SocketAddr>,
         name: &str,
     ) -> Vec<u8> {
-        let mut sa = tracer_common::SockAddr::default();
-        if let Some(p) = peer {
-            sa.port = p.port();
-            match p.ip() {
-                IpAddr::V4(v4) => {
-                    sa.family = 2;
-                    sa.addr[..4].copy_from_slice(&v4.octets());
-                }
-                IpAddr::V6(v6) => {
-                    sa.family = 10;
-                    sa.addr = v6.octets();
-                }
-            }
-        }
         let ev = ConnEvent {
             header: header(kind::CONN, id, ts_ns),
             role: match role_ {
@@ -242,10 +250,19 @@ pub mod encode {
                 Role::Connected => role::CONNECTED,
             },
             _pad: [0; 7],
-            peer: sa,
+            peer: peer.as_ref().map(to_wire).unwrap_or_default(),
+            local: Default::default(),
             comm: comm(name),
         };
         bytes(&ev).to_vec()
+    }
+
+    /// A CONN record like [`conn`] that also knows the traced process's end (socket hooks).
+    pub fn with_local(mut rec: Vec<u8>, local: SocketAddr) -> Vec<u8> {
+        let off = core::mem::offset_of!(ConnEvent, local);
+        rec[off..off + size_of::<tracer_common::SockAddr>()]
+            .copy_from_slice(bytes(&to_wire(&local)));
+        rec
     }
 
     /// A DATA record for a syscall that moved `len` bytes of which `captured` are given.
@@ -319,7 +336,11 @@ mod tests {
     fn round_trips_every_kind() {
         let id = ConnId { pid: 42, fd: 7 };
         let peer: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let raw = encode::conn(id, 5, Role::Accepted, Some(peer), "python3");
+        let local: SocketAddr = "[fd00::1]:443".parse().unwrap();
+        let raw = encode::with_local(
+            encode::conn(id, 5, Role::Accepted, Some(peer), "python3"),
+            local,
+        );
         assert_eq!(
             Event::parse(&raw).unwrap(),
             Event::Conn(Conn {
@@ -327,6 +348,7 @@ mod tests {
                 ts_ns: 5,
                 role: Role::Accepted,
                 peer: Some(peer),
+                local: Some(local),
                 comm: "python3".into()
             })
         );

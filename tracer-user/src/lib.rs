@@ -4,9 +4,11 @@
 //! [`probes`] (kernel side, loaded and attached) -> [`events`] (ring-buffer records) ->
 //! [`conntrack`] (per-connection state) -> [`decode`] (protocols) -> [`span`] (OTel spans,
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
-//! (OTLP, terminal). [`pipeline`] wires them;
+//! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
+//! by memory between the span stages;
 //! [`metrics`] counts everything; [`check`] explains what a host lacks.
 pub mod admin;
+pub mod btf;
 pub mod check;
 pub mod config;
 pub mod conntrack;
@@ -19,4 +21,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod probes;
 pub mod process;
+pub mod queue;
 pub mod span;
+#[cfg(test)]
+mod testing;

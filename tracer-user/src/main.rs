@@ -135,6 +135,7 @@ fn table_options(o: &RunOptions) -> TableOptions {
 
 fn probe_options(o: &RunOptions) -> ProbeOptions {
     ProbeOptions {
+        hooks: o.hooks.unwrap_or_default(),
         capture_size: o.capture_size(),
         pids: o.pid.clone(),
         comm: o.comm.clone(),
@@ -376,7 +377,10 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         opts.otlp_protocol.as_deref(),
         &env,
     )?;
-    let batch = BatchConfig::from_env(&env)?;
+    let batch = BatchConfig {
+        max_queue_bytes: opts.export_queue_bytes(),
+        ..BatchConfig::from_env(&env)?
+    };
     let mut sinks = Vec::new();
     if otlp.is_none() || opts.output.is_some() {
         sinks.push(Sink::Print(Printer {
@@ -429,12 +433,16 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
             tracer_user::probes::TRACEFS
         );
     }
-    let mut probes = Probes::attach(&probe_options(&opts))
+    let probe_opts = probe_options(&opts);
+    let mut probes = Probes::attach_inert(&probe_opts)
         .context("cannot attach the probes (`tracer check` says why)")?;
     let ring = probes.take_ring()?;
-    // After attaching: every connection is either in this snapshot or seen being set up.
+    // Attached but inert: every connection is either in this snapshot or seen from its start
+    // once the probes are configured.
     let snapshot = tracer_user::process::socket_snapshot(std::path::Path::new("/proc"));
     let seeded = probes.seed_preexisting(&snapshot)?;
+    probes.configure(&probe_opts)?;
+    tracing::info!("kernel hooks: {}", probes.hooks().describe());
     tracing::debug!(
         "{} TCP sockets were open when the probes attached ({seeded} handed to the probes)",
         snapshot.len()
@@ -495,8 +503,8 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
     pipeline::run(
         live,
         t,
-        &plugins,
-        &exporters,
+        plugins.clone(),
+        exporters.submitter(),
         metrics.clone(),
         shutdown_signal(),
     )

@@ -1,23 +1,30 @@
-//! Kernel probes: load the embedded eBPF object, configure it, attach every tracepoint.
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+//! Kernel probes: load the embedded eBPF object, configure it, attach one set of hooks: the
+//! socket tracepoints where the kernel has them, else the syscall tracepoints.
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use tracer_common::{
-    COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, SockAddr, counter, filter, protocol, role,
+    COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, counter, filter, protocol, role,
 };
 
 /// The eBPF object, built by `cargo xtask build-ebpf` (or this crate's build script) and
 /// embedded so that the `tracer` binary is one self-contained file.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_EBPF_OBJECT"));
 
-/// Every program in the object, attached to `syscalls/<name>`.
+/// The socket hooks (Linux 6.3+), raw tracepoints of the `sock` group: only socket I/O runs
+/// a probe, and no syscall tracepoint is enabled (enabling any puts every task of the node on
+/// the slow syscall path).
+pub const SOCKET_HOOKS: &[&str] = &[
+    "sock_send_length",
+    "sock_recv_length",
+    "inet_sock_set_state",
+];
+
+/// The fallback for older kernels, attached to `syscalls/<name>`.
 pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_accept",
     "sys_exit_accept",
@@ -55,24 +62,6 @@ pub const MAX_PREEXISTING: usize = 16_384;
 /// BPF_NOEXIST: never overwrite what the probes already learned about a socket.
 const BPF_NOEXIST: u64 = 1;
 
-fn sock_addr(a: &SocketAddr) -> SockAddr {
-    let mut sa = SockAddr {
-        port: a.port(),
-        ..Default::default()
-    };
-    match a.ip() {
-        IpAddr::V4(v4) => {
-            sa.family = 2;
-            sa.addr[..4].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            sa.family = 10;
-            sa.addr = v6.octets();
-        }
-    }
-    sa
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -97,10 +86,75 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
     #[error("--comm {0:?} is longer than the kernel's {max} characters", max = COMM_LEN - 1)]
     Comm(String),
+    #[error(
+        "--hooks socket: this kernel has no socket tracepoints (sock:sock_send_length needs Linux 6.3+); use --hooks auto or syscalls"
+    )]
+    NoSocketHooks,
+    #[error("the probes read the x86_64 syscall registers; this is {0}")]
+    Arch(&'static str),
+}
+
+/// Which hooks feed the probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    Socket,
+    Syscalls,
+}
+
+impl Hooks {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hooks::Socket => {
+                "socket tracepoints (sock_send_length, sock_recv_length, inet_sock_set_state): only socket I/O runs a probe"
+            }
+            Hooks::Syscalls => {
+                "syscall tracepoints (fallback): every read/write syscall of every process runs a probe"
+            }
+        }
+    }
+}
+
+/// `--hooks`: which hooks to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookChoice {
+    /// The socket tracepoints when the kernel has them (6.3+), else the syscall tracepoints.
+    #[default]
+    Auto,
+    /// The socket tracepoints, or fail.
+    Socket,
+    /// The syscall tracepoints (costs every process a probe per read/write).
+    Syscalls,
+}
+
+/// Whether this kernel has the socket tracepoints (they appeared in Linux 6.3).
+pub fn socket_hooks_present() -> bool {
+    SOCKET_HOOKS
+        .iter()
+        .all(|tp| Path::new(TRACEFS).join("events/sock").join(tp).is_dir())
+}
+
+/// Offsets in `struct sock` the socket hooks need, from the kernel's BTF; zeros (no protocol
+/// check, no IPv6 addresses) when it has none, with the reason.
+fn sock_offsets() -> Result<(u16, u16, u16), String> {
+    let btf = crate::btf::Btf::from_sys_fs()?;
+    let off = |s: &str, m: &str, size: u32| match btf.field(s, m) {
+        Some(f) if f.size == size => {
+            u16::try_from(f.offset).map_err(|_| format!("{s}.{m} is past 64 KiB"))
+        }
+        Some(f) => Err(format!("{s}.{m} is {} bytes, expected {size}", f.size)),
+        None => Err(format!("{s}.{m} not in the kernel's BTF")),
+    };
+    Ok((
+        off("sock", "sk_protocol", 2)?,
+        off("sock_common", "skc_v6_daddr", 16)?,
+        off("sock_common", "skc_v6_rcv_saddr", 16)?,
+    ))
 }
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
+    pub hooks: HookChoice,
     pub capture_size: u32,
     pub pids: Vec<u32>,
     pub comm: Option<String>,
@@ -113,6 +167,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
+            hooks: HookChoice::Auto,
             capture_size: tracer_common::DEFAULT_CAPTURE,
             pids: vec![],
             comm: None,
@@ -157,17 +212,58 @@ fn raise_memlock() {
 
 pub struct Probes {
     ebpf: Ebpf,
+    hooks: Hooks,
+    /// `struct sock` offsets for the socket hooks (protocol, IPv6 peer, IPv6 local).
+    sock_offsets: (u16, u16, u16),
 }
 
 impl Probes {
-    /// Loads, configures and attaches everything. Dropping the value detaches.
+    /// Loads, attaches and configures everything. Dropping the value detaches.
     pub fn attach(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        let mut probes = Probes::attach_inert(opts)?;
+        probes.configure(opts)?;
+        Ok(probes)
+    }
+
+    /// Loads and attaches the hooks, not yet configured: until [`Probes::configure`] every
+    /// probe returns at once. In between, the daemon hands them the sockets open now
+    /// ([`Probes::seed_preexisting`]), so none of those is met first as a new socket.
+    pub fn attach_inert(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Arch(std::env::consts::ARCH));
+        }
         raise_memlock();
+        let hooks = match opts.hooks {
+            HookChoice::Syscalls => Hooks::Syscalls,
+            HookChoice::Socket if !socket_hooks_present() => {
+                return Err(ProbeError::NoSocketHooks);
+            }
+            HookChoice::Socket => Hooks::Socket,
+            HookChoice::Auto if socket_hooks_present() => Hooks::Socket,
+            HookChoice::Auto => Hooks::Syscalls,
+        };
+        let sock_offsets = match hooks {
+            Hooks::Socket => sock_offsets().unwrap_or_else(|e| {
+                tracing::warn!(
+                    "kernel BTF: {e}; the socket hooks will not filter by protocol and leave IPv6 addresses out"
+                );
+                (0, 0, 0)
+            }),
+            Hooks::Syscalls => (0, 0, 0),
+        };
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)?;
-        let mut probes = Probes { ebpf };
-        for name in TRACEPOINTS {
+        let mut probes = Probes {
+            ebpf,
+            hooks,
+            sock_offsets,
+        };
+        let names = match hooks {
+            Hooks::Socket => SOCKET_HOOKS,
+            Hooks::Syscalls => TRACEPOINTS,
+        };
+        for name in names {
             let err = |what| {
                 move |source| ProbeError::Program {
                     what,
@@ -175,20 +271,32 @@ impl Probes {
                     source,
                 }
             };
-            let prog: &mut TracePoint = probes
+            let prog = probes
                 .ebpf
                 .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
-                .try_into()
-                .map_err(err("type check"))?;
-            prog.load().map_err(err("loading"))?;
-            prog.attach("syscalls", name).map_err(err("attaching"))?;
+                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?;
+            match hooks {
+                Hooks::Socket => {
+                    let prog: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                    prog.load().map_err(err("loading"))?;
+                    prog.attach(name).map_err(err("attaching"))?;
+                }
+                Hooks::Syscalls => {
+                    let prog: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
+                    prog.load().map_err(err("loading"))?;
+                    prog.attach("syscalls", name).map_err(err("attaching"))?;
+                }
+            }
         }
-        // Configured last: until then capture_size is 0 and every probe returns at once, so
-        // tracing starts with all probes attached and the filters in place (a half-attached set
-        // would see responses without their sendfile bodies, say).
-        probes.configure(opts)?;
+        // Not configured yet: capture_size is 0 and every probe returns at once, so tracing
+        // starts with all probes attached and the filters in place (a half-attached set would
+        // see responses without their sendfile bodies, say).
         Ok(probes)
+    }
+
+    /// The hooks attached.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
     }
 
     /// Applies filters and capture size; also used for live reloads. The PIDS map is written
@@ -200,6 +308,10 @@ impl Probes {
             self_tgid: std::process::id(),
             wakeup_bytes: opts.wakeup_bytes,
             comm: [0; COMM_LEN],
+            sk_protocol_off: self.sock_offsets.0,
+            sk_v6_daddr_off: self.sock_offsets.1,
+            sk_v6_saddr_off: self.sock_offsets.2,
+            _pad: 0,
         };
         if let Some(comm) = &opts.comm {
             if comm.len() >= COMM_LEN {
@@ -265,15 +377,13 @@ impl Probes {
             if added >= MAX_PREEXISTING {
                 break;
             }
-            let state = ConnState {
-                peer: sock_addr(&ends.peer),
-                seq: [0; 2],
-                protocol: protocol::UNKNOWN,
-                role: role::UNKNOWN,
-                announced: 0,
-                sniffs_left: ConnState::PREEXISTING_SNIFFS,
-                h2: Default::default(),
-            };
+            let state = ConnState::new(
+                crate::events::to_wire(&ends.peer),
+                0,
+                protocol::UNKNOWN,
+                role::UNKNOWN,
+                ConnState::PREEXISTING_SNIFFS,
+            );
             // EEXIST: the probes saw this socket already (it carried a request since).
             if conns
                 .insert(ConnKey { tgid, fd }, state, BPF_NOEXIST)

@@ -197,36 +197,41 @@ const KNOWN_METHODS: [&str; 9] = [
 ];
 
 /// Splits `host[:port]` (including `[v6]:port`).
-fn split_host(authority: &str) -> (String, Option<u16>) {
+fn split_host(authority: &str) -> (&str, Option<u16>) {
     let authority = authority.trim();
     if let Some(rest) = authority.strip_prefix('[')
         && let Some((h, tail)) = rest.split_once(']')
     {
-        return (
-            h.to_string(),
-            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
+        return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().ok()),
-        _ => (authority.to_string(), None),
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (authority, None),
     }
 }
 
 /// Replaces every query value with REDACTED, keeping the keys (what the query was about).
 pub fn redact_query(q: &str) -> String {
-    q.split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) => format!("{k}=REDACTED"),
-            None => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    const MASK: &str = "=REDACTED";
+    let mut out = String::with_capacity(q.len() + MASK.len());
+    for (i, pair) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) => {
+                out.push_str(k);
+                out.push_str(MASK);
+            }
+            None => out.push_str(pair),
+        }
+    }
+    out
 }
 
-fn random_id<const N: usize>() -> [u8; N] {
+fn random_id<const N: usize>(rng: &mut impl rand::Rng) -> [u8; N] {
     loop {
-        let id: [u8; N] = rand::random();
+        let id: [u8; N] = rng.random();
         if id != [0; N] {
             return id;
         }
@@ -367,7 +372,7 @@ pub fn build_h2(
         .as_deref()
         .and_then(|p| p.strip_prefix('/')?.split_once('/'));
     if let (true, Some((service, method))) = (st.is_grpc, rpc) {
-        span.name = format!("{service}/{method}");
+        span.name = [service, "/", method].concat();
         span.attributes
             .push(kv("rpc.system", Value::Str("grpc".into())));
         span.attributes
@@ -439,51 +444,48 @@ fn build_call(
             redact_query(q)
         }
     });
-    if call.target.is_some() {
-        attrs.push(kv("url.path", Value::Str(path.to_string())));
-    }
-    if let Some(q) = &query {
-        attrs.push(kv("url.query", Value::Str(q.clone())));
-    }
-    attrs.push(kv("url.scheme", Value::Str("http".into())));
-
     let authority = authority_in_target
         .or(call.authority)
         .or_else(|| find(call.headers, "host"));
-    let (host, port) = match authority {
-        Some(a) => {
-            let (h, p) = split_host(a);
-            (Some(h), Some(p.unwrap_or(80)))
+    let full = (kind == SpanKind::Client && call.target.is_some()).then(|| {
+        let authority = authority.unwrap_or("unknown");
+        let q = query.as_deref().unwrap_or("");
+        let mut full = String::with_capacity(8 + authority.len() + path.len() + q.len());
+        full.push_str("http://");
+        full.push_str(authority);
+        full.push_str(path);
+        if query.is_some() {
+            full.push('?');
+            full.push_str(q);
         }
-        None => (None, None),
-    };
-    if let Some(h) = &host {
-        attrs.push(kv("server.address", Value::Str(h.clone())));
+        full
+    });
+    if call.target.is_some() {
+        attrs.push(kv("url.path", Value::Str(path.to_string())));
     }
-    if let Some(p) = port {
-        attrs.push(kv("server.port", Value::Int(p as i64)));
+    if let Some(q) = query {
+        attrs.push(kv("url.query", Value::Str(q)));
     }
-    if kind == SpanKind::Client && call.target.is_some() {
-        let full = format!(
-            "http://{}{}{}",
-            authority.unwrap_or("unknown"),
-            path,
-            query.as_ref().map(|q| format!("?{q}")).unwrap_or_default()
-        );
+    attrs.push(kv("url.scheme", Value::Str("http".into())));
+    if let Some(a) = authority {
+        let (host, port) = split_host(a);
+        attrs.push(kv("server.address", Value::Str(host.to_string())));
+        attrs.push(kv("server.port", Value::Int(port.unwrap_or(80) as i64)));
+    }
+    if let Some(full) = full {
         attrs.push(kv("url.full", Value::Str(full)));
     }
     if let Some(peer) = conn.peer {
-        attrs.push(kv(
-            "network.peer.address",
-            Value::Str(peer.ip().to_string()),
-        ));
-        attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
-        if kind == SpanKind::Server {
-            // The first X-Forwarded-For hop is the original client when a proxy is in front.
-            let client = find(call.headers, "x-forwarded-for")
+        let address = peer.ip().to_string();
+        // The first X-Forwarded-For hop is the original client when a proxy is in front.
+        let client = (kind == SpanKind::Server).then(|| {
+            find(call.headers, "x-forwarded-for")
                 .and_then(|v| v.split(',').next())
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|| peer.ip().to_string());
+                .map_or_else(|| address.clone(), |s| s.trim().to_string())
+        });
+        attrs.push(kv("network.peer.address", Value::Str(address)));
+        attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
+        if let Some(client) = client {
             attrs.push(kv("client.address", Value::Str(client)));
         }
     }
@@ -522,9 +524,10 @@ fn build_call(
     attrs.extend(call.notes);
 
     let parent = find(call.headers, "traceparent").and_then(TraceParent::parse);
+    let mut rng = rand::rng();
     Span {
-        trace_id: parent.map_or_else(random_id::<16>, |p| p.trace_id),
-        span_id: random_id::<8>(),
+        trace_id: parent.map_or_else(|| random_id(&mut rng), |p| p.trace_id),
+        span_id: random_id(&mut rng),
         parent_span_id: parent.map(|p| p.parent_id),
         flags: parent.map_or(1, |p| p.flags),
         kind,

@@ -32,7 +32,7 @@ fn table(m: &Arc<Metrics>) -> ConnTable {
 fn summary(sp: &Span) -> String {
     let a = |k: &str| sp.attr(k).map_or("-".to_string(), Value::to_string);
     format!(
-        "{} {} {} {} {} status={} req_body={} resp_body={} error={} parent={} peer_port_known={}",
+        "{} {} {} {} {} status={} req_body={} resp_body={} error={} parent={} peer_port_known={}{}",
         match sp.kind {
             SpanKind::Server => "SERVER",
             SpanKind::Client => "CLIENT",
@@ -51,6 +51,12 @@ fn summary(sp: &Span) -> String {
         sp.parent_span_id
             .map_or("-".to_string(), |p| tracer_user::span::hex(&p)),
         sp.attr("network.peer.port").is_some(),
+        // A chunked body read in syscalls larger than the capture: its framing was lost.
+        if sp.attr("tracer.http.response_end_estimated").is_some() {
+            " end_estimated"
+        } else {
+            ""
+        },
     )
 }
 

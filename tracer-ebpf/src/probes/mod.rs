@@ -1,4 +1,6 @@
-//! One file per syscall family; each probe is a thin wrapper over `capture`.
+//! One file per hook family; each probe is a thin wrapper over `capture`. The daemon attaches
+//! either the socket hooks (`sock`) or, on kernels without them, the syscall hooks (the rest).
 mod rw;
+mod sock;
 mod socket;
 mod vectored;

@@ -1,5 +1,6 @@
-//! Exporters: where finished spans go. Each sink has a bounded queue and its own task, so a
-//! slow or dead endpoint never blocks decoding; what cannot be queued or delivered is counted.
+//! Exporters: where finished spans go. Each sink has a queue bounded by memory (and by a span
+//! count if OTEL_BSP_MAX_QUEUE_SIZE is set) and its own task, so a slow or dead endpoint never
+//! blocks decoding; what cannot be queued or delivered is counted by reason.
 pub mod otlp;
 pub mod printer;
 
@@ -11,9 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::task::JoinSet;
 
-use crate::{metrics::Metrics, span::Span};
+use crate::{
+    metrics::{Metrics, SpanDrop},
+    queue::{Limits, Refused, SpanQueue},
+    span::Span,
+};
 pub use otlp::{OtlpClient, OtlpConfig, Protocol};
 pub use printer::{Format, Printer};
 
@@ -31,10 +36,18 @@ pub enum ConfigError {
     Header { var: String, entry: String },
 }
 
-/// Batching settings (the OTEL_BSP_* variables, with the specification's defaults).
+/// Memory cap of each sink's queue, in MiB, unless `--export-queue-mib` says otherwise: a
+/// burst of 50k typical spans fits with room to spare.
+pub const DEFAULT_QUEUE_MIB: u32 = 64;
+
+/// Queue and batching settings (the OTEL_BSP_* variables, with the specification's defaults,
+/// except the queue: bounded by memory).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchConfig {
-    pub max_queue: usize,
+    /// Memory the queued spans of one sink may hold ([`crate::queue::span_bytes`]).
+    pub max_queue_bytes: usize,
+    /// OTEL_BSP_MAX_QUEUE_SIZE, only when it is set: a cap on the number of queued spans too.
+    pub max_queue_spans: Option<usize>,
     pub delay: Duration,
     pub max_batch: usize,
     pub export_timeout: Duration,
@@ -45,7 +58,8 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_queue: 2048,
+            max_queue_bytes: (DEFAULT_QUEUE_MIB as usize) << 20,
+            max_queue_spans: None,
             delay: Duration::from_millis(5000),
             max_batch: 512,
             export_timeout: Duration::from_millis(30000),
@@ -86,10 +100,12 @@ fn count(env: Env, var: &str) -> Result<Option<usize>, ConfigError> {
 }
 
 impl BatchConfig {
+    /// The OTEL_BSP_* settings over the defaults; the queue's memory cap is not one of them.
     pub fn from_env(env: Env) -> Result<Self, ConfigError> {
         let d = BatchConfig::default();
         Ok(BatchConfig {
-            max_queue: count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(d.max_queue),
+            max_queue_bytes: d.max_queue_bytes,
+            max_queue_spans: count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?,
             delay: millis(env, &["OTEL_BSP_SCHEDULE_DELAY"])?.unwrap_or(d.delay),
             max_batch: count(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?.unwrap_or(d.max_batch),
             export_timeout: millis(env, &["OTEL_BSP_EXPORT_TIMEOUT"])?.unwrap_or(d.export_timeout),
@@ -199,64 +215,73 @@ pub enum Sink {
     Otlp(OtlpClient),
 }
 
-/// The sending side of one sink's queue.
-pub struct Queue {
-    tx: mpsc::Sender<Span>,
-    task: tokio::task::JoinHandle<()>,
+/// One sink's queue, and how many of the spans it accepted are settled: delivered, or
+/// failed for good.
+struct SinkQueue {
+    spans: SpanQueue,
+    settled: AtomicU64,
 }
 
-/// All configured sinks; `submit` never blocks.
+impl SinkQueue {
+    fn settle(&self, n: usize) {
+        self.settled.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// All configured sinks and their tasks.
 pub struct Exporters {
-    queues: Vec<Queue>,
+    queues: Vec<(Arc<SinkQueue>, tokio::task::JoinHandle<()>)>,
+    metrics: Arc<Metrics>,
+}
+
+/// Hands spans to every sink; cheap to clone, usable from any thread, never blocks.
+#[derive(Clone)]
+pub struct Submitter {
+    queues: Vec<Arc<SinkQueue>>,
     metrics: Arc<Metrics>,
 }
 
 impl Exporters {
+    /// Starts one task per sink (inside a tokio runtime).
     pub fn spawn(sinks: Vec<Sink>, batch: BatchConfig, metrics: Arc<Metrics>) -> Self {
+        let limits = Limits {
+            max_bytes: batch.max_queue_bytes,
+            max_spans: batch.max_queue_spans,
+        };
         let queues = sinks
             .into_iter()
             .map(|sink| {
-                let (tx, rx) = mpsc::channel(batch.max_queue);
+                let q = Arc::new(SinkQueue {
+                    spans: SpanQueue::new(limits),
+                    settled: AtomicU64::new(0),
+                });
                 let task = match sink {
-                    Sink::Print(p) => tokio::spawn(print_loop(p, rx, metrics.clone())),
-                    Sink::Otlp(c) => tokio::spawn(otlp_loop(c, rx, batch.clone(), metrics.clone())),
+                    Sink::Print(p) => tokio::spawn(print_loop(p, q.clone(), metrics.clone())),
+                    Sink::Otlp(c) => {
+                        tokio::spawn(otlp_loop(c, q.clone(), batch.clone(), metrics.clone()))
+                    }
                 };
-                Queue { tx, task }
+                (q, task)
             })
             .collect();
         Exporters { queues, metrics }
     }
 
-    pub fn submit(&self, spans: Vec<Span>) {
-        let Some((last, rest)) = self.queues.split_last() else {
-            return;
-        };
-        for q in rest {
-            for sp in &spans {
-                self.enqueue(q, sp.clone());
-            }
-        }
-        for sp in spans {
-            self.enqueue(last, sp);
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            queues: self.queues.iter().map(|(q, _)| q.clone()).collect(),
+            metrics: self.metrics.clone(),
         }
     }
 
-    fn enqueue(&self, q: &Queue, sp: Span) {
-        if q.tx.try_send(sp).is_err() {
-            Metrics::add(&self.metrics.spans_queue_full_total, 1);
-        }
-    }
-
-    /// Closes the queues and waits (up to `deadline`) for what is in them to be delivered.
+    /// Closes the queues and waits (up to `deadline`) for what is in them to be delivered;
+    /// what is still queued or in flight then is counted as dropped at shutdown.
     pub async fn shutdown(self, deadline: Duration) {
-        let tasks: Vec<_> = self
-            .queues
-            .into_iter()
-            .map(|q| {
-                drop(q.tx);
-                q.task
-            })
-            .collect();
+        let (queues, tasks): (Vec<_>, Vec<_>) = self.queues.into_iter().unzip();
+        for q in &queues {
+            q.spans.close();
+        }
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let all = async {
             for t in tasks {
                 let _ = t.await;
@@ -264,42 +289,66 @@ impl Exporters {
         };
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!("gave up flushing spans after {deadline:?}");
+            for a in aborts {
+                a.abort();
+            }
+        }
+        for q in queues {
+            let lost = q.spans.accepted() - q.settled.load(Relaxed);
+            self.metrics.drop_spans(SpanDrop::Shutdown, lost);
         }
     }
 }
 
-async fn print_loop(mut p: Printer, mut rx: mpsc::Receiver<Span>, metrics: Arc<Metrics>) {
+impl Submitter {
+    /// Queues the spans on every sink; what a queue refuses is counted, never waited for.
+    pub fn submit(&self, spans: Vec<Span>) {
+        let Some((last, rest)) = self.queues.split_last() else {
+            return;
+        };
+        for q in rest {
+            self.count(q.spans.push(spans.iter().cloned()));
+        }
+        self.count(last.spans.push(spans));
+    }
+
+    fn count(&self, r: Refused) {
+        self.metrics.drop_spans(SpanDrop::ExportQueueFull, r.full);
+        self.metrics.drop_spans(SpanDrop::Shutdown, r.closed);
+    }
+}
+
+async fn print_loop(mut p: Printer, q: Arc<SinkQueue>, metrics: Arc<Metrics>) {
     let mut buf = Vec::with_capacity(256);
-    while rx.recv_many(&mut buf, 256).await > 0 {
+    while q.spans.recv_many(&mut buf, 256).await > 0 {
         match p.write(&buf) {
             Ok(()) => Metrics::add(&metrics.spans_exported_total, buf.len() as u64),
             Err(e) => {
                 // stdout closed (e.g. piped into `head`): count, keep draining.
-                Metrics::add(&metrics.spans_export_failed_total, buf.len() as u64);
+                metrics.drop_spans(SpanDrop::ExportFailed, buf.len() as u64);
                 warn_throttled(&format!("cannot write spans: {e}"));
             }
         }
+        q.settle(buf.len());
         buf.clear();
     }
 }
 
-async fn otlp_loop(
-    client: OtlpClient,
-    mut rx: mpsc::Receiver<Span>,
-    cfg: BatchConfig,
-    metrics: Arc<Metrics>,
-) {
+/// Batches of up to `max_batch` spans (sent once full, or `delay` after their first span),
+/// up to `max_in_flight` export requests at once.
+async fn otlp_loop(client: OtlpClient, q: Arc<SinkQueue>, cfg: BatchConfig, metrics: Arc<Metrics>) {
     let mut in_flight = JoinSet::new();
     let mut open = true;
     while open {
-        let Some(first) = rx.recv().await else { break };
         let mut batch = Vec::with_capacity(cfg.max_batch);
-        batch.push(first);
+        if q.spans.recv_many(&mut batch, cfg.max_batch).await == 0 {
+            break;
+        }
         let deadline = tokio::time::Instant::now() + cfg.delay;
         while batch.len() < cfg.max_batch {
             let room = cfg.max_batch - batch.len();
             tokio::select! {
-                n = rx.recv_many(&mut batch, room) => if n == 0 { open = false; break },
+                n = q.spans.recv_many(&mut batch, room) => if n == 0 { open = false; break },
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -311,6 +360,7 @@ async fn otlp_loop(
             batch,
             cfg.export_timeout,
             metrics.clone(),
+            q.clone(),
         ));
     }
     while in_flight.join_next().await.is_some() {}
@@ -321,6 +371,7 @@ async fn send_with_retry(
     batch: Vec<Span>,
     budget: Duration,
     metrics: Arc<Metrics>,
+    q: Arc<SinkQueue>,
 ) {
     let n = batch.len() as u64;
     let body = client.encode(&batch);
@@ -331,7 +382,7 @@ async fn send_with_retry(
             Ok(()) => {
                 Metrics::add(&metrics.spans_exported_total, n);
                 metrics.health.export_failing.store(false, Relaxed);
-                return;
+                break;
             }
             Err(e) if e.retryable() && start.elapsed() + backoff < budget => {
                 let jitter = Duration::from_millis(
@@ -341,16 +392,22 @@ async fn send_with_retry(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                Metrics::add(&metrics.spans_export_failed_total, n);
+                let why = if e.retryable() {
+                    SpanDrop::ExportFailed
+                } else {
+                    SpanDrop::ExportRejected
+                };
+                metrics.drop_spans(why, n);
                 metrics.health.export_failing.store(true, Relaxed);
                 if let Ok(mut last) = metrics.health.last_export_error.lock() {
                     *last = e.to_string();
                 }
                 warn_throttled(&format!("dropped {n} spans: {e}"));
-                return;
+                break;
             }
         }
     }
+    q.settle(n as usize);
 }
 
 /// Logs at most one warning every 10 s: a dead endpoint must not flood the log.
@@ -372,6 +429,7 @@ fn warn_throttled(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::SharedBuf;
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -466,6 +524,124 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_bsp_queue_size_caps_spans_only_when_set() {
+        let d = BatchConfig::from_env(&env_of(&[])).unwrap();
+        assert_eq!(d.max_queue_spans, None);
+        assert_eq!(d.max_queue_bytes, (DEFAULT_QUEUE_MIB as usize) << 20);
+        let e = env_of(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100")]);
+        assert_eq!(
+            BatchConfig::from_env(&e).unwrap().max_queue_spans,
+            Some(100)
+        );
+    }
+
+    fn span(i: u32) -> Span {
+        let mut sp = crate::plugins::samples().remove(0);
+        sp.span_id[..4].copy_from_slice(&i.to_be_bytes());
+        sp
+    }
+
+    fn printer(out: &SharedBuf) -> Sink {
+        Sink::Print(Printer {
+            format: Format::Json,
+            out: Box::new(out.clone()),
+        })
+    }
+
+    fn dropped(m: &Metrics) -> Vec<(&'static str, u64)> {
+        SpanDrop::ALL
+            .iter()
+            .map(|r| (r.label(), m.spans_dropped(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    // A current-thread runtime: the sinks' tasks run only when the test awaits, so what a
+    // submit finds in the queue is exact.
+    #[tokio::test]
+    async fn every_span_is_exported_or_dropped_by_reason() {
+        let metrics = Arc::new(Metrics::default());
+        let out = SharedBuf::default();
+        let one = crate::queue::span_bytes(&span(0));
+        let batch = BatchConfig {
+            max_queue_bytes: one * 10,
+            ..Default::default()
+        };
+        let ex = Exporters::spawn(vec![printer(&out)], batch, metrics.clone());
+        let tx = ex.submitter();
+        tx.submit((0..25).map(span).collect());
+        assert_eq!(dropped(&metrics), [("export_queue_full", 15)]);
+        ex.shutdown(Duration::from_secs(60)).await;
+        assert_eq!(metrics.spans_exported_total.load(Relaxed), 10);
+        assert_eq!(dropped(&metrics), [("export_queue_full", 15)]);
+        assert_eq!(out.lines(), 10);
+        // After shutdown nothing is queued, and saying so is counted too.
+        tx.submit(vec![span(99)]);
+        assert_eq!(
+            dropped(&metrics),
+            [("export_queue_full", 15), ("shutdown", 1)]
+        );
+    }
+
+    /// A burst of 50k real spans (built from decoded traffic, each with a plugin chain label)
+    /// fits the default queue all at once (the sink runs only when the test awaits, so nothing
+    /// is delivered meanwhile): none is dropped.
+    #[tokio::test]
+    async fn a_burst_of_50k_spans_fits_the_default_queue() {
+        const BURST: usize = 50_000;
+        let m = Arc::new(Metrics::default());
+        let records = crate::testing::traffic(1, 1);
+        let mut sp = crate::pipeline::replay(&records, &mut crate::testing::table(&m), &m)
+            .pop()
+            .unwrap();
+        let chain = "10-sampler@3f2a9c1e0b4d,20-route@9c1e0b4d3f2a,30-enricher@0b4d3f2a9c1e";
+        sp.attributes.push(crate::span::kv(
+            crate::plugins::CHAIN_ATTRIBUTE,
+            crate::span::Value::Str(chain.into()),
+        ));
+        let size = crate::queue::span_bytes(&sp);
+        let cfg = BatchConfig::default();
+        assert!(
+            BURST * size <= cfg.max_queue_bytes,
+            "{BURST} spans of {size} bytes do not fit"
+        );
+        let sink = Sink::Print(Printer {
+            format: Format::Text,
+            out: Box::new(std::io::sink()),
+        });
+        let ex = Exporters::spawn(vec![sink], cfg, m.clone());
+        let tx = ex.submitter();
+        for _ in 0..BURST / 250 {
+            tx.submit(vec![sp.clone(); 250]);
+        }
+        assert_eq!(dropped(&m), []);
+        ex.shutdown(Duration::from_secs(600)).await;
+        assert_eq!(m.spans_exported_total.load(Relaxed), BURST as u64);
+    }
+
+    #[tokio::test]
+    async fn each_sink_has_its_own_queue_and_a_failing_one_counts_its_failures() {
+        let metrics = Arc::new(Metrics::default());
+        let (good, bad) = (SharedBuf::default(), SharedBuf::failing());
+        let ex = Exporters::spawn(
+            vec![printer(&bad), printer(&good)],
+            BatchConfig {
+                max_queue_spans: Some(3),
+                ..Default::default()
+            },
+            metrics.clone(),
+        );
+        ex.submitter().submit((0..5).map(span).collect());
+        ex.shutdown(Duration::from_secs(60)).await;
+        assert_eq!(metrics.spans_exported_total.load(Relaxed), 3);
+        assert_eq!(good.lines(), 3);
+        assert_eq!(
+            dropped(&metrics),
+            [("export_queue_full", 4), ("export_failed", 3)]
+        );
+    }
+
     #[tokio::test]
     async fn dead_endpoint_counts_failures_and_never_blocks() {
         // Nothing listens on port 9 of localhost: every attempt is refused.
@@ -478,41 +654,114 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::default());
         let batch = BatchConfig {
-            max_queue: 4,
+            max_queue_spans: Some(4),
             delay: Duration::from_millis(10),
             max_batch: 2,
             export_timeout: Duration::from_millis(300),
             max_in_flight: 1,
+            ..Default::default()
         };
         let ex = Exporters::spawn(
             vec![Sink::Otlp(OtlpClient::new(&cfg).unwrap())],
             batch,
             metrics.clone(),
         );
-        let res = Arc::new(crate::span::Resource {
-            pid: 1,
-            service_name: "s".into(),
-            attributes: vec![],
-        });
-        let sp = crate::span::Span {
-            trace_id: [1; 16],
-            span_id: [1; 8],
-            parent_span_id: None,
-            flags: 1,
-            kind: crate::span::SpanKind::Client,
-            name: "GET".into(),
-            start_unix_ns: 0,
-            end_unix_ns: 1,
-            status: crate::span::Status::Unset,
-            attributes: vec![],
-            resource: res,
-        };
-        ex.submit(vec![sp.clone(); 20]);
-        ex.shutdown(Duration::from_secs(10)).await;
-        let failed = metrics.spans_export_failed_total.load(Relaxed);
-        let full = metrics.spans_queue_full_total.load(Relaxed);
+        ex.submitter().submit((0..20).map(span).collect());
+        ex.shutdown(Duration::from_secs(60)).await;
         assert_eq!(metrics.spans_exported_total.load(Relaxed), 0);
-        assert_eq!(failed + full, 20, "every span is accounted for");
-        assert!(full > 0, "a 4-span queue cannot take 20 at once");
+        assert_eq!(
+            dropped(&metrics),
+            [("export_queue_full", 16), ("export_failed", 4)],
+            "a 4-span queue takes 4 of 20 at once; every span is accounted for"
+        );
+    }
+
+    /// An OTLP/HTTP endpoint that answers a request only once `n` are open at once, so an
+    /// exporter that sent one request at a time would never get an answer. Returns its port
+    /// and the most requests it saw open at once.
+    async fn endpoint_answering_in_groups_of(
+        n: usize,
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let barrier = Arc::new(tokio::sync::Barrier::new(n));
+        let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let seen = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let (barrier, open, peak) = (barrier.clone(), open.clone(), peak.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: the head, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < head_end + len {
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let now = open.fetch_add(1, Relaxed) + 1;
+                        peak.fetch_max(now, Relaxed);
+                        barrier.wait().await;
+                        open.fetch_sub(1, Relaxed);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+                        if sock.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn export_requests_overlap_up_to_max_in_flight() {
+        let (port, peak) = endpoint_answering_in_groups_of(4).await;
+        let cfg = OtlpConfig {
+            protocol: Protocol::HttpProtobuf,
+            endpoint: format!("http://127.0.0.1:{port}/v1/traces"),
+            headers: vec![],
+            timeout: Duration::from_secs(60),
+            gzip: false,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let batch = BatchConfig {
+            max_batch: 1,
+            max_in_flight: 4,
+            export_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let ex = Exporters::spawn(
+            vec![Sink::Otlp(OtlpClient::new(&cfg).unwrap())],
+            batch,
+            metrics.clone(),
+        );
+        ex.submitter().submit((0..8).map(span).collect());
+        // Without overlap the first request would wait for the fourth until the deadline.
+        ex.shutdown(Duration::from_secs(60)).await;
+        assert_eq!(metrics.spans_exported_total.load(Relaxed), 8);
+        assert_eq!(dropped(&metrics), [], "requests overlap");
+        assert_eq!(peak.load(Relaxed), 4, "never more than max_in_flight");
     }
 }

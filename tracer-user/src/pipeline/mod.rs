@@ -1,36 +1,47 @@
-//! Wires the stages together: ring buffer -> events -> connection table (decoders, spans) ->
-//! plugin chain -> exporters. One task owns the hot path; nothing in it blocks.
+//! Wires the stages together, each on its own thread, data flowing one way through bounded
+//! queues: the ring-buffer reader (drain only, [`reader`]) -> decode: connection table,
+//! decoders, spans ([`stages`]) -> plugins ([`stages`]) -> the exporters' tasks. No stage
+//! waits for the one after it: what does not fit in a queue is dropped and counted by reason
+//! (`records_dropped_total`, `spans_dropped_total`). At shutdown every stage waits instead,
+//! so what the kernel wrote goes all the way through.
+pub mod batch;
+pub mod reader;
+pub mod stages;
+
 use std::{
     io::{Read, Write},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, oneshot},
-};
-use tracer_common::counter;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     conntrack::{ConnTable, TableOptions},
     events::Event,
-    export::Exporters,
+    export::Submitter,
     metrics::Metrics,
     plugins::PluginHost,
     probes::{ProbeOptions, Probes},
-    span::{Span, clock_ns},
+    span::Span,
 };
+use batch::{Batch, Records};
+use reader::Reader;
+
+/// The reader drains at least this often: the probes wake it only past a fill threshold.
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// Writes raw records as `u32 little-endian length` + bytes: the fixture format that
-/// [`replay`] and the unit tests read.
+/// [`replay`] and the unit tests read, and the layout of a [`Batch`].
 pub struct Recorder(pub Box<dyn Write + Send>);
 
 impl Recorder {
-    pub fn record(&mut self, rec: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(&(rec.len() as u32).to_le_bytes())?;
-        self.0.write_all(rec)
+    pub fn write(&mut self, batch: &Batch) -> std::io::Result<()> {
+        self.0.write_all(batch.bytes())
     }
 }
 
@@ -38,17 +49,9 @@ impl Recorder {
 pub fn read_recording(mut r: impl Read) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
     let mut buf = Vec::new();
     r.read_to_end(&mut buf)?;
-    let mut out = Vec::new();
-    let mut rest = &buf[..];
-    while rest.len() >= 4 {
-        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if rest.len() - 4 < n {
-            return Ok((out, true));
-        }
-        out.push(rest[4..4 + n].to_vec());
-        rest = &rest[4 + n..];
-    }
-    Ok((out, !rest.is_empty()))
+    let mut records = Records::new(&buf);
+    let out = records.by_ref().map(<[u8]>::to_vec).collect();
+    Ok((out, !records.remainder().is_empty()))
 }
 
 /// Feeds one raw record through the table: the single code path for live and replayed events.
@@ -57,7 +60,7 @@ pub fn process(rec: &[u8], table: &mut ConnTable, metrics: &Metrics, spans: &mut
     match Event::parse(rec) {
         Ok(ev) => table.handle(ev, spans),
         Err(e) => {
-            if metrics.events_invalid_total.fetch_add(1, Relaxed) == 0 {
+            if metrics.events_invalid_total.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!("skipping invalid record: {e} (counted in events_invalid_total)");
             }
         }
@@ -70,118 +73,84 @@ pub struct Live {
     pub ring: RingBuf<MapData>,
     /// Config reloads to apply.
     pub control: mpsc::Receiver<Update>,
-    /// Where to copy raw records (`--record`).
+    /// Where to copy raw records (`--record`); written by the decode stage, so it holds what
+    /// was decoded.
     pub recorder: Option<Recorder>,
     /// Log the counters this often.
     pub stats_every: Option<Duration>,
 }
 
-/// Settings changed by a config reload, applied between two batches.
+/// Settings changed by a config reload: the probes' right away, the table's before the next
+/// record read after them.
 pub struct Update {
     pub table: TableOptions,
     pub probes: ProbeOptions,
     pub applied: oneshot::Sender<Result<(), String>>,
 }
 
-/// Records handled before the reader yields to timers, signals and exporters.
-const DRAIN_BATCH: usize = 4096;
-
-/// Runs until `shutdown` resolves, then drains what the kernel already wrote.
+/// Runs the stages until `shutdown` resolves (or a stage fails), then drains what the kernel
+/// already wrote through all of them.
 pub async fn run(
     live: Live,
-    mut table: ConnTable,
-    plugins: &PluginHost,
-    exporters: &Exporters,
+    table: ConnTable,
+    plugins: Arc<PluginHost>,
+    export: Submitter,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let Live {
-        mut probes,
+        probes,
         ring,
-        mut control,
-        mut recorder,
+        control,
+        recorder,
         stats_every,
     } = live;
-    metrics.health.probes_attached.store(true, Relaxed);
-    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which outlives every use.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-    // The probes only ask for a wake-up past a fill threshold; this timer bounds the latency.
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
-    let mut stats = stats_every.map(tokio::time::interval);
-    tokio::pin!(shutdown);
-    let mut spans = Vec::new();
-    let mut more = false;
-    let mut stop = false;
-    loop {
-        tokio::select! {
-            // Shutdown and housekeeping first: under sustained load the ring never empties.
-            biased;
-            _ = &mut shutdown, if !stop => stop = true,
-            _ = housekeeping.tick() => table.maintain(clock_ns(libc::CLOCK_MONOTONIC), false),
-            _ = async { match stats.as_mut() { Some(s) => { s.tick().await; } None => std::future::pending().await } } => {
-                tracing::info!("counters: {}", metrics.summary());
+    metrics
+        .health
+        .probes_attached
+        .store(true, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stages = stages::start(
+        table,
+        recorder,
+        plugins,
+        export,
+        metrics.clone(),
+        stop.clone(),
+    )?;
+    let reader = Reader {
+        probes,
+        ring,
+        control,
+        handoff: stages.handoff,
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
+    let mut threads = vec![stages::spawn("tracer-reader", move || reader.run())?];
+    threads.extend(stages.threads);
+    let stats = stats_every.map(|every| {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                tracing::info!("counters: {}", m.summary());
             }
-            Some(u) = control.recv() => {
-                table.set_options(u.table);
-                let _ = u.applied.send(probes.configure(&u.probes).map_err(|e| e.to_string()));
-            }
-            _ = std::future::ready(()), if more || stop => {}
-            guard = ring.readable_mut() => { if let Ok(mut g) = guard { g.clear_ready(); } }
-            _ = tick.tick() => {}
+        })
+    });
+    let mut joined = tokio::task::spawn_blocking(move || stages::join(threads));
+    let result = tokio::select! {
+        _ = shutdown => {
+            stop.store(true, Ordering::Release);
+            (&mut joined).await
         }
-        metrics
-            .health
-            .reader_alive_s
-            .store(clock_ns(libc::CLOCK_MONOTONIC) / 1_000_000_000, Relaxed);
-        // A bounded batch per turn, so the branches above always get their turn.
-        let mut n = 0;
-        let rb = ring.get_mut();
-        while n < DRAIN_BATCH {
-            let Some(item) = rb.next() else { break };
-            n += 1;
-            if let Some(r) = recorder.as_mut()
-                && let Err(e) = r.record(&item)
-            {
-                tracing::warn!("recording stopped: {e}");
-                recorder = None;
-            }
-            process(&item, &mut table, &metrics, &mut spans);
-        }
-        more = n == DRAIN_BATCH;
-        if !spans.is_empty() {
-            // One chain version for the whole batch (a swap in between takes the next one).
-            plugins.process(&mut spans, &metrics);
-            exporters.submit(std::mem::take(&mut spans));
-        }
-        if !more || stop {
-            sync_kernel_counters(&probes, &metrics);
-        }
-        if stop && !more {
-            break;
-        }
-        if more {
-            // Let the exporter tasks run between batches.
-            tokio::task::yield_now().await;
-        }
+        r = &mut joined => r,
+    };
+    if let Some(s) = stats {
+        s.abort();
     }
-    if let Some(mut r) = recorder {
-        r.0.flush()?;
-    }
-    Ok(())
-}
-
-fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
-    let k = probes.kernel_counters();
-    m.events_lost_total
-        .store(k[counter::RINGBUF_FULL as usize], Relaxed);
-    m.kernel_conn_map_full_total
-        .store(k[counter::CONN_MAP_FULL as usize], Relaxed);
-    m.kernel_read_failed_total
-        .store(k[counter::READ_USER_FAILED as usize], Relaxed);
-    m.kernel_h2_frames_lost_total
-        .store(k[counter::H2_FRAMES_LOST as usize], Relaxed);
+    result.map_err(std::io::Error::other)?
 }
 
 /// Runs a recording through the same table, returning the spans (and whether its tail was cut).

@@ -1,0 +1,316 @@
+//! The ring-buffer reader, on its own thread: drain only. It copies records into batches and
+//! hands them to the decode stage without ever waiting for it (a full decode queue drops the
+//! batch, counted); between drains it applies config reloads to the probes and syncs the
+//! kernel's counters. Nothing it does reads /proc, runs a plugin or exports.
+use std::{
+    io,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError},
+    },
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+use tracer_common::counter;
+
+use super::{TICK, Update, batch::Batch};
+use crate::{
+    conntrack::TableOptions,
+    metrics::{Metrics, RecordDrop, monotonic_s},
+    probes::Probes,
+};
+
+/// Batches drained per turn at most, so reloads, the tick and shutdown get their turn
+/// under a load that never lets the ring buffer empty.
+const TURN_BATCHES: usize = 16;
+
+/// What the decode stage gets, in order.
+pub enum ToDecode {
+    Records(Batch),
+    /// New filters and span options (a config reload): they apply to the records after them.
+    Options(TableOptions),
+}
+
+/// The decode stage is gone (it stopped, or panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the decode stage stopped")]
+pub struct Gone;
+
+/// The reader's end of the decode queue.
+pub struct Handoff {
+    tx: SyncSender<ToDecode>,
+    /// Emptied batch buffers coming back from the decode stage.
+    pool: Receiver<Vec<u8>>,
+    /// The buffer of a batch that was dropped, for the next one.
+    spare: Option<Vec<u8>>,
+    /// Reload options waiting for room in the queue: they go before any later record.
+    options: Option<TableOptions>,
+    metrics: Arc<Metrics>,
+}
+
+impl Handoff {
+    pub fn new(tx: SyncSender<ToDecode>, pool: Receiver<Vec<u8>>, metrics: Arc<Metrics>) -> Self {
+        Handoff {
+            tx,
+            pool,
+            spare: None,
+            options: None,
+            metrics,
+        }
+    }
+
+    /// An empty batch, in a recycled buffer when there is one.
+    pub fn batch(&mut self) -> Batch {
+        match self.spare.take().or_else(|| self.pool.try_recv().ok()) {
+            Some(buf) => Batch::reuse(buf),
+            None => Batch::new(),
+        }
+    }
+
+    /// Keeps the buffer of a batch that was not sent for the next one.
+    pub fn recycle(&mut self, batch: Batch) {
+        self.spare = Some(batch.into_buffer());
+    }
+
+    /// Queues reload options for the decode stage, ahead of every later batch.
+    pub fn options(&mut self, opts: TableOptions) {
+        self.options = Some(opts);
+    }
+
+    /// Sends pending options if there is room; true when none are left waiting.
+    pub fn flush_options(&mut self) -> Result<bool, Gone> {
+        let Some(opts) = self.options.take() else {
+            return Ok(true);
+        };
+        match self.tx.try_send(ToDecode::Options(opts)) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(msg)) => {
+                if let ToDecode::Options(o) = msg {
+                    self.options = Some(o);
+                }
+                Ok(false)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Gone),
+        }
+    }
+
+    /// Hands a batch on without waiting: when the queue is full, the batch is dropped and
+    /// its records counted.
+    pub fn send(&mut self, batch: Batch) -> Result<(), Gone> {
+        let records = batch.len() as u64;
+        let refused = if self.flush_options()? {
+            match self.tx.try_send(ToDecode::Records(batch)) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(msg)) => msg,
+                Err(TrySendError::Disconnected(_)) => return Err(Gone),
+            }
+        } else {
+            ToDecode::Records(batch)
+        };
+        self.metrics
+            .drop_records(RecordDrop::DecodeQueueFull, records);
+        if let ToDecode::Records(b) = refused {
+            self.recycle(b);
+        }
+        Ok(())
+    }
+
+    /// Hands a batch on, waiting for room: at shutdown, when waiting loses nothing.
+    pub fn send_wait(&mut self, batch: Batch) -> Result<(), Gone> {
+        if let Some(opts) = self.options.take() {
+            self.tx.send(ToDecode::Options(opts)).map_err(|_| Gone)?;
+        }
+        self.tx.send(ToDecode::Records(batch)).map_err(|_| Gone)
+    }
+}
+
+/// How a drain hands batches on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Live: never wait, drop what does not fit.
+    Drop,
+    /// Stopping: wait for room.
+    Wait,
+}
+
+pub struct Reader {
+    pub probes: Probes,
+    pub ring: RingBuf<MapData>,
+    /// Config reloads to apply.
+    pub control: mpsc::Receiver<Update>,
+    pub handoff: Handoff,
+    pub metrics: Arc<Metrics>,
+    /// Set to stop: the reader then drains what the kernel wrote, waiting for the decode
+    /// stage instead of dropping, detaches the probes, drains again and returns.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    pub fn run(self) -> io::Result<()> {
+        let Reader {
+            mut probes,
+            mut ring,
+            mut control,
+            mut handoff,
+            metrics,
+            stop,
+        } = self;
+        let gone = |g: Gone| io::Error::other(g);
+        let mut more = false;
+        while !stop.load(Ordering::Acquire) {
+            if !more {
+                // The probes only ask for a wake-up past a fill threshold; the tick bounds
+                // the latency.
+                wait_readable(&ring)?;
+            }
+            metrics
+                .health
+                .reader_alive_s
+                .store(monotonic_s(), Ordering::Relaxed);
+            while let Ok(u) = control.try_recv() {
+                handoff.options(u.table);
+                let _ = u
+                    .applied
+                    .send(probes.configure(&u.probes).map_err(|e| e.to_string()));
+            }
+            handoff.flush_options().map_err(gone)?;
+            more = drain(&mut ring, &mut handoff, Mode::Drop).map_err(gone)?;
+            if !more {
+                sync_kernel_counters(&probes, &metrics);
+            }
+        }
+        // What the kernel wrote until now, then what it writes until the probes are gone.
+        while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
+        sync_kernel_counters(&probes, &metrics);
+        drop(probes);
+        while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
+        Ok(())
+    }
+}
+
+/// Copies up to [`TURN_BATCHES`] batches of records out of the ring buffer and hands them
+/// on; true when records are left.
+fn drain(ring: &mut RingBuf<MapData>, handoff: &mut Handoff, mode: Mode) -> Result<bool, Gone> {
+    let send = |h: &mut Handoff, b: Batch| match mode {
+        Mode::Drop => h.send(b),
+        Mode::Wait => h.send_wait(b),
+    };
+    let mut batch = handoff.batch();
+    let mut sent = 0;
+    while sent < TURN_BATCHES {
+        let Some(item) = ring.next() else { break };
+        if !batch.push(&item) {
+            let full = std::mem::replace(&mut batch, handoff.batch());
+            send(handoff, full)?;
+            sent += 1;
+            batch.push(&item);
+        }
+    }
+    if batch.is_empty() {
+        handoff.recycle(batch);
+    } else {
+        send(handoff, batch)?;
+    }
+    Ok(sent == TURN_BATCHES)
+}
+
+/// Waits until the ring buffer has records, or a tick has passed.
+fn wait_readable(ring: &RingBuf<MapData>) -> io::Result<()> {
+    let mut fd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive for the whole call.
+    let r = unsafe { libc::poll(&mut fd, 1, TICK.as_millis() as libc::c_int) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
+    let k = probes.kernel_counters();
+    m.events_lost_total
+        .store(k[counter::RINGBUF_FULL as usize], Ordering::Relaxed);
+    m.kernel_conn_map_full_total
+        .store(k[counter::CONN_MAP_FULL as usize], Ordering::Relaxed);
+    m.kernel_read_failed_total
+        .store(k[counter::READ_USER_FAILED as usize], Ordering::Relaxed);
+    m.kernel_h2_frames_lost_total
+        .store(k[counter::H2_FRAMES_LOST as usize], Ordering::Relaxed);
+    m.kernel_unsupported_calls_total
+        .store(k[counter::UNSUPPORTED_CALL as usize], Ordering::Relaxed);
+    m.kernel_fd_reused_total
+        .store(k[counter::FD_REUSED as usize], Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+
+    fn batch_of(h: &mut Handoff, n: usize) -> Batch {
+        let mut b = h.batch();
+        for i in 0..n {
+            assert!(b.push(&[i as u8; 10]));
+        }
+        b
+    }
+
+    #[test]
+    fn a_full_decode_queue_drops_whole_batches_and_counts_their_records() {
+        let m = Arc::new(Metrics::default());
+        let (tx, rx) = sync_channel(1);
+        let (_pool_tx, pool) = sync_channel(1);
+        let mut h = Handoff::new(tx, pool, m.clone());
+        let b = batch_of(&mut h, 3);
+        h.send(b).unwrap();
+        let b = batch_of(&mut h, 5);
+        h.send(b).unwrap();
+        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 5);
+        // A reload while the queue is full waits, and batches behind it are dropped: no
+        // record is decoded with the old options once the reload is answered.
+        h.options(TableOptions {
+            ports: vec![80],
+            ..Default::default()
+        });
+        let b = batch_of(&mut h, 2);
+        h.send(b).unwrap();
+        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 7);
+        assert!(matches!(rx.try_recv(), Ok(ToDecode::Records(b)) if b.len() == 3));
+        let b = batch_of(&mut h, 4);
+        h.send(b).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(ToDecode::Options(o)) if o.ports == [80]));
+        assert!(
+            rx.try_recv().is_err(),
+            "the batch behind the options found no room"
+        );
+        let b = batch_of(&mut h, 1);
+        h.send(b).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(ToDecode::Records(b)) if b.len() == 1));
+        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 11);
+        drop(rx);
+        let b = batch_of(&mut h, 1);
+        assert!(h.send(b).is_err(), "the decode stage is gone");
+    }
+
+    #[test]
+    fn batches_reuse_the_buffers_the_decode_stage_hands_back() {
+        let m = Arc::new(Metrics::default());
+        let (tx, _rx) = sync_channel(1);
+        let (pool_tx, pool) = sync_channel(1);
+        let mut h = Handoff::new(tx, pool, m);
+        let buf = Vec::with_capacity(12345);
+        let ptr = buf.as_ptr();
+        pool_tx.send(buf).unwrap();
+        let buf = h.batch().into_buffer();
+        assert_eq!(buf.as_ptr(), ptr);
+    }
+}
