@@ -124,7 +124,7 @@ fn readiness_reports_a_dead_otlp_endpoint() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        counters.contains("spans_export_failed_total=2"),
+        counters.contains("spans_dropped_total{reason=\"export_failed\"}=2"),
         "{counters}"
     );
 }

@@ -280,13 +280,8 @@ fn every_stream_of_a_busy_connection_with_real_bodies() {
     let server = nghttpd_serving(&www);
     let port = server.port();
     // The default 4 KiB capture: ten 3 kB responses in one write would overflow a prefix.
-    // 4000 spans in about a second: a queue that holds them all (what is measured here is
-    // capture, not the printer's pace; a full queue is counted, see the counters).
-    let tracer = Tracer::start_with(
-        &["--port", &port.to_string()],
-        &[("OTEL_BSP_MAX_QUEUE_SIZE", "16384")],
-        true,
-    );
+    // 4000 spans in about a second: the default export queue holds them all.
+    let tracer = Tracer::start_with(&["--port", &port.to_string()], &[], true);
     let url = format!("http://127.0.0.1:{port}/page.html");
     h2load(2000, 2, 32, &url);
     let stopped = tracer.stop_full();
@@ -320,11 +315,7 @@ fn rust_hyper_client_and_server() {
     let mut cmd = Command::new(peer);
     cmd.args(["server", &port.to_string()]);
     let server = Server::spawn(cmd, port);
-    let tracer = Tracer::start_with(
-        &["--port", &port.to_string()],
-        &[("OTEL_BSP_MAX_QUEUE_SIZE", "16384")],
-        true,
-    );
+    let tracer = Tracer::start_with(&["--port", &port.to_string()], &[], true);
     let client = Command::new(peer)
         .args(["client", &port.to_string(), "500", "50"])
         .stdout(Stdio::piped())

@@ -153,35 +153,37 @@ impl SpanQueue {
             // Registered before looking, so room made in between is not missed.
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            let mut st = self.lock();
-            let before = st.accepted;
-            while let Some((_, size)) = rest.front() {
-                if st.closed {
-                    refused.closed += rest.len() as u64;
-                    rest.clear();
-                    break;
-                }
-                match self.fits(&st, *size) {
-                    Fit::Yes => {
-                        let (sp, size) = rest.pop_front().expect("front exists");
-                        Self::enqueue(&mut st, sp, size);
-                    }
-                    Fit::Never => {
-                        rest.pop_front();
-                        refused.full += 1;
-                    }
-                    Fit::NotNow => break,
-                }
-            }
-            let queued = st.accepted > before;
-            drop(st);
-            if queued {
-                self.ready.notify_one();
-            }
+            self.offer(&mut rest, &mut refused);
             if rest.is_empty() {
                 return refused;
             }
             room.await;
+        }
+    }
+
+    /// Queues spans from the front of `rest` as long as they fit; the others stay in `rest`.
+    fn offer(&self, rest: &mut VecDeque<(Span, usize)>, refused: &mut Refused) {
+        let mut st = self.lock();
+        let before = st.accepted;
+        while let Some((sp, size)) = rest.pop_front() {
+            if st.closed {
+                refused.closed += 1 + rest.len() as u64;
+                rest.clear();
+                break;
+            }
+            match self.fits(&st, size) {
+                Fit::Yes => Self::enqueue(&mut st, sp, size),
+                Fit::Never => refused.full += 1,
+                Fit::NotNow => {
+                    rest.push_front((sp, size));
+                    break;
+                }
+            }
+        }
+        let queued = st.accepted > before;
+        drop(st);
+        if queued {
+            self.ready.notify_one();
         }
     }
 
