@@ -4,7 +4,7 @@
 //! kernel's counters. Nothing it does reads /proc, runs a plugin or exports.
 use std::{
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -159,12 +159,11 @@ impl Reader {
             stop,
         } = self;
         let gone = |g: Gone| io::Error::other(g);
+        let wakeups = Wakeups::new(&ring)?;
         let mut more = false;
         while !stop.load(Ordering::Acquire) {
             if !more {
-                // The probes only ask for a wake-up past a fill threshold; the tick bounds
-                // the latency.
-                wait_readable(&ring)?;
+                wakeups.wait()?;
             }
             metrics
                 .health
@@ -217,22 +216,59 @@ fn drain(ring: &mut RingBuf<MapData>, handoff: &mut Handoff, mode: Mode) -> Resu
     Ok(sent == TURN_BATCHES)
 }
 
-/// Waits until the ring buffer has records, or a tick has passed.
-fn wait_readable(ring: &RingBuf<MapData>) -> io::Result<()> {
-    let mut fd = libc::pollfd {
-        fd: ring.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, alive for the whole call.
-    let r = unsafe { libc::poll(&mut fd, 1, TICK.as_millis() as libc::c_int) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+/// The probes' wake-ups: edge-triggered, so the reader sleeps until the probes ask (past a
+/// fill threshold, or a forced wake-up) or a tick passes, instead of turning for every
+/// record and handing on batches of a few records.
+struct Wakeups(OwnedFd);
+
+impl Wakeups {
+    fn new(ring: &RingBuf<MapData>) -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd it returns is owned right away.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: a fresh fd nobody else owns.
+        let ep = Wakeups(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both fds are open and `ev` outlives the call.
+        if unsafe {
+            libc::epoll_ctl(
+                ep.0.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_raw_fd(),
+                &mut ev,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ep)
     }
-    Ok(())
+
+    /// Waits for a wake-up or a tick.
+    fn wait(&self) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: room for one event, alive for the whole call.
+        let r = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                &mut ev,
+                1,
+                TICK.as_millis() as libc::c_int,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
