@@ -9,59 +9,53 @@ nghttpd process only (`--pid`), and exports every span over OTLP/gRPC to a real 
 Usage: python3 benches/h2load.py --tracer target/release/tracer [--duration 8] [--clients 4]
        [--streams 10] [--rounds 3]
 """
-import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time
+import argparse, json, os, re, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import counters, cpu_seconds, free_port, rss_mb, wait_port  # noqa: E402
+from benchlib import (  # noqa: E402
+    BenchError, Tracer, free_port, need_tools, otlp_grpc, run_loaded, start_collector, taskset,
+    wait_port)
 
 
-def h2load(port, duration, clients, streams, threads):
+def start_nghttpd(port, root):
+    """nghttpd (h2c) serving a 612-byte index.html from root/www."""
+    www = os.path.join(root, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "index.html"), "w") as f:
+        f.write("x" * 612)
+    p = subprocess.Popen(["nghttpd", "--no-tls", str(port), "-d", www],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p
+
+
+def h2load(port, clients, streams, threads=1, duration=None, requests=None, cpus=None):
+    """One h2load run: for `duration` seconds (-D) or `requests` requests (-n)."""
+    span = [f"-D{duration}"] if duration else [f"-n{requests}"]
     out = subprocess.run(
-        ["h2load", f"-D{duration}", f"-c{clients}", f"-m{streams}", f"-t{threads}",
-         f"http://127.0.0.1:{port}/index.html"],
-        capture_output=True, text=True, check=True).stdout
+        taskset(cpus) + ["h2load", *span, f"-c{clients}", f"-m{streams}", f"-t{threads}",
+                         f"http://127.0.0.1:{port}/index.html"],
+        capture_output=True, text=True, check=True, timeout=(duration or 0) + 300).stdout
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
     if not m:
-        sys.exit(f"cannot read h2load's output:\n{out}")
-    rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
-    return {"requests": int(m.group(3)), "succeeded": int(m.group(4)), "rps": rps}
+        raise BenchError(f"cannot read h2load's output:\n{out}")
+    f = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
+    secs = float(f.group(1)) * {"s": 1, "ms": 1e-3, "us": 1e-6}.get(f.group(2), 1)
+    return {"requests": int(m.group(3)), "succeeded": int(m.group(4)), "rps": float(f.group(3)),
+            "seconds": secs}
 
 
 def traced_round(a, port, gport, server_pid, tmp):
     """One untraced h2load run, then the same run with the tracer attached."""
-    base = h2load(port, a.duration, a.clients, a.streams, a.threads)
-    err = open(os.path.join(tmp, "tracer.err"), "w+")
+    def load():
+        return h2load(port, a.clients, a.streams, a.threads, duration=a.duration)
+
+    base = load()
     env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE="65536", OTEL_BSP_SCHEDULE_DELAY="500")
-    tracer = subprocess.Popen([a.tracer, "run", "--pid", str(server_pid), "--admin-addr", "off",
-                               "--otlp-endpoint", f"http://127.0.0.1:{gport}", "--otlp-protocol", "grpc"],
-                              stdout=subprocess.DEVNULL, stderr=err, env=env)
-    for _ in range(300):
-        err.seek(0)
-        if "tracing HTTP/1.x" in err.read():
-            break
-        time.sleep(0.1)
-    else:
-        sys.exit("tracer did not start")
-    time.sleep(1)
-    idle_rss = rss_mb(tracer.pid)
-    cpu0 = cpu_seconds(tracer.pid)
-    peak = [idle_rss]
-    t0 = time.time()
-    holder = {}
-    th = threading.Thread(target=lambda: holder.update(
-        r=h2load(port, a.duration, a.clients, a.streams, a.threads)))
-    th.start()
-    while th.is_alive():
-        peak.append(rss_mb(tracer.pid))
-        time.sleep(0.5)
-    elapsed = time.time() - t0
-    cpu = cpu_seconds(tracer.pid) - cpu0
-    time.sleep(2)  # let the exporter deliver the last batches
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(timeout=30)
-    err.seek(0)
-    return {"base": base, "traced": holder["r"], "counters": counters(err.read()), "elapsed": elapsed,
-            "cpu": cpu, "idle_rss": idle_rss, "peak_rss": max(peak)}
+    with Tracer(a.tracer, ["--pid", str(server_pid)] + otlp_grpc(gport), tmp, env=env) as t:
+        run = run_loaded(t, load)
+    return {"base": base, "traced": run["load"], "counters": t.final, "elapsed": run["elapsed"],
+            "cpu": run["cpu_load"], "idle_rss": run["idle_rss"], "peak_rss": run["peak_rss"]}
 
 
 def main():
@@ -74,35 +68,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="untraced/traced pairs; the median pair is reported")
     ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
-    for tool in ("nghttpd", "h2load"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `cargo xtask setup`")
-    import rotel
-    rotel_bin = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
-
-    tmp = tempfile.mkdtemp(prefix="tracer-h2bench-")
-    www = os.path.join(tmp, "www")
-    os.makedirs(www)
-    with open(os.path.join(www, "index.html"), "w") as f:
-        f.write("x" * 612)
-    port = free_port()
-    server = subprocess.Popen(["nghttpd", "--no-tls", str(port), "-d", www],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    gport, hport = free_port(), free_port()
-    collector = subprocess.Popen([rotel_bin, "start", "--exporter", "blackhole",
-                                  "--otlp-grpc-endpoint", f"127.0.0.1:{gport}",
-                                  "--otlp-http-endpoint", f"127.0.0.1:{hport}",
-                                  "--pid-file", os.path.join(tmp, "rotel.pid"),
-                                  "--log-file", os.path.join(tmp, "rotel.log")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(gport)
     try:
-        h2load(port, 2, a.clients, a.streams, a.threads)  # warm-up
-        rounds = [traced_round(a, port, gport, server.pid, tmp) for _ in range(a.rounds)]
-    finally:
-        server.terminate()
-        collector.terminate()
+        need_tools("nghttpd", "h2load")
+        tmp = tempfile.mkdtemp(prefix="tracer-h2bench-")
+        port = free_port()
+        server = start_nghttpd(port, tmp)
+        collector, gport = start_collector(tmp)
+        try:
+            h2load(port, a.clients, a.streams, a.threads, duration=2)  # warm-up
+            rounds = [traced_round(a, port, gport, server.pid, tmp) for _ in range(a.rounds)]
+        finally:
+            server.terminate()
+            collector.terminate()
+    except BenchError as e:
+        sys.exit(str(e))
     rounds.sort(key=lambda r: r["traced"]["rps"] / r["base"]["rps"])
     mid = rounds[len(rounds) // 2]  # the median round by throughput ratio
     base, t, c, elapsed, cpu = mid["base"], mid["traced"], mid["counters"], mid["elapsed"], mid["cpu"]

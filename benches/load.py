@@ -5,28 +5,18 @@ Reports throughput ratio, added p50/p99 latency, daemon CPU per 10k spans/s, dae
 and under load, and the capture ratio (spans exported / requests served).
 Spans go over OTLP/gRPC to a real collector (rotel, blackhole exporter): the production path.
 Usage: python3 benches/load.py --tracer target/release/tracer [--duration 10] [--connections 16]
+(`cargo xtask bench` runs benches/cost.py, which includes this run with the default settings.)
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, signal, subprocess, sys, tempfile, time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port} after {timeout}s")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (  # noqa: E402
+    BenchError, Tracer, cpu_seconds, free_port, need_tools, otlp_grpc, run_loaded, start_collector,
+    taskset, wait_port)
 
 
 def start_nginx(port, root):
+    """nginx, 1 worker, a 612-byte page, sendfile on; returns (master, [worker pids])."""
     conf = os.path.join(root, "nginx.conf")
     os.makedirs(os.path.join(root, "www"), exist_ok=True)
     with open(os.path.join(root, "www", "index.html"), "w") as f:
@@ -49,10 +39,15 @@ http {{
     return p, [int(k) for k in kids]
 
 
-def wrk(port, duration, conns, threads):
+def wrk(port, duration, conns, threads, cpus=None, watch=()):
+    """One wrk run (on `cpus` if given). `watch`: pids whose CPU seconds over the run are
+    returned in "cpu" (e.g. the nginx worker)."""
+    cpu0 = {p: cpu_seconds(p) for p in watch}
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True).stdout
+        taskset(cpus) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
+                         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    cpu = {p: cpu_seconds(p) - c for p, c in cpu0.items()}
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -61,63 +56,21 @@ def wrk(port, duration, conns, threads):
         v, unit = float(m.group(1)), m.group(2)
         return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 
-    return {"requests": reqs, "rps": rps, "p50_us": pct(50), "p99_us": pct(99)}
+    return {"requests": reqs, "rps": rps, "p50_us": pct(50), "p99_us": pct(99), "cpu": cpu}
 
 
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def nginx_pair(tracer_bin, tracer_args, port, workers, tmp, duration, conns, threads,
+               env=None, load_cpus=None, tracer_cpus=None):
+    """One untraced wrk run, then the same run with `tracer run TRACER_ARGS` (on tracer_cpus).
+    wrk runs on load_cpus; the CPU of the nginx workers is measured around each run."""
+    def load():
+        return wrk(port, duration, conns, threads, cpus=load_cpus, watch=workers)
 
-
-def rss_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def counters(stderr_text):
-    last = [l for l in stderr_text.splitlines() if "counters:" in l]
-    if not last:
-        return {}
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", last[-1])}
-
-
-def traced_round(a, port, gport, workers, tmp):
-    """One untraced wrk run, then the same run with the tracer attached."""
-    base = wrk(port, a.duration, a.connections, a.threads)
-    err = open(os.path.join(tmp, "tracer.err"), "w+")
-    env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE="65536", OTEL_BSP_SCHEDULE_DELAY="500")
-    tracer = subprocess.Popen([a.tracer, "run", "--pid", str(a.only_pid or workers[0]),
-                               "--otlp-endpoint", f"http://127.0.0.1:{gport}", "--otlp-protocol", "grpc"],
-                              stdout=subprocess.DEVNULL, stderr=err, env=env)
-    for _ in range(300):
-        err.seek(0)
-        if "tracing HTTP/1.x" in err.read():
-            break
-        time.sleep(0.1)
-    else:
-        sys.exit("tracer did not start")
-    time.sleep(1)
-    idle_rss = rss_mb(tracer.pid)
-    cpu0 = cpu_seconds(tracer.pid)
-    peak = [idle_rss]
-    t0 = time.time()
-    holder = {}
-    import threading
-    th = threading.Thread(target=lambda: holder.update(r=wrk(port, a.duration, a.connections, a.threads)))
-    th.start()
-    while th.is_alive():
-        peak.append(rss_mb(tracer.pid))
-        time.sleep(0.5)
-    elapsed = time.time() - t0
-    cpu = cpu_seconds(tracer.pid) - cpu0
-    time.sleep(2)  # let the exporter deliver the last batches
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(timeout=30)
-    err.seek(0)
-    return {"base": base, "traced": holder["r"], "counters": counters(err.read()), "elapsed": elapsed,
-            "cpu": cpu, "idle_rss": idle_rss, "peak_rss": max(peak)}
+    base = load()
+    with Tracer(tracer_bin, tracer_args, tmp, env=env, cpus=tracer_cpus) as t:
+        run = run_loaded(t, load)
+    run["base"], run["traced"], run["counters"] = base, run.pop("load"), t.final
+    return run
 
 
 def main():
@@ -132,30 +85,27 @@ def main():
                     help="trace this pid instead of the nginx worker (e.g. 1: probes attached, nothing "
                          "traced, which isolates the probes' cost from the daemon's)")
     a = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `cargo xtask setup`")
-    import rotel
-    rotel_bin = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
-
-    tmp = tempfile.mkdtemp(prefix="tracer-bench-")
-    port = free_port()
-    nginx, workers = start_nginx(port, tmp)
-    gport, hport = free_port(), free_port()
-    collector = subprocess.Popen([rotel_bin, "start", "--exporter", "blackhole",
-                                  "--otlp-grpc-endpoint", f"127.0.0.1:{gport}",
-                                  "--otlp-http-endpoint", f"127.0.0.1:{hport}"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(gport)
     try:
-        wrk(port, 2, a.connections, a.threads)  # warm-up
-        rounds = [traced_round(a, port, gport, workers, tmp) for _ in range(a.rounds)]
-    finally:
-        nginx.send_signal(signal.SIGQUIT)
-        collector.terminate()
+        need_tools("nginx", "wrk")
+        tmp = tempfile.mkdtemp(prefix="tracer-bench-")
+        port = free_port()
+        nginx, workers = start_nginx(port, tmp)
+        collector, gport = start_collector(tmp)
+        # The settings these figures were first taken with (benches/README.md).
+        env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE="65536", OTEL_BSP_SCHEDULE_DELAY="500")
+        args = ["--pid", str(a.only_pid or workers[0])] + otlp_grpc(gport)
+        try:
+            wrk(port, 2, a.connections, a.threads)  # warm-up
+            rounds = [nginx_pair(a.tracer, args, port, workers, tmp, a.duration, a.connections,
+                                 a.threads, env=env) for _ in range(a.rounds)]
+        finally:
+            nginx.send_signal(signal.SIGQUIT)
+            collector.terminate()
+    except BenchError as e:
+        sys.exit(str(e))
     rounds.sort(key=lambda r: r["traced"]["rps"] / r["base"]["rps"])
     mid = rounds[len(rounds) // 2]  # the median round by throughput ratio
-    base, t, c, elapsed, cpu = mid["base"], mid["traced"], mid["counters"], mid["elapsed"], mid["cpu"]
+    base, t, c, elapsed, cpu = mid["base"], mid["traced"], mid["counters"], mid["elapsed"], mid["cpu_load"]
     idle_rss, peak = mid["idle_rss"], mid["peak_rss"]
     traced_reqs, traced_rps = t["requests"], t["rps"]
     spans = c.get("spans_exported_total", 0)

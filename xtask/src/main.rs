@@ -34,7 +34,10 @@ enum Task {
     Setup,
     /// Everything CI runs: setup, unit tests (no root), privileged end-to-end tests.
     Test,
-    /// Load benchmark: the same HTTP load untraced and traced, figures into benches/README.md.
+    /// What tracing costs (benches/cost.py): syscall overhead, nginx pinned and unpinned,
+    /// h2load bursts, then the criterion pipeline bench; each figure against an untraced
+    /// baseline of the same run. ARGS go to cost.py: `--only syscalls,nginx,h2load,criterion`,
+    /// `--json FILE`, `--duration 2 --rounds 1` (a short run), `--help`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -442,6 +445,28 @@ fn test() -> anyhow::Result<()> {
     all
 }
 
+/// `cargo xtask bench [ARGS]`: benches/cost.py with the release tracer. The script runs the
+/// load parts first, then `cargo bench -p tracer-benches --bench pipeline` (its criterion part),
+/// and writes one table (stdout) and, with `--json FILE`, every figure.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let help = args.iter().any(|a| a == "-h" || a == "--help");
+    let script = root().join("benches/cost.py");
+    if help {
+        return run(Command::new("python3").arg(&script).arg("--help"));
+    }
+    setup()?;
+    if !have("taskset") {
+        bail!("taskset is missing: `apt-get install util-linux`");
+    }
+    let bin = build()?;
+    step("what tracing costs: syscalls, nginx pinned/unpinned, h2load bursts, criterion");
+    run(Command::new("python3")
+        .arg(script)
+        .arg("--tracer")
+        .arg(bin)
+        .args(args))
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(),
@@ -464,16 +489,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Setup => setup(),
         Task::Test => test(),
-        Task::Bench { args } => {
-            setup()?;
-            let bin = build()?;
-            step("load benchmark (untraced vs traced, same run)");
-            run(Command::new("python3")
-                .arg(root().join("benches/load.py"))
-                .arg("--tracer")
-                .arg(bin)
-                .args(&args))
-        }
+        Task::Bench { args } => bench(&args),
     }
 }
 
