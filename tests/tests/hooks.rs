@@ -119,3 +119,22 @@ fn syscall_hooks_run_for_every_read_and_write() {
         2 * BYTES
     );
 }
+
+/// The kernel reuses a closed socket's memory for the next one, and a server reuses the fd:
+/// a connection that carried no HTTP must not make the next one on the same fd (often at the
+/// same socket address) look like more of it.
+#[test]
+fn a_socket_reborn_at_the_same_address_is_a_new_connection() {
+    let Some(_g) = setup_with_curl() else { return };
+    let server = Server::test_server();
+    let tracer = Tracer::start(&["--port", &server.port().to_string()]);
+    const ROUNDS: usize = 20;
+    for _ in 0..ROUNDS {
+        let reply = send_raw(server.port(), b"\x16\x03\x01 not http at all\r\n\r\n");
+        assert!(String::from_utf8_lossy(&reply).contains("400"));
+        assert_eq!(curl(&[&server.url("/status/200")]).http_code, 200);
+    }
+    let spans = tracer.stop();
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    assert_eq!(servers.len(), ROUNDS, "server spans:\n{}", pretty(&servers));
+}

@@ -66,16 +66,6 @@ pub mod role {
     pub const CONNECTED: u8 = 2;
 }
 
-/// Which hooks feed the probes' shared capture code, chosen by the daemon at load time.
-pub mod hooks {
-    /// `sock:sock_send_length` / `sock:sock_recv_length` / `sock:inet_sock_set_state` (Linux
-    /// 6.3+): only socket I/O runs a probe; no syscall tracepoint is enabled.
-    pub const SOCKET: u32 = 1;
-    /// `syscalls:sys_{enter,exit}_*` tracepoints (older kernels): every read/write of every
-    /// task pays for the probes.
-    pub const SYSCALLS: u32 = 2;
-}
-
 /// Linux syscall numbers (x86_64) the socket hooks find in the task's saved registers.
 pub mod nr {
     pub const READ: u64 = 0;
@@ -369,8 +359,6 @@ pub mod sk {
     pub const AF_INET: u16 = 2;
     pub const AF_INET6: u16 = 10;
     pub const IPPROTO_TCP: u16 = 6;
-    /// `inet_sock_set_state`'s new state when a TCP socket is done.
-    pub const TCP_CLOSE: u32 = 7;
 }
 
 #[cfg(feature = "user")]

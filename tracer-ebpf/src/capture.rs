@@ -341,15 +341,19 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
                 count(counter::CONN_MAP_FULL);
                 return;
             }
+            if args.sk != 0 {
+                remember_sock(args.sk, &key);
+            }
             match CONNS.get_ptr_mut(&key) {
                 Some(s) => unsafe { &mut *s },
                 None => return,
             }
         }
     };
-    if state.sk == 0 {
+    if state.sk == 0 && args.sk != 0 {
         // Seeded by the daemon (open before we attached): from now on it is this socket.
         state.sk = args.sk;
+        remember_sock(args.sk, &key);
     }
     if state.protocol == protocol::OTHER {
         return;
@@ -482,6 +486,16 @@ fn sock_ends(sk: u64, cfg: &Config) -> Option<(SockAddr, SockAddr)> {
     Some((peer, local))
 }
 
+/// Lets `tcp_destroy_sock` find the entry of socket `sk`, to end it before the socket's memory
+/// can be reused for another one (a pointer alone does not tell a new connection from an old
+/// one at the same address).
+#[inline(always)]
+fn remember_sock(sk: u64, key: &ConnKey) {
+    if SOCKS.insert(&sk, key, 0).is_err() {
+        count(counter::CONN_MAP_FULL);
+    }
+}
+
 #[inline(always)]
 fn kernel_read<T>(src: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(src as *const T) }.ok()
@@ -512,9 +526,6 @@ fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)
         ev.local = local;
     }
     ev.comm = bpf_get_current_comm().unwrap_or_default();
-    if state.sk != 0 && SOCKS.insert(&state.sk, key, 0).is_err() {
-        count(counter::CONN_MAP_FULL);
-    }
     // A connection of unknown role was set up before we attached: the daemon must look it up
     // in /proc while it still exists, so wake it now.
     let threshold = if state.role == tracer_common::role::UNKNOWN {
@@ -733,9 +744,8 @@ pub fn on_close(fd: u64) {
     }
 }
 
-/// A TCP socket is done (`inet_sock_set_state` to TCP_CLOSE, socket hooks): after both sides'
-/// last bytes, or a reset. It may run in any task or in softirq, so the connection is found
-/// by its socket.
+/// A TCP socket is gone (`tcp_destroy_sock`): whatever the probes knew about it ends. It may
+/// run in any task or in softirq, so the connection is found by its socket.
 #[inline(always)]
 pub fn on_sock_close(sk: u64) {
     let Some(key) = (unsafe { SOCKS.get(&sk) }).copied() else {

@@ -40,7 +40,7 @@ pub static WALK: PerCpuArray<crate::frames::Walk> = PerCpuArray::with_max_entrie
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
 /// The connection-map key of each announced socket (by `struct sock *`): the socket hooks
-/// learn that a socket closed from `inet_sock_set_state`, which knows only the socket.
+/// learn that a socket is gone from `tcp_destroy_sock`, which knows only the socket.
 #[map]
 pub static SOCKS: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(65536, 0);
 

@@ -82,8 +82,12 @@ pub fn run_checks() -> Vec<Finding> {
         true,
         if socket_hooks {
             format!(
-                "socket tracepoints present (sock:{}): only socket I/O will run a probe",
-                SOCKET_HOOKS.join(", sock:")
+                "socket tracepoints present ({}): only socket I/O will run a probe",
+                SOCKET_HOOKS
+                    .iter()
+                    .map(|(g, t)| format!("{g}:{t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         } else {
             "no socket tracepoints (Linux 6.3+): falling back to syscall tracepoints, which cost every read/write syscall of every process a probe".to_string()

@@ -15,13 +15,13 @@ use tracer_common::{
 /// embedded so that the `tracer` binary is one self-contained file.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_EBPF_OBJECT"));
 
-/// The socket hooks (Linux 6.3+), raw tracepoints of the `sock` group: only socket I/O runs
-/// a probe, and no syscall tracepoint is enabled (enabling any puts every task of the node on
-/// the slow syscall path).
-pub const SOCKET_HOOKS: &[&str] = &[
-    "sock_send_length",
-    "sock_recv_length",
-    "inet_sock_set_state",
+/// The socket hooks (Linux 6.3+), raw tracepoints as (tracefs group, name): only socket I/O
+/// runs a probe, and no syscall tracepoint is enabled (enabling any puts every task of the
+/// node on the slow syscall path).
+pub const SOCKET_HOOKS: &[(&str, &str)] = &[
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
+    ("tcp", "tcp_destroy_sock"),
 ];
 
 /// The fallback for older kernels, attached to `syscalls/<name>`.
@@ -105,7 +105,7 @@ impl Hooks {
     pub fn describe(self) -> &'static str {
         match self {
             Hooks::Socket => {
-                "socket tracepoints (sock_send_length, sock_recv_length, inet_sock_set_state): only socket I/O runs a probe"
+                "socket tracepoints (sock_send_length, sock_recv_length, tcp_destroy_sock): only socket I/O runs a probe"
             }
             Hooks::Syscalls => {
                 "syscall tracepoints (fallback): every read/write syscall of every process runs a probe"
@@ -129,9 +129,13 @@ pub enum HookChoice {
 
 /// Whether this kernel has the socket tracepoints (they appeared in Linux 6.3).
 pub fn socket_hooks_present() -> bool {
-    SOCKET_HOOKS
-        .iter()
-        .all(|tp| Path::new(TRACEFS).join("events/sock").join(tp).is_dir())
+    SOCKET_HOOKS.iter().all(|(group, tp)| {
+        Path::new(TRACEFS)
+            .join("events")
+            .join(group)
+            .join(tp)
+            .is_dir()
+    })
 }
 
 /// Offsets in `struct sock` the socket hooks need, from the kernel's BTF; zeros (no protocol
@@ -259,11 +263,11 @@ impl Probes {
             hooks,
             sock_offsets,
         };
-        let names = match hooks {
-            Hooks::Socket => SOCKET_HOOKS,
-            Hooks::Syscalls => TRACEPOINTS,
+        let names: Vec<(&str, &str)> = match hooks {
+            Hooks::Socket => SOCKET_HOOKS.to_vec(),
+            Hooks::Syscalls => TRACEPOINTS.iter().map(|n| ("syscalls", *n)).collect(),
         };
-        for name in names {
+        for (group, name) in names {
             let err = |what| {
                 move |source| ProbeError::Program {
                     what,
@@ -284,7 +288,7 @@ impl Probes {
                 Hooks::Syscalls => {
                     let prog: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
                     prog.load().map_err(err("loading"))?;
-                    prog.attach("syscalls", name).map_err(err("attaching"))?;
+                    prog.attach(group, name).map_err(err("attaching"))?;
                 }
             }
         }

@@ -29,6 +29,11 @@ fn enter(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
 
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<(), i64> {
+    // An untraced process saved nothing at entry: the filter answers before any map lookup.
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if !crate::filter::traced(tgid) {
+        return Ok(());
+    }
     let Some(args) = take_args().or_else(|| args_from_regs(syscall, dir)) else {
         return Ok(());
     };

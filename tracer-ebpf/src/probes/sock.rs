@@ -1,9 +1,9 @@
 //! Socket tracepoints (Linux 6.3+): `sock_send_length` and `sock_recv_length` fire inside
 //! `sock_sendmsg`/`sock_recvmsg`, in the calling task, after the bytes moved; only socket
-//! I/O runs them, so the rest of the node's syscalls pay nothing. `inet_sock_set_state`
-//! tells when a TCP socket is done.
+//! I/O runs them, so the rest of the node's syscalls pay nothing. `tcp_destroy_sock` tells
+//! when a TCP socket is gone.
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tracer_common::{direction, sk};
+use tracer_common::direction;
 
 use crate::capture::{MSG_PEEK, args_from_sock, on_data, on_sock_close};
 
@@ -38,11 +38,12 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// TP_PROTO(const struct sock *sk, const int oldstate, const int newstate).
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    if ctx.arg::<u64>(2) as u32 == sk::TCP_CLOSE {
-        on_sock_close(ctx.arg::<u64>(0));
-    }
+/// TP_PROTO(struct sock *sk): a TCP socket is destroyed, which happens only once its process
+/// closed it and TCP is done with it (after both FINs, a reset, or the FIN_WAIT2 timeout), and
+/// before its memory can hold another socket. So the connection ends after the last byte its
+/// process read, even when a reset arrived while that process still had data to read.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    on_sock_close(ctx.arg::<u64>(0));
     0
 }
