@@ -437,6 +437,32 @@ fn test() -> anyhow::Result<()> {
             &mut tally,
         )
     });
+    let all = all.and_then(|()| {
+        // The default hooks on this kernel are the socket tracepoints; the syscall tracepoints
+        // are what older kernels get: the core suites again on those.
+        step("end-to-end tests again on the fallback hooks (TRACER_HOOKS=syscalls)");
+        run_tests(
+            cargo()
+                .current_dir(root())
+                .env("TRACER_BIN", root().join("target/debug/tracer"))
+                .env("TRACER_HOOKS", "syscalls")
+                .args([
+                    "test",
+                    "-p",
+                    "tracer-tests",
+                    "--no-fail-fast",
+                    "--test",
+                    "e2e",
+                    "--test",
+                    "http2",
+                    "--test",
+                    "grpc",
+                    "--",
+                    "--test-threads=1",
+                ]),
+            &mut tally,
+        )
+    });
     // One closing line for the whole run (cargo's own last line is an empty doc-test crate's).
     println!(
         "all tests: {} passed, {} failed",
