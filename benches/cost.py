@@ -338,6 +338,12 @@ def table(title, rows):
     return "\n".join(lines)
 
 
+def by(f):
+    """ ' (counter=n, ...)' for the counters that dropped spans, nothing when none did."""
+    d = {k: v for k, v in f["spans_dropped_by_counter"].items() if v}
+    return f" ({', '.join(f'{k}={v:,}' for k, v in d.items())})" if d else ""
+
+
 def report(res):
     out = []
     if "syscalls" in res:
@@ -398,7 +404,7 @@ def report(res):
                     (p["bursts"], f"{p['requests']:,} req",
                      f"{fmt(p['untraced_rps'], '', 0)} -> {fmt(p['traced_rps'], '', 0)} req/s (ratio {fmt(p['throughput_ratio'], '', 3)})"),
                     ("  spans built / exported / dropped", f"{p['spans_built']:,}",
-                     f"/ {p['spans_exported']:,} / {p['spans_dropped']:,} {p['spans_dropped_by_counter'] or ''}"),
+                     f"/ {p['spans_exported']:,} / {p['spans_dropped']:,}{by(p)}"),
                     ("  capture ratio, kernel records lost", fmt(p["capture_ratio"], "", 4),
                      f"lost {p['kernel_events_lost']:,}, daemon dropped {p['records_dropped']:,}, "
                      f"drained in {p['drain_s']} s{'' if p['drained'] else ' (NOT drained)'}"),
@@ -406,7 +412,7 @@ def report(res):
                 ]
             tt = h["total"]
             rows += [("total at exit: built / exported / dropped", f"{tt['spans_built']:,}",
-                      f"/ {tt['spans_exported']:,} / {tt['spans_dropped']:,} {tt['spans_dropped_by_counter'] or ''}; "
+                      f"/ {tt['spans_exported']:,} / {tt['spans_dropped']:,}{by(tt)}; "
                       f"kernel lost {tt['kernel_events_lost']:,}"),
                      ("daemon RSS idle / peak", fmt(h["daemon_rss_idle_mb"], " MB", 1),
                       f"/ {fmt(h['daemon_rss_peak_mb'], ' MB', 1)} (VmHWM {fmt(h['daemon_rss_hwm_mb'], ' MB', 1)})")]
