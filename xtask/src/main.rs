@@ -37,7 +37,8 @@ enum Task {
     /// What tracing costs (benches/cost.py): syscall overhead, nginx pinned and unpinned,
     /// h2load bursts, then the criterion pipeline bench; each figure against an untraced
     /// baseline of the same run. ARGS go to cost.py: `--only syscalls,nginx,h2load,criterion`,
-    /// `--json FILE`, `--duration 2 --rounds 1` (a short run), `--help`.
+    /// `--json FILE`, `--duration 2 --rounds 1` (a short run); `python3 benches/cost.py --help`
+    /// lists them all.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
