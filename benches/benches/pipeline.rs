@@ -192,12 +192,12 @@ fn conn_info() -> ConnInfo {
 /// The stages of one protocol's workload: `decode` (records -> what the decoder completes),
 /// `span` (those -> spans), `otlp` (spans -> bytes); then through the connection table, as
 /// the daemon runs it: `records_to_spans` and the whole path `records_to_otlp`.
-fn stages<T>(
+fn stages<T: Clone>(
     c: &mut Criterion,
     proto: &str,
     records: &[Vec<u8>],
     decode: impl Fn(&[Vec<u8>]) -> Vec<T>,
-    build: impl Fn(&T, &ConnInfo, &Arc<Resource>) -> Span,
+    build: impl Fn(T, &ConnInfo, &Arc<Resource>) -> Span,
 ) {
     let mut g = c.benchmark_group(proto);
     g.throughput(Throughput::Elements(N as u64));
@@ -211,11 +211,15 @@ fn stages<T>(
     let done = decode(records);
     let (info, res) = (conn_info(), resource());
     g.bench_function("span_per_request", |b| {
-        b.iter(|| {
-            done.iter()
-                .map(|d| build(d, &info, &res))
-                .collect::<Vec<_>>()
-        })
+        b.iter_batched(
+            || done.clone(),
+            |done| {
+                done.into_iter()
+                    .map(|d| build(d, &info, &res))
+                    .collect::<Vec<_>>()
+            },
+            BatchSize::SmallInput,
+        )
     });
     let m = Arc::new(Metrics::default());
     let spans = pipeline::replay(records, &mut table(&m), &m);

@@ -2,6 +2,7 @@
 //! (sequence gaps), and turns decoded exchanges into spans.
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+use rustc_hash::FxHashMap;
 use tracer_common::protocol;
 
 use crate::{
@@ -153,7 +154,8 @@ pub struct TableOptions {
 }
 
 pub struct ConnTable {
-    conns: HashMap<ConnId, Entry>,
+    /// Keyed by pid and fd, which nobody outside the host picks: no need for SipHash.
+    conns: FxHashMap<ConnId, Entry>,
     procs: Processes,
     proc_root: PathBuf,
     clock: Clock,
@@ -178,7 +180,7 @@ impl ConnTable {
         metrics: Arc<Metrics>,
     ) -> Self {
         ConnTable {
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             procs,
             proc_root: proc_root.into(),
             clock,
@@ -342,12 +344,12 @@ impl ConnTable {
             .done
             .exchanges
             .drain(..)
-            .map(|ex| span::build(&ex, &entry.info, &resource, clock, opts));
+            .map(|ex| span::build(ex, &entry.info, &resource, clock, opts));
         let h2 = self
             .done
             .streams
             .drain(..)
-            .map(|st| span::build_h2(&st, &entry.info, &resource, clock, opts));
+            .map(|st| span::build_h2(st, &entry.info, &resource, clock, opts));
         for sp in spans.chain(h2) {
             Metrics::add(&m.spans_built_total, 1);
             let local_match = sp.kind == span::SpanKind::Server

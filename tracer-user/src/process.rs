@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::{
     metadata::{
         container::{Runtime, container_of_pid},
@@ -21,7 +23,8 @@ pub struct Processes {
     host_name: String,
     /// OTEL_RESOURCE_ATTRIBUTES of the daemon: added to every resource (e.g. deployment.environment).
     extra: Vec<KeyValue>,
-    cache: HashMap<u32, Cached>,
+    /// By pid: a fast hash, the keys are the kernel's.
+    cache: FxHashMap<u32, Cached>,
     max: usize,
     /// Pod metadata, when running in Kubernetes.
     pods: Option<PodCache>,
@@ -90,7 +93,7 @@ impl Processes {
             proc_root: proc_root.into(),
             host_name,
             extra,
-            cache: HashMap::new(),
+            cache: FxHashMap::default(),
             max: 16384,
             pods: None,
         }

@@ -1,6 +1,12 @@
 //! Span model and the builder that turns a decoded HTTP exchange into an OpenTelemetry span
 //! following the stable HTTP semantic conventions.
-use std::{borrow::Cow, fmt, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    sync::Arc,
+};
 
 use crate::decode::{
     Role,
@@ -196,17 +202,22 @@ const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Splits `host[:port]` (including `[v6]:port`).
-fn split_host(authority: &str) -> (&str, Option<u16>) {
-    let authority = authority.trim();
-    if let Some(rest) = authority.strip_prefix('[')
+/// Where the host is in `host[:port]` (including `[v6]:port`), and the port.
+fn split_host(authority: &str) -> (Range<usize>, Option<u16>) {
+    let lead = authority.len() - authority.trim_start().len();
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[')
         && let Some((h, tail)) = rest.split_once(']')
     {
-        return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        let start = lead + 1;
+        return (
+            start..start + h.len(),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (authority, None),
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (lead..lead + h.len(), p.parse().ok()),
+        _ => (lead..lead + a.len(), None),
     }
 }
 
@@ -238,17 +249,46 @@ fn random_id<const N: usize>(rng: &mut impl rand::Rng) -> [u8; N] {
     }
 }
 
-/// Builds the span for one exchange.
-/// One request/response as the span builder needs it, whatever the protocol.
+/// An IP address as text; IPv4, the common case, without the formatting machinery.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+    s
+}
+
+/// `s[r]`, made in place: no new allocation.
+fn keep_range(mut s: String, r: Range<usize>) -> String {
+    s.truncate(r.end);
+    s.drain(..r.start);
+    s
+}
+
+/// One request/response as the span builder needs it, whatever the protocol. Its strings
+/// are the decoder's: the span keeps them instead of copies.
 struct Call<'a> {
     kind: SpanKind,
     /// None when it could not be decoded (HTTP/2 headers incomplete): never guessed.
-    method: Option<&'a str>,
+    method: Option<String>,
     /// Request target: origin-form `/p?q`, absolute-form `http://h/p?q`, or `*`.
-    target: Option<&'a str>,
+    target: Option<String>,
     /// `:authority` (HTTP/2); HTTP/1 uses the target or the Host header.
-    authority: Option<&'a str>,
-    headers: &'a [(String, String)],
+    authority: Option<String>,
+    /// The values the span keeps are taken out.
+    headers: &'a mut [(String, String)],
     version: &'static str,
     status: Option<u16>,
     req_body: u64,
@@ -267,17 +307,30 @@ fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The value of header `name`, moved out of `headers`.
+fn take(headers: &mut [(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter_mut()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| std::mem::take(v))
+}
+
 /// Builds the span for one HTTP/1.x exchange.
 pub fn build(
-    ex: &Exchange,
+    ex: Exchange,
     conn: &ConnInfo,
     resource: &Arc<Resource>,
     clock: Clock,
     opts: &SpanOptions,
 ) -> Span {
-    let req = &ex.request;
+    let Exchange {
+        role,
+        request: mut req,
+        response,
+        outcome,
+    } = ex;
     let mut notes = Vec::new();
-    let error = match ex.outcome {
+    let error = match outcome {
         Outcome::Complete => None,
         Outcome::ClosedBeforeResponse => Some("connection_closed_before_response".to_string()),
         Outcome::ClosedMidResponse => Some("connection_closed_mid_response".to_string()),
@@ -287,28 +340,27 @@ pub fn build(
             None
         }
     };
-    if req.headers_truncated || ex.response.as_ref().is_some_and(|r| r.headers_truncated) {
+    if req.headers_truncated || response.as_ref().is_some_and(|r| r.headers_truncated) {
         notes.push(kv("tracer.http.headers_truncated", Value::Bool(true)));
     }
     let call = Call {
-        kind: match ex.role {
+        kind: match role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
         },
-        method: Some(&req.method),
-        target: Some(&req.target),
+        method: Some(req.method),
+        target: Some(req.target),
         authority: None,
-        headers: &req.headers,
+        headers: &mut req.headers,
         version: match req.version {
             Version::Http10 => "1.0",
             Version::Http11 => "1.1",
         },
-        status: ex.response.as_ref().map(|r| r.status),
+        status: response.as_ref().map(|r| r.status),
         req_body: req.body_len,
-        resp_body: ex.response.as_ref().map_or(0, |r| r.body_len),
+        resp_body: response.as_ref().map_or(0, |r| r.body_len),
         ts_start: req.ts_start,
-        ts_end: ex
-            .response
+        ts_end: response
             .as_ref()
             .map_or(req.ts_end, |r| r.ts_end.max(req.ts_end)),
         error,
@@ -323,7 +375,7 @@ const GRPC_SERVER_ERRORS: [u32; 6] = [2, 4, 12, 13, 14, 15];
 
 /// Builds the span for one HTTP/2 stream (a gRPC call when its content-type says so).
 pub fn build_h2(
-    st: &Stream,
+    mut st: Stream,
     conn: &ConnInfo,
     resource: &Arc<Resource>,
     clock: Clock,
@@ -350,12 +402,19 @@ pub fn build_h2(
         (None, true) => Some("connection_closed_before_response".to_string()),
         _ => None,
     };
+    // gRPC: `/package.Service/Method`; the RPC's status comes from grpc-status, not HTTP.
+    let rpc = st
+        .path
+        .as_deref()
+        .and_then(|p| p.strip_prefix('/')?.split_once('/'))
+        .filter(|_| st.is_grpc)
+        .map(|(service, method)| (service.to_string(), method.to_string()));
     let call = Call {
         kind,
-        method: st.method.as_deref(),
-        target: st.path.as_deref(),
-        authority: st.authority.as_deref(),
-        headers: &st.request_headers,
+        method: st.method,
+        target: st.path,
+        authority: st.authority,
+        headers: &mut st.request_headers,
         version: "2",
         status: st.status,
         req_body: st.request_body_len,
@@ -366,19 +425,12 @@ pub fn build_h2(
         notes,
     };
     let mut span = build_call(call, conn, resource, clock, opts);
-    // gRPC: `/package.Service/Method`; the RPC's status comes from grpc-status, not HTTP.
-    let rpc = st
-        .path
-        .as_deref()
-        .and_then(|p| p.strip_prefix('/')?.split_once('/'));
-    if let (true, Some((service, method))) = (st.is_grpc, rpc) {
-        span.name = [service, "/", method].concat();
+    if let Some((service, method)) = rpc {
+        span.name = [&service, "/", &method].concat();
         span.attributes
             .push(kv("rpc.system", Value::Str("grpc".into())));
-        span.attributes
-            .push(kv("rpc.service", Value::Str(service.to_string())));
-        span.attributes
-            .push(kv("rpc.method", Value::Str(method.to_string())));
+        span.attributes.push(kv("rpc.service", Value::Str(service)));
+        span.attributes.push(kv("rpc.method", Value::Str(method)));
         if let Some(code) = st.grpc_status {
             span.attributes
                 .push(kv("rpc.grpc.status_code", Value::Int(code as i64)));
@@ -389,7 +441,6 @@ pub fn build_h2(
             if failed && span.status == Status::Unset {
                 span.status = Status::Error(
                     st.grpc_message
-                        .clone()
                         .unwrap_or_else(|| format!("grpc-status {code}")),
                 );
                 span.attributes
@@ -410,45 +461,54 @@ fn build_call(
     let kind = call.kind;
     let mut attrs = Vec::with_capacity(16);
     // The span name is the method (the route is not known here); "HTTP" when even that is not.
+    let has_method = call.method.is_some();
     let name = match call.method {
-        Some(m) if KNOWN_METHODS.contains(&m) => m.to_string(),
+        Some(m) if KNOWN_METHODS.contains(&m.as_str()) => m,
         Some(m) => {
-            attrs.push(kv(
-                "http.request.method_original",
-                Value::Str(m.to_string()),
-            ));
+            attrs.push(kv("http.request.method_original", Value::Str(m)));
             "_OTHER".to_string()
         }
         None => "HTTP".to_string(),
     };
-    if call.method.is_some() {
+    if has_method {
         attrs.push(kv("http.request.method", Value::Str(name.clone())));
     }
 
-    let target = call.target.unwrap_or("");
+    let has_target = call.target.is_some();
+    let target = call.target.unwrap_or_default();
+    // Where the parts are in the target: an absolute-form target's authority, and the path
+    // (None: "/", an absolute-form target without one).
     let (authority_in_target, path_query) = match target.split_once("://") {
-        Some((_, rest)) => match rest.find('/') {
-            Some(i) => (Some(&rest[..i]), &rest[i..]),
-            None => (Some(rest), "/"),
-        },
-        None => (None, target),
+        Some((scheme, rest)) => {
+            let base = scheme.len() + 3;
+            match rest.find('/') {
+                Some(i) => (Some(base..base + i), Some(base + i..target.len())),
+                None => (Some(base..target.len()), None),
+            }
+        }
+        None => (None, Some(0..target.len())),
     };
-    let (path, query) = match path_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_query, None),
+    let (path, query) = match path_query {
+        Some(r) => match target[r.clone()].find('?') {
+            Some(q) => (Some(r.start..r.start + q), Some(r.start + q + 1..r.end)),
+            None => (Some(r), None),
+        },
+        None => (None, None),
     };
     let query = query.map(|q| {
         if opts.keep_query_values {
-            q.to_string()
+            target[q].to_string()
         } else {
-            redact_query(q)
+            redact_query(&target[q])
         }
     });
     let authority = authority_in_target
+        .map(|r| target[r].to_string())
         .or(call.authority)
-        .or_else(|| find(call.headers, "host"));
-    let full = (kind == SpanKind::Client && call.target.is_some()).then(|| {
-        let authority = authority.unwrap_or("unknown");
+        .or_else(|| take(call.headers, "host"));
+    let full = (kind == SpanKind::Client && has_target).then(|| {
+        let authority = authority.as_deref().unwrap_or("unknown");
+        let path = path.clone().map_or("/", |r| &target[r]);
         let q = query.as_deref().unwrap_or("");
         let mut full = String::with_capacity(8 + authority.len() + path.len() + q.len());
         full.push_str("http://");
@@ -460,29 +520,38 @@ fn build_call(
         }
         full
     });
-    if call.target.is_some() {
-        attrs.push(kv("url.path", Value::Str(path.to_string())));
+    if has_target {
+        let path = match path {
+            Some(r) => keep_range(target, r),
+            None => "/".to_string(),
+        };
+        attrs.push(kv("url.path", Value::Str(path)));
     }
     if let Some(q) = query {
         attrs.push(kv("url.query", Value::Str(q)));
     }
     attrs.push(kv("url.scheme", Value::Str("http".into())));
     if let Some(a) = authority {
-        let (host, port) = split_host(a);
-        attrs.push(kv("server.address", Value::Str(host.to_string())));
+        let (host, port) = split_host(&a);
+        attrs.push(kv("server.address", Value::Str(keep_range(a, host))));
         attrs.push(kv("server.port", Value::Int(port.unwrap_or(80) as i64)));
     }
     if let Some(full) = full {
         attrs.push(kv("url.full", Value::Str(full)));
     }
     if let Some(peer) = conn.peer {
-        let address = peer.ip().to_string();
+        let address = ip_text(peer.ip());
         // The first X-Forwarded-For hop is the original client when a proxy is in front.
-        let client = (kind == SpanKind::Server).then(|| {
-            find(call.headers, "x-forwarded-for")
-                .and_then(|v| v.split(',').next())
-                .map_or_else(|| address.clone(), |s| s.trim().to_string())
-        });
+        let client =
+            (kind == SpanKind::Server).then(|| match take(call.headers, "x-forwarded-for") {
+                Some(v) => {
+                    let hop = v.split(',').next().unwrap_or_default();
+                    let start = hop.len() - hop.trim_start().len();
+                    let end = hop.trim_end().len().max(start);
+                    keep_range(v, start..end)
+                }
+                None => address.clone(),
+            });
         attrs.push(kv("network.peer.address", Value::Str(address)));
         attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
         if let Some(client) = client {
@@ -493,8 +562,8 @@ fn build_call(
         "network.protocol.version",
         Value::Str(call.version.into()),
     ));
-    if let Some(ua) = find(call.headers, "user-agent") {
-        attrs.push(kv("user_agent.original", Value::Str(ua.to_string())));
+    if let Some(ua) = take(call.headers, "user-agent") {
+        attrs.push(kv("user_agent.original", Value::Str(ua)));
     }
     if call.req_body > 0 {
         attrs.push(kv(
@@ -597,7 +666,7 @@ mod tests {
             peer: Some("127.0.0.1:40000".parse().unwrap()),
         };
         build(
-            ex,
+            ex.clone(),
             &conn,
             &resource(),
             Clock { offset_ns: 10 },
@@ -727,6 +796,39 @@ mod tests {
     }
 
     #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.100.7",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    /// Client spans of absolute-form targets (a proxy's requests): the authority and the path
+    /// come from the target, a missing path is `/`.
+    #[test]
+    fn absolute_form_targets() {
+        let sp = build_one(&exchange(
+            Role::Client,
+            "GET",
+            "http://[::1]:9000",
+            &[("host", "other")],
+            Some(200),
+        ));
+        assert_eq!(sp.attr("server.address"), Some(&s("::1")));
+        assert_eq!(sp.attr("server.port"), Some(&Value::Int(9000)));
+        assert_eq!(sp.attr("url.path"), Some(&s("/")));
+        assert_eq!(sp.attr("url.query"), None);
+        assert_eq!(sp.attr("url.full"), Some(&s("http://[::1]:9000/")));
+    }
+
+    #[test]
     fn forwarded_client_address() {
         let sp = build_one(&exchange(
             Role::Server,
@@ -770,7 +872,7 @@ mod tests {
 
     fn build_grpc(st: &crate::decode::http2::Stream) -> Span {
         build_h2(
-            st,
+            st.clone(),
             &ConnInfo::default(),
             &resource(),
             Clock { offset_ns: 0 },

@@ -98,6 +98,9 @@ pub struct Stats {
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+/// First size of a header block buffer: most request and response heads fit, so the block
+/// is not copied again as it grows (the buffer lives only until the block is parsed).
+const HEAD_BUF: usize = 512;
 const MAX_PENDING: usize = 64;
 /// Shortest possible start line + blank line ("HTTP/1.1 200\n\n").
 const MIN_MESSAGE: u64 = 14;
@@ -134,8 +137,37 @@ impl Kinds {
     }
 }
 
+/// RFC 9110 token characters, by byte (a table: every header name byte is tested).
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[b as usize]
 }
 
 /// HTAB, SP, VCHAR, obs-text: what a header value or reason phrase may hold.
@@ -267,7 +299,7 @@ fn begins_with_start_line(data: &[u8], whole: bool, k: Kinds) -> bool {
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count();
     let rest = &data[skip..];
-    let kind = match rest.iter().position(|&b| b == b'\n') {
+    let kind = match memchr::memchr(b'\n', rest) {
         Some(p) => start_kind(strip_cr(&rest[..p]), true, k),
         None if whole && !rest.is_empty() => match rest.strip_suffix(b"\r") {
             Some(l) => start_kind(l, true, k),
@@ -288,6 +320,8 @@ fn begins_with_start_line(data: &[u8], whole: bool, k: Kinds) -> bool {
 struct Head {
     buf: Vec<u8>,
     line_start: usize,
+    /// The fields of the terminated header lines that the decoder keeps.
+    headers: Vec<(String, String)>,
     /// Set once the start line is terminated and valid.
     kind: Option<Kind>,
     announced: bool,
@@ -310,8 +344,9 @@ enum HeadRes {
 impl Head {
     fn new(ts_start: u64, ts_end: u64, speculative: bool) -> Self {
         Head {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(HEAD_BUF),
             line_start: 0,
+            headers: Vec::new(),
             kind: None,
             announced: false,
             speculative,
@@ -330,11 +365,13 @@ impl Head {
         self.buf.len() >= MAX_HEAD
     }
 
-    fn push(&mut self, bytes: &[u8], kinds: Kinds) -> HeadRes {
+    /// Takes bytes up to the end of the block, validating each line and keeping the header
+    /// fields `keep` names (all of them when `None`).
+    fn push(&mut self, bytes: &[u8], kinds: Kinds, keep: Option<&[&str]>) -> HeadRes {
         let mut i = 0;
         while i < bytes.len() {
             let rest = &bytes[i..];
-            let nl = rest.iter().position(|&b| b == b'\n');
+            let nl = memchr::memchr(b'\n', rest);
             let take = nl.map_or(rest.len(), |p| p + 1);
             let room = MAX_HEAD.saturating_sub(self.buf.len());
             if take > room {
@@ -353,7 +390,11 @@ impl Head {
                     },
                     Some(_) if line.is_empty() => return HeadRes::Done(i),
                     Some(_) if !header_ok(line, true) => return HeadRes::Bad,
-                    Some(_) => {}
+                    Some(_) => {
+                        if let Some(field) = kept_field(line, keep) {
+                            self.headers.push(field);
+                        }
+                    }
                 }
                 self.line_start = self.buf.len();
             } else {
@@ -374,7 +415,6 @@ impl Head {
     }
 }
 
-/// Start line and header fields of the terminated lines of a header block.
 /// Headers the decoder keeps: what framing and span building read. Everything else is
 /// skipped without allocating (it is the hot path), and credentials (Authorization, Cookie,
 /// Set-Cookie) never leave the decoder.
@@ -404,30 +444,34 @@ fn upgrades_to_h2c(req: &[(String, String)], resp: &[(String, String)]) -> bool 
     names_h2c(req) && (!resp_says || names_h2c(resp))
 }
 
-fn parse_head<'a>(buf: &'a [u8], keep: Option<&[&str]>) -> (&'a [u8], Vec<(String, String)>) {
-    let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let mut lines = buf[..end].split(|&b| b == b'\n').map(strip_cr);
-    let start = lines.next().unwrap_or(&[]);
-    let mut headers = Vec::new();
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if let Some(c) = line.iter().position(|&b| b == b':') {
-            if keep.is_some_and(|k| {
-                !k.iter()
-                    .any(|n| n.as_bytes().eq_ignore_ascii_case(&line[..c]))
-            }) {
-                continue;
-            }
-            let name = String::from_utf8_lossy(&line[..c]).to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&line[c + 1..])
-                .trim_matches([' ', '\t'])
-                .to_string();
-            headers.push((name, value));
-        }
+/// Without the spaces and tabs around it (a header value).
+fn trim_ows(b: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = b.iter().position(|b| !ows(b)).unwrap_or(b.len());
+    let end = b.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Bytes as text, invalid UTF-8 replaced (`from_utf8_lossy`, whose checks cost more).
+fn text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
-    (start, headers)
+}
+
+/// The field of a valid header line, if `keep` names it: name lowercased, value trimmed.
+fn kept_field(line: &[u8], keep: Option<&[&str]>) -> Option<(String, String)> {
+    let c = line.iter().position(|&b| b == b':')?;
+    let name = match keep {
+        // A kept name is one of ours, already lowercase.
+        Some(k) => k
+            .iter()
+            .find(|n| n.as_bytes().eq_ignore_ascii_case(&line[..c]))?
+            .to_string(),
+        None => text(&line[..c]).to_ascii_lowercase(),
+    };
+    Some((name, text(trim_ows(&line[c + 1..]))))
 }
 
 fn parse_version(v: &[u8]) -> Version {
@@ -847,7 +891,7 @@ impl Http1Conn {
                 }
                 Phase::Head(mut h) => {
                     let res = if pos < cap {
-                        h.push(&data[pos as usize..], self.kinds(d))
+                        h.push(&data[pos as usize..], self.kinds(d), self.keep)
                     } else {
                         HeadRes::Need(0)
                     };
@@ -1156,7 +1200,11 @@ impl Http1Conn {
         if truncated {
             self.stats.truncated_headers += 1;
         }
-        let (start, headers) = parse_head(&h.buf, self.keep);
+        let start = match memchr::memchr(b'\n', &h.buf) {
+            Some(end) => strip_cr(&h.buf[..end]),
+            None => &[],
+        };
+        let headers = h.headers;
         let framing = if truncated {
             Err(())
         } else {
@@ -1165,8 +1213,8 @@ impl Http1Conn {
         match kind {
             Kind::Req => {
                 let mut parts = start.splitn(3, |&b| b == b' ');
-                let method = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
-                let target = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
+                let method = text(parts.next().unwrap_or_default());
+                let target = text(parts.next().unwrap_or_default());
                 let version = parse_version(parts.next().unwrap_or_default());
                 let id = self.next_id;
                 self.next_id += 1;

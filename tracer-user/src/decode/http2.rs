@@ -30,6 +30,7 @@
 //!   trailers after the response ended, RST after END_STREAM) harmless and
 //!   keeps `lost_streams` from counting one stream twice.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
@@ -399,21 +400,24 @@ fn decode_int(buf: &[u8], pos: &mut usize, prefix: u8) -> Result<u32, HErr> {
     Ok(value as u32)
 }
 
-fn decode_str(buf: &[u8], pos: &mut usize) -> Result<String, HErr> {
+/// A string literal: borrowed from the block unless Huffman-coded.
+fn decode_str<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Cow<'a, str>, HErr> {
     let huff = buf.get(*pos).ok_or(HErr::Truncated)? & 0x80 != 0;
     let len = decode_int(buf, pos, 7)? as usize;
     let end = pos.checked_add(len).ok_or(HErr::Invalid)?;
     let raw = buf.get(*pos..end).ok_or(HErr::Truncated)?;
     *pos = end;
-    let bytes = if huff {
-        huffman_decode(raw)?
-    } else {
-        raw.to_vec()
-    };
     // Non-UTF-8 octets (obs-text) become U+FFFD rather than failing the block.
-    Ok(match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    Ok(if huff {
+        match String::from_utf8(huffman_decode(raw)?) {
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        }
+    } else {
+        match std::str::from_utf8(raw) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(raw),
+        }
     })
 }
 
@@ -597,30 +601,31 @@ impl Hpack {
         f: &mut dyn FnMut(&str, &str),
     ) -> Result<bool, HErr> {
         let i = decode_int(b, pos, prefix)? as usize;
+        // Name and value are copied only when the field goes into the table.
         let name = if i == 0 {
             Some(decode_str(b, pos)?)
         } else {
             match self.lookup(i) {
-                Look::Known(n, _) => Some(n.to_owned()),
+                Look::Known(n, _) => Some(Cow::Borrowed(n)),
                 Look::Unknown => None,
                 Look::Invalid => return Err(HErr::Invalid),
             }
         };
         let value = decode_str(b, pos)?;
-        let name_len = name.as_ref().map_or(0, String::len);
-        self.work = self.work.saturating_add(name_len + value.len());
-        match name {
-            Some(n) => {
-                f(&n, &value);
-                // Untrusted tables keep inserting so memory accounting evolves,
-                // but lookups never consult them again.
-                if index {
-                    self.insert(n, value);
-                }
-                Ok(false)
-            }
-            None => Ok(true),
+        let added = name.as_ref().map_or(0, |n| n.len()) + value.len();
+        let Some(name) = name else {
+            self.work = self.work.saturating_add(added);
+            return Ok(true);
+        };
+        f(&name, &value);
+        // Untrusted tables keep inserting so memory accounting evolves,
+        // but lookups never consult them again.
+        let entry = index.then(|| (name.into_owned(), value.into_owned()));
+        self.work = self.work.saturating_add(added);
+        if let Some((n, v)) = entry {
+            self.insert(n, v);
         }
+        Ok(false)
     }
 }
 
@@ -962,6 +967,8 @@ pub struct H2Conn {
     streams: BTreeMap<u32, Stream>,
     /// Recently finished or given-up stream ids.
     closed: VecDeque<u32>,
+    /// The largest id ever put in `closed`.
+    closed_max: u32,
     /// Streams completed inside `gap()`, which has no output vector.
     pending: Vec<Stream>,
     last_ts: u64,
@@ -1040,6 +1047,7 @@ impl H2Conn {
             req_dir: None,
             streams: BTreeMap::new(),
             closed: VecDeque::new(),
+            closed_max: 0,
             pending: Vec::new(),
             last_ts: 0,
             stats: Stats::default(),
@@ -1362,16 +1370,21 @@ impl H2Conn {
                 }
                 let lo = off.min(f.buf.len());
                 let hi = end.min(f.buf.len()).max(lo);
-                let frag = if bad { &[][..] } else { &f.buf[lo..hi] };
-                let mut block = Block {
+                let cut = bad || f.buf.len() < end;
+                // The frame's buffer becomes the block's (no copy).
+                let mut frag = f.buf;
+                frag.truncate(if bad { 0 } else { hi });
+                frag.drain(..lo.min(frag.len()));
+                let over = frag.len() > MAX_BLOCK;
+                frag.truncate(MAX_BLOCK);
+                let block = Block {
                     sid: f.sid,
                     end_stream: f.ty == T_HEADERS && f.flags & F_END_STREAM != 0,
                     push: f.ty == T_PUSH_PROMISE,
-                    buf: Vec::new(),
-                    cut: false,
+                    buf: frag,
+                    cut: cut || over,
                     ts_start: f.ts_start,
                 };
-                block.append(frag, bad || f.buf.len() < end);
                 if f.flags & F_END_HEADERS != 0 {
                     self.finish_block(d, block, ts_end, out);
                 } else {
@@ -1495,7 +1508,7 @@ impl H2Conn {
             None => return, // cannot attribute; the stream will count as lost
         };
         if is_req {
-            if self.streams.contains_key(&b.sid) || self.closed.contains(&b.sid) {
+            if self.streams.contains_key(&b.sid) || self.recently_closed(b.sid) {
                 return; // request trailers, or a late block of a finished stream
             }
             if self.streams.len() >= MAX_OPEN_STREAMS
@@ -1558,15 +1571,22 @@ impl H2Conn {
     }
 
     fn remember(&mut self, sid: u32) {
+        self.closed_max = self.closed_max.max(sid);
         self.closed.push_back(sid);
         if self.closed.len() > CLOSED_RING {
             self.closed.pop_front();
         }
     }
 
+    /// Whether `sid` finished recently. Client stream ids only grow, so a new stream's id is
+    /// above all of them: no scan of the ring for it.
+    fn recently_closed(&self, sid: u32) -> bool {
+        sid <= self.closed_max && self.closed.contains(&sid)
+    }
+
     /// A client stream ended whose request HEADERS we never saw.
     fn note_lost(&mut self, sid: u32) {
-        if sid.is_multiple_of(2) || self.closed.contains(&sid) {
+        if sid.is_multiple_of(2) || self.recently_closed(sid) {
             return; // server push (even) or already accounted for
         }
         self.stats.lost_streams += 1;
