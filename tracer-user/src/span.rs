@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::decode::{
-    Role,
+    Header, Role,
     http1::{Exchange, Outcome, Version},
     http2::Stream,
 };
@@ -223,19 +223,26 @@ fn split_host(authority: &str) -> (Range<usize>, Option<u16>) {
 
 /// Replaces every query value with REDACTED, keeping the keys (what the query was about).
 pub fn redact_query(q: &str) -> String {
-    const MASK: &str = "=REDACTED";
+    const MASK: &str = "REDACTED";
     let mut out = String::with_capacity(q.len() + MASK.len());
-    for (i, pair) in q.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((k, _)) => {
-                out.push_str(k);
+    // One pass: a pair's key and its first '=' are copied, the rest of the pair is not.
+    let (mut from, mut in_value) = (0, false);
+    for (i, b) in q.bytes().enumerate() {
+        match b {
+            b'=' if !in_value => {
+                out.push_str(&q[from..=i]);
                 out.push_str(MASK);
+                in_value = true;
             }
-            None => out.push_str(pair),
+            b'&' if in_value => {
+                from = i;
+                in_value = false;
+            }
+            _ => {}
         }
+    }
+    if !in_value {
+        out.push_str(&q[from..]);
     }
     out
 }
@@ -288,7 +295,7 @@ struct Call<'a> {
     /// `:authority` (HTTP/2); HTTP/1 uses the target or the Host header.
     authority: Option<String>,
     /// The values the span keeps are taken out.
-    headers: &'a mut [(String, String)],
+    headers: &'a mut [Header],
     version: &'static str,
     status: Option<u16>,
     req_body: u64,
@@ -300,7 +307,7 @@ struct Call<'a> {
     notes: Vec<KeyValue>,
 }
 
-fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k == name)
@@ -308,7 +315,7 @@ fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// The value of header `name`, moved out of `headers`.
-fn take(headers: &mut [(String, String)], name: &str) -> Option<String> {
+fn take(headers: &mut [Header], name: &str) -> Option<String> {
     headers
         .iter_mut()
         .find(|(k, _)| k == name)
@@ -629,7 +636,7 @@ mod tests {
                 version: Version::Http11,
                 headers: headers
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (k.to_string().into(), v.to_string()))
                     .collect(),
                 headers_truncated: false,
                 body_len: 0,
@@ -793,6 +800,21 @@ mod tests {
         ));
         assert_eq!(v6.attr("server.address"), Some(&s("::1")));
         assert_eq!(v6.attr("server.port"), Some(&Value::Int(9000)));
+    }
+
+    #[test]
+    fn query_values_are_redacted() {
+        for (q, want) in [
+            ("page=2", "page=REDACTED"),
+            ("a&b=1&c", "a&b=REDACTED&c"),
+            ("x==y&z=", "x=REDACTED&z=REDACTED"),
+            ("a=&b", "a=REDACTED&b"),
+            ("&&", "&&"),
+            ("", ""),
+            ("clé=été&ü", "clé=REDACTED&ü"),
+        ] {
+            assert_eq!(redact_query(q), want, "{q}");
+        }
     }
 
     #[test]

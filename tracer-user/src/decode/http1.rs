@@ -29,9 +29,9 @@
 //! `Stats::lost_exchanges` also counts requests dropped by queue overflow or whose start
 //! was never captured.
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
-pub use super::{Chunk, Direction, Layout, Role};
+pub use super::{Chunk, Direction, Header, Layout, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -46,7 +46,7 @@ pub struct Request {
     pub target: String,
     pub version: Version,
     /// Names lowercased, values trimmed; only what was captured.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Header>,
     /// Header block not fully captured (longer than capture or bytes missing).
     pub headers_truncated: bool,
     pub body_len: u64,
@@ -58,7 +58,7 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub version: Version,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Header>,
     pub headers_truncated: bool,
     pub body_len: u64,
     pub ts_start: u64,
@@ -98,8 +98,7 @@ pub struct Stats {
 }
 
 const MAX_HEAD: usize = 64 * 1024;
-/// First size of a header block buffer: most request and response heads fit, so the block
-/// is not copied again as it grows (the buffer lives only until the block is parsed).
+/// First size of the buffer of a header block that spans chunks: most heads fit.
 const HEAD_BUF: usize = 512;
 const MAX_PENDING: usize = 64;
 /// Shortest possible start line + blank line ("HTTP/1.1 200\n\n").
@@ -243,17 +242,25 @@ fn status_line_ok(line: &[u8], complete: bool) -> bool {
     }
     match code.get(3) {
         None => code.len() == 3 || !complete,
-        Some(b' ') => code[4..].iter().all(|&b| is_field_byte(b)),
+        Some(b' ') => field_bytes_ok(&code[4..]),
         Some(_) => false,
     }
 }
 
-fn header_ok(line: &[u8], complete: bool) -> bool {
+/// Whether every byte may be in a field value (no early exit, so the loop vectorizes).
+fn field_bytes_ok(v: &[u8]) -> bool {
+    v.iter().fold(true, |ok, &b| ok & is_field_byte(b))
+}
+
+/// Where the colon of a valid header line is.
+fn header_colon(line: &[u8]) -> Option<usize> {
     let n = line.iter().take_while(|&&b| is_tchar(b)).count();
-    if n == line.len() {
-        return !complete;
-    }
-    n > 0 && line[n] == b':' && line[n + 1..].iter().all(|&b| is_field_byte(b))
+    (n > 0 && line.get(n) == Some(&b':') && field_bytes_ok(&line[n + 1..])).then_some(n)
+}
+
+/// A valid header line, or (`complete` false) the start of one: a name so far.
+fn header_ok(line: &[u8], complete: bool) -> bool {
+    header_colon(line).is_some() || (!complete && line.iter().all(|&b| is_tchar(b)))
 }
 
 fn start_kind(line: &[u8], complete: bool, k: Kinds) -> Option<Kind> {
@@ -318,10 +325,11 @@ fn begins_with_start_line(data: &[u8], whole: bool, k: Kinds) -> bool {
 // Header block accumulation.
 
 struct Head {
+    /// The block's bytes once it spans chunks; empty while its first chunk is read in place.
     buf: Vec<u8>,
     line_start: usize,
     /// The fields of the terminated header lines that the decoder keeps.
-    headers: Vec<(String, String)>,
+    headers: Vec<Header>,
     /// Set once the start line is terminated and valid.
     kind: Option<Kind>,
     announced: bool,
@@ -344,7 +352,7 @@ enum HeadRes {
 impl Head {
     fn new(ts_start: u64, ts_end: u64, speculative: bool) -> Self {
         Head {
-            buf: Vec::with_capacity(HEAD_BUF),
+            buf: Vec::new(),
             line_start: 0,
             headers: Vec::new(),
             kind: None,
@@ -365,22 +373,42 @@ impl Head {
         self.buf.len() >= MAX_HEAD
     }
 
+    /// The block goes on past the chunk being read: its bytes so far are kept.
+    fn spill(&mut self, bytes: &[u8]) {
+        self.buf.reserve(HEAD_BUF.max(bytes.len()));
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Takes bytes up to the end of the block, validating each line and keeping the header
-    /// fields `keep` names (all of them when `None`).
-    fn push(&mut self, bytes: &[u8], kinds: Kinds, keep: Option<&[&str]>) -> HeadRes {
+    /// fields `keep` names (all of them when `None`). A block that ends in its first chunk is
+    /// read where it is; one that goes on in a later chunk is copied.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        kinds: Kinds,
+        keep: Option<&'static [&'static str]>,
+    ) -> HeadRes {
+        let direct = self.buf.is_empty();
         let mut i = 0;
         while i < bytes.len() {
             let rest = &bytes[i..];
             let nl = memchr::memchr(b'\n', rest);
             let take = nl.map_or(rest.len(), |p| p + 1);
-            let room = MAX_HEAD.saturating_sub(self.buf.len());
+            let room = MAX_HEAD.saturating_sub(if direct { i } else { self.buf.len() });
             if take > room {
+                if direct {
+                    self.spill(&bytes[..i]);
+                }
                 self.buf.extend_from_slice(&rest[..room]);
                 return HeadRes::Need(i + room);
             }
-            self.buf.extend_from_slice(&rest[..take]);
+            let line = if direct {
+                &rest[..take]
+            } else {
+                self.buf.extend_from_slice(&rest[..take]);
+                &self.buf[self.line_start..]
+            };
             i += take;
-            let line = &self.buf[self.line_start..];
             if nl.is_some() {
                 let line = strip_cr(&line[..line.len() - 1]);
                 match self.kind {
@@ -389,14 +417,16 @@ impl Head {
                         None => return HeadRes::Bad,
                     },
                     Some(_) if line.is_empty() => return HeadRes::Done(i),
-                    Some(_) if !header_ok(line, true) => return HeadRes::Bad,
-                    Some(_) => {
-                        if let Some(field) = kept_field(line, keep) {
-                            self.headers.push(field);
+                    Some(_) => match header_colon(line) {
+                        Some(colon) => {
+                            if let Some(field) = kept_field(line, colon, keep) {
+                                self.headers.push(field);
+                            }
                         }
-                    }
+                        None => return HeadRes::Bad,
+                    },
                 }
-                self.line_start = self.buf.len();
+                self.line_start = if direct { i } else { self.buf.len() };
             } else {
                 let whole = line.len() <= PREFIX_CHECK;
                 let line = &line[..line.len().min(PREFIX_CHECK)];
@@ -410,6 +440,9 @@ impl Head {
                     return HeadRes::Bad;
                 }
             }
+        }
+        if direct {
+            self.spill(bytes);
         }
         HeadRes::Need(i)
     }
@@ -432,8 +465,8 @@ pub const KEPT_HEADERS: &[&str] = &[
 
 /// Whether a 101 switched to h2c: the request asked for it, and the response (when its
 /// Upgrade header was captured) names it.
-fn upgrades_to_h2c(req: &[(String, String)], resp: &[(String, String)]) -> bool {
-    let names_h2c = |headers: &[(String, String)]| {
+fn upgrades_to_h2c(req: &[Header], resp: &[Header]) -> bool {
+    let names_h2c = |headers: &[Header]| {
         headers
             .iter()
             .filter(|(k, _)| k == "upgrade")
@@ -460,16 +493,16 @@ fn text(b: &[u8]) -> String {
     }
 }
 
-/// The field of a valid header line, if `keep` names it: name lowercased, value trimmed.
-fn kept_field(line: &[u8], keep: Option<&[&str]>) -> Option<(String, String)> {
-    let c = line.iter().position(|&b| b == b':')?;
+/// The field of a valid header line (its colon at `c`), if `keep` names it: name
+/// lowercased, value trimmed.
+fn kept_field(line: &[u8], c: usize, keep: Option<&'static [&'static str]>) -> Option<Header> {
     let name = match keep {
         // A kept name is one of ours, already lowercase.
-        Some(k) => k
-            .iter()
-            .find(|n| n.as_bytes().eq_ignore_ascii_case(&line[..c]))?
-            .to_string(),
-        None => text(&line[..c]).to_ascii_lowercase(),
+        Some(k) => Cow::Borrowed(
+            *k.iter()
+                .find(|n| n.as_bytes().eq_ignore_ascii_case(&line[..c]))?,
+        ),
+        None => Cow::Owned(text(&line[..c]).to_ascii_lowercase()),
     };
     Some((name, text(trim_ows(&line[c + 1..]))))
 }
@@ -631,7 +664,7 @@ impl Framing {
 }
 
 /// Body framing from headers. Err = framing cannot be trusted.
-fn body_framing(headers: &[(String, String)], request: bool) -> Result<Option<Framing>, ()> {
+fn body_framing(headers: &[Header], request: bool) -> Result<Option<Framing>, ()> {
     if let Some((_, te)) = headers.iter().rev().find(|(n, _)| n == "transfer-encoding") {
         let last = te.rsplit(',').next().unwrap_or("").trim();
         return if last.eq_ignore_ascii_case("chunked") {
@@ -906,8 +939,13 @@ impl Http1Conn {
                             self.enter_resync(d);
                         }
                         HeadRes::Done(n) => {
+                            // Read in place (not copied): the block is in this chunk.
+                            let block = h.buf.is_empty().then(|| {
+                                let p = pos as usize;
+                                &data[p..p + n]
+                            });
                             pos += n as u64;
-                            self.head_done(d, h, HeadEnd::Complete, out);
+                            self.head_done(d, h, block, HeadEnd::Complete, out);
                             if let Some(u) = self.h2c.as_mut() {
                                 u.offset = pos;
                             }
@@ -918,7 +956,7 @@ impl Http1Conn {
                                 // Blank line not captured: assume the block ends with this
                                 // chunk; the body start is unknown, so resync afterwards.
                                 pos = len;
-                                self.head_done(d, h, HeadEnd::Truncated, out);
+                                self.head_done(d, h, None, HeadEnd::Truncated, out);
                             } else {
                                 self.dirs[d].phase = Phase::Head(h);
                             }
@@ -986,7 +1024,7 @@ impl Http1Conn {
         if let (Some(rd), false) = (self.req_dir(), self.upgraded) {
             let sd = 1 - rd;
             if let Phase::Head(h) = std::mem::replace(&mut self.dirs[sd].phase, Phase::Resync) {
-                self.head_done(sd, h, HeadEnd::Closing, out);
+                self.head_done(sd, h, None, HeadEnd::Closing, out);
             }
             if let Some(c) = self.cur_resp.take() {
                 let outcome = if c.lost {
@@ -999,7 +1037,7 @@ impl Http1Conn {
                 self.emit(c.req, Some(c.resp), outcome, out);
             }
             if let Phase::Head(h) = std::mem::replace(&mut self.dirs[rd].phase, Phase::Resync) {
-                self.head_done(rd, h, HeadEnd::Closing, out);
+                self.head_done(rd, h, None, HeadEnd::Closing, out);
             }
             while let Some(slot) = self.pending.pop_front() {
                 self.emit(slot, None, Outcome::ClosedBeforeResponse, out);
@@ -1179,7 +1217,15 @@ impl Http1Conn {
     }
 
     /// Header block finished (or cut): create the message and set up its body framing.
-    fn head_done(&mut self, d: usize, h: Head, end: HeadEnd, out: &mut Vec<Exchange>) {
+    /// `block`: the block's bytes when they were read in place, not copied into `h`.
+    fn head_done(
+        &mut self,
+        d: usize,
+        h: Head,
+        block: Option<&[u8]>,
+        end: HeadEnd,
+        out: &mut Vec<Exchange>,
+    ) {
         let kind = match h.kind {
             Some(k) if self.kinds(d).allows(k) => k,
             Some(_) if end != HeadEnd::Closing => {
@@ -1200,8 +1246,9 @@ impl Http1Conn {
         if truncated {
             self.stats.truncated_headers += 1;
         }
-        let start = match memchr::memchr(b'\n', &h.buf) {
-            Some(end) => strip_cr(&h.buf[..end]),
+        let block = block.unwrap_or(&h.buf);
+        let start = match memchr::memchr(b'\n', block) {
+            Some(end) => strip_cr(&block[..end]),
             None => &[],
         };
         let headers = h.headers;
@@ -1339,12 +1386,7 @@ mod tests {
             );
         }
         assert_eq!(out.len(), 1);
-        let names: Vec<_> = out[0]
-            .request
-            .headers
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let names: Vec<_> = out[0].request.headers.iter().map(|(n, _)| &**n).collect();
         assert_eq!(names, ["host", "traceparent"]);
         let names: Vec<_> = out[0]
             .response
@@ -1352,7 +1394,7 @@ mod tests {
             .unwrap()
             .headers
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| &**n)
             .collect();
         assert_eq!(names, ["content-length"]);
     }
@@ -1446,8 +1488,8 @@ mod tests {
         assert_eq!(
             r.headers,
             vec![
-                ("host".to_string(), "Example.com".to_string()),
-                ("x-y".to_string(), "v w".to_string())
+                ("host".into(), "Example.com".to_string()),
+                ("x-y".into(), "v w".to_string())
             ]
         );
         assert!(!r.headers_truncated);
@@ -1569,12 +1611,7 @@ mod tests {
         }
         let ex = t.take();
         assert_eq!(ex.len(), 1);
-        let h: Vec<_> = ex[0]
-            .request
-            .headers
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let h: Vec<_> = ex[0].request.headers.iter().map(|(n, _)| &**n).collect();
         assert_eq!(h, ["host", "accept"]);
         assert_eq!(resp(&ex[0]).body_len, 2);
     }
@@ -1921,7 +1958,7 @@ mod tests {
         let r = &ex[0].request;
         assert_eq!(r.method, "GET");
         assert!(r.headers_truncated);
-        assert_eq!(r.headers, vec![("host".to_string(), "a".to_string())]);
+        assert_eq!(r.headers, vec![("host".into(), "a".to_string())]);
         assert!(!ex[1].request.headers_truncated);
         assert!(ex.iter().all(|x| x.outcome == Outcome::Complete));
         let s = t.stats();

@@ -34,7 +34,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
-pub use super::{Chunk, Direction, Layout, Role};
+pub use super::{Chunk, Direction, Header, Layout, Role};
 use tracer_common::h2_copied_len;
 
 impl Direction {
@@ -64,7 +64,7 @@ pub struct Stream {
     pub scheme: Option<String>,
     pub status: Option<u16>,
     /// Only kept headers (see `KEPT_HEADERS`); never authorization/cookie.
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: Vec<Header>,
     pub grpc_status: Option<u32>,
     pub grpc_message: Option<String>,
     pub is_grpc: bool,
@@ -865,7 +865,7 @@ struct Fields {
     authority: Option<String>,
     scheme: Option<String>,
     status: Option<u16>,
-    kept: Vec<(String, String)>,
+    kept: Vec<Header>,
     kept_bytes: usize,
     overflow: bool,
     grpc: bool,
@@ -915,14 +915,14 @@ impl Fields {
                 if name == "content-type" && value.starts_with("application/grpc") {
                     self.grpc = true;
                 }
-                if KEPT_HEADERS.contains(&name) {
+                if let Some(&name) = KEPT_HEADERS.iter().find(|&&k| k == name) {
                     let add = name.len() + value.len();
                     if self.kept.len() >= MAX_KEPT_HEADERS || self.kept_bytes + add > MAX_KEPT_BYTES
                     {
                         self.overflow = true;
                     } else {
                         self.kept_bytes += add;
-                        self.kept.push((name.to_owned(), value.to_owned()));
+                        self.kept.push((Cow::Borrowed(name), value.to_owned()));
                     }
                 }
             }
@@ -1009,7 +1009,7 @@ impl H2Conn {
             .map(|(_, v)| v.clone());
         let mut kept = Fields::default();
         for (k, v) in &r.headers {
-            if KEPT_HEADERS.contains(&k.as_str()) {
+            if KEPT_HEADERS.contains(&&**k) {
                 kept.add(k, v);
             }
         }
@@ -1629,6 +1629,11 @@ mod tests {
             .collect()
     }
 
+    /// Kept request headers, as a decoder reports them.
+    fn kept(p: &[(&'static str, &str)]) -> Vec<Header> {
+        p.iter().map(|&(a, b)| (a.into(), b.to_string())).collect()
+    }
+
     fn hl(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -2182,7 +2187,7 @@ mod tests {
         assert_eq!(s.authority.as_deref(), Some("example.com"));
         assert_eq!(s.scheme.as_deref(), Some("http"));
         assert_eq!(s.status, Some(200));
-        assert_eq!(s.request_headers, hl(&[("user-agent", "test/1.0")])); // no authorization/cookie
+        assert_eq!(s.request_headers, kept(&[("user-agent", "test/1.0")])); // no authorization/cookie
         assert_eq!(s.response_body_len, 12);
         assert_eq!(s.request_body_len, 0);
         assert_eq!((s.ts_start, s.ts_end), (20, 35));
@@ -2221,7 +2226,7 @@ mod tests {
         assert!(out.iter().all(|s| s.role == Role::Server));
         assert_eq!(out[1].path.as_deref(), Some("/a"));
         assert_eq!(out[1].authority.as_deref(), Some("example.com"));
-        assert_eq!(out[1].request_headers, hl(&[("user-agent", "test/1.0")]));
+        assert_eq!(out[1].request_headers, kept(&[("user-agent", "test/1.0")]));
         assert_eq!(out[1].status, Some(404));
         assert!(!out[1].headers_incomplete);
     }
@@ -2268,7 +2273,7 @@ mod tests {
         assert_eq!(s.status, Some(204));
         assert_eq!(
             s.request_headers,
-            hl(&[("content-type", "application/json")])
+            kept(&[("content-type", "application/json")])
         );
     }
 
@@ -2354,7 +2359,7 @@ mod tests {
         assert_eq!(out[0].path.as_deref(), Some("/continued/path"));
         assert_eq!(
             out[0].request_headers,
-            hl(&[("traceparent", "00-abc-def-01")])
+            kept(&[("traceparent", "00-abc-def-01")])
         );
         assert_eq!(c.stats().malformed, 0);
     }
@@ -2478,7 +2483,7 @@ mod tests {
         assert_eq!(s.ts_end, 45);
         assert_eq!(
             s.request_headers,
-            hl(&[
+            kept(&[
                 ("content-type", "application/grpc"),
                 ("grpc-timeout", "1S"),
                 ("user-agent", "grpc-go/1.60")

@@ -1,7 +1,13 @@
 //! Protocol decoders: byte streams of one connection -> request/response exchanges.
 //! Both decoders take the same input: one chunk per syscall, framed by real byte counts.
+use std::borrow::Cow;
+
 pub mod http1;
 pub mod http2;
+
+/// A header field a decoder kept: its lowercase name, one of the decoder's own static names
+/// (allocated only by a decoder that keeps every header), and its value.
+pub type Header = (Cow<'static, str>, String);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
