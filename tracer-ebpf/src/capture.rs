@@ -167,13 +167,18 @@ fn header(kind: u16, fd: u32) -> EventHeader {
 
 #[inline(always)]
 fn header_of(kind: u16, tgid: u32, tid: u32, fd: u32) -> EventHeader {
+    header_at(kind, tgid, tid, fd, unsafe { bpf_ktime_get_ns() })
+}
+
+#[inline(always)]
+fn header_at(kind: u16, tgid: u32, tid: u32, fd: u32, ts_ns: u64) -> EventHeader {
     EventHeader {
         version: WIRE_VERSION,
         kind,
         tgid,
         tid,
         fd,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
     }
 }
 
@@ -212,29 +217,35 @@ pub fn take_args() -> Option<SyscallArgs> {
     args
 }
 
-/// The user registers a task saved when it entered its current syscall, from r10 to orig_ax
-/// (x86_64 `struct pt_regs` order): one read for everything the probes need.
-#[repr(C)]
+/// The user registers a task saved when it entered its current syscall (x86_64): the syscall
+/// number and the arguments the probes need.
 #[derive(Clone, Copy)]
 struct UserRegs {
     r10: u64,
-    _r9: u64,
-    _r8: u64,
-    _ax: u64,
-    _cx: u64,
     dx: u64,
     si: u64,
     di: u64,
     orig_ax: u64,
 }
 
+/// `bpf_task_pt_regs` returns a pointer the verifier knows the type of (BTF), so the fields are
+/// read with plain loads, which the kernel guards itself: no `bpf_probe_read_kernel` call.
 #[inline(always)]
 fn user_regs() -> Option<UserRegs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     if regs.is_null() {
         return None;
     }
-    unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<UserRegs>()) }.ok()
+    // SAFETY: a BTF pointer to the task's saved registers; the verifier checks each offset.
+    unsafe {
+        Some(UserRegs {
+            r10: core::ptr::read_volatile(core::ptr::addr_of!((*regs).r10)),
+            dx: core::ptr::read_volatile(core::ptr::addr_of!((*regs).rdx)),
+            si: core::ptr::read_volatile(core::ptr::addr_of!((*regs).rsi)),
+            di: core::ptr::read_volatile(core::ptr::addr_of!((*regs).rdi)),
+            orig_ax: core::ptr::read_volatile(core::ptr::addr_of!((*regs).orig_rax)),
+        })
+    }
 }
 
 /// Arguments of data syscall `syscall` from its saved registers (x86_64 ABI: rdi, rsi, rdx,
@@ -707,7 +718,15 @@ fn emit_data(
         }
     });
     let captured = clamp(placed.captured, MAX_CAPTURE as u64);
-    let h = header(kind::DATA, args.fd as u32);
+    // The socket hooks run once the bytes moved: the time taken for the arguments is the
+    // syscall's end too (one clock read less).
+    let id = bpf_get_current_pid_tgid();
+    let ts = if args.sk != 0 {
+        args.ts_enter
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
+    let h = header_at(kind::DATA, (id >> 32) as u32, id as u32, args.fd as u32, ts);
     rec.event = DataEvent {
         header: h,
         ts_enter_ns: args.ts_enter,
