@@ -273,18 +273,16 @@ impl Wakeups {
 
 fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
     let k = probes.kernel_counters();
-    m.events_lost_total
-        .store(k[counter::RINGBUF_FULL as usize], Ordering::Relaxed);
-    m.kernel_conn_map_full_total
-        .store(k[counter::CONN_MAP_FULL as usize], Ordering::Relaxed);
-    m.kernel_read_failed_total
-        .store(k[counter::READ_USER_FAILED as usize], Ordering::Relaxed);
-    m.kernel_h2_frames_lost_total
-        .store(k[counter::H2_FRAMES_LOST as usize], Ordering::Relaxed);
-    m.kernel_unsupported_calls_total
-        .store(k[counter::UNSUPPORTED_CALL as usize], Ordering::Relaxed);
-    m.kernel_fd_reused_total
-        .store(k[counter::FD_REUSED as usize], Ordering::Relaxed);
+    for (metric, idx) in [
+        (&m.events_lost_total, counter::RINGBUF_FULL),
+        (&m.kernel_conn_map_full_total, counter::CONN_MAP_FULL),
+        (&m.kernel_read_failed_total, counter::READ_USER_FAILED),
+        (&m.kernel_h2_frames_lost_total, counter::H2_FRAMES_LOST),
+        (&m.kernel_unsupported_calls_total, counter::UNSUPPORTED_CALL),
+        (&m.kernel_fd_reused_total, counter::FD_REUSED),
+    ] {
+        metric.store(k[idx as usize], Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
