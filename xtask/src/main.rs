@@ -30,7 +30,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Install the test peers (curl, python3 servers, rotel, wrk, nginx) when missing.
+    /// Install the test peers (curl, python3 servers, rotel, wrk, nginx, nghttp2, bpftool) when missing.
     Setup,
     /// Everything CI runs: setup, unit tests (no root), privileged end-to-end tests.
     Test,
@@ -288,6 +288,8 @@ fn setup() -> anyhow::Result<()> {
         ("nghttpd", "nghttp2-server"),
         ("nghttp", "nghttp2-client"),
         ("h2load", "nghttp2-client"),
+        // The hook tests read the kernel's per-program run counters with it.
+        ("bpftool", "bpftool"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -295,7 +297,7 @@ fn setup() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        eprintln!("    curl, python3, wrk, nginx, nghttp2: present");
+        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool: present");
     } else if is_root() {
         apt_install(&missing)?;
     } else {
