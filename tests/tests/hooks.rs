@@ -79,6 +79,10 @@ fn probe_runs_during_dd(hooks: &str, prefixes: &[&str]) -> Option<u64> {
 
 #[test]
 fn socket_hooks_never_run_for_file_and_pipe_syscalls() {
+    // `tracer check` mounts tracefs when a fresh boot has not.
+    if let Some(bin) = tracer_bin() {
+        let _ = Command::new(bin).arg("check").output();
+    }
     if !require(
         "socket tracepoints (Linux 6.3+)",
         Path::new("/sys/kernel/tracing/events/sock/sock_send_length").exists()
