@@ -429,6 +429,15 @@ fn warn_throttled(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exporters with one OTLP sink.
+    fn otlp_exporters(cfg: &OtlpConfig, batch: BatchConfig, metrics: &Arc<Metrics>) -> Exporters {
+        Exporters::spawn(
+            vec![Sink::Otlp(OtlpClient::new(cfg).unwrap())],
+            batch,
+            metrics.clone(),
+        )
+    }
     use crate::testing::SharedBuf;
     use std::collections::HashMap;
 
@@ -661,11 +670,7 @@ mod tests {
             max_in_flight: 1,
             ..Default::default()
         };
-        let ex = Exporters::spawn(
-            vec![Sink::Otlp(OtlpClient::new(&cfg).unwrap())],
-            batch,
-            metrics.clone(),
-        );
+        let ex = otlp_exporters(&cfg, batch, &metrics);
         ex.submitter().submit((0..20).map(span).collect());
         ex.shutdown(Duration::from_secs(60)).await;
         assert_eq!(metrics.spans_exported_total.load(Relaxed), 0);
@@ -752,11 +757,7 @@ mod tests {
             export_timeout: Duration::from_secs(60),
             ..Default::default()
         };
-        let ex = Exporters::spawn(
-            vec![Sink::Otlp(OtlpClient::new(&cfg).unwrap())],
-            batch,
-            metrics.clone(),
-        );
+        let ex = otlp_exporters(&cfg, batch, &metrics);
         ex.submitter().submit((0..8).map(span).collect());
         // Without overlap the first request would wait for the fourth until the deadline.
         ex.shutdown(Duration::from_secs(60)).await;
