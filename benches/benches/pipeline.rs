@@ -150,6 +150,7 @@ fn chunks(records: &[Vec<u8>]) -> impl Iterator<Item = Chunk<'_>> {
         .iter()
         .filter_map(|r| match Event::parse(r).unwrap() {
             Event::Data(d) => Some(Chunk {
+                tid: d.tid,
                 dir: match d.dir {
                     Dir::Ingress => Direction::Ingress,
                     Dir::Egress => Direction::Egress,

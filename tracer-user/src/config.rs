@@ -74,6 +74,15 @@ pub struct RunOptions {
     /// Off by default: each exported batch would otherwise cause another span, forever.
     #[arg(long)]
     pub trace_otlp_exports: bool,
+    /// How long a finished span may wait to be joined into its trace (its parent decided, the
+    /// trace's first span on this node ended) before it is exported as it stands, in ms.
+    /// Spans of one trace then leave together. [default: 250]
+    #[arg(long, value_name = "MS")]
+    pub join_hold_ms: Option<u64>,
+    /// Export spans whose upstream trace context says "not sampled" (traceparent flags 00,
+    /// b3 sampled 0). By default they are not exported (counted in spans_unsampled_total).
+    #[arg(long)]
+    pub export_unsampled: bool,
     /// Also write every raw kernel record to this file (for bug reports and test fixtures).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -134,6 +143,8 @@ impl RunOptions {
             output: self.output.or(file.output),
             keep_query_values: self.keep_query_values || file.keep_query_values,
             trace_otlp_exports: self.trace_otlp_exports || file.trace_otlp_exports,
+            join_hold_ms: self.join_hold_ms.or(file.join_hold_ms),
+            export_unsampled: self.export_unsampled || file.export_unsampled,
             export_queue_mib: self.export_queue_mib.or(file.export_queue_mib),
             record: self.record.or(file.record),
             stats_interval: self.stats_interval.or(file.stats_interval),
@@ -154,6 +165,16 @@ impl RunOptions {
     pub fn ring_buffer_mib(&self) -> u32 {
         self.ring_buffer_mib
             .unwrap_or(crate::probes::ProbeOptions::default().ring_bytes >> 20)
+    }
+
+    pub fn join(&self) -> crate::join::JoinOptions {
+        crate::join::JoinOptions {
+            hold_ns: self
+                .join_hold_ms
+                .unwrap_or(crate::join::DEFAULT_HOLD_MS)
+                .saturating_mul(1_000_000),
+            export_unsampled: self.export_unsampled,
+        }
     }
 
     pub fn export_queue_bytes(&self) -> usize {

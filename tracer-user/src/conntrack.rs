@@ -1,17 +1,23 @@
 //! Connection table: routes each event to the decoder of its connection, notices lost records
 //! (sequence gaps), and turns decoded exchanges into spans.
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rustc_hash::FxHashMap;
 use tracer_common::protocol;
 
 use crate::{
     decode::{
-        Chunk, Direction,
+        self, Chunk, Direction, Opened, RequestKey,
         http1::{Exchange, Http1Conn},
         http2::{H2Conn, Stream},
     },
     events::{ConnId, Data, Dir, Event, Role, comm_str},
+    join::{Begin, End, JoinOptions, Joiner, PeerKey},
     metrics::Metrics,
     process::{FdKind, Processes, SocketEnds, inspect_fd, local_port},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
@@ -60,6 +66,13 @@ impl Decoder {
         }
     }
 
+    fn take_opened(&mut self, out: &mut Vec<Opened>) {
+        match self {
+            Decoder::Http1(d) => d.take_opened(out),
+            Decoder::Http2(d) => d.take_opened(out),
+        }
+    }
+
     fn gap(&mut self, dir: Direction) {
         match self {
             Decoder::Http1(d) => d.gap(dir),
@@ -103,6 +116,7 @@ impl Decoder {
 /// What the decoders finished and spans are still to be built from.
 #[derive(Default)]
 struct Done {
+    opened: Vec<Opened>,
     exchanges: Vec<Exchange>,
     streams: Vec<Stream>,
 }
@@ -123,6 +137,10 @@ struct Entry {
     /// Local port (from the socket, or from /proc for a connection set up before the probes):
     /// a server span may have no Host or :authority to match the port filter with.
     local_port: Option<u16>,
+    /// This process's end of the socket, when known.
+    local: Option<SocketAddr>,
+    /// A record went missing: the numbers of its HTTP/1 requests are not certain any more.
+    gapped: bool,
     last_ts: u64,
 }
 
@@ -137,6 +155,8 @@ impl Entry {
             ignored: false,
             seen_setup: false,
             local_port: None,
+            local: None,
+            gapped: false,
             last_ts: ts,
         }
     }
@@ -151,6 +171,7 @@ pub struct TableOptions {
     /// Keep spans of OTLP trace exports (POST .../v1/traces). Off by default: a collector on a
     /// traced host would otherwise produce a span for every batch it receives, forever.
     pub trace_otlp_exports: bool,
+    pub join: JoinOptions,
 }
 
 pub struct ConnTable {
@@ -164,6 +185,9 @@ pub struct ConnTable {
     done: Done,
     /// Ends of the sockets that were open when the probes attached.
     preexisting: HashMap<(u32, u32), SocketEnds>,
+    join: Joiner,
+    /// Network namespace of each process that talked over loopback.
+    netns: FxHashMap<u32, u64>,
 }
 
 /// Connections idle this long whose fd is gone are forgotten (their process exited without
@@ -184,6 +208,8 @@ impl ConnTable {
             procs,
             proc_root: proc_root.into(),
             clock,
+            join: Joiner::new(opts.join.clone()),
+            netns: FxHashMap::default(),
             opts,
             metrics,
             done: Done::default(),
@@ -193,7 +219,18 @@ impl ConnTable {
 
     /// New filters and span options (a config reload); connections keep their state.
     pub fn set_options(&mut self, opts: TableOptions) {
+        self.join.set_options(opts.join.clone());
         self.opts = opts;
+    }
+
+    /// Time passed (monotonic ns): spans that waited long enough for their join leave.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Span>) {
+        self.join.tick(now, &self.metrics, out);
+    }
+
+    /// Every span still waiting for its join leaves (end of a replay, shutdown).
+    pub fn flush(&mut self, out: &mut Vec<Span>) {
+        self.join.flush(&self.metrics, out);
     }
 
     /// Gives the table the ends of the sockets open when the probes attached.
@@ -222,16 +259,20 @@ impl ConnTable {
                 let mut entry = Entry::new(ConnInfo { peer: c.peer }, c.comm, c.ts_ns);
                 entry.seen_setup = c.role != Role::Unknown;
                 entry.local_port = c.local.map(|l| l.port());
+                entry.local = c.local;
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).
                     let (kind, local) = match self.preexisting.remove(&(c.id.pid, c.id.fd)) {
-                        Some(ends) => (
-                            FdKind::Socket {
-                                peer: Some(ends.peer),
-                            },
-                            Some(ends.local.port()),
-                        ),
+                        Some(ends) => {
+                            entry.local = Some(ends.local);
+                            (
+                                FdKind::Socket {
+                                    peer: Some(ends.peer),
+                                },
+                                Some(ends.local.port()),
+                            )
+                        }
                         None => (inspect_fd(&self.proc_root, c.id.pid, c.id.fd), None),
                     };
                     tracing::debug!("connection {:?} set up before the probes: {kind:?}", c.id);
@@ -289,9 +330,11 @@ impl ConnTable {
         {
             Metrics::add(&self.metrics.sequence_gaps_total, 1);
             entry.decoder.gap(dir);
+            entry.gapped = true;
         }
         entry.next_seq[di] = Some(d.seq.wrapping_add(1));
         let chunk = Chunk {
+            tid: d.tid,
             dir,
             len: d.len,
             data: d.payload,
@@ -300,7 +343,62 @@ impl ConnTable {
             ts_end: d.ts_exit_ns,
         };
         entry.decoder.feed(chunk, &mut self.done);
+        entry.decoder.take_opened(&mut self.done.opened);
+        self.begin(d.id);
         self.emit(d.id, out);
+    }
+
+    /// Tells the joiner of the requests the last chunk began.
+    fn begin(&mut self, id: ConnId) {
+        if self.done.opened.is_empty() {
+            return;
+        }
+        let Some(entry) = self.conns.get(&id) else {
+            self.done.opened.clear();
+            return;
+        };
+        // HTTP/1 requests are matched by their number on the connection: only certain when
+        // the decoder saw every byte from the start.
+        let c = entry.decoder.counts();
+        let numbered = entry.seen_setup
+            && !entry.gapped
+            && c.malformed == 0
+            && c.resyncs == 0
+            && c.orphans == 0
+            && c.lost == 0;
+        for o in self.done.opened.drain(..) {
+            let client = match o.role {
+                decode::Role::Client => entry.local,
+                decode::Role::Server => entry.info.peer,
+            };
+            let certain = numbered || matches!(o.key, RequestKey::Http2(_));
+            let peer = client.filter(|_| certain).map(|a| {
+                let client = SocketAddr::new(a.ip().to_canonical(), a.port());
+                PeerKey {
+                    client,
+                    netns: if client.ip().is_loopback() {
+                        net_ns(&mut self.netns, &self.proc_root, id.pid)
+                    } else {
+                        0
+                    },
+                    request: o.key,
+                }
+            });
+            self.join.open(
+                Begin {
+                    conn: id,
+                    request: o.key,
+                    role: o.role,
+                    tid: o.tid,
+                    ts: o.ts,
+                    context: o.context,
+                    peer,
+                    serves_on_thread: o.role == decode::Role::Server
+                        && matches!(o.key, RequestKey::Http1(_)),
+                },
+                &self.metrics,
+            );
+        }
     }
 
     /// Ends a connection: flushes its decoder and forgets it.
@@ -311,6 +409,7 @@ impl ConnTable {
             }
             self.emit(id, out);
             self.conns.remove(&id);
+            self.join.close_conn(id, &self.metrics);
         }
     }
 
@@ -340,17 +439,21 @@ impl ConnTable {
         }
         let resource = self.procs.resource(id.pid, &entry.comm);
         let (clock, opts) = (self.clock, &self.opts.spans);
-        let spans = self
-            .done
-            .exchanges
-            .drain(..)
-            .map(|ex| span::build(ex, &entry.info, &resource, clock, opts));
-        let h2 = self
-            .done
-            .streams
-            .drain(..)
-            .map(|st| span::build_h2(st, &entry.info, &resource, clock, opts));
-        for sp in spans.chain(h2) {
+        let spans = self.done.exchanges.drain(..).map(|ex| {
+            let key = RequestKey::Http1(ex.request.seq);
+            let response_tid = ex.response.as_ref().map(|r| r.tid);
+            let sp = span::build(ex, &entry.info, &resource, clock, opts);
+            (key, response_tid, sp)
+        });
+        let h2 = self.done.streams.drain(..).map(|st| {
+            let key = RequestKey::Http2(st.stream_id);
+            (
+                key,
+                None,
+                span::build_h2(st, &entry.info, &resource, clock, opts),
+            )
+        });
+        for (request, response_tid, sp) in spans.chain(h2) {
             Metrics::add(&m.spans_built_total, 1);
             let local_match = sp.kind == span::SpanKind::Server
                 && entry
@@ -362,9 +465,16 @@ impl ConnTable {
                 || (!self.opts.trace_otlp_exports && is_otlp_export(&sp));
             if filtered {
                 Metrics::add(&m.spans_filtered_total, 1);
-                continue;
             }
-            out.push(sp);
+            let end = End {
+                conn: id,
+                request,
+                ts_end: clock.to_mono(sp.end_unix_ns),
+                response_tid,
+                // A filtered span still joins what it links.
+                span: (!filtered).then_some(sp),
+            };
+            self.join.end(end, m, out);
         }
     }
 
@@ -382,9 +492,27 @@ impl ConnTable {
             .collect();
         for id in stale {
             self.conns.remove(&id);
+            self.join.close_conn(id, &self.metrics);
         }
         self.procs.sweep();
+        let alive = |pid: u32| root.join(pid.to_string()).exists();
+        self.netns.retain(|pid, _| alive(*pid));
+        self.join.forget_processes(alive);
     }
+}
+
+/// The network namespace of `pid` (its inode), read once per process.
+fn net_ns(cache: &mut FxHashMap<u32, u64>, proc_root: &Path, pid: u32) -> u64 {
+    *cache.entry(pid).or_insert_with(|| {
+        // `net:[4026531840]`; 0 (unknown) when the process is gone.
+        std::fs::read_link(proc_root.join(format!("{pid}/ns/net")))
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy();
+                l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .unwrap_or(0)
+    })
 }
 
 fn is_otlp_export(sp: &Span) -> bool {
@@ -426,6 +554,7 @@ mod tests {
         for r in records {
             t.handle(Event::parse(r).unwrap(), &mut out);
         }
+        t.flush(&mut out);
         out
     }
 

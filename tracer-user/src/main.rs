@@ -130,6 +130,7 @@ fn table_options(o: &RunOptions) -> TableOptions {
         },
         ports: o.port.clone(),
         trace_otlp_exports: o.trace_otlp_exports,
+        join: o.join(),
     }
 }
 

@@ -8,10 +8,13 @@ use std::{
     sync::Arc,
 };
 
-use crate::decode::{
-    Header, Role,
-    http1::{Exchange, Outcome, Version},
-    http2::Stream,
+use crate::{
+    context::{SAMPLED, TraceContext},
+    decode::{
+        Header, Role,
+        http1::{Exchange, Outcome, Version},
+        http2::Stream,
+    },
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,8 +77,10 @@ pub struct Span {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    /// W3C trace flags from the incoming traceparent (1 = sampled).
+    /// W3C trace flags (1 = sampled), from the upstream's context or the local parent's.
     pub flags: u8,
+    /// W3C `tracestate` the upstream sent, carried on to the spans of its trace.
+    pub trace_state: Option<String>,
     pub kind: SpanKind,
     pub name: String,
     pub start_unix_ns: u64,
@@ -91,56 +96,6 @@ impl Span {
             .iter()
             .find(|a| a.key == key)
             .map(|a| &a.value)
-    }
-}
-
-/// A W3C trace context (`traceparent` header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: [u8; 16],
-    pub parent_id: [u8; 8],
-    pub flags: u8,
-}
-
-fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
-    if s.len() != out.len() * 2
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(())
-}
-
-impl TraceParent {
-    /// Parses `version-traceid-parentid-flags`; invalid or all-zero ids are ignored per W3C.
-    pub fn parse(v: &str) -> Option<Self> {
-        let mut parts = v.trim().split('-');
-        let (ver, tid, pid, fl) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let mut version = [0u8; 1];
-        hex_into(ver, &mut version)?;
-        // Version ff is forbidden; version 00 has exactly four fields.
-        if version[0] == 0xff || (version[0] == 0 && parts.next().is_some()) {
-            return None;
-        }
-        let mut tp = TraceParent {
-            trace_id: [0; 16],
-            parent_id: [0; 8],
-            flags: 0,
-        };
-        hex_into(tid, &mut tp.trace_id)?;
-        hex_into(pid, &mut tp.parent_id)?;
-        let mut flags = [0u8; 1];
-        hex_into(fl, &mut flags)?;
-        tp.flags = flags[0];
-        if tp.trace_id == [0; 16] || tp.parent_id == [0; 8] {
-            return None;
-        }
-        Some(tp)
     }
 }
 
@@ -185,6 +140,10 @@ impl Clock {
 
     pub fn to_unix(self, mono_ns: u64) -> u64 {
         (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+
+    pub fn to_mono(self, unix_ns: u64) -> u64 {
+        (unix_ns as i128 - self.offset_ns).max(0) as u64
     }
 }
 
@@ -305,13 +264,6 @@ struct Call<'a> {
     /// Why the exchange failed beyond its status code.
     error: Option<String>,
     notes: Vec<KeyValue>,
-}
-
-fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// The value of header `name`, moved out of `headers`.
@@ -599,13 +551,15 @@ fn build_call(
     }
     attrs.extend(call.notes);
 
-    let parent = find(call.headers, "traceparent").and_then(TraceParent::parse);
+    let ctx = TraceContext::from_headers(call.headers);
+    let ids = ctx.as_ref().and_then(|c| c.ids);
     let mut rng = rand::rng();
     Span {
-        trace_id: parent.map_or_else(|| random_id(&mut rng), |p| p.trace_id),
+        trace_id: ids.map_or_else(|| random_id(&mut rng), |p| p.trace_id),
         span_id: random_id(&mut rng),
-        parent_span_id: parent.map(|p| p.parent_id),
-        flags: parent.map_or(1, |p| p.flags),
+        parent_span_id: ids.map(|p| p.parent_id),
+        flags: ctx.as_ref().map_or(SAMPLED, TraceContext::flags),
+        trace_state: ctx.and_then(|c| c.state),
         kind,
         name,
         start_unix_ns: clock.to_unix(call.ts_start),
@@ -642,6 +596,8 @@ mod tests {
                 body_len: 0,
                 ts_start: 1_000,
                 ts_end: 2_000,
+                seq: 0,
+                tid: 1,
             },
             response: status.map(|s| Response {
                 status: s,
@@ -651,6 +607,7 @@ mod tests {
                 body_len: 12,
                 ts_start: 3_000,
                 ts_end: 5_000,
+                tid: 1,
             }),
             outcome: if status.is_some() {
                 Outcome::Complete
@@ -752,26 +709,6 @@ mod tests {
             Some("00f067aa0ba902b7")
         );
         assert_ne!(hex(&sp.span_id), "00f067aa0ba902b7");
-    }
-
-    #[test]
-    fn invalid_traceparents_start_new_traces() {
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "garbage",
-        ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad}");
-        }
-        // A future version may carry more fields.
-        assert!(
-            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
-                .is_some()
-        );
     }
 
     #[test]

@@ -48,8 +48,13 @@ fn summary(sp: &Span) -> String {
             Status::Unset => "-".to_string(),
             Status::Error(e) => e.clone(),
         },
-        sp.parent_span_id
-            .map_or("-".to_string(), |p| tracer_user::span::hex(&p)),
+        // The fixture's one upstream id, sent in a traceparent; other parents are spans of the
+        // recording, with ids that differ per run (checked by `joins_are_right`).
+        match sp.parent_span_id.map(|p| tracer_user::span::hex(&p)) {
+            None => "-".to_string(),
+            Some(p) if p == UPSTREAM => p,
+            Some(_) => "joined".to_string(),
+        },
         sp.attr("network.peer.port").is_some(),
         // A chunked body read in syscalls larger than the capture: its framing was lost.
         if sp.attr("tracer.http.response_end_estimated").is_some() {
@@ -58,6 +63,29 @@ fn summary(sp: &Span) -> String {
             ""
         },
     )
+}
+
+const UPSTREAM: &str = "00f067aa0ba902b7";
+
+/// Every joined span's parent is the CLIENT span of the same request in the same trace, sent
+/// before it.
+fn joins_are_right(spans: &[Span]) {
+    for (i, sp) in spans.iter().enumerate() {
+        let Some(p) = sp.parent_span_id else { continue };
+        if tracer_user::span::hex(&p) == UPSTREAM {
+            continue;
+        }
+        let j = spans
+            .iter()
+            .position(|c| c.span_id == p)
+            .unwrap_or_else(|| panic!("parent of {} not exported", summary(sp)));
+        let parent = &spans[j];
+        assert!(j < i, "parent after child: {}", summary(sp));
+        assert_eq!(parent.trace_id, sp.trace_id, "{}", summary(sp));
+        assert_eq!((parent.kind, sp.kind), (SpanKind::Client, SpanKind::Server));
+        assert_eq!(parent.attr("url.path"), sp.attr("url.path"));
+        assert_eq!(parent.attr("url.query"), sp.attr("url.query"));
+    }
 }
 
 fn records() -> Vec<Vec<u8>> {
@@ -76,6 +104,13 @@ fn recorded_traffic_gives_the_golden_spans() {
     for sp in &spans {
         assert!(sp.start_unix_ns < sp.end_unix_ns, "{}", summary(sp));
     }
+    joins_are_right(&spans);
+    assert_eq!(
+        m.links_connection_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        8,
+        "every request of a traced client to the traced server, but the one with a traceparent"
+    );
     assert_eq!(
         m.sequence_gaps_total
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -113,6 +148,7 @@ fn lost_records_lose_exchanges_but_never_mispair() {
             .collect();
         let m = Arc::new(Metrics::default());
         let spans = replay(&kept, &mut table(&m), &m);
+        joins_are_right(&spans);
         for sp in &spans {
             let s = summary(sp);
             // A span whose end was lost ends early or as closed-mid-response; its request

@@ -31,7 +31,8 @@
 
 use std::{borrow::Cow, collections::VecDeque};
 
-pub use super::{Chunk, Direction, Header, Layout, Role};
+pub use super::{Chunk, Direction, Header, Layout, Opened, RequestKey, Role};
+use crate::context::TraceContext;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -52,6 +53,10 @@ pub struct Request {
     pub body_len: u64,
     pub ts_start: u64,
     pub ts_end: u64,
+    /// Which request of the connection this is (from 0).
+    pub seq: u64,
+    /// The thread that moved the head's first bytes.
+    pub tid: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct Response {
     pub body_len: u64,
     pub ts_start: u64,
     pub ts_end: u64,
+    /// The thread that moved the head's first bytes.
+    pub tid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,6 +342,7 @@ struct Head {
     announced: bool,
     /// Begun at a resync point (position guessed): request methods must be well known.
     speculative: bool,
+    tid: u32,
     ts_start: u64,
     /// ts_end of the first chunk: used for the causality check when pairing.
     ts_first_end: u64,
@@ -350,7 +358,7 @@ enum HeadRes {
 }
 
 impl Head {
-    fn new(ts_start: u64, ts_end: u64, speculative: bool) -> Self {
+    fn new(tid: u32, ts_start: u64, ts_end: u64, speculative: bool) -> Self {
         Head {
             buf: Vec::new(),
             line_start: 0,
@@ -358,6 +366,7 @@ impl Head {
             kind: None,
             announced: false,
             speculative,
+            tid,
             ts_start,
             ts_first_end: ts_end,
             ts_end,
@@ -454,8 +463,14 @@ impl Head {
 pub const KEPT_HEADERS: &[&str] = &[
     "host",
     "user-agent",
+    // Trace context (crate::context): W3C and B3.
     "traceparent",
     "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-flags",
     "x-forwarded-for",
     "content-length",
     "transfer-encoding",
@@ -783,6 +798,8 @@ pub struct Http1Conn {
     stats: Stats,
     /// Header names to keep (`None`: all).
     keep: Option<&'static [&'static str]>,
+    /// Requests begun since [`Http1Conn::take_opened`] last emptied it.
+    opened: Vec<Opened>,
 }
 
 impl Default for Http1Conn {
@@ -812,6 +829,7 @@ impl Http1Conn {
             upgraded: false,
             stats: Stats::default(),
             keep: Some(KEPT_HEADERS),
+            opened: Vec::new(),
         }
     }
 
@@ -821,6 +839,11 @@ impl Http1Conn {
             keep: None,
             ..Self::new()
         }
+    }
+
+    /// Moves the requests begun since the last call to `out`.
+    pub fn take_opened(&mut self, out: &mut Vec<Opened>) {
+        out.append(&mut self.opened);
     }
 
     pub fn stats(&self) -> &Stats {
@@ -916,6 +939,7 @@ impl Http1Conn {
                         }
                     } else {
                         self.dirs[d].phase = Phase::Head(Head::new(
+                            chunk.tid,
                             chunk.ts_start,
                             chunk.ts_end,
                             std::mem::take(&mut speculative),
@@ -1265,6 +1289,15 @@ impl Http1Conn {
                 let version = parse_version(parts.next().unwrap_or_default());
                 let id = self.next_id;
                 self.next_id += 1;
+                if let Some(role) = self.role {
+                    self.opened.push(Opened {
+                        role,
+                        key: RequestKey::Http1(id),
+                        tid: h.tid,
+                        ts: h.ts_start,
+                        context: TraceContext::from_headers(&headers),
+                    });
+                }
                 self.push_slot(Some(PendingReq {
                     id,
                     head: method == "HEAD",
@@ -1278,6 +1311,8 @@ impl Http1Conn {
                         body_len: 0,
                         ts_start: h.ts_start,
                         ts_end: h.ts_end,
+                        seq: id,
+                        tid: h.tid,
                     },
                 }));
                 self.cur_req = Some(id);
@@ -1317,6 +1352,7 @@ impl Http1Conn {
                     body_len: 0,
                     ts_start: h.ts_start,
                     ts_end: h.ts_end,
+                    tid: h.tid,
                 };
                 if status == 101 || (connect && (200..300).contains(&status)) {
                     self.upgraded = true;
@@ -1375,6 +1411,7 @@ mod tests {
         for (dir, b, t) in [(I, &req[..], 1), (E, &resp[..], 2)] {
             c.feed(
                 Chunk {
+                    tid: 0,
                     dir,
                     len: b.len() as u64,
                     data: b,
@@ -1419,6 +1456,7 @@ mod tests {
             self.t += 10;
             let (ts_start, ts_end) = (self.t, self.t + 5);
             let chunk = Chunk {
+                tid: 0,
                 dir,
                 len,
                 data,
@@ -2120,6 +2158,7 @@ mod tests {
         let mut t = T::new();
         let mut out = Vec::new();
         let ch = |dir, data: &'static [u8], ts| Chunk {
+            tid: 0,
             dir,
             len: data.len() as u64,
             data,
@@ -2675,6 +2714,7 @@ mod tests {
             };
             ts += rng.below(100);
             let chunk = Chunk {
+                tid: 0,
                 dir,
                 len,
                 data: &data[..cut],
@@ -2730,6 +2770,7 @@ mod recovery_tests {
                 t += 10;
                 c.feed(
                     Chunk {
+                        tid: 0,
                         dir,
                         len,
                         data,

@@ -34,7 +34,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
-pub use super::{Chunk, Direction, Header, Layout, Role};
+pub use super::{Chunk, Direction, Header, Layout, Opened, RequestKey, Role};
+use crate::context::TraceContext;
 use tracer_common::h2_copied_len;
 
 impl Direction {
@@ -114,10 +115,16 @@ const MAX_BLOCK_WORK: usize = 4 * 1024 * 1024;
 /// Extension frames are tiny; a huge unknown frame means we are reading garbage.
 const MAX_UNKNOWN_FRAME: u32 = 16 * 1024;
 
-const KEPT_HEADERS: [&str; 6] = [
+const KEPT_HEADERS: [&str; 11] = [
     "user-agent",
+    // Trace context (crate::context): W3C and B3.
     "traceparent",
     "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-flags",
     "content-type",
     "grpc-timeout",
     "x-forwarded-for",
@@ -972,6 +979,10 @@ pub struct H2Conn {
     /// Streams completed inside `gap()`, which has no output vector.
     pending: Vec<Stream>,
     last_ts: u64,
+    /// The thread of the chunk being decoded.
+    tid: u32,
+    /// Requests begun since [`H2Conn::take_opened`] last emptied it.
+    opened: Vec<Opened>,
     stats: Stats,
 }
 
@@ -1050,6 +1061,8 @@ impl H2Conn {
             closed_max: 0,
             pending: Vec::new(),
             last_ts: 0,
+            tid: 0,
+            opened: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -1058,12 +1071,18 @@ impl H2Conn {
         &self.stats
     }
 
+    /// Moves the requests begun since the last call to `out`.
+    pub fn take_opened(&mut self, out: &mut Vec<Opened>) {
+        out.append(&mut self.opened);
+    }
+
     /// Decodes one syscall's bytes. `pos` walks the syscall's bytes, `cpos` the captured ones:
     /// the same offsets in a prefix; with [`Layout::H2Frames`] the captured bytes leave out
     /// DATA payloads (all but [`h2_copied_len`] of each frame).
     pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Stream>) {
         out.append(&mut self.pending);
         self.last_ts = self.last_ts.max(chunk.ts_end);
+        self.tid = chunk.tid;
         let d = chunk.dir.idx();
         // Defensive: never trust captured bytes beyond the reported length.
         let keep = usize::try_from(chunk.len).map_or(chunk.data.len(), |l| l.min(chunk.data.len()));
@@ -1522,6 +1541,13 @@ impl H2Conn {
             } else {
                 Role::Client
             };
+            self.opened.push(Opened {
+                role,
+                key: RequestKey::Http2(b.sid),
+                tid: self.tid,
+                ts: b.ts_start,
+                context: TraceContext::from_headers(&fields.kept),
+            });
             let s = Stream {
                 role,
                 stream_id: b.sid,
@@ -1823,6 +1849,7 @@ mod tests {
 
     fn chunk(dir: Direction, b: &[u8], t: u64) -> Chunk<'_> {
         Chunk {
+            tid: 0,
             dir,
             len: b.len() as u64,
             data: b,
@@ -2712,6 +2739,7 @@ mod tests {
         let hl_len = headers(1, false, &resp_200()).len();
         let captured = &big[..hl_len + 9 + 10];
         let ch = Chunk {
+            tid: 0,
             dir: Ingress,
             len: (hl_len + 9 + 1000) as u64,
             data: captured,
@@ -2722,6 +2750,7 @@ mod tests {
         c.feed(ch, &mut out);
         let rest = &big[hl_len + 9 + 1000..];
         let ch = Chunk {
+            tid: 0,
             dir: Ingress,
             len: rest.len() as u64,
             data: &rest[..9],
@@ -2743,6 +2772,7 @@ mod tests {
         let req = get_req(1, "/captured/prefix");
         // Frame header + first 4 block bytes captured (:method, :scheme, part of :path).
         let ch = Chunk {
+            tid: 0,
             dir: Egress,
             len: req.len() as u64,
             data: &req[..13],
@@ -2772,6 +2802,7 @@ mod tests {
         // Chunk 1: header + 4 block bytes captured, 4 more uncaptured.
         c.feed(
             Chunk {
+                tid: 0,
                 dir: Egress,
                 len: 17,
                 data: &req[..13],
@@ -2809,6 +2840,7 @@ mod tests {
         .concat();
         let seen = headers(1, false, &resp_200()).len() + 9 + 5;
         let ch = Chunk {
+            tid: 0,
             dir: Ingress,
             len: b.len() as u64,
             data: &b[..seen],
@@ -3152,6 +3184,7 @@ mod tests {
                 let (data, layout) = capture(*d, a);
                 c.feed(
                     Chunk {
+                        tid: 0,
                         dir: *d,
                         len: a.len() as u64,
                         data: &data,
@@ -3264,6 +3297,7 @@ mod tests {
                 };
                 c.feed(
                     Chunk {
+                        tid: 0,
                         dir,
                         len,
                         data: &buf[..cap],
@@ -3403,6 +3437,7 @@ mod tests {
                 };
                 c.feed(
                     Chunk {
+                        tid: 0,
                         dir,
                         len: b.len() as u64,
                         data: &data,
@@ -3445,6 +3480,7 @@ mod tests {
             let (data, first) = w.syscall(b, usize::MAX);
             c.feed(
                 Chunk {
+                    tid: 0,
                     dir,
                     len: b.len() as u64,
                     data: &data,
@@ -3498,6 +3534,7 @@ mod tests {
         let pre = client_preface();
         c.feed(
             Chunk {
+                tid: 0,
                 dir: Ingress,
                 len: pre.len() as u64 + 40,
                 data: &pre,

@@ -2,6 +2,8 @@
 //! Both decoders take the same input: one chunk per syscall, framed by real byte counts.
 use std::borrow::Cow;
 
+use crate::context::TraceContext;
+
 pub mod http1;
 pub mod http2;
 
@@ -19,6 +21,8 @@ pub enum Direction {
 
 #[derive(Clone, Copy, Debug)]
 pub struct Chunk<'a> {
+    /// The thread that moved the bytes.
+    pub tid: u32,
     pub dir: Direction,
     /// Real bytes moved by the syscall (> 0).
     pub len: u64,
@@ -53,4 +57,25 @@ pub enum Role {
     Server,
     /// Requests were written (Egress).
     Client,
+}
+
+/// Which request of its connection an exchange is: the n-th HTTP/1 request (from 0), or the
+/// HTTP/2 stream. Both ends of a connection number its requests alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKey {
+    Http1(u64),
+    Http2(u32),
+}
+
+/// A request whose head a decoder just finished: what joining spans needs to know before the
+/// exchange ends (a thread serving a request makes its client calls meanwhile).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    pub role: Role,
+    pub key: RequestKey,
+    /// The thread that moved the head's first bytes.
+    pub tid: u32,
+    /// When the head's first bytes moved.
+    pub ts: u64,
+    pub context: Option<TraceContext>,
 }

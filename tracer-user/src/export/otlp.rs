@@ -154,6 +154,7 @@ fn span_len(sp: &Span) -> usize {
     let time = |t: u64| if t == 0 { 0 } else { 9 };
     len_field(16)
         + len_field(8)
+        + sp.trace_state.as_deref().map_or(0, str_field)
         + sp.parent_span_id.map_or(0, |_| len_field(8))
         + str_field(&sp.name)
         + 2
@@ -170,6 +171,9 @@ fn put_span(buf: &mut Vec<u8>, sp: &Span) {
     buf.extend_from_slice(&sp.trace_id);
     put_len(buf, 2, 8);
     buf.extend_from_slice(&sp.span_id);
+    if let Some(ts) = &sp.trace_state {
+        put_str(buf, 3, ts);
+    }
     if let Some(p) = &sp.parent_span_id {
         put_len(buf, 4, 8);
         buf.extend_from_slice(p);
@@ -507,6 +511,7 @@ mod tests {
                 trace_id: sp.trace_id.to_vec(),
                 span_id: sp.span_id.to_vec(),
                 parent_span_id: sp.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+                trace_state: sp.trace_state.clone().unwrap_or_default(),
                 flags: sp.flags as u32 | 0x100,
                 name: sp.name.clone(),
                 kind: match sp.kind {
@@ -567,6 +572,7 @@ mod tests {
             span_id: [2; 8],
             parent_span_id: None,
             flags: 1,
+            trace_state: None,
             kind: SpanKind::Server,
             name: name.into(),
             start_unix_ns: 1,
@@ -630,6 +636,7 @@ mod tests {
         client.kind = SpanKind::Client;
         client.parent_span_id = Some([7; 8]);
         client.flags = 0;
+        client.trace_state = Some("vendor=x,other=y".into());
         client.start_unix_ns = 0;
         client.status = Status::Error(String::new());
         client.attributes = vec![

@@ -1,5 +1,5 @@
 //! Human-readable one-line-per-span output (the default) and JSON lines for scripts.
-use std::io::Write;
+use std::{collections::HashMap, io::Write};
 
 use serde_json::{Map, Value as Json, json};
 
@@ -31,6 +31,7 @@ pub fn to_json(sp: &Span) -> Json {
         "trace_id": hex(&sp.trace_id),
         "span_id": hex(&sp.span_id),
         "parent_span_id": sp.parent_span_id.map(|p| hex(&p)),
+        "trace_state": sp.trace_state,
         "kind": match sp.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
         "name": sp.name,
         "start_unix_nano": sp.start_unix_ns,
@@ -52,6 +53,12 @@ fn fmt_duration(ns: u64) -> String {
 
 /// `HH:MM:SS.mmm SERVER python3[4242] GET /a?b=REDACTED -> 200 1.23ms peer=127.0.0.1:5555 trace=...`
 pub fn to_line(sp: &Span) -> String {
+    line(sp, 0)
+}
+
+/// One span's line, `depth` levels below its trace's first span on the terminal: children
+/// are indented under their parent and name neither trace nor parent (the tree shows them).
+fn line(sp: &Span, depth: usize) -> String {
     let secs = sp.start_unix_ns / 1_000_000_000;
     let ms = (sp.start_unix_ns / 1_000_000) % 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
@@ -68,12 +75,21 @@ pub fn to_line(sp: &Span) -> String {
         (Some(a), Some(p)) => format!(" peer={a}:{p}"),
         _ => String::new(),
     };
-    let parent = sp
-        .parent_span_id
-        .map(|p| format!(" parent={}", hex(&p)))
-        .unwrap_or_default();
+    let ids = if depth == 0 {
+        let parent = sp
+            .parent_span_id
+            .map(|p| format!(" parent={}", hex(&p)))
+            .unwrap_or_default();
+        format!(" trace={}{parent}", hex(&sp.trace_id))
+    } else {
+        String::new()
+    };
+    let indent = match depth {
+        0 => String::new(),
+        d => format!("{}└─ ", "   ".repeat(d - 1)),
+    };
     format!(
-        "{h:02}:{m:02}:{s:02}.{ms:03} {kind} {svc}[{pid}] {method} {target} -> {status} {dur}{err}{peer} trace={trace}{parent}",
+        "{h:02}:{m:02}:{s:02}.{ms:03} {indent}{kind} {svc}[{pid}] {method} {target} -> {status} {dur}{err}{peer}{ids}",
         kind = match sp.kind {
             SpanKind::Server => "SERVER",
             SpanKind::Client => "CLIENT",
@@ -89,7 +105,6 @@ pub fn to_line(sp: &Span) -> String {
         } else {
             ""
         },
-        trace = hex(&sp.trace_id),
     )
 }
 
@@ -110,12 +125,87 @@ pub struct Printer {
 
 impl Printer {
     pub fn write(&mut self, spans: &[Span]) -> std::io::Result<()> {
+        // The joiner sends a trace's spans together, parents first: a span whose parent was
+        // printed just before it in this batch goes under it.
+        let mut depth: HashMap<[u8; 8], usize> = HashMap::new();
         for sp in spans {
             match self.format {
-                Format::Text => writeln!(self.out, "{}", to_line(sp))?,
+                Format::Text => {
+                    let d = sp
+                        .parent_span_id
+                        .and_then(|p| depth.get(&p))
+                        .map_or(0, |d| d + 1);
+                    depth.insert(sp.span_id, d);
+                    writeln!(self.out, "{}", line(sp, d))?
+                }
                 Format::Json => writeln!(self.out, "{}", to_json(sp))?,
             }
         }
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        span::{Resource, kv},
+        testing::SharedBuf,
+    };
+
+    fn span(name: &str, id: u8, parent: Option<u8>, kind: SpanKind) -> Span {
+        Span {
+            trace_id: [0xab; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            flags: 1,
+            trace_state: None,
+            kind,
+            name: name.into(),
+            start_unix_ns: 3_723_004_000_000,
+            end_unix_ns: 3_723_006_500_000,
+            status: Status::Unset,
+            attributes: vec![
+                kv("http.request.method", Value::Str("GET".into())),
+                kv("url.path", Value::Str(format!("/{name}"))),
+                kv("http.response.status_code", Value::Int(200)),
+            ],
+            resource: Arc::new(Resource {
+                pid: u32::from(id),
+                service_name: name.into(),
+                attributes: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_trace_prints_as_a_tree() {
+        let out = SharedBuf::default();
+        let mut p = Printer {
+            format: Format::Text,
+            out: Box::new(out.clone()),
+        };
+        p.write(&[
+            span("curl", 1, None, SpanKind::Client),
+            span("front", 2, Some(1), SpanKind::Server),
+            span("call", 3, Some(2), SpanKind::Client),
+            span("back", 4, Some(3), SpanKind::Server),
+            span("other", 5, Some(9), SpanKind::Server),
+        ])
+        .unwrap();
+        let text = String::from_utf8(out.bytes()).unwrap();
+        let trace = "abababababababababababababababab";
+        assert_eq!(
+            text,
+            format!(
+                "01:02:03.004 CLIENT curl[1] GET /curl -> 200 2.50ms trace={trace}\n\
+                 01:02:03.004 └─ SERVER front[2] GET /front -> 200 2.50ms\n\
+                 01:02:03.004    └─ CLIENT call[3] GET /call -> 200 2.50ms\n\
+                 01:02:03.004       └─ SERVER back[4] GET /back -> 200 2.50ms\n\
+                 01:02:03.004 SERVER other[5] GET /other -> 200 2.50ms trace={trace} parent=0909090909090909\n"
+            )
+        );
     }
 }

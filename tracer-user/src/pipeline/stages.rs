@@ -27,7 +27,7 @@ use crate::{
     metrics::{Busy, Metrics, SpanDrop},
     plugins::{PluginHost, chain::MAX_BATCH},
     queue::{Limits, SpanQueue},
-    span::clock_ns,
+    span::{Span, clock_ns},
 };
 
 /// Batches of records the decode queue holds (each at most [`super::batch::BATCH_BYTES`]).
@@ -38,6 +38,8 @@ const POOL_BUFFERS: usize = 8;
 pub const PLUGIN_QUEUE_BYTES: usize = 32 << 20;
 /// How often the decode stage forgets idle connections and exited processes.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// How often the decode stage lets out the spans that waited long enough for their join.
+const JOIN_TICK: Duration = Duration::from_millis(20);
 
 pub type Thread = (&'static str, JoinHandle<io::Result<()>>);
 
@@ -138,25 +140,31 @@ impl Decode {
     fn run(mut self) -> io::Result<()> {
         let _close = CloseOnDrop(self.out.clone());
         let mut maintained = Instant::now();
+        let mut spans = Vec::new();
         loop {
-            match self.rx.recv_timeout(HOUSEKEEPING) {
-                Ok(ToDecode::Records(batch)) => self.records(batch)?,
+            match self.rx.recv_timeout(JOIN_TICK) {
+                Ok(ToDecode::Records(batch)) => self.records(batch, &mut spans),
                 Ok(ToDecode::Options(opts)) => self.table.set_options(opts),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            let now = clock_ns(libc::CLOCK_MONOTONIC);
+            self.table.tick(now, &mut spans);
+            self.send(&mut spans)?;
             if maintained.elapsed() >= HOUSEKEEPING {
-                self.table.maintain(clock_ns(libc::CLOCK_MONOTONIC), false);
+                self.table.maintain(now, false);
                 maintained = Instant::now();
             }
         }
+        self.table.flush(&mut spans);
+        self.send(&mut spans)?;
         match self.recorder.take() {
             Some(mut r) => r.0.flush(),
             None => Ok(()),
         }
     }
 
-    fn records(&mut self, batch: Batch) -> io::Result<()> {
+    fn records(&mut self, batch: Batch, spans: &mut Vec<Span>) {
         let _busy = Busy::new(&self.metrics.health.decode_busy_since_s);
         if let Some(r) = self.recorder.as_mut()
             && let Err(e) = r.write(&batch)
@@ -164,14 +172,18 @@ impl Decode {
             tracing::warn!("recording stopped: {e}");
             self.recorder = None;
         }
-        let mut spans = Vec::new();
         for rec in batch.records() {
-            process(rec, &mut self.table, &self.metrics, &mut spans);
+            process(rec, &mut self.table, &self.metrics, spans);
         }
         let _ = self.pool.try_send(batch.into_buffer());
+    }
+
+    /// Hands the spans that left the join to the plugin stage.
+    fn send(&mut self, spans: &mut Vec<Span>) -> io::Result<()> {
         if spans.is_empty() {
             return Ok(());
         }
+        let spans = std::mem::take(spans);
         let refused = if self.stop.load(Ordering::Acquire) {
             block_on(self.out.push_wait(spans))
         } else {

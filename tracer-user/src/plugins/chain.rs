@@ -524,6 +524,7 @@ mod tests {
             span_id: [i; 8],
             parent_span_id: None,
             flags: 1,
+            trace_state: None,
             kind: SpanKind::Server,
             name: "GET".into(),
             start_unix_ns: 1,

@@ -568,6 +568,7 @@ pub fn samples() -> Vec<Span> {
         span_id: [i; 8],
         parent_span_id: None,
         flags: 1,
+        trace_state: None,
         kind,
         name: name.into(),
         start_unix_ns: t0,
