@@ -148,6 +148,20 @@ fn grpcio_calls_of_every_kind_and_status() {
             }
         }
     }
+    // Client and server on one node: each server span is the child of the client span of
+    // its call (the same HTTP/2 stream of the same connection), in its trace.
+    for srv in &servers {
+        let parent = srv["parent_span_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not joined to its call: {srv}"));
+        let call = clients
+            .iter()
+            .find(|c| c["span_id"].as_str() == Some(parent))
+            .unwrap_or_else(|| panic!("parent is not a client span: {srv}"));
+        assert_eq!(srv["trace_id"], call["trace_id"], "{srv}\n{call}");
+        assert_eq!(rpc_method(srv), rpc_method(call), "{srv}\n{call}");
+        assert!(call["parent_span_id"].is_null(), "{call}");
+    }
     // Streaming calls: one span for the whole call, covering every message.
     let bidi = servers
         .iter()

@@ -1,0 +1,256 @@
+//! Connected traces on one node, with real processes: curl -> a python frontend -> python
+//! backends, and an event-loop frontend (node). Every span a test started is checked: it is in
+//! the right trace under the right parent, or (event loop only) a root, counted as ambiguous.
+//! No request carries a trace header: the tracer joins the spans by itself.
+//!
+//! Needs root; run one at a time (see tests/tests/e2e.rs).
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+};
+
+use tracer_tests::*;
+
+fn chain(args: &[&str]) -> Server {
+    let port: u16 = args[1].parse().unwrap();
+    let mut cmd = Command::new(python().expect("python3 (checked by setup())"));
+    cmd.arg(peer("chain.py")).args(args);
+    Server::spawn(cmd, port)
+}
+
+fn backend(extra: &[&str]) -> Server {
+    let port = free_port().to_string();
+    let mut args = vec!["backend", &port];
+    args.extend(extra);
+    chain(&args)
+}
+
+fn frontend(backends: &[&Server], extra: &[&str]) -> Server {
+    let port = free_port().to_string();
+    let ports: Vec<String> = backends.iter().map(|b| b.port().to_string()).collect();
+    let ports = ports.join(",");
+    let mut args = vec!["frontend", &port, &ports];
+    args.extend(extra);
+    chain(&args)
+}
+
+fn id(s: &Value, k: &str) -> String {
+    s[k].as_str().unwrap_or_default().to_string()
+}
+
+fn path(s: &Value) -> &str {
+    attr_str(s, "url.path").unwrap_or_default()
+}
+
+/// The one span of `trace` of this kind, pid and path (and server port, for client calls).
+fn one<'a>(trace: &[&'a Value], k: &str, pid: u32, p: &str, server_port: Option<u16>) -> &'a Value {
+    let found: Vec<&Value> = trace
+        .iter()
+        .copied()
+        .filter(|s| kind(s) == k && resource_pid(s) == Some(pid.into()) && path(s) == p)
+        .filter(|s| server_port.is_none_or(|port| attr_u64(s, "server.port") == Some(port.into())))
+        .collect();
+    assert_eq!(found.len(), 1, "{k} {pid} {p} in:\n{}", pretty(trace));
+    found[0]
+}
+
+fn child_of(child: &Value, parent: &Value) {
+    assert_eq!(
+        id(child, "trace_id"),
+        id(parent, "trace_id"),
+        "{child}\n{parent}"
+    );
+    assert_eq!(
+        id(child, "parent_span_id"),
+        id(parent, "span_id"),
+        "wrong parent:\n{child}\nnot under\n{parent}"
+    );
+}
+
+/// Every request `curl -> frontend -> each backend` of request id `n` is one trace: the curl
+/// span, the frontend's SERVER span under it, one CLIENT span per backend under that, and each
+/// backend's SERVER span under its call. Nothing else is in the trace.
+fn assert_chain(spans: &[Value], curl: &Value, front: &Server, backends: &[&Server], n: usize) {
+    let trace: Vec<&Value> = spans
+        .iter()
+        .filter(|s| id(s, "trace_id") == id(curl, "trace_id"))
+        .collect();
+    assert!(curl["parent_span_id"].is_null(), "curl is the root: {curl}");
+    assert_eq!(
+        trace.len(),
+        2 + 2 * backends.len(),
+        "trace of request {n}:\n{}",
+        pretty(&trace)
+    );
+    let served = one(&trace, "SERVER", front.pid(), &format!("/front/{n}"), None);
+    child_of(served, curl);
+    for b in backends {
+        let back = format!("/back/{n}");
+        let call = one(&trace, "CLIENT", front.pid(), &back, Some(b.port()));
+        child_of(call, served);
+        child_of(one(&trace, "SERVER", b.pid(), &back, None), call);
+    }
+}
+
+/// curl processes run at once, each sending `per_client` requests on its connection, with
+/// request ids from `first` on: (request id, pid of the curl that sent it).
+fn curls(front: &Server, first: usize, clients: usize, per_client: usize) -> Vec<(usize, u32)> {
+    let mut running = Vec::new();
+    for c in 0..clients {
+        let urls: Vec<String> = (0..per_client)
+            .map(|i| front.url(&format!("/front/{}", first + c * per_client + i)))
+            .collect();
+        let child = Command::new("curl")
+            .args(["-sS", "--fail"])
+            .args(urls.iter().flat_map(|u| ["-o", "/dev/null", u.as_str()]))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn curl");
+        running.push((c, child));
+    }
+    let mut ids = Vec::new();
+    for (c, mut child) in running {
+        let pid = child.id();
+        assert!(child.wait().unwrap().success(), "curl {c} failed");
+        ids.extend((0..per_client).map(|i| (first + c * per_client + i, pid)));
+    }
+    ids
+}
+
+fn curl_span<'a>(spans: &'a [Value], pid: u32, n: usize) -> &'a Value {
+    let mine = of_kind_pid(spans, "CLIENT", pid);
+    one(&mine, "CLIENT", pid, &format!("/front/{n}"), None)
+}
+
+fn counter(stderr: &str, name: &str) -> u64 {
+    let line = counters_line(stderr).unwrap_or_else(|| panic!("no counters line:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .map_or(0, |v| v.parse().expect("counter value"))
+}
+
+#[test]
+fn a_request_through_three_processes_is_one_trace() {
+    let Some(_g) = setup_with_curl() else { return };
+    let back = backend(&[]);
+    let front = frontend(&[&back], &[]);
+    let tracer = Tracer::start(&[]);
+    let ids = curls(&front, 0, 1, 5);
+    let stopped = tracer.stop_full();
+    for (n, pid) in ids {
+        assert_chain(
+            &stopped.spans,
+            curl_span(&stopped.spans, pid, n),
+            &front,
+            &[&back],
+            n,
+        );
+    }
+    assert!(counter(&stopped.stderr, "links_connection_total") >= 10);
+    assert!(counter(&stopped.stderr, "links_thread_total") >= 5);
+}
+
+#[test]
+fn eight_concurrent_clients_never_get_a_wrong_parent() {
+    let Some(_g) = setup_with_curl() else { return };
+    let back = backend(&[]);
+    let front = frontend(&[&back], &[]);
+    let tracer = Tracer::start(&[]);
+    let ids = curls(&front, 0, 8, 10);
+    let stopped = tracer.stop_full();
+    assert_eq!(ids.len(), 80);
+    for (n, pid) in ids {
+        assert_chain(
+            &stopped.spans,
+            curl_span(&stopped.spans, pid, n),
+            &front,
+            &[&back],
+            n,
+        );
+    }
+}
+
+#[test]
+fn a_frontend_reusing_its_connections_to_two_backends() {
+    let Some(_g) = setup_with_curl() else { return };
+    let (b1, b2) = (backend(&[]), backend(&[]));
+    let front = frontend(&[&b1, &b2], &["--keep-alive"]);
+    let tracer = Tracer::start(&[]);
+    // Each curl sends its requests on one connection: one frontend thread serves them, over
+    // one connection to each backend.
+    let ids = curls(&front, 0, 3, 6);
+    let stopped = tracer.stop_full();
+    let spans = &stopped.spans;
+    for &(n, pid) in &ids {
+        assert_chain(spans, curl_span(spans, pid, n), &front, &[&b1, &b2], n);
+    }
+    // The backend connections were reused: fewer connections than calls.
+    let calls = of_kind_pid(spans, "CLIENT", front.pid());
+    let ports: std::collections::HashSet<u64> = calls
+        .iter()
+        .filter_map(|c| attr_u64(c, "network.peer.port"))
+        .collect();
+    assert_eq!(calls.len(), 2 * ids.len());
+    assert_eq!(ports.len(), 2, "one port per backend: {ports:?}");
+}
+
+/// Node serves every request on one thread. Requests one at a time: each backend call is its
+/// request's child. Eight clients at once against a slow backend: a call is either under the
+/// request it was made for or a root, and the roots are counted as ambiguous.
+#[test]
+fn an_event_loop_frontend_is_joined_only_when_unambiguous() {
+    let Some(_g) = setup_with_curl() else { return };
+    let node = which("node").or_else(|| which("nodejs"));
+    if !require("node", node.is_some()) {
+        return;
+    }
+    let back = backend(&["--delay-ms", "20"]);
+    let port = free_port();
+    let mut cmd = Command::new(node.unwrap());
+    cmd.arg(peer("chain_frontend.js"))
+        .args([port.to_string(), back.port().to_string()]);
+    let front = Server::spawn(cmd, port);
+    let tracer = Tracer::start(&[]);
+    let sequential = curls(&front, 0, 1, 5);
+    curls(&front, 100, 8, 5);
+    let stopped = tracer.stop_full();
+    let spans = &stopped.spans;
+
+    for &(n, pid) in &sequential {
+        assert_chain(spans, curl_span(spans, pid, n), &front, &[&back], n);
+    }
+    let served: HashMap<String, &Value> = of_kind_pid(spans, "SERVER", front.pid())
+        .into_iter()
+        .map(|s| (id(s, "span_id"), s))
+        .collect();
+    let calls = of_kind_pid(spans, "CLIENT", front.pid());
+    assert_eq!(calls.len(), 45, "{}", pretty(&calls));
+    let mut roots = 0;
+    for c in &calls {
+        match c["parent_span_id"].as_str() {
+            None => roots += 1,
+            Some(p) => {
+                let parent = served
+                    .get(p)
+                    .unwrap_or_else(|| panic!("parent not a request: {c}"));
+                let n = path(c).strip_prefix("/back/").unwrap();
+                assert_eq!(
+                    path(parent),
+                    format!("/front/{n}"),
+                    "wrong parent:\n{c}\n{parent}"
+                );
+                child_of(c, parent);
+            }
+        }
+    }
+    // Each call's backend span is under the call, whatever the call's own parent.
+    for c in &calls {
+        let backs = of_kind_pid(spans, "SERVER", back.pid());
+        child_of(one(&backs, "SERVER", back.pid(), path(c), None), c);
+    }
+    assert!(
+        roots > 0,
+        "eight clients at once against a 20 ms backend overlap on one thread"
+    );
+    assert_eq!(counter(&stopped.stderr, "links_ambiguous_total"), roots);
+}
