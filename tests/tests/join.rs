@@ -254,3 +254,144 @@ fn an_event_loop_frontend_is_joined_only_when_unambiguous() {
     );
     assert_eq!(counter(&stopped.stderr, "links_ambiguous_total"), roots);
 }
+
+/// Two network namespaces, like two pods of one node: each with a veth to the host, which
+/// routes between them, and a DNAT rule like a Service's, from a ClusterIP to the server.
+/// Removed on drop.
+struct Pods {
+    client: String,
+    server: String,
+    table: String,
+}
+
+const CLIENT_IP: &str = "10.201.1.2";
+const SERVER_IP: &str = "10.201.2.2";
+const CLUSTER_IP: &str = "10.96.77.10";
+
+impl Pods {
+    fn create() -> Pods {
+        let tag = std::process::id() % 100_000;
+        let p = Pods {
+            client: format!("tjc{tag}"),
+            server: format!("tjs{tag}"),
+            table: format!("tracer_join_{tag}"),
+        };
+        let sh = |script: &str| run_ok("sh", &["-ec", script]);
+        for (ns, subnet) in [(&p.client, 1), (&p.server, 2)] {
+            sh(&format!(
+                "ip netns add {ns}
+                 ip link add {ns}h type veth peer name {ns}p
+                 ip link set {ns}p netns {ns}
+                 ip addr add 10.201.{subnet}.1/24 dev {ns}h
+                 ip link set {ns}h up
+                 ip -n {ns} addr add 10.201.{subnet}.2/24 dev {ns}p
+                 ip -n {ns} link set {ns}p up
+                 ip -n {ns} link set lo up
+                 ip -n {ns} route add default via 10.201.{subnet}.1"
+            ));
+        }
+        sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1
+             nft add table ip {t}
+             nft 'add chain ip {t} pre {{ type nat hook prerouting priority -100; }}'
+             nft add rule ip {t} pre ip daddr {CLUSTER_IP} tcp dport 80 dnat to {SERVER_IP}:8080",
+            t = p.table
+        ));
+        p
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth end, and so the pair.
+        for ns in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status();
+    }
+}
+
+/// Pod to pod over veth, and pod to a Service's ClusterIP (DNAT to the server pod): the server
+/// sees the client's own address and port, the client's peer is the ClusterIP. Both requests
+/// are joined by the client's address and port.
+#[test]
+fn across_pods_and_through_a_service_dnat() {
+    let Some(_g) = setup_with_curl() else { return };
+    if !require("ip (iproute2)", which("ip").is_some())
+        || !require("nft (nftables)", which("nft").is_some())
+    {
+        return;
+    }
+    let pods = Pods::create();
+    let www = TempDir::new("www");
+    for f in ["direct.txt", "service.txt"] {
+        std::fs::write(www.join(f), f).unwrap();
+    }
+    let mut server = pods
+        .exec(
+            &pods.server,
+            &["python3", "-m", "http.server", "8080", "--bind", SERVER_IP],
+        )
+        .current_dir(www.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the server pod's http.server");
+    let curl_in_pod = |url: &str| {
+        let out = pods
+            .exec(
+                &pods.client,
+                &[
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    url,
+                ],
+            )
+            .output()
+            .expect("run curl in the client pod");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.success(),
+        )
+    };
+    let service = format!("http://{CLUSTER_IP}/service.txt");
+    assert!(
+        wait_until(SERVER_READY_TIMEOUT, || curl_in_pod(&service).0 == "200"),
+        "the server pod never answered through the Service address"
+    );
+    let tracer = Tracer::start(&[]);
+    let direct = curl_in_pod(&format!("http://{SERVER_IP}:8080/direct.txt"));
+    let via = curl_in_pod(&service);
+    let spans = tracer.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!((direct.0.as_str(), via.0.as_str()), ("200", "200"));
+
+    let servers = of_kind_pid(&spans, "SERVER", server.id());
+    for (p, peer) in [("/direct.txt", SERVER_IP), ("/service.txt", CLUSTER_IP)] {
+        let srv = one_with_path(&servers, p);
+        assert_eq!(attr_str(srv, "client.address"), Some(CLIENT_IP), "{srv}");
+        let call = spans
+            .iter()
+            .find(|s| {
+                kind(s) == "CLIENT" && path(s) == p && s["resource"]["service.name"] == "curl"
+            })
+            .unwrap_or_else(|| panic!("no curl span for {p}"));
+        assert_eq!(attr_str(call, "network.peer.address"), Some(peer), "{call}");
+        child_of(srv, call);
+    }
+}

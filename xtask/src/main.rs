@@ -290,6 +290,9 @@ fn setup() -> anyhow::Result<()> {
         ("h2load", "nghttp2-client"),
         // The hook tests read the kernel's per-program run counters with it.
         ("bpftool", "bpftool"),
+        // The join tests: an event-loop frontend, and a Service-like DNAT between namespaces.
+        ("node", "nodejs"),
+        ("nft", "nftables"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -297,7 +300,7 @@ fn setup() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool: present");
+        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft: present");
     } else if is_root() {
         apt_install(&missing)?;
     } else {
