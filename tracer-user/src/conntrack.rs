@@ -19,7 +19,7 @@ use crate::{
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     join::{Begin, End, JoinOptions, Joiner, PeerKey},
     metrics::Metrics,
-    process::{FdKind, Processes, SocketEnds, inspect_fd, local_port},
+    process::{FdKind, Processes, SocketEnds, inspect_fd, local_addr},
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -260,6 +260,11 @@ impl ConnTable {
                 entry.seen_setup = c.role != Role::Unknown;
                 entry.local_port = c.local.map(|l| l.port());
                 entry.local = c.local;
+                if c.role != Role::Unknown && c.local.is_none() {
+                    // The syscall hooks see the peer in accept/connect, not the local end.
+                    entry.local = local_addr(&self.proc_root, c.id.pid, c.id.fd);
+                    entry.local_port = entry.local.map(|l| l.port());
+                }
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).
@@ -285,8 +290,10 @@ impl ConnTable {
                             entry.info.peer = peer;
                             if !self.opts.ports.is_empty() {
                                 // From the snapshot when it has it: by now the fd may be closed.
-                                entry.local_port = local
-                                    .or_else(|| local_port(&self.proc_root, c.id.pid, c.id.fd));
+                                entry.local_port = local.or_else(|| {
+                                    local_addr(&self.proc_root, c.id.pid, c.id.fd)
+                                        .map(|a| a.port())
+                                });
                             }
                         }
                         FdKind::Gone => Metrics::add(&self.metrics.peer_unknown_total, 1),

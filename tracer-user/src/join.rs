@@ -576,6 +576,8 @@ impl Joiner {
             }
             self.due.pop_front();
             self.expire(what, m, out);
+            // A decision may free a whole tree: it leaves before what is due next.
+            self.release_ready(m, out);
         }
         self.release_ready(m, out);
     }
@@ -872,6 +874,18 @@ mod tests {
         let cli = r.open(SpanKind::Client, 10, 10, "192.0.2.1:40000", 300 * MS);
         r.end(cli, "cli", 301 * MS);
         assert_eq!(r.get("cli").parent_span_id, None);
+    }
+
+    #[test]
+    fn a_tree_whose_root_waited_for_its_client_still_leaves_parents_first() {
+        let mut r = Run::new();
+        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:40000", 1 * MS);
+        let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
+        r.end(call, "call", 3 * MS);
+        r.end(srv, "srv", 4 * MS);
+        r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
+        assert_eq!(r.names(), ["srv", "call"]);
+        assert!(r.child_of("call", "srv"));
     }
 
     #[test]

@@ -268,9 +268,10 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: u32) -> FdKind {
     FdKind::Socket { peer }
 }
 
-/// The local port of a process's TCP socket, from /proc (for connections set up before the
-/// probes: the port filter needs it when no Host or :authority header names it).
-pub fn local_port(proc_root: &Path, pid: u32, fd: u32) -> Option<u16> {
+/// The local end of a process's TCP socket, from /proc: for connections set up before the
+/// probes (the port filter needs the port when no Host or :authority header names it), and
+/// for the syscall hooks, which do not read it from the socket (joining traces needs it).
+pub fn local_addr(proc_root: &Path, pid: u32, fd: u32) -> Option<SocketAddr> {
     let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
     let link = link.to_string_lossy();
     let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
@@ -279,7 +280,7 @@ pub fn local_port(proc_root: &Path, pid: u32, fd: u32) -> Option<u16> {
         table.lines().skip(1).find_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             (f.get(9) == Some(&inode))
-                .then(|| parse_hex_addr(f.get(1)?).map(|a| a.port()))
+                .then(|| parse_hex_addr(f.get(1)?))
                 .flatten()
         })
     })
@@ -476,15 +477,15 @@ mod tests {
             })
         );
         assert_eq!(
-            local_port(Path::new("/proc"), me, client.as_raw_fd() as u32),
-            Some(client.local_addr().unwrap().port())
+            local_addr(Path::new("/proc"), me, client.as_raw_fd() as u32),
+            Some(client.local_addr().unwrap())
         );
         assert_eq!(
-            local_port(Path::new("/proc"), me, sock.as_raw_fd() as u32),
-            Some(sock.local_addr().unwrap().port())
+            local_addr(Path::new("/proc"), me, sock.as_raw_fd() as u32),
+            Some(sock.local_addr().unwrap())
         );
         assert_eq!(
-            local_port(Path::new("/proc"), me, file.as_raw_fd() as u32),
+            local_addr(Path::new("/proc"), me, file.as_raw_fd() as u32),
             None
         );
     }
