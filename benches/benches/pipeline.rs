@@ -1,6 +1,7 @@
 //! Userspace cost per request, stage by stage, for an HTTP/1.1 and an HTTP/2 (h2c) workload:
 //! ring-buffer records -> decoded exchange (decoder only) -> span (span builder) -> OTLP
-//! bytes, and the whole path records -> OTLP bytes through the connection table.
+//! bytes, and the whole path records -> OTLP bytes through the connection table (which joins
+//! the spans into traces); then the joiner alone, on client/server pairs it links.
 //! `cargo bench -p tracer-benches --bench pipeline`
 use std::sync::Arc;
 
@@ -269,5 +270,79 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+/// The joiner alone: `N` requests whose client and server ends are both on this node, each
+/// opened on both ends, ended, linked and released (its cost per span is half a pair's).
+fn join(c: &mut Criterion) {
+    use tracer_user::{
+        decode::{RequestKey, Role as End},
+        join::{Begin, End as Done, JoinOptions, Joiner, PeerKey},
+    };
+    let m = Metrics::default();
+    let template = {
+        let m = Arc::new(Metrics::default());
+        pipeline::replay(&http1_records(1), &mut table(&m), &m).remove(0)
+    };
+    let mut g = c.benchmark_group("join");
+    g.throughput(Throughput::Elements(2 * N as u64));
+    let mut j = Joiner::new(JoinOptions::default());
+    let mut t0 = 0u64;
+    g.bench_function("join_per_span", |b| {
+        b.iter_batched(
+            || vec![template.clone(); 2 * N as usize],
+            |mut spans| {
+                let mut out = Vec::with_capacity(spans.len());
+                for i in 0..N {
+                    t0 += 10_000;
+                    let request = RequestKey::Http1(u64::from(i));
+                    let client = ConnId { pid: 2, fd: 5 };
+                    let server = ConnId { pid: 1, fd: 9 };
+                    let peer = Some(PeerKey {
+                        client: PEER.parse().unwrap(),
+                        netns: 1,
+                        request,
+                    });
+                    for (conn, role) in [(client, End::Client), (server, End::Server)] {
+                        j.open(
+                            Begin {
+                                conn,
+                                request,
+                                role,
+                                tid: conn.pid,
+                                ts: t0,
+                                context: None,
+                                peer,
+                                serves_on_thread: role == End::Server,
+                            },
+                            &m,
+                        );
+                    }
+                    for conn in [server, client] {
+                        let span = spans.pop();
+                        let response_tid = Some(conn.pid);
+                        j.end(
+                            Done {
+                                conn,
+                                request,
+                                ts_end: t0 + 5_000,
+                                response_tid,
+                                span,
+                            },
+                            &m,
+                            &mut out,
+                        );
+                    }
+                }
+                // Forgets what ended (the hold passed): the table stays small, as it does live.
+                j.tick(t0 + 2 * JoinOptions::default().hold_ns, &m, &mut out);
+                t0 += 2 * JoinOptions::default().hold_ns;
+                assert_eq!(out.len(), 2 * N as usize);
+                out
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, join);
 criterion_main!(benches);

@@ -226,6 +226,15 @@ impl ConnTable {
     /// Time passed (monotonic ns): spans that waited long enough for their join leave.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Span>) {
         self.join.tick(now, &self.metrics, out);
+        let h = &self.metrics.health;
+        h.join_spans_held.store(
+            self.join.held() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        h.join_requests_tracked.store(
+            self.join.tracked() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Every span still waiting for its join leaves (end of a replay, shutdown).
@@ -291,8 +300,7 @@ impl ConnTable {
                             if !self.opts.ports.is_empty() {
                                 // From the snapshot when it has it: by now the fd may be closed.
                                 entry.local_port = local.or_else(|| {
-                                    local_addr(&self.proc_root, c.id.pid, c.id.fd)
-                                        .map(|a| a.port())
+                                    local_addr(&self.proc_root, c.id.pid, c.id.fd).map(|a| a.port())
                                 });
                             }
                         }

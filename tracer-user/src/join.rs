@@ -154,6 +154,8 @@ pub struct Joiner {
     due: VecDeque<(u64, Due)>,
     /// Local roots whose trees may leave.
     ready: Vec<NodeId>,
+    /// Finished spans waiting to leave.
+    held: usize,
     now: u64,
 }
 
@@ -179,6 +181,7 @@ impl Joiner {
             hopping: FxHashSet::default(),
             due: VecDeque::new(),
             ready: Vec::new(),
+            held: 0,
             now: 0,
         }
     }
@@ -189,7 +192,7 @@ impl Joiner {
 
     /// Spans waiting to leave.
     pub fn held(&self) -> usize {
-        self.nodes.values().filter(|n| n.held.is_some()).count()
+        self.held
     }
 
     /// Requests tracked (open, or ended and still remembered).
@@ -457,6 +460,7 @@ impl Joiner {
             return;
         };
         n.ended = true;
+        self.held += usize::from(e.span.is_some());
         n.held = e.span;
         self.schedule(Due::Release(id));
         self.try_release(id, m);
@@ -551,6 +555,7 @@ impl Joiner {
         let Some(mut sp) = n.held.take() else {
             return;
         };
+        self.held -= 1;
         sp.trace_id = n.trace_id;
         sp.span_id = n.span_id;
         sp.parent_span_id = match n.parent {

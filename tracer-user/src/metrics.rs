@@ -23,6 +23,10 @@ pub struct Health {
     /// The last export attempt failed for good (cleared by the next success).
     pub export_failing: AtomicBool,
     pub last_export_error: Mutex<String>,
+    /// Finished spans waiting to be joined into their trace.
+    pub join_spans_held: AtomicU64,
+    /// Requests the joiner remembers (running, or ended a moment ago).
+    pub join_requests_tracked: AtomicU64,
 }
 
 impl Health {
@@ -251,6 +255,24 @@ impl Metrics {
                 s,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
                 u8::from(v)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "tracer_join_spans_held",
+                "Finished spans waiting to be joined into their trace (at most --join-hold-ms)",
+                &h.join_spans_held,
+            ),
+            (
+                "tracer_join_requests_tracked",
+                "Requests the trace joiner remembers: running, or ended within two holds",
+                &h.join_requests_tracked,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
             );
         }
         let _ = writeln!(
