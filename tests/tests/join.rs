@@ -150,6 +150,30 @@ fn a_request_through_three_processes_is_one_trace() {
     assert!(counter(&stopped.stderr, "links_thread_total") >= 5);
 }
 
+/// The first thing a new user tries: one curl, which exits right after its request, to a
+/// python server. One trace: the server's span under curl's.
+#[test]
+fn one_curl_to_one_server_is_one_trace() {
+    let Some(_g) = setup_with_curl() else { return };
+    let server = Server::test_server();
+    let tracer = Tracer::start(&[]);
+    let r = curl(&[&server.url("/status/200")]);
+    let spans = tracer.stop();
+    assert_eq!(r.http_code, 200);
+    let srv = one_with_path(&of_kind_pid(&spans, "SERVER", server.pid()), "/status/200");
+    let call = spans
+        .iter()
+        .find(|s| kind(s) == "CLIENT" && s["resource"]["service.name"] == "curl")
+        .unwrap_or_else(|| {
+            panic!(
+                "no curl span:\n{}",
+                pretty(&spans.iter().collect::<Vec<_>>())
+            )
+        });
+    child_of(srv, call);
+    assert!(call["parent_span_id"].is_null(), "{call}");
+}
+
 #[test]
 fn eight_concurrent_clients_never_get_a_wrong_parent() {
     let Some(_g) = setup_with_curl() else { return };

@@ -151,7 +151,10 @@ pub struct SockAddr {
 pub struct ConnEvent {
     pub header: EventHeader,
     pub role: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Inode of the socket's network namespace (0 when unknown: syscall hooks, or a kernel
+    /// whose BTF does not say where it is). Loopback addresses repeat in every namespace.
+    pub netns: u32,
     pub peer: SockAddr,
     /// The traced process's own end (family 0 when the hooks cannot tell: syscall hooks).
     pub local: SockAddr,
@@ -343,7 +346,11 @@ pub struct Config {
     pub sk_protocol_off: u16,
     pub sk_v6_daddr_off: u16,
     pub sk_v6_saddr_off: u16,
-    pub _pad: u16,
+    /// Where the socket's `struct net *` is in `struct sock`, and the namespace inode in
+    /// `struct net` (0: unknown, the namespace is not read).
+    pub sk_net_off: u16,
+    pub net_inum_off: u16,
+    pub _pad: [u16; 3],
 }
 
 /// Fixed offsets in `struct sock_common`, the same on every Linux since 2.6: IPv4 peer and

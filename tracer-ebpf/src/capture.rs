@@ -497,6 +497,22 @@ fn sock_ends(sk: u64, cfg: &Config) -> Option<(SockAddr, SockAddr)> {
     Some((peer, local))
 }
 
+/// The inode of the network namespace socket `sk` lives in (0 when this kernel's BTF did not
+/// say where it is).
+#[inline(always)]
+fn sock_netns(sk: u64, cfg: &Config) -> u32 {
+    if cfg.sk_net_off == 0 || cfg.net_inum_off == 0 {
+        return 0;
+    }
+    let Some(net) = kernel_read::<u64>(sk + cfg.sk_net_off as u64) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    kernel_read::<u32>(net + cfg.net_inum_off as u64).unwrap_or(0)
+}
+
 /// Lets `tcp_destroy_sock` find the entry of socket `sk`, to end it before the socket's memory
 /// can be reused for another one (a pointer alone does not tell a new connection from an old
 /// one at the same address).
@@ -524,7 +540,12 @@ fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)
     let ev = unsafe { &mut *rec.cast::<ConnEvent>() };
     ev.header = header(kind::CONN, key.fd);
     ev.role = state.role;
-    ev._pad = [0; 7];
+    ev._pad = [0; 3];
+    ev.netns = if state.sk != 0 {
+        sock_netns(state.sk, cfg)
+    } else {
+        0
+    };
     ev.local = SockAddr::default();
     ev.peer = state.peer;
     if let Some((peer, local)) = ends {

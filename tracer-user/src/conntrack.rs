@@ -141,6 +141,8 @@ struct Entry {
     local: Option<SocketAddr>,
     /// A record went missing: the numbers of its HTTP/1 requests are not certain any more.
     gapped: bool,
+    /// The socket's network namespace, when the probes read it.
+    netns: Option<u32>,
     last_ts: u64,
 }
 
@@ -157,6 +159,7 @@ impl Entry {
             local_port: None,
             local: None,
             gapped: false,
+            netns: None,
             last_ts: ts,
         }
     }
@@ -269,6 +272,7 @@ impl ConnTable {
                 entry.seen_setup = c.role != Role::Unknown;
                 entry.local_port = c.local.map(|l| l.port());
                 entry.local = c.local;
+                entry.netns = c.netns;
                 if c.role != Role::Unknown && c.local.is_none() {
                     // The syscall hooks see the peer in accept/connect, not the local end.
                     entry.local = local_addr(&self.proc_root, c.id.pid, c.id.fd);
@@ -391,10 +395,12 @@ impl ConnTable {
                 let client = SocketAddr::new(a.ip().to_canonical(), a.port());
                 PeerKey {
                     client,
-                    netns: if client.ip().is_loopback() {
-                        net_ns(&mut self.netns, &self.proc_root, id.pid)
-                    } else {
-                        0
+                    // From the socket; the process's, read from /proc, when the probes could
+                    // not tell (a short-lived process may be gone by then: no match).
+                    netns: match (client.ip().is_loopback(), entry.netns) {
+                        (false, _) => 0,
+                        (true, Some(ns)) => u64::from(ns),
+                        (true, None) => net_ns(&mut self.netns, &self.proc_root, id.pid),
                     },
                     request: o.key,
                 }

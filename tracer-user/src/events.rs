@@ -49,6 +49,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// The traced process's own end, when the probes read it from the socket.
     pub local: Option<SocketAddr>,
+    /// The socket's network namespace (inode), when the probes read it.
+    pub netns: Option<u32>,
     pub comm: String,
 }
 
@@ -168,6 +170,7 @@ impl<'a> Event<'a> {
                     },
                     peer: sockaddr(&c.peer),
                     local: sockaddr(&c.local),
+                    netns: (c.netns != 0).then_some(c.netns),
                     comm: comm_str(&c.comm),
                 }))
             }
@@ -249,7 +252,8 @@ pub mod encode {
                 Role::Accepted => role::ACCEPTED,
                 Role::Connected => role::CONNECTED,
             },
-            _pad: [0; 7],
+            _pad: [0; 3],
+            netns: 0,
             peer: peer.as_ref().map(to_wire).unwrap_or_default(),
             local: Default::default(),
             comm: comm(name),
@@ -349,6 +353,7 @@ mod tests {
                 role: Role::Accepted,
                 peer: Some(peer),
                 local: Some(local),
+                netns: None,
                 comm: "python3".into()
             })
         );

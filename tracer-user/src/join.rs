@@ -156,6 +156,8 @@ pub struct Joiner {
     ready: Vec<NodeId>,
     /// Finished spans waiting to leave.
     held: usize,
+    /// Scratch stack of the tree walks.
+    walk: Vec<NodeId>,
     now: u64,
 }
 
@@ -182,6 +184,7 @@ impl Joiner {
             due: VecDeque::new(),
             ready: Vec::new(),
             held: 0,
+            walk: Vec::new(),
             now: 0,
         }
     }
@@ -529,7 +532,9 @@ impl Joiner {
 
     /// Sends every finished span of the tree under `root` whose link is decided, parents first.
     fn release_tree(&mut self, root: NodeId, m: &Metrics, out: &mut Vec<Span>) {
-        let mut stack = vec![root];
+        // The walk's stack is kept between calls: most trees are one span, released per span.
+        let mut stack = std::mem::take(&mut self.walk);
+        stack.push(root);
         while let Some(id) = stack.pop() {
             let Some(n) = self.nodes.get(&id) else {
                 continue;
@@ -545,6 +550,7 @@ impl Joiner {
                 self.release(id, m, out);
             }
         }
+        self.walk = stack;
     }
 
     /// The span of `id` leaves with its final ids.

@@ -138,9 +138,20 @@ pub fn socket_hooks_present() -> bool {
     })
 }
 
-/// Offsets in `struct sock` the socket hooks need, from the kernel's BTF; zeros (no protocol
-/// check, no IPv6 addresses) when it has none, with the reason.
-fn sock_offsets() -> Result<(u16, u16, u16), String> {
+/// Offsets of kernel struct members the socket hooks read (0: not read).
+#[derive(Clone, Copy, Debug, Default)]
+struct SockOffsets {
+    protocol: u16,
+    v6_daddr: u16,
+    v6_saddr: u16,
+    /// `struct net *` of the socket, and the namespace inode in `struct net`.
+    net: u16,
+    net_inum: u16,
+}
+
+/// Offsets the socket hooks need, from the kernel's BTF; zeros (no protocol check, no IPv6
+/// addresses, no network namespace) when it has none, with the reason.
+fn sock_offsets() -> Result<SockOffsets, String> {
     let btf = crate::btf::Btf::from_sys_fs()?;
     let off = |s: &str, m: &str, size: u32| match btf.field(s, m) {
         Some(f) if f.size == size => {
@@ -149,11 +160,21 @@ fn sock_offsets() -> Result<(u16, u16, u16), String> {
         Some(f) => Err(format!("{s}.{m} is {} bytes, expected {size}", f.size)),
         None => Err(format!("{s}.{m} not in the kernel's BTF")),
     };
-    Ok((
-        off("sock", "sk_protocol", 2)?,
-        off("sock_common", "skc_v6_daddr", 16)?,
-        off("sock_common", "skc_v6_rcv_saddr", 16)?,
-    ))
+    // A kernel without network namespaces has no `struct net *` in its sockets: all share one.
+    let netns = || {
+        let net = off("sock_common", "skc_net", 8).ok()?;
+        let ns = btf.field("net", "ns")?.offset;
+        let inum = off("ns_common", "inum", 4).ok()?;
+        Some((net, u16::try_from(ns + u32::from(inum)).ok()?))
+    };
+    let (net, net_inum) = netns().unwrap_or_default();
+    Ok(SockOffsets {
+        protocol: off("sock", "sk_protocol", 2)?,
+        v6_daddr: off("sock_common", "skc_v6_daddr", 16)?,
+        v6_saddr: off("sock_common", "skc_v6_rcv_saddr", 16)?,
+        net,
+        net_inum,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -218,7 +239,7 @@ pub struct Probes {
     ebpf: Ebpf,
     hooks: Hooks,
     /// `struct sock` offsets for the socket hooks (protocol, IPv6 peer, IPv6 local).
-    sock_offsets: (u16, u16, u16),
+    sock_offsets: SockOffsets,
 }
 
 impl Probes {
@@ -251,9 +272,9 @@ impl Probes {
                 tracing::warn!(
                     "kernel BTF: {e}; the socket hooks will not filter by protocol and leave IPv6 addresses out"
                 );
-                (0, 0, 0)
+                SockOffsets::default()
             }),
-            Hooks::Syscalls => (0, 0, 0),
+            Hooks::Syscalls => SockOffsets::default(),
         };
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
@@ -312,10 +333,12 @@ impl Probes {
             self_tgid: std::process::id(),
             wakeup_bytes: opts.wakeup_bytes,
             comm: [0; COMM_LEN],
-            sk_protocol_off: self.sock_offsets.0,
-            sk_v6_daddr_off: self.sock_offsets.1,
-            sk_v6_saddr_off: self.sock_offsets.2,
-            _pad: 0,
+            sk_protocol_off: self.sock_offsets.protocol,
+            sk_v6_daddr_off: self.sock_offsets.v6_daddr,
+            sk_v6_saddr_off: self.sock_offsets.v6_saddr,
+            sk_net_off: self.sock_offsets.net,
+            net_inum_off: self.sock_offsets.net_inum,
+            _pad: [0; 3],
         };
         if let Some(comm) = &opts.comm {
             if comm.len() >= COMM_LEN {
