@@ -337,19 +337,29 @@ impl Tracer {
             status.success(),
             "the tracer exited with {status} after SIGINT; stderr:\n{stderr}"
         );
-        let stdout = read_lossy(&self.dir.join("stdout"));
-        let spans = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("tracer stdout line is not JSON ({e}): {l}"));
-                assert!(v.is_object(), "tracer stdout line is not an object: {l}");
-                v
-            })
-            .collect();
+        let spans = parse_spans(&read_lossy(&self.dir.join("stdout")));
         Stopped { spans, stderr }
     }
+
+    /// The spans printed so far: the whole lines of stdout (the tracer may be writing one).
+    pub fn printed(&self) -> Vec<Value> {
+        let stdout = read_lossy(&self.dir.join("stdout"));
+        parse_spans(stdout.rsplit_once('\n').map_or("", |(whole, _)| whole))
+    }
+}
+
+/// Printed spans, one JSON object a line.
+fn parse_spans(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("tracer stdout line is not JSON ({e}): {l}"));
+            assert!(v.is_object(), "tracer stdout line is not an object: {l}");
+            v
+        })
+        .collect()
 }
 
 impl Drop for Tracer {
@@ -364,6 +374,19 @@ impl Drop for Tracer {
 /// The `counters: ...` line the tracer logs when it exits.
 pub fn counters_line(stderr: &str) -> Option<&str> {
     stderr.lines().rev().find(|l| l.contains("counters:"))
+}
+
+/// A counter of a [`counters_line`], which leaves out the ones that are zero.
+pub fn counter(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A sample without labels in `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
