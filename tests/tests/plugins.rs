@@ -74,9 +74,9 @@ fn dropping_a_sampler_in_changes_spans_live_and_removing_it_changes_them_back() 
             curl(&[&server.url(&format!("/status/{err}"))]).http_code,
             err
         );
-        // Spans leave in the order they were built and the error request came last: once its
-        // two spans are printed, the others of the phase are through the chain too, before
-        // the next swap.
+        // Each request's trace leaves the joiner when it has ended, so in request order, and
+        // the error request came last: once its two spans are printed, the others of the
+        // phase are through the chain too, before the next swap.
         assert!(
             wait_until(Duration::from_secs(10), || {
                 let printed = tracer.printed();
