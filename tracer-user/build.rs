@@ -9,6 +9,7 @@ fn main() {
         "tracer-ebpf/src",
         "tracer-common/src",
         "tracer-ebpf/Cargo.toml",
+        "tracer-ebpf/build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

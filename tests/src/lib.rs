@@ -32,6 +32,9 @@ use std::{
 
 pub use serde_json::Value;
 
+mod prereq;
+pub use prereq::*;
+
 /// How long the tracer may take to attach its probes.
 pub const TRACER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the tracer may take to drain, flush and exit after SIGINT.
@@ -50,61 +53,9 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn test_name() -> String {
-    thread::current().name().unwrap_or("?").to_string()
-}
-
-/// Check a prerequisite. Missing: with `CI=true` panic (a missing tool is a failure in CI,
-/// never a silent skip); otherwise print `SKIP <test>: <why>` and return false, and the test
-/// returns early.
-pub fn require(what: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and a prerequisite is missing: {what}");
-    }
-    eprintln!("SKIP {}: {what}", test_name());
-    false
-}
-
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// The full path of an executable found in PATH.
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// The workspace root: the parent of this crate's directory.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// The tracer binary: `$TRACER_BIN`, else `target/debug/tracer`, else `target/release/tracer`.
-/// This crate does not depend on tracer-user, so `cargo build -p tracer-user` first.
-pub fn tracer_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TRACER_BIN") {
-        let p = PathBuf::from(p);
-        return is_executable(&p).then_some(p);
-    }
-    ["debug", "release"]
-        .iter()
-        .map(|profile| workspace().join("target").join(profile).join("tracer"))
-        .find(|p| is_executable(p))
 }
 
 /// The real python3 executable (`sys.executable`), not a pyenv/asdf shim script: spawning it
@@ -386,19 +337,29 @@ impl Tracer {
             status.success(),
             "the tracer exited with {status} after SIGINT; stderr:\n{stderr}"
         );
-        let stdout = read_lossy(&self.dir.join("stdout"));
-        let spans = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("tracer stdout line is not JSON ({e}): {l}"));
-                assert!(v.is_object(), "tracer stdout line is not an object: {l}");
-                v
-            })
-            .collect();
+        let spans = parse_spans(&read_lossy(&self.dir.join("stdout")));
         Stopped { spans, stderr }
     }
+
+    /// The spans printed so far: the whole lines of stdout (the tracer may be writing one).
+    pub fn printed(&self) -> Vec<Value> {
+        let stdout = read_lossy(&self.dir.join("stdout"));
+        parse_spans(stdout.rsplit_once('\n').map_or("", |(whole, _)| whole))
+    }
+}
+
+/// Printed spans, one JSON object a line.
+fn parse_spans(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("tracer stdout line is not JSON ({e}): {l}"));
+            assert!(v.is_object(), "tracer stdout line is not an object: {l}");
+            v
+        })
+        .collect()
 }
 
 impl Drop for Tracer {
@@ -413,6 +374,19 @@ impl Drop for Tracer {
 /// The `counters: ...` line the tracer logs when it exits.
 pub fn counters_line(stderr: &str) -> Option<&str> {
     stderr.lines().rev().find(|l| l.contains("counters:"))
+}
+
+/// A counter of a [`counters_line`], which leaves out the ones that are zero.
+pub fn counter(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A sample without labels in `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------

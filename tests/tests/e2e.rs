@@ -562,11 +562,11 @@ struct Roundtrip {
 }
 
 /// curl 2 requests (each with its own traceparent) through a tracer exporting to rotel; return
-/// what rotel printed once everything expected has arrived (or 10 s passed).
+/// what rotel printed once it has printed every span the tracer delivered to it.
 ///
-/// `linger`: keep the tracer running until rotel has the spans, and one second more, before
-/// stopping it (so the tracer could see rotel receive its exports). Otherwise stop right after
-/// the requests: the spans then only reach rotel if stopping flushes them.
+/// `linger`: keep the tracer running until rotel has the spans and the tracer has seen rotel
+/// receive an export, before stopping it. Otherwise stop right after the requests: the spans
+/// then only reach rotel if stopping flushes them.
 fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
     let _g = setup_with_curl()?;
     let agent = rotel_agent();
@@ -604,21 +604,36 @@ fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
     };
     if linger {
         wait_until(Duration::from_secs(10), || expected(&collector.output()));
-        std::thread::sleep(Duration::from_secs(1));
+        // rotel receiving an export is HTTP the tracer sees. No --port here, so the only spans
+        // it filters are those; once it has, one traced back would be in the flush below.
+        let filtered = || {
+            let (_, text) = tracer.admin("GET", "/metrics");
+            metric(&text, "tracer_spans_filtered_total").unwrap_or(0.0)
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || filtered() >= 1.0),
+            "the tracer did not filter rotel's receiving of an export (not seen, or traced):\n{}",
+            tracer.stderr()
+        );
     }
     // Stopping flushes the export queue.
-    let printed = tracer.stop();
+    let stopped = tracer.stop_full();
+    let printed = &stopped.spans;
     assert_eq!(
-        of_kind_pid(&printed, "SERVER", server.pid()).len(),
+        of_kind_pid(printed, "SERVER", server.pid()).len(),
         2,
         "the tracer itself did not see the requests:\n{}",
         pretty(&printed.iter().collect::<Vec<_>>())
     );
-    wait_until(Duration::from_secs(10), || expected(&collector.output()));
-    if linger {
-        // Whatever the last flush sent has been printed too.
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // Exported spans count both sinks: the printed ones and those rotel accepted.
+    let exported = counters_line(&stopped.stderr).map_or(0, |l| counter(l, "spans_exported_total"));
+    let delivered = exported as usize - printed.len();
+    let rotel_printed = || parse_collector_output(&collector.output()).len();
+    assert!(
+        wait_until(Duration::from_secs(10), || rotel_printed() >= delivered),
+        "rotel did not print the {delivered} spans it accepted:\n{}",
+        collector.output()
+    );
     let out = collector.output();
     Some(Roundtrip {
         spans: parse_collector_output(&out),

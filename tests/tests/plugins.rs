@@ -74,8 +74,21 @@ fn dropping_a_sampler_in_changes_spans_live_and_removing_it_changes_them_back() 
             curl(&[&server.url(&format!("/status/{err}"))]).http_code,
             err
         );
-        // The reader drains every 50 ms: these spans are through before the next swap.
-        std::thread::sleep(Duration::from_millis(500));
+        // Each request's trace leaves the joiner when it has ended, so in request order, and
+        // the error request came last: once its two spans are printed, the others of the
+        // phase are through the chain too, before the next swap.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let printed = tracer.printed();
+                printed
+                    .iter()
+                    .filter(|s| status_code(s) == u64::from(err))
+                    .count()
+                    >= 2
+            }),
+            "the spans of /status/{err} were not printed:\n{}",
+            tracer.stderr()
+        );
     };
 
     phase(201, 500);
@@ -143,11 +156,7 @@ fn dropping_a_sampler_in_changes_spans_live_and_removing_it_changes_them_back() 
         let l = attr_str(s, "tracer.plugins.chain");
         assert!(l.is_none() || l == Some(label.as_str()), "{l:?}");
     }
-    let dropped: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tracer_spans_plugin_dropped_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let dropped = metric(&metrics, "tracer_spans_plugin_dropped_total").unwrap_or(0.0);
     assert!(dropped >= 6.0, "{metrics}");
     assert!(
         metrics.contains("tracer_plugin_spans_dropped_total{plugin=\"20-sample\"}"),

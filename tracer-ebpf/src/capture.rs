@@ -228,8 +228,16 @@ struct UserRegs {
     orig_ax: u64,
 }
 
+// The eBPF target is always `bpf`; `bpf_target_arch` (build.rs) names the kernel's.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+compile_error!(
+    "tracer-ebpf reads syscall arguments from x86_64 registers (pt_regs orig_rax, rdi, rsi, rdx, \
+     r10) and matches x86_64 syscall numbers (tracer_common::nr): port user_regs() and nr first"
+);
+
 /// `bpf_task_pt_regs` returns a pointer the verifier knows the type of (BTF), so the fields are
 /// read with plain loads, which the kernel guards itself: no `bpf_probe_read_kernel` call.
+#[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn user_regs() -> Option<UserRegs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;

@@ -19,7 +19,13 @@ use std::{
     sync::Mutex,
 };
 
-use tracer_tests::{Value, require, tracer_bin, which, workspace};
+use serde_json::Value;
+
+// The end-to-end kit's prerequisite checks (SKIP, or fail under CI=true). Nothing here needs
+// root, so these tests run with the unit tests.
+#[path = "../../tests/src/prereq.rs"]
+mod prereq;
+use prereq::{require, tracer_bin, which, workspace};
 
 /// Kubernetes versions the manifests must be valid for: the oldest we support and a recent one
 /// (kubernetes-validate ships the schemas, no network needed).
