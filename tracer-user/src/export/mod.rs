@@ -22,8 +22,10 @@ use crate::{
 pub use otlp::{OtlpClient, OtlpConfig, Protocol};
 pub use printer::{Format, Printer};
 
+/// What goes wrong in the export subsystem: settings (flags and OTEL_* variables) refused at
+/// start, and failed deliveries.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
+pub enum ExportError {
     #[error("{var}={value:?} is not a supported OTLP protocol: use grpc or http/protobuf")]
     Protocol { var: String, value: String },
     #[error("{var}={value:?} is not a number of milliseconds")]
@@ -33,7 +35,22 @@ pub enum ConfigError {
     #[error("{var}={value:?}: supported compressions are gzip and none")]
     Compression { var: String, value: String },
     #[error("{var}: {entry:?} is not key=value")]
-    Header { var: String, entry: String },
+    HeaderEntry { var: String, entry: String },
+    #[error("invalid OTLP endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("invalid OTLP header {0:?}")]
+    Header(String),
+    /// Worth trying again (endpoint down, overloaded, timed out).
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl ExportError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, ExportError::Retryable(_))
+    }
 }
 
 /// Memory cap of each sink's queue, in MiB, unless `--export-queue-mib` says otherwise: a
@@ -79,29 +96,29 @@ fn first(env: Env, vars: &[&str]) -> Option<(String, String)> {
     })
 }
 
-fn millis(env: Env, vars: &[&str]) -> Result<Option<Duration>, ConfigError> {
+fn millis(env: Env, vars: &[&str]) -> Result<Option<Duration>, ExportError> {
     first(env, vars)
         .map(|(var, value)| {
             value
                 .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|_| ConfigError::Millis { var, value })
+                .map_err(|_| ExportError::Millis { var, value })
         })
         .transpose()
 }
 
-fn count(env: Env, var: &str) -> Result<Option<usize>, ConfigError> {
+fn count(env: Env, var: &str) -> Result<Option<usize>, ExportError> {
     first(env, &[var])
         .map(|(var, value)| match value.parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(ConfigError::Count { var, value }),
+            _ => Err(ExportError::Count { var, value }),
         })
         .transpose()
 }
 
 impl BatchConfig {
     /// The OTEL_BSP_* settings over the defaults; the queue's memory cap is not one of them.
-    pub fn from_env(env: Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: Env) -> Result<Self, ExportError> {
         let d = BatchConfig::default();
         Ok(BatchConfig {
             max_queue_bytes: d.max_queue_bytes,
@@ -114,12 +131,14 @@ impl BatchConfig {
     }
 }
 
-fn parse_headers(var: &str, s: &str, out: &mut Vec<(String, String)>) -> Result<(), ConfigError> {
+fn parse_headers(var: &str, s: &str, out: &mut Vec<(String, String)>) -> Result<(), ExportError> {
     for entry in s.split(',').filter(|e| !e.trim().is_empty()) {
-        let (k, v) = entry.split_once('=').ok_or_else(|| ConfigError::Header {
-            var: var.into(),
-            entry: entry.into(),
-        })?;
+        let (k, v) = entry
+            .split_once('=')
+            .ok_or_else(|| ExportError::HeaderEntry {
+                var: var.into(),
+                entry: entry.into(),
+            })?;
         let k = k.trim().to_string();
         let v = crate::process::percent_decode(v.trim());
         out.retain(|(old, _)| !old.eq_ignore_ascii_case(&k));
@@ -135,7 +154,7 @@ pub fn otlp_config(
     endpoint_flag: Option<&str>,
     protocol_flag: Option<&str>,
     env: Env,
-) -> Result<Option<OtlpConfig>, ConfigError> {
+) -> Result<Option<OtlpConfig>, ExportError> {
     let protocol = match protocol_flag
         .map(|p| ("--otlp-protocol".to_string(), p.to_string()))
         .or_else(|| {
@@ -150,7 +169,7 @@ pub fn otlp_config(
         None => Protocol::HttpProtobuf,
         Some((_, p)) if p == "grpc" => Protocol::Grpc,
         Some((_, p)) if p == "http/protobuf" => Protocol::HttpProtobuf,
-        Some((var, value)) => return Err(ConfigError::Protocol { var, value }),
+        Some((var, value)) => return Err(ExportError::Protocol { var, value }),
     };
     // The signal-specific variable is a full URL; the generic one is a base URL to which HTTP
     // appends the signal path.
@@ -190,7 +209,7 @@ pub fn otlp_config(
         None => false,
         Some((_, c)) if c == "gzip" => true,
         Some((_, c)) if c == "none" => false,
-        Some((var, value)) => return Err(ConfigError::Compression { var, value }),
+        Some((var, value)) => return Err(ExportError::Compression { var, value }),
     };
     Ok(Some(OtlpConfig {
         protocol,
@@ -523,9 +542,21 @@ mod tests {
             "{err}"
         );
         let e = env_of(&[("OTEL_BSP_SCHEDULE_DELAY", "soon")]);
-        assert!(BatchConfig::from_env(&e).is_err());
+        assert_eq!(
+            BatchConfig::from_env(&e),
+            Err(ExportError::Millis {
+                var: "OTEL_BSP_SCHEDULE_DELAY".into(),
+                value: "soon".into()
+            })
+        );
         let e = env_of(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
-        assert!(BatchConfig::from_env(&e).is_err());
+        assert_eq!(
+            BatchConfig::from_env(&e),
+            Err(ExportError::Count {
+                var: "OTEL_BSP_MAX_QUEUE_SIZE".into(),
+                value: "0".into()
+            })
+        );
         let e = env_of(&[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
         assert_eq!(
             BatchConfig::from_env(&e).unwrap().delay,

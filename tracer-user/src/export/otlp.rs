@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::Bytes;
 use prost::encoding::encoded_len_varint;
 
+use super::ExportError;
 use crate::span::{KeyValue, Resource, Span, SpanKind, Status, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,25 +22,6 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("invalid OTLP endpoint {0:?}: {1}")]
-    Endpoint(String, String),
-    #[error("invalid OTLP header {0:?}")]
-    Header(String),
-    /// Worth trying again (endpoint down, overloaded, timed out).
-    #[error("{0}")]
-    Retryable(String),
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl ExportError {
-    pub fn retryable(&self) -> bool {
-        matches!(self, ExportError::Retryable(_))
-    }
 }
 
 // The ExportTraceServiceRequest protobuf, written straight from our spans: the messages of
