@@ -291,10 +291,7 @@ fn plugins_check(file: &std::path::Path, config: Option<&std::path::Path>) -> an
         None => String::new(),
     };
     for p in std::iter::once(file).chain(config) {
-        if let Err(why) = std::fs::metadata(p)
-            .map_err(|e| e.to_string())
-            .and_then(|m| dir::check_writers(p, &m, false))
-        {
+        if let Err(why) = dir::metadata(p).and_then(|m| dir::check_writers(p, &m, false)) {
             println!("WARNING: the daemon would refuse this file: {why}");
         }
     }

@@ -13,7 +13,7 @@ use std::{
 
 use tracer_user::{
     metrics::Metrics,
-    plugins::{self, CHAIN_ATTRIBUTE, PluginHost, Settings, content_hash, samples},
+    plugins::{self, CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, content_hash, samples},
     span::{Span, Value},
 };
 
@@ -257,41 +257,51 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
     let h = host(&d);
     assert_eq!(h.reload_dir().swapped_to, Some(1));
     let ours = include_str!("../../plugins/wit/plugin.wit");
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    type Kind = fn(&PluginError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, &str, Kind)> = vec![
         (
             "text",
             b"hello, I am not wasm".to_vec(),
             "not a WebAssembly file",
+            |e| matches!(e, PluginError::NotWasm),
         ),
-        ("empty", Vec::new(), "not a WebAssembly file"),
+        ("empty", Vec::new(), "not a WebAssembly file", |e| {
+            matches!(e, PluginError::NotWasm)
+        }),
         (
             "truncated",
             wasm[..wasm.len() / 2].to_vec(),
             "not a valid component",
+            |e| matches!(e, PluginError::Corrupt(_)),
         ),
         (
             "core-module",
             b"\0asm\x01\0\0\0".to_vec(),
             "core WebAssembly module",
+            |e| matches!(e, PluginError::CoreModule),
         ),
         (
             "newer-contract",
             component_for(&ours.replace("@0.1.0", "@0.2.0")),
             "another contract version (tracer:plugin/",
+            |e| matches!(e, PluginError::OtherContract { .. }),
         ),
         (
             "other-world",
             component_for("package other:thing;\nworld w { export run: func(); }\n"),
             "does not implement the tracer:plugin@0.1.0 contract",
+            |e| matches!(e, PluginError::NotAPlugin { .. }),
         ),
     ];
     let m = Metrics::default();
-    for (i, (name, bytes, why)) in cases.iter().enumerate() {
+    for (i, (name, bytes, why, kind)) in cases.iter().enumerate() {
         let file = format!("20-{name}.wasm");
         write(&d, &file, bytes);
         let r = h.reload_dir();
         assert_eq!(r.rejected.len(), 1, "{name}: {r:?}");
-        assert!(r.rejected[0].1.contains(why), "{name}: {}", r.rejected[0].1);
+        let refused = &r.rejected[0].1;
+        assert!(refused.to_string().contains(why), "{name}: {refused}");
+        assert!(kind(refused), "{name}: {refused:?}");
         assert_eq!(r.swapped_to, None, "{name}: the chain must not change");
         assert_eq!(h.reload_failures_total.load(Relaxed), i as u64 + 1);
         // The same bad content is not retried at every scan.
@@ -309,9 +319,11 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
     write(&d, "30-conf.toml", b"colour = 1\n");
     let r = h.reload_dir();
     assert!(
-        r.rejected[0]
-            .1
-            .contains("init refused the config: invalid config"),
+        matches!(&r.rejected[0].1, PluginError::ConfigRefused(_))
+            && r.rejected[0]
+                .1
+                .to_string()
+                .contains("init refused the config: invalid config"),
         "{:?}",
         r.rejected
     );
@@ -321,7 +333,7 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
     assert!(
         r.rejected
             .iter()
-            .any(|(n, why)| n == "10-good" && why.contains("nothing to add")),
+            .any(|(n, why)| n == "10-good" && why.to_string().contains("nothing to add")),
         "{r:?}"
     );
     let mut batch = spans(0, 2);
@@ -348,7 +360,8 @@ fn files_others_can_write_are_refused() {
     std::fs::set_permissions(d.join("10-x.wasm"), std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = host(&d).reload_dir();
     assert!(
-        r.rejected[0].1.contains("writable by everyone"),
+        matches!(&r.rejected[0].1, PluginError::Writable { .. })
+            && r.rejected[0].1.to_string().contains("writable by everyone"),
         "{:?}",
         r.rejected
     );
@@ -466,7 +479,11 @@ fn hostile_plugins_are_refused_at_load() {
         let t0 = std::time::Instant::now();
         let r = h.reload_dir();
         assert_eq!(r.rejected.len(), 1, "{mode}: {r:?}");
-        assert!(r.rejected[0].1.contains(why), "{mode}: {}", r.rejected[0].1);
+        assert!(
+            r.rejected[0].1.to_string().contains(why),
+            "{mode}: {}",
+            r.rejected[0].1
+        );
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "{mode} took {:?}",

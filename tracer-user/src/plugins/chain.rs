@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::{
+    PluginError,
     runtime::{
         Attribute, CallError, Edit, HostState, Instance, Interest, Limits, SpanPluginPre, Verdict,
         WitKind, WitResource, WitSpan, WitStatus, WitValue,
@@ -163,7 +164,10 @@ impl Loaded {
                 false,
             ) {
                 Ok((inst, _)) => *guard = Some(inst),
-                Err(e) => return Err(self.failed(e)),
+                Err(PluginError::Init(e)) => return Err(self.failed(e)),
+                // The config was accepted when the plugin was loaded: refusing it now is an
+                // invalid answer.
+                Err(e) => return Err(self.failed(CallError::Invalid(e.to_string()))),
             }
         }
         let Some(inst) = guard.as_mut() else {
@@ -181,10 +185,10 @@ impl Loaded {
                 return Err(self.failed(e));
             }
         };
-        if let Err(why) = check(&verdicts, batch.len()) {
+        if let Err(e) = check(&verdicts, batch.len()) {
             // Whatever state produced it is not trusted with the next batch either.
             *guard = None;
-            return Err(self.failed(CallError::Invalid(why)));
+            return Err(self.failed(e));
         }
         drop(guard);
         let (dropped, edited) = apply(batch, verdicts);
@@ -322,21 +326,22 @@ fn to_wit(
 }
 
 /// The contract's limits on a result, checked before anything is applied.
-fn check(verdicts: &[Verdict], n: usize) -> Result<(), String> {
+fn check(verdicts: &[Verdict], n: usize) -> Result<(), CallError> {
+    let invalid = |why: String| Err(CallError::Invalid(why));
     if verdicts.len() > n {
-        return Err(format!("{} verdicts for {n} spans", verdicts.len()));
+        return invalid(format!("{} verdicts for {n} spans", verdicts.len()));
     }
     let mut seen = HashSet::with_capacity(verdicts.len());
     let key_ok = |k: &str| !k.is_empty() && k.len() <= MAX_KEY && k != CHAIN_ATTRIBUTE;
     for v in verdicts {
         if v.span as usize >= n {
-            return Err(format!("verdict for span {} of a batch of {n}", v.span));
+            return invalid(format!("verdict for span {} of a batch of {n}", v.span));
         }
         if !seen.insert(v.span) {
-            return Err(format!("two verdicts for span {}", v.span));
+            return invalid(format!("two verdicts for span {}", v.span));
         }
         if v.edits.len() > MAX_EDITS {
-            return Err(format!(
+            return invalid(format!(
                 "{} edits for one span (at most {MAX_EDITS})",
                 v.edits.len()
             ));
@@ -350,7 +355,7 @@ fn check(verdicts: &[Verdict], n: usize) -> Result<(), String> {
                 Edit::Rename(name) => !name.is_empty() && name.len() <= MAX_KEY,
             };
             if !ok {
-                return Err(format!(
+                return invalid(format!(
                     "an edit breaks the limits (keys 1..={MAX_KEY} bytes and not {CHAIN_ATTRIBUTE}, \
                      string values up to {MAX_VALUE} bytes, names 1..={MAX_KEY} bytes): {}",
                     format!("{e:?}").chars().take(200).collect::<String>()
@@ -617,14 +622,15 @@ mod tests {
                 "edits for one span",
             ),
         ] {
-            let e = check(&bad, n).unwrap_err();
-            assert!(e.contains(what), "{e}");
+            match check(&bad, n) {
+                Err(CallError::Invalid(e)) => assert!(e.contains(what), "{e}"),
+                other => panic!("{what}: {other:?}"),
+            }
         }
-        assert!(
-            check(&[verdict(0, true, vec![]), verdict(1, true, vec![])], 1)
-                .unwrap_err()
-                .contains("2 verdicts for 1 spans")
-        );
+        assert!(matches!(
+            check(&[verdict(0, true, vec![]), verdict(1, true, vec![])], 1),
+            Err(CallError::Invalid(e)) if e == "2 verdicts for 1 spans"
+        ));
     }
 
     #[test]

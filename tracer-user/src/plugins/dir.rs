@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::PluginError;
+
 /// One plugin file and its optional config, as found in the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -90,60 +92,61 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
 
 /// A plugin runs inside a privileged daemon: only root (or the daemon's own user) may be able
 /// to change what it runs.
-pub fn check_writers(path: &Path, meta: &Metadata, allow: bool) -> Result<(), String> {
+pub fn check_writers(path: &Path, meta: &Metadata, allow: bool) -> Result<(), PluginError> {
     if allow {
         return Ok(());
     }
     let mode = meta.mode();
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    let fix = "(or start the tracer with --plugins-allow-writable)";
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by {} (mode {:o}): refused; run `chmod go-w {}` {fix}",
-            path.display(),
-            if mode & 0o002 != 0 {
+        return Err(PluginError::Writable {
+            path: path.to_owned(),
+            writers: if mode & 0o002 != 0 {
                 "everyone"
             } else {
                 "its group"
             },
-            mode & 0o777,
-            path.display()
-        ));
+            mode: mode & 0o777,
+        });
     }
     if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {}, who could change it: refused; run `chown root {}` {fix}",
-            path.display(),
-            meta.uid(),
-            path.display()
-        ));
+        return Err(PluginError::Owner {
+            path: path.to_owned(),
+            uid: meta.uid(),
+        });
     }
     Ok(())
 }
 
-/// Reads a file whole, refusing one that changed while it was read (a copy in progress).
-pub fn read_settled(path: &Path, allow_writable: bool) -> Result<Vec<u8>, ReadError> {
-    let before = std::fs::metadata(path).map_err(|e| ReadError::Io(e.to_string()))?;
-    check_writers(path, &before, allow_writable).map_err(ReadError::Refused)?;
-    let bytes = std::fs::read(path).map_err(|e| ReadError::Io(e.to_string()))?;
-    let after = std::fs::metadata(path).map_err(|e| ReadError::Io(e.to_string()))?;
+/// The file's metadata, for [`check_writers`].
+pub fn metadata(path: &Path) -> Result<Metadata, PluginError> {
+    std::fs::metadata(path).map_err(|error| PluginError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Reads a file whole, refusing one that changed while it was read (a copy in progress:
+/// [`PluginError::Changing`]).
+pub fn read_settled(path: &Path, allow_writable: bool) -> Result<Vec<u8>, PluginError> {
+    let before = metadata(path)?;
+    check_writers(path, &before, allow_writable)?;
+    let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    let after = metadata(path)?;
     if before.len() != after.len()
         || before.mtime_nsec() != after.mtime_nsec()
         || before.mtime() != after.mtime()
         || bytes.len() as u64 != after.len()
     {
-        return Err(ReadError::Changing);
+        return Err(PluginError::Changing {
+            path: path.to_owned(),
+        });
     }
     Ok(bytes)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadError {
-    /// Still being written: try again at the next scan.
-    Changing,
-    Refused(String),
-    Io(String),
 }
 
 #[cfg(test)]
@@ -207,7 +210,8 @@ mod tests {
         assert_eq!(read_settled(&f, false).unwrap(), b"bytes");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
         match read_settled(&f, false) {
-            Err(ReadError::Refused(m)) => {
+            Err(e @ PluginError::Writable { mode: 0o666, .. }) => {
+                let m = e.to_string();
                 assert!(
                     m.contains("writable by everyone") && m.contains("chmod go-w"),
                     "{m}"
@@ -216,9 +220,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
-        assert!(
-            matches!(read_settled(&f, false), Err(ReadError::Refused(m)) if m.contains("its group"))
-        );
+        assert!(matches!(
+            read_settled(&f, false),
+            Err(e @ PluginError::Writable { .. }) if e.to_string().contains("its group")
+        ));
+        assert!(matches!(
+            read_settled(&d.join("missing.wasm"), false),
+            Err(e @ PluginError::Read { .. }) if e.to_string().starts_with("cannot read ")
+        ));
         assert_eq!(read_settled(&f, true).unwrap(), b"bytes");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded};
-pub use runtime::Limits;
-use runtime::{CallError, Instance, Runtime};
+pub use runtime::{CallError, Limits};
+use runtime::{CONTRACT, Instance, Runtime};
 use stats::{Families, PluginStats};
 
 use crate::{
@@ -37,10 +37,79 @@ use crate::{
 /// Where the daemon looks for plugins unless told otherwise.
 pub const DEFAULT_DIR: &str = "/etc/tracer/plugins";
 
+/// How an operator overrules the refusal of a file others could change.
+const ALLOW_WRITABLE: &str = "(or start the tracer with --plugins-allow-writable)";
+
+/// Why a plugin file is not loaded. The message is what an operator reads in the log, on
+/// `/plugins` and from `tracer plugins check`: it names the file or the rule and what to do.
+/// Causes are part of the message rather than a `source`, since reports show only the message.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot start the WebAssembly runtime: {0}")]
-    Runtime(String),
+    #[error("cannot start the WebAssembly runtime: {0:#}")]
+    Runtime(wasmtime::Error),
+    #[error("cannot read the plugin directory {}: {error}", dir.display())]
+    Dir { dir: PathBuf, error: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Still being written: looked at again at the next scan.
+    #[error("{} changed while it was read: tried again at the next scan", path.display())]
+    Changing { path: PathBuf },
+    #[error("{} is not UTF-8 text", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error(
+        "{} is writable by {writers} (mode {mode:o}): refused; run `chmod go-w {}` {ALLOW_WRITABLE}",
+        path.display(),
+        path.display()
+    )]
+    Writable {
+        path: PathBuf,
+        /// `everyone` or `its group`.
+        writers: &'static str,
+        mode: u32,
+    },
+    #[error(
+        "{} is owned by uid {uid}, who could change it: refused; run `chown root {}` {ALLOW_WRITABLE}",
+        path.display(),
+        path.display()
+    )]
+    Owner { path: PathBuf, uid: u32 },
+    #[error("not a WebAssembly file (no \\0asm header)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
+         (it wraps the module with wit-component for the {CONTRACT} contract)"
+    )]
+    CoreModule,
+    #[error("not a valid component (truncated or corrupt?): {0:#}")]
+    Corrupt(wasmtime::Error),
+    #[error(
+        "built for another contract version ({found}); this tracer implements {CONTRACT}: \
+         rebuild the plugin with the SDK that matches this tracer"
+    )]
+    OtherContract { found: String },
+    #[error(
+        "does not implement the {CONTRACT} contract (its interfaces: {interfaces}); a plugin exports \
+         tracer:plugin/plugin and imports only tracer:plugin/host"
+    )]
+    NotAPlugin {
+        /// Comma-separated, or `none`.
+        interfaces: String,
+    },
+    #[error("cannot be linked against the {CONTRACT} host: {0:#}")]
+    Link(wasmtime::Error),
+    #[error("does not export the {CONTRACT} plugin interface as expected: {0:#}")]
+    Exports(wasmtime::Error),
+    /// `init` answered with an error: the plugin's own words about its config.
+    #[error("init refused the config: {0}")]
+    ConfigRefused(String),
+    /// Instantiation or `init` did not return (deadline, memory cap, trap).
+    #[error("init {0}")]
+    Init(CallError),
+    #[error("self-test batch: {0}")]
+    SelfTest(CallError),
 }
 
 /// How plugins run; set once at start.
@@ -89,7 +158,8 @@ struct FileRecord {
 pub struct ReloadReport {
     pub loaded: Vec<String>,
     pub unloaded: Vec<String>,
-    pub rejected: Vec<(String, String)>,
+    /// Plugin names (the directory for a failed scan) and why they were refused.
+    pub rejected: Vec<(String, PluginError)>,
     /// Files still being written: looked at again at the next scan.
     pub pending: Vec<String>,
     /// The chain version now running, if this reload swapped it.
@@ -141,7 +211,7 @@ pub struct PluginHost {
 impl PluginHost {
     pub fn new(settings: Settings) -> Result<Self, PluginError> {
         Ok(Self {
-            runtime: Runtime::new().map_err(|e| PluginError::Runtime(format!("{e:#}")))?,
+            runtime: Runtime::new().map_err(PluginError::Runtime)?,
             settings,
             chain: ArcSwap::from_pointee(Chain::new(0, Vec::new())),
             next_version: AtomicU64::new(1),
@@ -187,17 +257,12 @@ impl PluginHost {
         file: &Path,
         wasm: &[u8],
         config: &str,
-    ) -> Result<Arc<Loaded>, String> {
+    ) -> Result<Arc<Loaded>, PluginError> {
         let pre = self.runtime.compile_cached(wasm)?;
         let name: Arc<str> = name.into();
         let limits = &self.settings.limits;
         let start = |stats: Arc<PluginStats>, self_test: bool| {
-            Instance::start(&pre, name.clone(), stats, limits, config, self_test).map_err(|e| {
-                match e {
-                    CallError::Invalid(m) => m,
-                    e => format!("init {e}"),
-                }
-            })
+            Instance::start(&pre, name.clone(), stats, limits, config, self_test)
         };
         let test_stats = Arc::new(PluginStats::default());
         let (inst, interest) = start(test_stats.clone(), true)?;
@@ -214,9 +279,7 @@ impl PluginHost {
             1,
         );
         let mut sample = samples();
-        probe
-            .run(&mut sample)
-            .map_err(|e| format!("self-test batch: {e}"))?;
+        probe.run(&mut sample).map_err(PluginError::SelfTest)?;
         let stats = self.stats_for(&name);
         let (inst, interest) = start(stats.clone(), false)?;
         Ok(Arc::new(Loaded::new(
@@ -285,9 +348,12 @@ impl PluginHost {
         };
         let entries = match dir::scan(&dir) {
             Ok(e) => e,
-            Err(e) => {
-                let why = format!("cannot read the plugin directory {}: {e}", dir.display());
-                self.note_failure(&why);
+            Err(error) => {
+                let why = PluginError::Dir {
+                    dir: dir.clone(),
+                    error,
+                };
+                self.note_failure(&why.to_string());
                 report.rejected.push((dir.display().to_string(), why));
                 return report;
             }
@@ -352,18 +418,15 @@ impl PluginHost {
         let allow = self.settings.allow_writable;
         let read = |p: &Path| {
             dir::read_settled(p, allow).map_err(|err| match err {
-                dir::ReadError::Changing => Outcome::Pending,
-                dir::ReadError::Refused(m) => Outcome::Rejected(m),
-                dir::ReadError::Io(m) => {
-                    Outcome::Rejected(format!("cannot read {}: {m}", p.display()))
-                }
+                PluginError::Changing { .. } => Outcome::Pending,
+                why => Outcome::Rejected(why),
             })
         };
         let wasm = read(&e.wasm);
         let config = match &e.config {
             Some(c) => read(c).and_then(|b| {
                 String::from_utf8(b)
-                    .map_err(|_| Outcome::Rejected(format!("{} is not UTF-8 text", c.display())))
+                    .map_err(|_| Outcome::Rejected(PluginError::NotUtf8 { path: c.clone() }))
             }),
             None => Ok(String::new()),
         };
@@ -371,8 +434,7 @@ impl PluginHost {
             (Ok(w), Ok(c)) => (w, c),
             (Err(o), _) | (_, Err(o)) => {
                 if let Outcome::Rejected(why) = &o {
-                    self.record(&e.name, String::new(), FileState::Rejected(why.clone()));
-                    self.note_failure(&format!("{}: {why}", e.name));
+                    self.refused(&e.name, String::new(), why);
                 }
                 return Err(o);
             }
@@ -399,8 +461,7 @@ impl PluginHost {
                 Ok(Some(p))
             }
             Err(why) => {
-                self.record(&e.name, hash, FileState::Rejected(why.clone()));
-                self.note_failure(&format!("{}: {why}", e.name));
+                self.refused(&e.name, hash, &why);
                 Err(Outcome::Rejected(why))
             }
         }
@@ -410,6 +471,11 @@ impl PluginHost {
         if let Ok(mut f) = self.files.lock() {
             f.insert(name.to_owned(), FileRecord { hash, state });
         }
+    }
+
+    fn refused(&self, name: &str, hash: String, why: &PluginError) {
+        self.record(name, hash, FileState::Rejected(why.to_string()));
+        self.note_failure(&format!("{name}: {why}"));
     }
 
     fn note_failure(&self, why: &str) {
@@ -533,7 +599,7 @@ impl PluginHost {
 
 enum Outcome {
     Pending,
-    Rejected(String),
+    Rejected(PluginError),
     /// The same content was refused before: not retried until it changes.
     Unchanged,
 }

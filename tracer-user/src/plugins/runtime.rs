@@ -16,7 +16,7 @@ use wasmtime::{
     component::{Component, HasSelf, Linker},
 };
 
-use super::stats::PluginStats;
+use super::{PluginError, stats::PluginStats};
 
 wasmtime::component::bindgen!({
     path: "../plugins/wit",
@@ -179,7 +179,7 @@ impl Runtime {
     }
 
     /// [`Self::compile`] through a small most-recently-used cache keyed by the file's SHA-256.
-    pub fn compile_cached(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, String> {
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, PluginError> {
         let key: [u8; 32] = Sha256::digest(bytes).into();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
@@ -199,28 +199,22 @@ impl Runtime {
     }
 
     /// Compiles and links a component (tens of milliseconds: never on the hot path).
-    /// The error says what is wrong in terms an operator can act on.
-    pub fn compile(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, String> {
+    pub fn compile(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, PluginError> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err("not a WebAssembly file (no \\0asm header)".into());
+            return Err(PluginError::NotWasm);
         }
         // Byte 4..8: version and layer; a core module is layer 0.
         if bytes[6..8] == [0, 0] {
-            return Err(format!(
-                "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
-                 (it wraps the module with wit-component for the {CONTRACT} contract)"
-            ));
+            return Err(PluginError::CoreModule);
         }
-        let component = Component::from_binary(&self.engine, bytes)
-            .map_err(|e| format!("not a valid component (truncated or corrupt?): {e:#}"))?;
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(PluginError::Corrupt)?;
         contract_check(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("cannot be linked against the {CONTRACT} host: {e:#}"))?;
-        SpanPluginPre::new(pre).map_err(|e| {
-            format!("does not export the {CONTRACT} plugin interface as expected: {e:#}")
-        })
+            .map_err(PluginError::Link)?;
+        SpanPluginPre::new(pre).map_err(PluginError::Exports)
     }
 }
 
@@ -231,7 +225,7 @@ impl Drop for Runtime {
 }
 
 /// Names the contract version a component was built for when it is not ours.
-fn contract_check(engine: &Engine, component: &Component) -> Result<(), String> {
+fn contract_check(engine: &Engine, component: &Component) -> Result<(), PluginError> {
     let ty = component.component_type();
     let names: Vec<String> = ty
         .imports(engine)
@@ -245,21 +239,20 @@ fn contract_check(engine: &Engine, component: &Component) -> Result<(), String> 
     if names.contains(&ours) {
         return Ok(());
     }
-    match names.iter().find(|n| n.starts_with("tracer:plugin/")) {
-        Some(other) => Err(format!(
-            "built for another contract version ({other}); this tracer implements {CONTRACT}: \
-             rebuild the plugin with the SDK that matches this tracer"
-        )),
-        None => Err(format!(
-            "does not implement the {CONTRACT} contract (its interfaces: {}); a plugin exports \
-             tracer:plugin/plugin and imports only tracer:plugin/host",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )),
-    }
+    Err(
+        match names.iter().find(|n| n.starts_with("tracer:plugin/")) {
+            Some(other) => PluginError::OtherContract {
+                found: other.clone(),
+            },
+            None => PluginError::NotAPlugin {
+                interfaces: if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
+            },
+        },
+    )
 }
 
 /// A live instance: its store and the handles of its exports.
@@ -278,7 +271,7 @@ impl Instance {
         limits: &Limits,
         config: &str,
         self_test: bool,
-    ) -> Result<(Self, Interest), CallError> {
+    ) -> Result<(Self, Interest), PluginError> {
         let mut store = Store::new(
             pre.engine(),
             HostState {
@@ -294,22 +287,27 @@ impl Instance {
         store.set_epoch_deadline(ticks(limits.init_timeout));
         let bindings = match pre.instantiate(&mut store) {
             Ok(b) => b,
-            Err(e) => return Err(classify(e, &store, limits.init_timeout, limits)),
+            Err(e) => {
+                return Err(PluginError::Init(classify(
+                    e,
+                    &store,
+                    limits.init_timeout,
+                    limits,
+                )));
+            }
         };
         let mut inst = Self {
             store,
             bindings,
             limits: limits.clone(),
         };
-        let interest = inst.call(limits.init_timeout, |b, s| {
-            b.tracer_plugin_plugin().call_init(s, config)
-        })?;
-        let interest = interest.map_err(|msg| {
-            CallError::Invalid(format!(
-                "init refused the config: {}",
-                msg.chars().take(512).collect::<String>()
-            ))
-        })?;
+        let interest = inst
+            .call(limits.init_timeout, |b, s| {
+                b.tracer_plugin_plugin().call_init(s, config)
+            })
+            .map_err(PluginError::Init)?;
+        let interest =
+            interest.map_err(|msg| PluginError::ConfigRefused(msg.chars().take(512).collect()))?;
         Ok((inst, interest))
     }
 
