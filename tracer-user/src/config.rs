@@ -6,10 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::Args;
+use clap::{Arg, Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::export::Format;
+use crate::{export::Format, probes::HookChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,9 +30,46 @@ pub enum ConfigError {
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
 
+/// Appends ` [default: VALUE]` to an option's help, as clap does for its own defaults.
+fn default_in_help(arg: Arg, value: impl std::fmt::Display) -> Arg {
+    let with = |h: &clap::builder::StyledStr| format!("{h} [default: {value}]");
+    let long = arg.get_long_help().map(with);
+    let arg = match arg.get_help().map(with) {
+        Some(h) => arg.help(h),
+        None => arg,
+    };
+    match long {
+        Some(h) => arg.long_help(h),
+        None => arg,
+    }
+}
+
+/// How a value is spelled on the command line.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// Options of `tracer run`; every one can also be set in the `--config` file.
+///
+/// Unset options are `None` (not clap defaults), so that a flag left out does not override
+/// the file; `--help` shows each default from the constant the code uses.
 #[derive(Args, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[command(
+    mut_arg("capture_size", |a| default_in_help(a, tracer_common::DEFAULT_CAPTURE)),
+    mut_arg("hooks", |a| default_in_help(a, value_name(HookChoice::default()))),
+    mut_arg("ring_buffer_mib", |a| default_in_help(a, crate::probes::DEFAULT_RING_MIB)),
+    mut_arg("join_hold_ms", |a| default_in_help(a, crate::join::DEFAULT_HOLD_MS)),
+    mut_arg("export_queue_mib", |a| default_in_help(a, crate::export::DEFAULT_QUEUE_MIB)),
+    mut_arg("admin_addr", |a| default_in_help(a, DEFAULT_ADMIN_ADDR)),
+    mut_arg("plugins_dir", |a| default_in_help(a, crate::plugins::DEFAULT_DIR)),
+    mut_arg("plugin_timeout_ms", |a| {
+        default_in_help(a, crate::plugins::DEFAULT_CALL_TIMEOUT.as_millis())
+    }),
+    mut_arg("plugin_memory_mib", |a| default_in_help(a, crate::plugins::DEFAULT_MEMORY_MIB)),
+)]
 pub struct RunOptions {
     /// Trace only these processes (repeatable). Default: every process on the host.
     #[arg(long = "pid", value_name = "PID")]
@@ -45,15 +82,15 @@ pub struct RunOptions {
     pub comm: Option<String>,
     /// Payload bytes copied per syscall: enough for the request line and headers; bodies are
     /// never needed (framing uses byte counts). HTTP/2: frame headers and header blocks only,
-    /// DATA payloads are skipped in the kernel. 64 to 8192 [default: 4096]
+    /// DATA payloads are skipped in the kernel. 64 to 8192
     #[arg(long, value_name = "BYTES")]
     pub capture_size: Option<u32>,
     /// Kernel hooks: `socket` (Linux 6.3+: only socket I/O runs a probe, other syscalls of the
     /// node pay nothing), `syscalls` (older kernels: every read/write of every process runs a
-    /// probe), or `auto`, the socket hooks when the kernel has them [default: auto]
+    /// probe), or `auto`, the socket hooks when the kernel has them
     #[arg(long, value_enum, value_name = "HOOKS", env = "TRACER_HOOKS")]
-    pub hooks: Option<crate::probes::HookChoice>,
-    /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts [default: 16]
+    pub hooks: Option<HookChoice>,
+    /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
     /// OTLP endpoint (a base URL like OTEL_EXPORTER_OTLP_ENDPOINT: HTTP adds /v1/traces).
@@ -76,7 +113,7 @@ pub struct RunOptions {
     pub trace_otlp_exports: bool,
     /// How long a finished span may wait to be joined into its trace (its parent decided, the
     /// trace's first span on this node ended) before it is exported as it stands, in ms.
-    /// Spans of one trace then leave together. [default: 250]
+    /// Spans of one trace then leave together.
     #[arg(long, value_name = "MS")]
     pub join_hold_ms: Option<u64>,
     /// Export spans whose upstream trace context says "not sampled" (traceparent flags 00,
@@ -88,7 +125,7 @@ pub struct RunOptions {
     pub record: Option<PathBuf>,
     /// Memory for the spans waiting for export, in MiB per sink (OTLP, printer): past it new
     /// spans are dropped and counted (spans_dropped_total{reason="export_queue_full"}).
-    /// OTEL_BSP_MAX_QUEUE_SIZE, when set, also caps the number of spans. [default: 64]
+    /// OTEL_BSP_MAX_QUEUE_SIZE, when set, also caps the number of spans.
     #[arg(long, value_name = "MIB")]
     pub export_queue_mib: Option<u32>,
     /// Log the counters every N seconds (0: only at exit and on SIGUSR1) [default: 0]
@@ -96,7 +133,6 @@ pub struct RunOptions {
     pub stats_interval: Option<u64>,
     /// Admin HTTP endpoint (/healthz, /readyz, /metrics, POST /reload); `off` disables it.
     /// Binds to localhost by default: it is not meant to be reachable from the network.
-    /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_addr: Option<String>,
     /// In Kubernetes: pod labels to add to spans as k8s.pod.label.<key> (repeatable).
@@ -104,14 +140,14 @@ pub struct RunOptions {
     pub k8s_label: Vec<String>,
     /// WebAssembly plugins: `NN-name.wasm` files run in name order, `NN-name.toml` beside one
     /// is its config. Watched: adding, replacing or deleting a file swaps the chain live.
-    /// `off` runs none. [default: /etc/tracer/plugins]
+    /// `off` runs none.
     #[arg(long, value_name = "DIR")]
     pub plugins_dir: Option<String>,
     /// Deadline of one plugin call (a batch of up to 256 spans); past it the batch goes on
-    /// unchanged and the timeout is counted. [default: 50]
+    /// unchanged and the timeout is counted.
     #[arg(long, value_name = "MS")]
     pub plugin_timeout_ms: Option<u64>,
-    /// Memory cap of each plugin instance, in MiB. [default: 64]
+    /// Memory cap of each plugin instance, in MiB.
     #[arg(long, value_name = "MIB")]
     pub plugin_memory_mib: Option<u64>,
     /// Drop a batch when a plugin fails on it (trap, timeout, bad result) instead of letting
@@ -131,30 +167,56 @@ impl RunOptions {
         fn list<T>(cli: Vec<T>, file: Vec<T>) -> Vec<T> {
             if cli.is_empty() { file } else { cli }
         }
+        // No `..`: a new option does not compile until it is merged here.
+        let RunOptions {
+            pid,
+            port,
+            comm,
+            capture_size,
+            hooks,
+            ring_buffer_mib,
+            otlp_endpoint,
+            otlp_protocol,
+            output,
+            keep_query_values,
+            trace_otlp_exports,
+            join_hold_ms,
+            export_unsampled,
+            record,
+            export_queue_mib,
+            stats_interval,
+            admin_addr,
+            k8s_label,
+            plugins_dir,
+            plugin_timeout_ms,
+            plugin_memory_mib,
+            plugins_fail_closed,
+            plugins_allow_writable,
+        } = self;
         RunOptions {
-            pid: list(self.pid, file.pid),
-            port: list(self.port, file.port),
-            comm: self.comm.or(file.comm),
-            capture_size: self.capture_size.or(file.capture_size),
-            hooks: self.hooks.or(file.hooks),
-            ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib),
-            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
-            otlp_protocol: self.otlp_protocol.or(file.otlp_protocol),
-            output: self.output.or(file.output),
-            keep_query_values: self.keep_query_values || file.keep_query_values,
-            trace_otlp_exports: self.trace_otlp_exports || file.trace_otlp_exports,
-            join_hold_ms: self.join_hold_ms.or(file.join_hold_ms),
-            export_unsampled: self.export_unsampled || file.export_unsampled,
-            export_queue_mib: self.export_queue_mib.or(file.export_queue_mib),
-            record: self.record.or(file.record),
-            stats_interval: self.stats_interval.or(file.stats_interval),
-            admin_addr: self.admin_addr.or(file.admin_addr),
-            k8s_label: list(self.k8s_label, file.k8s_label),
-            plugins_dir: self.plugins_dir.or(file.plugins_dir),
-            plugin_timeout_ms: self.plugin_timeout_ms.or(file.plugin_timeout_ms),
-            plugin_memory_mib: self.plugin_memory_mib.or(file.plugin_memory_mib),
-            plugins_fail_closed: self.plugins_fail_closed || file.plugins_fail_closed,
-            plugins_allow_writable: self.plugins_allow_writable || file.plugins_allow_writable,
+            pid: list(pid, file.pid),
+            port: list(port, file.port),
+            comm: comm.or(file.comm),
+            capture_size: capture_size.or(file.capture_size),
+            hooks: hooks.or(file.hooks),
+            ring_buffer_mib: ring_buffer_mib.or(file.ring_buffer_mib),
+            otlp_endpoint: otlp_endpoint.or(file.otlp_endpoint),
+            otlp_protocol: otlp_protocol.or(file.otlp_protocol),
+            output: output.or(file.output),
+            keep_query_values: keep_query_values || file.keep_query_values,
+            trace_otlp_exports: trace_otlp_exports || file.trace_otlp_exports,
+            join_hold_ms: join_hold_ms.or(file.join_hold_ms),
+            export_unsampled: export_unsampled || file.export_unsampled,
+            record: record.or(file.record),
+            export_queue_mib: export_queue_mib.or(file.export_queue_mib),
+            stats_interval: stats_interval.or(file.stats_interval),
+            admin_addr: admin_addr.or(file.admin_addr),
+            k8s_label: list(k8s_label, file.k8s_label),
+            plugins_dir: plugins_dir.or(file.plugins_dir),
+            plugin_timeout_ms: plugin_timeout_ms.or(file.plugin_timeout_ms),
+            plugin_memory_mib: plugin_memory_mib.or(file.plugin_memory_mib),
+            plugins_fail_closed: plugins_fail_closed || file.plugins_fail_closed,
+            plugins_allow_writable: plugins_allow_writable || file.plugins_allow_writable,
         }
     }
 
@@ -164,7 +226,7 @@ impl RunOptions {
 
     pub fn ring_buffer_mib(&self) -> u32 {
         self.ring_buffer_mib
-            .unwrap_or(crate::probes::ProbeOptions::default().ring_bytes >> 20)
+            .unwrap_or(crate::probes::DEFAULT_RING_MIB)
     }
 
     pub fn join(&self) -> crate::join::JoinOptions {
@@ -272,30 +334,58 @@ impl RunOptions {
 
     /// Options that differ between `self` and `new` and only take effect after a restart.
     pub fn needs_restart(&self, new: &RunOptions) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut check = |changed: bool, name| {
-            if changed {
-                v.push(name)
-            }
-        };
-        check(self.hooks != new.hooks, "hooks");
-        check(
-            self.ring_buffer_mib() != new.ring_buffer_mib(),
-            "ring-buffer-mib",
-        );
-        check(self.otlp_endpoint != new.otlp_endpoint, "otlp-endpoint");
-        check(self.otlp_protocol != new.otlp_protocol, "otlp-protocol");
-        check(self.output != new.output, "output");
-        check(
-            self.export_queue_bytes() != new.export_queue_bytes(),
-            "export-queue-mib",
-        );
-        check(self.record != new.record, "record");
-        check(self.stats_interval != new.stats_interval, "stats-interval");
-        check(self.admin_addr != new.admin_addr, "admin-addr");
-        check(self.k8s_label != new.k8s_label, "k8s-label");
-        check(self.plugins() != new.plugins(), "plugins-*");
-        v
+        // No `..`: a new option does not compile until it is put in one of these groups.
+        let RunOptions {
+            // Applied live (pipeline::Update): the probes' filters and capture size, the
+            // connection table's options (with the joiner's).
+            pid: _,
+            port: _,
+            comm: _,
+            capture_size: _,
+            keep_query_values: _,
+            trace_otlp_exports: _,
+            join_hold_ms: _,
+            export_unsampled: _,
+            // Read once at start.
+            hooks,
+            otlp_endpoint,
+            otlp_protocol,
+            output,
+            record,
+            stats_interval,
+            admin_addr,
+            k8s_label,
+            // Read once at start, compared by what they resolve to (unset means the default).
+            ring_buffer_mib: _,
+            export_queue_mib: _,
+            plugins_dir: _,
+            plugin_timeout_ms: _,
+            plugin_memory_mib: _,
+            plugins_fail_closed: _,
+            plugins_allow_writable: _,
+        } = self;
+        [
+            (*hooks != new.hooks, "hooks"),
+            (
+                self.ring_buffer_mib() != new.ring_buffer_mib(),
+                "ring-buffer-mib",
+            ),
+            (*otlp_endpoint != new.otlp_endpoint, "otlp-endpoint"),
+            (*otlp_protocol != new.otlp_protocol, "otlp-protocol"),
+            (*output != new.output, "output"),
+            (
+                self.export_queue_bytes() != new.export_queue_bytes(),
+                "export-queue-mib",
+            ),
+            (*record != new.record, "record"),
+            (*stats_interval != new.stats_interval, "stats-interval"),
+            (*admin_addr != new.admin_addr, "admin-addr"),
+            (*k8s_label != new.k8s_label, "k8s-label"),
+            (self.plugins() != new.plugins(), "plugins-*"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
     }
 }
 
@@ -414,6 +504,157 @@ mod tests {
                 .to_string()
                 .contains("cannot read")
         );
+    }
+
+    /// Every option set, none to its default.
+    fn all_set() -> RunOptions {
+        RunOptions {
+            pid: vec![7],
+            port: vec![8080],
+            comm: Some("nginx".into()),
+            capture_size: Some(1024),
+            hooks: Some(HookChoice::Syscalls),
+            ring_buffer_mib: Some(64),
+            otlp_endpoint: Some("http://c:4318".into()),
+            otlp_protocol: Some("grpc".into()),
+            output: Some(Format::Json),
+            keep_query_values: true,
+            trace_otlp_exports: true,
+            join_hold_ms: Some(10),
+            export_unsampled: true,
+            record: Some("/tmp/r.bin".into()),
+            export_queue_mib: Some(8),
+            stats_interval: Some(10),
+            admin_addr: Some("127.0.0.1:1".into()),
+            k8s_label: vec!["team".into()],
+            plugins_dir: Some("/p".into()),
+            plugin_timeout_ms: Some(5),
+            plugin_memory_mib: Some(8),
+            plugins_fail_closed: true,
+            plugins_allow_writable: true,
+        }
+    }
+
+    #[test]
+    fn every_option_merges_from_either_side() {
+        let all = all_set();
+        assert_eq!(all.clone().over(RunOptions::default()), all);
+        assert_eq!(RunOptions::default().over(all.clone()), all);
+    }
+
+    #[test]
+    fn each_option_is_applied_live_or_named_as_needing_a_restart() {
+        let base = RunOptions::default();
+        let all = all_set();
+        let one = |f: fn(&mut RunOptions, &RunOptions)| {
+            let mut o = base.clone();
+            f(&mut o, &all);
+            base.needs_restart(&o)
+        };
+        type Set = fn(&mut RunOptions, &RunOptions);
+        let live: [Set; 8] = [
+            |o, a| o.pid = a.pid.clone(),
+            |o, a| o.port = a.port.clone(),
+            |o, a| o.comm = a.comm.clone(),
+            |o, a| o.capture_size = a.capture_size,
+            |o, a| o.keep_query_values = a.keep_query_values,
+            |o, a| o.trace_otlp_exports = a.trace_otlp_exports,
+            |o, a| o.join_hold_ms = a.join_hold_ms,
+            |o, a| o.export_unsampled = a.export_unsampled,
+        ];
+        for (i, f) in live.into_iter().enumerate() {
+            assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
+        }
+        let restart: [(Set, &str); 15] = [
+            (|o, a| o.hooks = a.hooks, "hooks"),
+            (
+                |o, a| o.ring_buffer_mib = a.ring_buffer_mib,
+                "ring-buffer-mib",
+            ),
+            (
+                |o, a| o.otlp_endpoint = a.otlp_endpoint.clone(),
+                "otlp-endpoint",
+            ),
+            (
+                |o, a| o.otlp_protocol = a.otlp_protocol.clone(),
+                "otlp-protocol",
+            ),
+            (|o, a| o.output = a.output, "output"),
+            (|o, a| o.record = a.record.clone(), "record"),
+            (
+                |o, a| o.export_queue_mib = a.export_queue_mib,
+                "export-queue-mib",
+            ),
+            (|o, a| o.stats_interval = a.stats_interval, "stats-interval"),
+            (|o, a| o.admin_addr = a.admin_addr.clone(), "admin-addr"),
+            (|o, a| o.k8s_label = a.k8s_label.clone(), "k8s-label"),
+            (|o, a| o.plugins_dir = a.plugins_dir.clone(), "plugins-*"),
+            (
+                |o, a| o.plugin_timeout_ms = a.plugin_timeout_ms,
+                "plugins-*",
+            ),
+            (
+                |o, a| o.plugin_memory_mib = a.plugin_memory_mib,
+                "plugins-*",
+            ),
+            (
+                |o, a| o.plugins_fail_closed = a.plugins_fail_closed,
+                "plugins-*",
+            ),
+            (
+                |o, a| o.plugins_allow_writable = a.plugins_allow_writable,
+                "plugins-*",
+            ),
+        ];
+        for (f, name) in restart {
+            assert_eq!(one(f), [name]);
+        }
+        // Set to what the default already is: nothing changes.
+        let same = RunOptions {
+            ring_buffer_mib: Some(crate::probes::DEFAULT_RING_MIB),
+            export_queue_mib: Some(crate::export::DEFAULT_QUEUE_MIB),
+            plugin_timeout_ms: Some(crate::plugins::DEFAULT_CALL_TIMEOUT.as_millis() as u64),
+            plugin_memory_mib: Some(crate::plugins::DEFAULT_MEMORY_MIB as u64),
+            ..RunOptions::default()
+        };
+        assert!(base.needs_restart(&same).is_empty());
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_code_uses() {
+        let help = RunOptions::augment_args(clap::Command::new("run"))
+            .render_long_help()
+            .to_string();
+        for (flag, default) in [
+            ("--capture-size", tracer_common::DEFAULT_CAPTURE.to_string()),
+            ("--hooks", "auto".to_string()),
+            (
+                "--ring-buffer-mib",
+                crate::probes::DEFAULT_RING_MIB.to_string(),
+            ),
+            ("--join-hold-ms", crate::join::DEFAULT_HOLD_MS.to_string()),
+            (
+                "--export-queue-mib",
+                crate::export::DEFAULT_QUEUE_MIB.to_string(),
+            ),
+            ("--admin-addr", DEFAULT_ADMIN_ADDR.to_string()),
+            ("--plugins-dir", crate::plugins::DEFAULT_DIR.to_string()),
+            (
+                "--plugin-timeout-ms",
+                crate::plugins::DEFAULT_CALL_TIMEOUT.as_millis().to_string(),
+            ),
+            (
+                "--plugin-memory-mib",
+                crate::plugins::DEFAULT_MEMORY_MIB.to_string(),
+            ),
+        ] {
+            let (_, after) = help.split_once(flag).expect(flag);
+            let entry = after.split("\n\n").next().unwrap_or_default();
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag}: {entry}"
+            );
+        }
     }
 
     #[test]

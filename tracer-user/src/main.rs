@@ -405,7 +405,7 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        tokio::spawn(plugins::watch(plugins.clone(), Duration::from_millis(500)));
+        tokio::spawn(plugins::watch(plugins.clone(), plugins::WATCH_INTERVAL));
     }
     let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = opts.admin_addr()? {

@@ -177,6 +177,9 @@ fn sock_offsets() -> Result<SockOffsets, String> {
     })
 }
 
+/// Kernel ring-buffer size in MiB unless `--ring-buffer-mib` says otherwise.
+pub const DEFAULT_RING_MIB: u32 = 16;
+
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     pub hooks: HookChoice,
@@ -196,7 +199,7 @@ impl Default for ProbeOptions {
             capture_size: tracer_common::DEFAULT_CAPTURE,
             pids: vec![],
             comm: None,
-            ring_bytes: 16 * 1024 * 1024,
+            ring_bytes: DEFAULT_RING_MIB << 20,
             wakeup_bytes: 256 * 1024,
         }
     }

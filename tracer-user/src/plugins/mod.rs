@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded};
-pub use runtime::{CallError, Limits};
 use runtime::{CONTRACT, Instance, Runtime};
+pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
 use stats::{Families, PluginStats};
 
 use crate::{
@@ -36,6 +36,8 @@ use crate::{
 
 /// Where the daemon looks for plugins unless told otherwise.
 pub const DEFAULT_DIR: &str = "/etc/tracer/plugins";
+/// How often the daemon looks at the plugin directory ([`watch`]).
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How an operator overrules the refusal of a file others could change.
 const ALLOW_WRITABLE: &str = "(or start the tracer with --plugins-allow-writable)";

@@ -48,6 +48,11 @@ pub enum CallError {
     Invalid(String),
 }
 
+/// Deadline of one `process-batch` call unless `--plugin-timeout-ms` says otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// Memory cap of each instance, in MiB, unless `--plugin-memory-mib` says otherwise.
+pub const DEFAULT_MEMORY_MIB: usize = 64;
+
 /// Limits applied to every plugin instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -62,9 +67,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            call_timeout: Duration::from_millis(50),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             init_timeout: Duration::from_secs(1),
-            memory_bytes: 64 << 20,
+            memory_bytes: DEFAULT_MEMORY_MIB << 20,
         }
     }
 }
