@@ -9,7 +9,12 @@ use std::{
 use clap::{Arg, Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::{export::Format, probes::HookChoice};
+use crate::{
+    conntrack::TableOptions,
+    export::Format,
+    probes::{HookChoice, ProbeOptions},
+    span::SpanOptions,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -274,6 +279,30 @@ impl RunOptions {
         }
     }
 
+    /// What the connection table takes from the options (all of it can change live).
+    pub fn table_options(&self) -> TableOptions {
+        TableOptions {
+            spans: SpanOptions {
+                keep_query_values: self.keep_query_values,
+            },
+            ports: self.port.clone(),
+            trace_otlp_exports: self.trace_otlp_exports,
+            join: self.join(),
+        }
+    }
+
+    /// What the probes take from the options (the hooks and the ring's size only at start).
+    pub fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            hooks: self.hooks.unwrap_or_default(),
+            capture_size: self.capture_size(),
+            pids: self.pid.clone(),
+            comm: self.comm.clone(),
+            ring_bytes: self.ring_buffer_mib() << 20,
+            ..Default::default()
+        }
+    }
+
     /// None when the admin endpoint is switched off.
     pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         match self.admin_addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR) {
@@ -387,6 +416,17 @@ impl RunOptions {
         .filter_map(|(changed, name)| changed.then_some(name))
         .collect()
     }
+}
+
+/// The settings in force: `flags` over the config `file`, if there is one.
+pub fn effective(file: Option<&Path>, flags: &RunOptions) -> Result<RunOptions, ConfigError> {
+    let file = match file {
+        Some(p) => read_file(p)?,
+        None => RunOptions::default(),
+    };
+    let o = flags.clone().over(file);
+    o.validate()?;
+    Ok(o)
 }
 
 /// Reads a config file; the format follows the extension.
@@ -655,6 +695,28 @@ mod tests {
                 "{flag}: {entry}"
             );
         }
+    }
+
+    #[test]
+    fn the_effective_settings_are_the_flags_over_the_file_and_valid() {
+        let file = write("eff.yaml", "port: [80]\ncomm: a\n");
+        let flags = RunOptions {
+            comm: Some("b".into()),
+            ..Default::default()
+        };
+        let o = effective(Some(&file), &flags).unwrap();
+        assert_eq!((&o.port[..], o.comm.as_deref()), (&[80][..], Some("b")));
+        assert_eq!(effective(None, &flags).unwrap(), flags);
+        let bad = RunOptions {
+            capture_size: Some(10),
+            ..Default::default()
+        };
+        let e = effective(Some(&file), &bad).unwrap_err().to_string();
+        assert!(e.contains("capture-size 10"), "{e}");
+        assert!(matches!(
+            effective(Some(Path::new("/nonexistent/t.yaml")), &flags),
+            Err(ConfigError::Read { .. })
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod plugins;
 pub mod probes;
 pub mod process;
 pub mod queue;
+pub mod reload;
 pub mod span;
 #[cfg(test)]
 mod testing;

@@ -7,16 +7,17 @@ use tokio::sync::{mpsc, oneshot};
 use tracer_user::{
     admin::{self, ReloadRequest},
     check,
-    config::{self, ConfigError, RunOptions},
+    config::{self, RunOptions},
     conntrack::{ConnTable, TableOptions},
     export::{self, BatchConfig, Exporters, Format, OtlpClient, Printer, Sink},
     metadata::k8s::{self, PodCache},
     metrics::Metrics,
     pipeline::{self, Live, Recorder},
     plugins::{self, PluginHost},
-    probes::{ProbeOptions, Probes, ensure_tracefs},
+    probes::{Probes, ensure_tracefs},
     process::{Processes, parse_resource_attributes},
-    span::{Clock, SpanOptions},
+    reload::Reloader,
+    span::Clock,
 };
 
 #[derive(Parser)]
@@ -123,28 +124,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn table_options(o: &RunOptions) -> TableOptions {
-    TableOptions {
-        spans: SpanOptions {
-            keep_query_values: o.keep_query_values,
-        },
-        ports: o.port.clone(),
-        trace_otlp_exports: o.trace_otlp_exports,
-        join: o.join(),
-    }
-}
-
-fn probe_options(o: &RunOptions) -> ProbeOptions {
-    ProbeOptions {
-        hooks: o.hooks.unwrap_or_default(),
-        capture_size: o.capture_size(),
-        pids: o.pid.clone(),
-        comm: o.comm.clone(),
-        ring_bytes: o.ring_buffer_mib() * 1024 * 1024,
-        ..Default::default()
-    }
-}
-
 fn table(opts: TableOptions, pods: Option<PodCache>, metrics: Arc<Metrics>) -> ConnTable {
     let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .map(|s| parse_resource_attributes(&s))
@@ -192,7 +171,7 @@ fn replay(cmd: ReplayCmd) -> anyhow::Result<()> {
         keep_query_values: cmd.keep_query_values,
         ..Default::default()
     };
-    let mut t = table(table_options(&opts), None, metrics.clone());
+    let mut t = table(opts.table_options(), None, metrics.clone());
     let spans = pipeline::replay(&records, &mut t, &metrics);
     let mut p = Printer {
         format: cmd.output.unwrap_or(Format::Text),
@@ -356,19 +335,8 @@ fn plugins_check(file: &std::path::Path, config: Option<&std::path::Path>) -> an
     Ok(())
 }
 
-/// Settings from the flags over the config file.
-fn effective(cmd: &RunCmd) -> Result<RunOptions, ConfigError> {
-    let file = match &cmd.config {
-        Some(p) => config::read_file(p)?,
-        None => RunOptions::default(),
-    };
-    let o = cmd.opts.clone().over(file);
-    o.validate()?;
-    Ok(o)
-}
-
 async fn run(cmd: RunCmd) -> anyhow::Result<()> {
-    let opts = effective(&cmd)?;
+    let opts = config::effective(cmd.config.as_deref(), &cmd.opts)?;
     let env = |k: &str| std::env::var(k).ok();
     let otlp = export::otlp_config(
         opts.otlp_endpoint.as_deref(),
@@ -431,7 +399,7 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
             tracer_user::probes::TRACEFS
         );
     }
-    let probe_opts = probe_options(&opts);
+    let probe_opts = opts.probe_options();
     let mut probes = Probes::attach_inert(&probe_opts)
         .context("cannot attach the probes (`tracer check` says why)")?;
     let ring = probes.take_ring()?;
@@ -472,7 +440,7 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
     };
     let exporters = Exporters::spawn(sinks, batch, metrics.clone());
     let mut t = table(
-        table_options(&opts),
+        opts.table_options(),
         pod_cache(&opts.k8s_label).await,
         metrics.clone(),
     );
@@ -483,14 +451,15 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
         .map(Duration::from_secs);
     spawn_signal_handlers(metrics.clone(), reload_tx)?;
     let (control_tx, control_rx) = mpsc::channel(1);
-    tokio::spawn(reload_loop(
-        cmd,
-        opts,
-        reload_rx,
-        control_tx,
-        plugins.clone(),
-        metrics.clone(),
-    ));
+    let reloader = Reloader {
+        config: cmd.config,
+        flags: cmd.opts,
+        current: opts,
+        control: control_tx,
+        plugins: plugins.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(reloader.run(reload_rx));
     let live = Live {
         probes,
         ring,
@@ -511,82 +480,6 @@ async fn run(cmd: RunCmd) -> anyhow::Result<()> {
     exporters.shutdown(Duration::from_secs(10)).await;
     tracing::info!("counters: {}", metrics.summary());
     Ok(())
-}
-
-/// Applies reloads (SIGHUP, POST /reload) one at a time: the config file, then the plugin
-/// directory.
-async fn reload_loop(
-    cmd: RunCmd,
-    mut current: RunOptions,
-    mut requests: mpsc::Receiver<ReloadRequest>,
-    control: mpsc::Sender<pipeline::Update>,
-    plugins: Arc<PluginHost>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(reply) = requests.recv().await {
-        let result = match (&cmd.config, effective(&cmd)) {
-            (None, _) if plugins.settings.dir.is_some() => Ok(String::new()),
-            (None, _) => {
-                Err("no --config file and no plugin directory: nothing to reload".to_string())
-            }
-            (_, Err(e)) => Err(format!("config rejected, the running settings stay: {e}")),
-            (Some(path), Ok(new)) => {
-                let (applied, done) = oneshot::channel();
-                let update = pipeline::Update {
-                    table: table_options(&new),
-                    probes: probe_options(&new),
-                    applied,
-                };
-                let outcome = match control.send(update).await {
-                    Ok(()) => done
-                        .await
-                        .unwrap_or_else(|_| Err("the tracer is stopping".into())),
-                    Err(_) => Err("the tracer is stopping".into()),
-                };
-                outcome.map(|()| {
-                    let restart = current.needs_restart(&new);
-                    current = new;
-                    if restart.is_empty() {
-                        format!("reloaded {}", path.display())
-                    } else {
-                        format!(
-                            "reloaded {}; changes to {} take effect after a restart",
-                            path.display(),
-                            restart.join(", ")
-                        )
-                    }
-                })
-            }
-        };
-        match &result {
-            Ok(msg) if msg.is_empty() => {}
-            Ok(msg) => {
-                Metrics::add(&metrics.config_reloads_total, 1);
-                tracing::info!("{msg}");
-            }
-            Err(msg) => {
-                Metrics::add(&metrics.config_reload_failures_total, 1);
-                tracing::warn!("{msg}");
-            }
-        }
-        let result = if plugins.settings.dir.is_some() {
-            let (r, msg) = plugins::reload(plugins.clone()).await;
-            let join = |a: String| {
-                if a.is_empty() {
-                    msg.clone()
-                } else {
-                    format!("{a}\n{msg}")
-                }
-            };
-            match result {
-                Ok(a) if r.rejected.is_empty() => Ok(join(a)),
-                Ok(a) | Err(a) => Err(join(a)),
-            }
-        } else {
-            result
-        };
-        let _ = reply.send(result);
-    }
 }
 
 async fn shutdown_signal() {
