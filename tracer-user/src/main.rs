@@ -261,76 +261,10 @@ fn plugins_list(addr: &str, raw: bool) -> anyhow::Result<()> {
 }
 
 fn plugins_check(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use tracer_user::{export::printer::to_line, plugins::dir};
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let cfg = match config {
-        Some(c) => {
-            std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?
-        }
-        None => String::new(),
-    };
-    for p in std::iter::once(file).chain(config) {
-        if let Err(why) = dir::metadata(p).and_then(|m| dir::check_writers(p, &m, false)) {
-            println!("WARNING: the daemon would refuse this file: {why}");
-        }
-    }
-    let name = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
-    let host = PluginHost::new(plugins::Settings::default())?;
-    let p = match host.load(&name, file, &wasm, &cfg) {
-        Ok(p) => p,
-        Err(why) => {
-            println!("REFUSED {}: {why}", file.display());
-            std::process::exit(1);
-        }
-    };
-    let (attrs, res, span_name) = p.interest();
-    println!(
-        "OK {}: implements {}; sees span attributes {:?}, resource attributes {:?}{}",
-        p.id(),
-        plugins::runtime::CONTRACT,
-        attrs,
-        res,
-        if span_name { ", span names" } else { "" }
-    );
-    host.install(vec![p]);
-    let before = plugins::samples();
-    let mut after = before.clone();
-    host.process(&mut after, &Metrics::default());
-    println!("\non {} sample spans:", before.len());
-    for b in &before {
-        println!("  in:   {}", to_line(b));
-        match after.iter().find(|a| a.span_id == b.span_id) {
-            None => println!("  out:  DROPPED"),
-            Some(a) => {
-                let mut changes = Vec::new();
-                if a.name != b.name {
-                    changes.push(format!("renamed {:?} -> {:?}", b.name, a.name));
-                }
-                for kv in &a.attributes {
-                    if kv.key == plugins::CHAIN_ATTRIBUTE {
-                        continue;
-                    }
-                    match b.attr(&kv.key) {
-                        Some(old) if *old == kv.value => {}
-                        Some(old) => changes.push(format!("{}: {old} -> {}", kv.key, kv.value)),
-                        None => changes.push(format!("+{}={}", kv.key, kv.value)),
-                    }
-                }
-                for kv in &b.attributes {
-                    if a.attr(&kv.key).is_none() {
-                        changes.push(format!("-{}", kv.key));
-                    }
-                }
-                if changes.is_empty() {
-                    println!("  out:  kept, unchanged");
-                } else {
-                    println!("  out:  kept, {}", changes.join(", "));
-                }
-            }
-        }
+    let report = plugins::check::check(file, config)?;
+    print!("{report}");
+    if report.verdict.is_err() {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -221,6 +221,41 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `tracer plugins check` on a good plugin: its id, interest and what it did to each sample.
+#[test]
+fn check_shows_what_a_plugin_does_to_the_samples() {
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("check");
+    let cfg = "[attributes]\nteam = \"shop\"\n";
+    write(&d, "10-enricher.wasm", &wasm);
+    write(&d, "10-enricher.toml", cfg.as_bytes());
+    let r = plugins::check::check(
+        &d.join("10-enricher.wasm"),
+        Some(&d.join("10-enricher.toml")),
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty());
+    let p = r.verdict.as_ref().unwrap();
+    assert_eq!(p.id, format!("10-enricher@{}", content_hash(&wasm, cfg)));
+    assert_eq!(p.samples.len(), samples().len());
+    let text = r.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "OK {}: implements tracer:plugin@0.1.0; sees span attributes",
+            p.id
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("  out:  kept, +team=shop\n").count(),
+        samples().len(),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 /// A component built for a WIT world (with dummy function bodies).
 fn component_for(wit: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();

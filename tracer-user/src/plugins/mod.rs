@@ -7,6 +7,7 @@
 //! once, so it is processed by exactly one version; the old chain is dropped when the batch
 //! holding it ends. A bad file is refused with the reason and the last good version stays.
 pub mod chain;
+pub mod check;
 pub mod dir;
 pub mod runtime;
 pub mod stats;

@@ -1,0 +1,214 @@
+//! `tracer plugins check`: a plugin file validated the way the daemon would load it (the
+//! permissions of the file and its config, the contract, `init` with that config, the self-test
+//! batch), and what it does to the sample spans. Needs no daemon and no root.
+use std::{fmt, path::Path};
+
+use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, runtime::CONTRACT, samples};
+use crate::{export::printer::to_line, metrics::Metrics, span::Span};
+
+/// What the check found.
+pub struct CheckReport {
+    pub file: String,
+    /// Why the daemon would refuse the file or its config as they are installed here.
+    pub warnings: Vec<PluginError>,
+    /// The plugin as loaded, or why it was refused.
+    pub verdict: Result<Accepted, PluginError>,
+}
+
+/// A plugin that passed validation.
+pub struct Accepted {
+    /// `name@hash`, as spans would name it.
+    pub id: String,
+    pub attributes: Vec<String>,
+    pub resource_attributes: Vec<String>,
+    pub span_name: bool,
+    /// Each sample span, and what came out of the plugin for it (None: dropped).
+    pub samples: Vec<(Span, Option<Span>)>,
+}
+
+/// Loads `file` (with the config at `config`, if any) in a host of its own and runs the sample
+/// spans through it. Err: a file cannot be read, or the runtime does not start.
+pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginError> {
+    let read_error = |path: &Path| {
+        let path = path.to_owned();
+        move |error| PluginError::Read { path, error }
+    };
+    let wasm = std::fs::read(file).map_err(read_error(file))?;
+    let cfg = match config {
+        Some(c) => std::fs::read_to_string(c).map_err(read_error(c))?,
+        None => String::new(),
+    };
+    let warnings = std::iter::once(file)
+        .chain(config)
+        .filter_map(|p| {
+            dir::metadata(p)
+                .and_then(|m| dir::check_writers(p, &m, false))
+                .err()
+        })
+        .collect();
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let host = PluginHost::new(Settings::default())?;
+    let verdict = host.load(&name, file, &wasm, &cfg).map(|p| {
+        let (attributes, resource_attributes, span_name) = p.interest();
+        let id = p.id();
+        host.install(vec![p]);
+        let before = samples();
+        let mut after = before.clone();
+        host.process(&mut after, &Metrics::default());
+        let samples = before
+            .into_iter()
+            .map(|b| {
+                let a = after.iter().find(|a| a.span_id == b.span_id).cloned();
+                (b, a)
+            })
+            .collect();
+        Accepted {
+            id,
+            attributes,
+            resource_attributes,
+            span_name,
+            samples,
+        }
+    });
+    Ok(CheckReport {
+        file: file.display().to_string(),
+        warnings,
+        verdict,
+    })
+}
+
+/// How `after` differs from `before`: a rename, then attributes changed or added (`+`), then
+/// removed (`-`). The chain attribute the host adds is left out.
+pub fn changes(before: &Span, after: &Span) -> Vec<String> {
+    let mut changes = Vec::new();
+    if after.name != before.name {
+        changes.push(format!("renamed {:?} -> {:?}", before.name, after.name));
+    }
+    for kv in &after.attributes {
+        if kv.key == CHAIN_ATTRIBUTE {
+            continue;
+        }
+        match before.attr(&kv.key) {
+            Some(old) if *old == kv.value => {}
+            Some(old) => changes.push(format!("{}: {old} -> {}", kv.key, kv.value)),
+            None => changes.push(format!("+{}={}", kv.key, kv.value)),
+        }
+    }
+    for kv in &before.attributes {
+        if after.attr(&kv.key).is_none() {
+            changes.push(format!("-{}", kv.key));
+        }
+    }
+    changes
+}
+
+/// The text `tracer plugins check` prints.
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for why in &self.warnings {
+            writeln!(f, "WARNING: the daemon would refuse this file: {why}")?;
+        }
+        let p = match &self.verdict {
+            Ok(p) => p,
+            Err(why) => return writeln!(f, "REFUSED {}: {why}", self.file),
+        };
+        writeln!(
+            f,
+            "OK {}: implements {CONTRACT}; sees span attributes {:?}, resource attributes {:?}{}",
+            p.id,
+            p.attributes,
+            p.resource_attributes,
+            if p.span_name { ", span names" } else { "" }
+        )?;
+        writeln!(f, "\non {} sample spans:", p.samples.len())?;
+        for (before, after) in &p.samples {
+            writeln!(f, "  in:   {}", to_line(before))?;
+            match after.as_ref().map(|a| changes(before, a)) {
+                None => writeln!(f, "  out:  DROPPED")?,
+                Some(c) if c.is_empty() => writeln!(f, "  out:  kept, unchanged")?,
+                Some(c) => writeln!(f, "  out:  kept, {}", c.join(", "))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::span::{Value, kv};
+
+    #[test]
+    fn changes_name_renames_edits_additions_and_removals_but_not_the_chain() {
+        let before = samples().remove(0);
+        assert!(changes(&before, &before).is_empty());
+        let mut after = before.clone();
+        after.name = "GET /users/{id}".into();
+        after.attributes.retain(|a| a.key != "url.query");
+        for a in &mut after.attributes {
+            if a.key == "url.path" {
+                a.value = Value::Str("/users/{id}".into());
+            }
+        }
+        after.attributes.push(kv("team", Value::Str("shop".into())));
+        after
+            .attributes
+            .push(kv(CHAIN_ATTRIBUTE, Value::Str("p@1".into())));
+        assert_eq!(
+            changes(&before, &after),
+            [
+                "renamed \"GET\" -> \"GET /users/{id}\"",
+                "url.path: /users/123/orders/9f8e7d6c-1a2b-4c3d-8e9f-0a1b2c3d4e5f -> /users/{id}",
+                "+team=shop",
+                "-url.query",
+            ]
+        );
+    }
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tracer-check-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_refused_file_says_why_and_warns_about_permissions() {
+        let d = tmp("refused");
+        let f = d.join("10-x.wasm");
+        std::fs::write(&f, b"not wasm").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let r = check(&f, None).unwrap();
+        assert!(r.warnings.is_empty());
+        assert!(matches!(r.verdict, Err(PluginError::NotWasm)));
+        assert_eq!(
+            r.to_string(),
+            format!(
+                "REFUSED {}: not a WebAssembly file (no \\0asm header)\n",
+                f.display()
+            )
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let text = check(&f, None).unwrap().to_string();
+        assert!(
+            text.starts_with("WARNING: the daemon would refuse this file: ")
+                && text.contains("writable by everyone")
+                && text.contains("\nREFUSED "),
+            "{text}"
+        );
+        assert!(matches!(
+            check(&d.join("missing.wasm"), None),
+            Err(PluginError::Read { .. })
+        ));
+        assert!(matches!(
+            check(&f, Some(&d.join("missing.toml"))),
+            Err(PluginError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
