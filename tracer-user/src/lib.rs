@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod btf;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod context;

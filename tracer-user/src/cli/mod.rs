@@ -1,0 +1,83 @@
+//! The `tracer` subcommands behind the argument parsing in `main.rs`: [`run`] (the daemon),
+//! [`replay`], [`plugins`] (`list` through the [`admin_client`], `check`).
+pub mod admin_client;
+pub mod plugins;
+pub mod replay;
+pub mod run;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use crate::{
+    config::ConfigError,
+    conntrack::{ConnTable, TableOptions},
+    export::ExportError,
+    metadata::k8s::PodCache,
+    metrics::Metrics,
+    plugins::PluginError,
+    probes::ProbeError,
+    process::{Processes, parse_resource_attributes},
+    span::Clock,
+};
+
+/// Why a subcommand failed. The subsystems' own errors pass through unchanged; the rest say
+/// what the command was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot attach the probes (`tracer check` says why)")]
+    Attach(#[source] ProbeError),
+    #[error("cannot listen on {addr} for the admin endpoint (--admin-addr; `off` disables it)")]
+    AdminListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no tracer answers on {addr}: is it running, with this --admin-addr?")]
+    AdminUnreachable {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("unexpected answer from {addr}: {status}")]
+    AdminAnswer {
+        addr: String,
+        status: reqwest::StatusCode,
+        /// Set when a 200 answer is not the JSON expected.
+        source: Option<serde_json::Error>,
+    },
+    #[error("cannot open {}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The connection table of this host: processes from /proc, with the daemon's
+/// OTEL_RESOURCE_ATTRIBUTES, and pod metadata when there is a pod cache.
+fn conn_table(opts: TableOptions, pods: Option<PodCache>, metrics: Arc<Metrics>) -> ConnTable {
+    let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+        .map(|s| parse_resource_attributes(&s))
+        .unwrap_or_default();
+    let mut procs = Processes::new("/proc", extra);
+    if let Some(p) = pods {
+        procs = procs.with_pods(p);
+    }
+    ConnTable::new(procs, "/proc", Clock::now(), opts, metrics)
+}

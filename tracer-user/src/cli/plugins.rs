@@ -1,0 +1,148 @@
+//! `tracer plugins list` and `tracer plugins check`.
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{CliError, admin_client};
+
+/// `tracer plugins list`: the running tracer's chain, per-plugin counters and refused files,
+/// from `GET /plugins` on its admin endpoint; `json` prints the endpoint's answer as is.
+pub async fn list(addr: &str, json: bool) -> Result<(), CliError> {
+    let body = admin_client::get(addr, "/plugins").await?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| CliError::AdminAnswer {
+        addr: addr.to_owned(),
+        status: reqwest::StatusCode::OK,
+        source: Some(e),
+    })?;
+    print!("{}", render_list(&v));
+    Ok(())
+}
+
+/// The table `tracer plugins list` prints for the JSON of `GET /plugins`
+/// ([`crate::plugins::PluginHost::status`]).
+pub fn render_list(v: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    let dir = v["directory"].as_str().unwrap_or("(plugins off)");
+    line(format!("plugin directory: {dir}"));
+    line(format!(
+        "chain v{}: {}",
+        v["chain"]["version"],
+        v["chain"]["label"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+            .unwrap_or("(empty: spans pass unchanged)")
+    ));
+    let empty = Vec::new();
+    let plugins = v["plugins"].as_array().unwrap_or(&empty);
+    if !plugins.is_empty() {
+        line(format!(
+            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9}",
+            "PLUGIN", "HASH", "CALLS", "SPANS IN", "DROPPED", "EDITED", "FAILED", "TIME"
+        ));
+    }
+    for p in plugins {
+        let c = &p["counters"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let failed = n("traps_total")
+            + n("timeouts_total")
+            + n("memory_exceeded_total")
+            + n("invalid_results_total");
+        line(format!(
+            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.3}s",
+            p["name"].as_str().unwrap_or("?"),
+            p["hash"].as_str().unwrap_or("?"),
+            n("calls_total"),
+            n("spans_in_total"),
+            n("spans_dropped_total"),
+            n("spans_edited_total"),
+            failed,
+            p["call_seconds"].as_f64().unwrap_or(0.0),
+        ));
+        if let Some(e) = p["last_error"].as_str() {
+            line(format!("    last error: {e}"));
+        }
+    }
+    for p in v["not_running"].as_array().unwrap_or(&empty) {
+        line(format!(
+            "{} is {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?").to_uppercase(),
+            p["error"].as_str().unwrap_or("")
+        ));
+    }
+    line(format!(
+        "reloads: {}, refused files: {}",
+        v["reloads"], v["reload_failures"]
+    ));
+    out
+}
+
+/// `tracer plugins check`: prints the report; Ok(false) when the plugin was refused.
+pub fn check(file: &Path, config: Option<&Path>) -> Result<bool, CliError> {
+    let report = crate::plugins::check::check(file, config)?;
+    print!("{report}");
+    Ok(report.verdict.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::plugins::{PluginHost, Settings};
+
+    #[test]
+    fn an_idle_host_lists_an_empty_chain() {
+        let host = PluginHost::new(Settings::default()).unwrap();
+        assert_eq!(
+            render_list(&host.status()),
+            "plugin directory: (plugins off)\n\
+             chain v0: (empty: spans pass unchanged)\n\
+             reloads: 0, refused files: 0\n"
+        );
+    }
+
+    #[test]
+    fn plugins_get_a_row_of_counters_and_refused_files_a_line() {
+        let v = json!({
+            "directory": "/etc/tracer/plugins",
+            "chain": {"version": 3, "label": "10-s@abc"},
+            "plugins": [{
+                "name": "10-s", "hash": "abc", "call_seconds": 0.25,
+                "last_error": "trapped: unreachable",
+                "counters": {"calls_total": 7, "spans_in_total": 70, "spans_dropped_total": 35,
+                             "spans_edited_total": 1, "traps_total": 1, "timeouts_total": 2},
+            }],
+            "not_running": [{"name": "20-x", "state": "rejected", "error": "not a WebAssembly file"}],
+            "reloads": 3, "reload_failures": 1,
+        });
+        let text = render_list(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..2],
+            [
+                "plugin directory: /etc/tracer/plugins",
+                "chain v3: 10-s@abc"
+            ]
+        );
+        assert!(lines[2].starts_with("PLUGIN ") && lines[2].ends_with("TIME"));
+        let row: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(row, ["10-s", "abc", "7", "70", "35", "1", "3", "0.250s"]);
+        assert_eq!(
+            lines[4..],
+            [
+                "    last error: trapped: unreachable",
+                "20-x is REJECTED: not a WebAssembly file",
+                "reloads: 3, refused files: 1",
+            ]
+        );
+    }
+}
