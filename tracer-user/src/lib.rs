@@ -6,7 +6,8 @@
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
 //! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
 //! by memory between the span stages;
-//! [`metrics`] counts everything; [`check`] explains what a host lacks.
+//! [`metrics`] counts everything; [`check`] explains what a host lacks; [`config`] and
+//! [`reload`] are the settings and their live changes; [`cli`] holds the subcommands.
 pub mod admin;
 pub mod btf;
 pub mod check;
