@@ -42,7 +42,7 @@ pub enum Layout {
     #[default]
     Prefix,
     /// The probes' HTTP/2 frame walk (`tracer_common::data_flags::H2_FRAMES`): the bytes with
-    /// the payload of DATA frames left out (`tracer_common::h2_copied_len`).
+    /// the payload of DATA frames left out (`tracer_common::h2::copied_len`).
     H2Frames {
         /// First frame header that starts in the syscall: (offset in its bytes, in `data`).
         first: Option<(u64, usize)>,

@@ -36,7 +36,10 @@ use std::sync::OnceLock;
 
 pub use super::{Chunk, Direction, Header, Layout, Opened, RequestKey, Role};
 use crate::context::TraceContext;
-use tracer_common::h2_copied_len;
+use tracer_common::h2::{
+    FrameHeader, PREFACE, Rules, copied_len, flag,
+    frame_type::{CONTINUATION, DATA, GOAWAY, HEADERS, PUSH_PROMISE, RST_STREAM, SETTINGS},
+};
 
 impl Direction {
     fn idx(self) -> usize {
@@ -99,7 +102,6 @@ pub struct Stats {
 /// was in uncaptured bytes.
 pub const RST_CODE_UNKNOWN: u32 = u32::MAX;
 
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Header block buffer cap; larger blocks are decoded up to here (incomplete).
 const MAX_BLOCK: usize = 256 * 1024;
 const MAX_OPEN_STREAMS: usize = 1024;
@@ -112,8 +114,6 @@ const CLOSED_RING: usize = 1024;
 /// to big table entries could otherwise expand 256 KiB into gigabytes of
 /// copying; real servers reject such header lists too.
 const MAX_BLOCK_WORK: usize = 4 * 1024 * 1024;
-/// Extension frames are tiny; a huge unknown frame means we are reading garbage.
-const MAX_UNKNOWN_FRAME: u32 = 16 * 1024;
 
 const KEPT_HEADERS: [&str; 11] = [
     "user-agent",
@@ -129,23 +129,6 @@ const KEPT_HEADERS: [&str; 11] = [
     "grpc-timeout",
     "x-forwarded-for",
 ];
-
-const T_DATA: u8 = 0;
-const T_HEADERS: u8 = 1;
-const T_PRIORITY: u8 = 2;
-const T_RST_STREAM: u8 = 3;
-const T_SETTINGS: u8 = 4;
-const T_PUSH_PROMISE: u8 = 5;
-const T_PING: u8 = 6;
-const T_GOAWAY: u8 = 7;
-const T_WINDOW_UPDATE: u8 = 8;
-const T_CONTINUATION: u8 = 9;
-
-const F_END_STREAM: u8 = 0x1;
-const F_ACK: u8 = 0x1;
-const F_END_HEADERS: u8 = 0x4;
-const F_PADDED: u8 = 0x8;
-const F_PRIORITY: u8 = 0x20;
 
 // ---------------------------------------------------------------------------
 // HPACK
@@ -640,59 +623,6 @@ impl Hpack {
 // Frame plausibility
 // ---------------------------------------------------------------------------
 
-struct FrameHdr {
-    len: u32,
-    ty: u8,
-    flags: u8,
-    sid: u32,
-    reserved: bool,
-}
-
-fn parse_hdr(h: &[u8]) -> Option<FrameHdr> {
-    let h: &[u8; 9] = h.get(..9)?.try_into().ok()?;
-    let raw = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
-    Some(FrameHdr {
-        len: u32::from_be_bytes([0, h[0], h[1], h[2]]),
-        ty: h[3],
-        flags: h[4],
-        sid: raw & 0x7fff_ffff,
-        reserved: raw & 0x8000_0000 != 0,
-    })
-}
-
-/// Length / stream-id rules of RFC 9113 section 6. `strict` adds rules that a
-/// receiver must tolerate but real senders never violate (used to re-sync).
-fn frame_ok(h: &FrameHdr, strict: bool) -> bool {
-    let padded = h.flags & F_PADDED != 0;
-    let pad = u32::from(padded);
-    let (ok, allowed_flags) = match h.ty {
-        T_DATA => (h.sid != 0 && h.len >= pad, F_END_STREAM | F_PADDED),
-        T_HEADERS => {
-            let prio = if h.flags & F_PRIORITY != 0 { 5 } else { 0 };
-            (
-                h.sid != 0 && h.len >= pad + prio,
-                F_END_STREAM | F_END_HEADERS | F_PADDED | F_PRIORITY,
-            )
-        }
-        T_PRIORITY => (h.sid != 0 && h.len == 5, 0),
-        T_RST_STREAM => (h.sid != 0 && h.len == 4, 0),
-        T_SETTINGS => (
-            h.sid == 0 && h.len.is_multiple_of(6) && (h.flags & F_ACK == 0 || h.len == 0),
-            F_ACK,
-        ),
-        T_PUSH_PROMISE => (h.sid != 0 && h.len >= 4 + pad, F_END_HEADERS | F_PADDED),
-        T_PING => (h.sid == 0 && h.len == 8, F_ACK),
-        T_GOAWAY => (h.sid == 0 && h.len >= 8, 0),
-        T_WINDOW_UPDATE => (h.len == 4, 0),
-        T_CONTINUATION => (h.sid != 0, F_END_HEADERS),
-        _ => (!strict && h.len <= MAX_UNKNOWN_FRAME, 0),
-    };
-    if !ok {
-        return false;
-    }
-    !strict || (!h.reserved && h.flags & !allowed_flags == 0)
-}
-
 /// Whether `data` plausibly starts at an HTTP/2 frame boundary (or with the
 /// client preface). Checks up to four consecutive frame headers when the
 /// captured bytes contain them.
@@ -709,13 +639,10 @@ pub fn looks_like_h2_frames(data: &[u8]) -> bool {
         let Some(rest) = data.get(off..) else {
             return checked > 0;
         };
-        if rest.len() < 9 {
+        let Some(h) = rest.first_chunk().map(FrameHeader::parse) else {
             return checked > 0;
-        }
-        let Some(h) = parse_hdr(rest) else {
-            return false;
         };
-        if !frame_ok(&h, true) {
+        if !h.follows(Rules::RESYNC) {
             return false;
         }
         checked += 1;
@@ -1078,7 +1005,7 @@ impl H2Conn {
 
     /// Decodes one syscall's bytes. `pos` walks the syscall's bytes, `cpos` the captured ones:
     /// the same offsets in a prefix; with [`Layout::H2Frames`] the captured bytes leave out
-    /// DATA payloads (all but [`h2_copied_len`] of each frame).
+    /// DATA payloads (all but [`copied_len`] of each frame).
     pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Stream>) {
         out.append(&mut self.pending);
         self.last_ts = self.last_ts.max(chunk.ts_end);
@@ -1168,7 +1095,7 @@ impl H2Conn {
                         let n = u64::from(f.len - f.done).min(total - pos);
                         // Of these bytes, the ones the capture holds.
                         let present = if frames {
-                            u64::from(h2_copied_len(f.ty, f.flags, f.len).saturating_sub(f.done))
+                            u64::from(copied_len(f.ty, f.flags, f.len).saturating_sub(f.done))
                                 .min(n)
                         } else {
                             n
@@ -1261,7 +1188,7 @@ impl H2Conn {
         let st = &mut self.dirs[d];
         st.hdr_have = 0;
         if let Some(f) = st.frame.take()
-            && matches!(f.ty, T_HEADERS | T_CONTINUATION | T_PUSH_PROMISE)
+            && matches!(f.ty, HEADERS | CONTINUATION | PUSH_PROMISE)
         {
             self.end_frame(d, f, ts, out);
         }
@@ -1291,17 +1218,15 @@ impl H2Conn {
     }
 
     fn start_frame(&mut self, d: usize, ts_end: u64, out: &mut Vec<Stream>) {
-        let Some(h) = parse_hdr(&self.dirs[d].hdr) else {
-            return;
-        };
+        let h = FrameHeader::parse(&self.dirs[d].hdr);
         self.stats.frames += 1;
-        if !frame_ok(&h, false) {
+        if !h.follows(Rules::IN_SYNC) {
             self.stats.malformed += 1;
             self.lose_framing(d, out);
             return;
         }
         if self.dirs[d].need_settings {
-            if h.ty != T_SETTINGS || h.flags & F_ACK != 0 {
+            if h.ty != SETTINGS || h.flags & flag::ACK != 0 {
                 // Not HTTP/2 after all (or not from its start).
                 self.stats.malformed += 1;
                 self.lose_framing(d, out);
@@ -1311,15 +1236,15 @@ impl H2Conn {
         }
         let pending_sid = self.dirs[d].block.as_ref().map(|b| b.sid);
         let mut cap = match h.ty {
-            T_DATA => usize::from(h.flags & F_PADDED != 0),
-            T_HEADERS | T_CONTINUATION | T_PUSH_PROMISE => (h.len as usize).min(MAX_BLOCK + 512),
-            T_SETTINGS => (h.len as usize).min(1024),
-            T_RST_STREAM => 4,
-            T_GOAWAY => 8,
+            DATA => usize::from(h.flags & flag::PADDED != 0),
+            HEADERS | CONTINUATION | PUSH_PROMISE => (h.len as usize).min(MAX_BLOCK + 512),
+            SETTINGS => (h.len as usize).min(1024),
+            RST_STREAM => 4,
+            GOAWAY => 8,
             _ => 0,
         };
         match pending_sid {
-            Some(sid) if !(h.ty == T_CONTINUATION && h.sid == sid) => {
+            Some(sid) if !(h.ty == CONTINUATION && h.stream == sid) => {
                 // 6.10: only CONTINUATION of the same stream may follow.
                 self.stats.malformed += 1;
                 if let Some(mut b) = self.dirs[d].block.take() {
@@ -1327,7 +1252,7 @@ impl H2Conn {
                     self.finish_block(d, b, ts_end, out);
                 }
             }
-            None if h.ty == T_CONTINUATION => {
+            None if h.ty == CONTINUATION => {
                 // The start of this block was never seen.
                 self.stats.malformed += 1;
                 self.dirs[d].hpack.trusted = false;
@@ -1335,13 +1260,13 @@ impl H2Conn {
             }
             _ => {}
         }
-        if h.ty > T_CONTINUATION {
+        if h.ty > CONTINUATION {
             self.stats.malformed += 1;
         }
         let f = Frame {
             ty: h.ty,
             flags: h.flags,
-            sid: h.sid,
+            sid: h.stream,
             len: h.len,
             done: 0,
             buf: Vec::with_capacity(cap.min(h.len as usize).min(16 * 1024)),
@@ -1359,13 +1284,13 @@ impl H2Conn {
     fn end_frame(&mut self, d: usize, f: Frame, ts_end: u64, out: &mut Vec<Stream>) {
         let dir = DIRS[d];
         match f.ty {
-            T_DATA => self.on_data(dir, &f, ts_end, out),
-            T_HEADERS | T_PUSH_PROMISE => {
+            DATA => self.on_data(dir, &f, ts_end, out),
+            HEADERS | PUSH_PROMISE => {
                 let len = f.len as usize;
                 let mut off = 0usize;
                 let mut end = len;
                 let mut bad = false;
-                if f.flags & F_PADDED != 0 {
+                if f.flags & flag::PADDED != 0 {
                     off = 1;
                     // Pad length unknown when not captured: `buf` is empty then.
                     if let Some(&p) = f.buf.first() {
@@ -1375,10 +1300,10 @@ impl H2Conn {
                         }
                     }
                 }
-                if f.ty == T_HEADERS && f.flags & F_PRIORITY != 0 {
+                if f.ty == HEADERS && f.flags & flag::PRIORITY != 0 {
                     off += 5;
                 }
-                if f.ty == T_PUSH_PROMISE {
+                if f.ty == PUSH_PROMISE {
                     off += 4;
                 }
                 if off > end {
@@ -1398,29 +1323,29 @@ impl H2Conn {
                 frag.truncate(MAX_BLOCK);
                 let block = Block {
                     sid: f.sid,
-                    end_stream: f.ty == T_HEADERS && f.flags & F_END_STREAM != 0,
-                    push: f.ty == T_PUSH_PROMISE,
+                    end_stream: f.ty == HEADERS && f.flags & flag::END_STREAM != 0,
+                    push: f.ty == PUSH_PROMISE,
                     buf: frag,
                     cut: cut || over,
                     ts_start: f.ts_start,
                 };
-                if f.flags & F_END_HEADERS != 0 {
+                if f.flags & flag::END_HEADERS != 0 {
                     self.finish_block(d, block, ts_end, out);
                 } else {
                     self.dirs[d].block = Some(block);
                 }
             }
-            T_CONTINUATION => {
+            CONTINUATION => {
                 if let Some(mut b) = self.dirs[d].block.take() {
                     b.append(&f.buf, f.buf.len() < f.len as usize);
-                    if f.flags & F_END_HEADERS != 0 {
+                    if f.flags & flag::END_HEADERS != 0 {
                         self.finish_block(d, b, ts_end, out);
                     } else {
                         self.dirs[d].block = Some(b);
                     }
                 }
             }
-            T_RST_STREAM => {
+            RST_STREAM => {
                 let code = match f.buf.get(..4) {
                     Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
                     None => RST_CODE_UNKNOWN,
@@ -1432,7 +1357,7 @@ impl H2Conn {
                     self.note_lost(f.sid);
                 }
             }
-            T_SETTINGS if f.flags & F_ACK == 0 => {
+            SETTINGS if f.flags & flag::ACK == 0 => {
                 // Our direction's SETTINGS bound the *peer's* encoder.
                 let peer = &mut self.dirs[1 - d].hpack;
                 for p in f.buf.chunks_exact(6) {
@@ -1446,7 +1371,7 @@ impl H2Conn {
                     peer.raise_bound(usize::MAX);
                 }
             }
-            T_GOAWAY => {
+            GOAWAY => {
                 // Only the server's GOAWAY talks about client-initiated streams.
                 if self.req_dir == Some(dir.other())
                     && let Some(b) = f.buf.get(..4)
@@ -1470,11 +1395,11 @@ impl H2Conn {
 
     fn on_data(&mut self, dir: Direction, f: &Frame, ts_end: u64, out: &mut Vec<Stream>) {
         let mut body = u64::from(f.len);
-        if f.flags & F_PADDED != 0 {
+        if f.flags & flag::PADDED != 0 {
             let pad = f.buf.first().map_or(0, |&p| u64::from(p));
             body = body.saturating_sub(1 + pad);
         }
-        let end = f.flags & F_END_STREAM != 0;
+        let end = f.flags & flag::END_STREAM != 0;
         let Some(req) = self.req_dir else {
             if end {
                 self.note_lost(f.sid);
@@ -1645,6 +1570,7 @@ impl H2Conn {
 mod tests {
     use super::*;
     use Direction::{Egress, Ingress};
+    use tracer_common::h2::frame_type::{PING, PRIORITY, WINDOW_UPDATE};
 
     // ----- helpers: hex, HPACK encoder, frame encoder -----
 
@@ -1779,25 +1705,25 @@ mod tests {
             p.extend(id.to_be_bytes());
             p.extend(v.to_be_bytes());
         }
-        frame(T_SETTINGS, 0, 0, &p)
+        frame(SETTINGS, 0, 0, &p)
     }
 
     fn headers(sid: u32, end_stream: bool, blk: &[u8]) -> Vec<u8> {
-        let fl = F_END_HEADERS | if end_stream { F_END_STREAM } else { 0 };
-        frame(T_HEADERS, fl, sid, blk)
+        let fl = flag::END_HEADERS | if end_stream { flag::END_STREAM } else { 0 };
+        frame(HEADERS, fl, sid, blk)
     }
 
     fn data(sid: u32, end_stream: bool, n: usize) -> Vec<u8> {
         frame(
-            T_DATA,
-            if end_stream { F_END_STREAM } else { 0 },
+            DATA,
+            if end_stream { flag::END_STREAM } else { 0 },
             sid,
             &vec![b'x'; n],
         )
     }
 
     fn rst(sid: u32, code: u32) -> Vec<u8> {
-        frame(T_RST_STREAM, 0, sid, &code.to_be_bytes())
+        frame(RST_STREAM, 0, sid, &code.to_be_bytes())
     }
 
     fn client_preface() -> Vec<u8> {
@@ -1808,7 +1734,7 @@ mod tests {
 
     fn server_preface() -> Vec<u8> {
         let mut v = settings(&[(3, 100)]);
-        v.extend(frame(T_SETTINGS, F_ACK, 0, &[]));
+        v.extend(frame(SETTINGS, flag::ACK, 0, &[]));
         v
     }
 
@@ -2369,9 +2295,9 @@ mod tests {
         let (a, rest) = blk.split_at(3);
         let (b, c2) = rest.split_at(7);
         let req = [
-            frame(T_HEADERS, F_END_STREAM, 1, a),
-            frame(T_CONTINUATION, 0, 1, b),
-            frame(T_CONTINUATION, F_END_HEADERS, 1, c2),
+            frame(HEADERS, flag::END_STREAM, 1, a),
+            frame(CONTINUATION, 0, 1, b),
+            frame(CONTINUATION, flag::END_HEADERS, 1, c2),
         ]
         .concat();
         let mut c = H2Conn::new();
@@ -2398,11 +2324,16 @@ mod tests {
         p.extend([0x80, 0, 0, 3, 200]); // priority: exclusive, dep 3, weight
         p.extend(&blk);
         p.extend([0u8; 5]);
-        let req = frame(T_HEADERS, F_END_HEADERS | F_PADDED | F_PRIORITY, 1, &p);
+        let req = frame(
+            HEADERS,
+            flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
+            1,
+            &p,
+        );
         let mut dp = vec![3u8];
         dp.extend([b'y'; 10]);
         dp.extend([0u8; 3]);
-        let body = frame(T_DATA, F_END_STREAM | F_PADDED, 1, &dp);
+        let body = frame(DATA, flag::END_STREAM | flag::PADDED, 1, &dp);
         let mut c = H2Conn::new();
         let evs = vec![
             (Egress, client_preface()),
@@ -2411,7 +2342,7 @@ mod tests {
             (
                 Ingress,
                 [
-                    frame(T_PRIORITY, 0, 1, &[0, 0, 0, 0, 16]),
+                    frame(PRIORITY, 0, 1, &[0, 0, 0, 0, 16]),
                     headers(1, true, &resp_200()),
                 ]
                 .concat(),
@@ -2469,7 +2400,7 @@ mod tests {
         let mut p = vec![0u8];
         p.extend((n as u32).to_be_bytes());
         p.extend(vec![7u8; n]);
-        frame(T_DATA, if end { F_END_STREAM } else { 0 }, sid, &p)
+        frame(DATA, if end { flag::END_STREAM } else { 0 }, sid, &p)
     }
 
     #[test]
@@ -2618,7 +2549,7 @@ mod tests {
             let mut c = H2Conn::new();
             let mut out = Vec::new();
             let req = [grpc_req(1, "/pkg.Svc/Slow"), grpc_msg(1, true, 3)].concat();
-            let rst = frame(T_RST_STREAM, 0, 1, &code.to_be_bytes());
+            let rst = frame(RST_STREAM, 0, 1, &code.to_be_bytes());
             for (d, b, t) in [
                 (Egress, client_preface(), 0),
                 (Ingress, server_preface(), 0),
@@ -2908,7 +2839,7 @@ mod tests {
         // Garbage mid-connection: an impossible frame header.
         let mut c = H2Conn::new();
         let mut evs = basic_get();
-        evs.push((Egress, frame(T_SETTINGS, 0, 3, &[1, 2, 3])));
+        evs.push((Egress, frame(SETTINGS, 0, 3, &[1, 2, 3])));
         evs.push((Egress, frame(0x42, 0, 0, &[1, 2, 3]))); // not re-locked: skipped
         let out = run(&mut c, &evs);
         assert_eq!(out.len(), 1);
@@ -2952,7 +2883,7 @@ mod tests {
         ));
         let mut ga = 1u32.to_be_bytes().to_vec();
         ga.extend(0u32.to_be_bytes());
-        evs.push((Ingress, frame(T_GOAWAY, 0, 0, &ga)));
+        evs.push((Ingress, frame(GOAWAY, 0, 0, &ga)));
         let out = run(&mut c, &evs);
         assert_eq!(
             out.iter().map(|s| s.stream_id).collect::<Vec<_>>(),
@@ -3009,7 +2940,7 @@ mod tests {
             (
                 Ingress,
                 [
-                    frame(T_PUSH_PROMISE, F_END_HEADERS, 1, &pp),
+                    frame(PUSH_PROMISE, flag::END_HEADERS, 1, &pp),
                     headers(
                         1,
                         false,
@@ -3059,21 +2990,21 @@ mod tests {
             &[get_req(1, "/"), data(1, true, 3)].concat()
         ));
         assert!(looks_like_h2_frames(&frame(
-            T_WINDOW_UPDATE,
+            WINDOW_UPDATE,
             0,
             0,
             &[0, 0, 1, 0]
         )));
         assert!(!looks_like_h2_frames(b"GET / HTTP/1.1\r\n"));
-        assert!(!looks_like_h2_frames(&frame(T_SETTINGS, 0, 1, &[])));
-        assert!(!looks_like_h2_frames(&frame(T_PING, 0, 0, &[0; 7])));
-        assert!(!looks_like_h2_frames(&frame(T_DATA, 0, 0, &[0; 7])));
+        assert!(!looks_like_h2_frames(&frame(SETTINGS, 0, 1, &[])));
+        assert!(!looks_like_h2_frames(&frame(PING, 0, 0, &[0; 7])));
+        assert!(!looks_like_h2_frames(&frame(DATA, 0, 0, &[0; 7])));
         assert!(!looks_like_h2_frames(&frame(0x0a, 0, 0, &[])));
-        assert!(!looks_like_h2_frames(&frame(T_DATA, 0x40, 1, &[])));
+        assert!(!looks_like_h2_frames(&frame(DATA, 0x40, 1, &[])));
         assert!(!looks_like_h2_frames(&[0, 0, 0, 4]));
         // second frame header broken
         assert!(!looks_like_h2_frames(
-            &[settings(&[]), frame(T_PING, 0, 3, &[0; 8])].concat()
+            &[settings(&[]), frame(PING, 0, 3, &[0; 8])].concat()
         ));
     }
 
@@ -3135,8 +3066,8 @@ mod tests {
                     evs.push((
                         Egress,
                         [
-                            frame(T_HEADERS, 0, sid, a),
-                            frame(T_CONTINUATION, F_END_HEADERS, sid, b),
+                            frame(HEADERS, 0, sid, a),
+                            frame(CONTINUATION, flag::END_HEADERS, sid, b),
                             data(sid, true, 33),
                         ]
                         .concat(),
@@ -3149,7 +3080,12 @@ mod tests {
                     p.extend([0; 4]);
                     evs.push((
                         Egress,
-                        frame(T_HEADERS, F_END_HEADERS | F_PADDED | F_END_STREAM, sid, &p),
+                        frame(
+                            HEADERS,
+                            flag::END_HEADERS | flag::PADDED | flag::END_STREAM,
+                            sid,
+                            &p,
+                        ),
                     ));
                     evs.push((
                         Ingress,
@@ -3158,7 +3094,7 @@ mod tests {
                 }
                 _ => {
                     evs.push((Egress, get_req(sid, &path)));
-                    evs.push((Ingress, frame(T_PING, 0, 0, &[1; 8])));
+                    evs.push((Ingress, frame(PING, 0, 0, &[1; 8])));
                     evs.push((Ingress, headers(sid, true, &block(&[H::Idx(8)], false))));
                 }
             }
@@ -3374,7 +3310,7 @@ mod tests {
                     let h = std::mem::take(&mut self.hdr);
                     let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
                     self.rem = len;
-                    self.copy = h2_copied_len(h[3], h[4], len);
+                    self.copy = copied_len(h[3], h[4], len);
                 }
             }
             let first = first.filter(|&(_, c)| c < out.len());
