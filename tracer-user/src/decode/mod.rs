@@ -6,6 +6,8 @@ use crate::context::TraceContext;
 
 pub mod http1;
 pub mod http2;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// A header field a decoder kept: its lowercase name, one of the decoder's own static names
 /// (allocated only by a decoder that keeps every header), and its value.
