@@ -1,7 +1,8 @@
-//! The decoders' test kit: one PRNG, chunks as the probes deliver them, a HPACK encoder, and
-//! HTTP/2 frames and conversations.
+//! The decoders' test kit: one PRNG, chunks as the probes deliver them, an HTTP/1 driver, a
+//! HPACK encoder, and HTTP/2 frames and conversations.
 use super::{
     Chunk, Direction, Header, Layout,
+    http1::{Exchange, Http1Conn, Response, Stats},
     http2::{H2Conn, Stream, hpack::HUFFMAN},
 };
 use tracer_common::h2::{
@@ -23,6 +24,10 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
 }
 
 /// One syscall that moved `b`, all of it captured, from `t` to `t + 5`.
@@ -41,6 +46,95 @@ pub fn chunk(dir: Direction, b: &[u8], t: u64) -> Chunk<'_> {
 /// Kept request headers, as a decoder reports them.
 pub fn kept(p: &[(&'static str, &str)]) -> Vec<Header> {
     p.iter().map(|&(a, b)| (a.into(), b.to_string())).collect()
+}
+
+// ----- HTTP/1 -----
+
+/// An HTTP/1 decoder that keeps every header, fed one syscall at a time: every chunk gets
+/// fresh, increasing timestamps (start = t, end = t + 5).
+pub struct H1 {
+    pub c: Http1Conn,
+    out: Vec<Exchange>,
+    t: u64,
+}
+
+impl H1 {
+    pub fn new() -> Self {
+        H1 {
+            c: Http1Conn::keeping_all(),
+            out: Vec::new(),
+            t: 0,
+        }
+    }
+
+    /// One syscall of `len` real bytes of which `data` was captured; returns (ts_start, ts_end).
+    pub fn part(&mut self, dir: Direction, data: &[u8], len: u64) -> (u64, u64) {
+        self.t += 10;
+        let c = Chunk {
+            len,
+            ..chunk(dir, data, self.t)
+        };
+        self.c.feed(c, &mut self.out);
+        (c.ts_start, c.ts_end)
+    }
+
+    pub fn send(&mut self, dir: Direction, data: &[u8]) -> (u64, u64) {
+        self.part(dir, data, data.len() as u64)
+    }
+
+    /// `bytes` in syscalls of the sizes `sizes` draws.
+    pub fn send_split(&mut self, dir: Direction, bytes: &[u8], sizes: &mut dyn FnMut() -> usize) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let n = sizes().clamp(1, bytes.len() - i);
+            self.send(dir, &bytes[i..i + n]);
+            i += n;
+        }
+    }
+
+    pub fn close(&mut self) {
+        self.t += 10;
+        self.c.close(self.t, &mut self.out);
+    }
+
+    pub fn take(&mut self) -> Vec<Exchange> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.c.stats().clone()
+    }
+}
+
+pub fn resp(x: &Exchange) -> &Response {
+    x.response.as_ref().expect("response")
+}
+
+pub fn targets(xs: &[Exchange]) -> Vec<&str> {
+    xs.iter().map(|x| x.request.target.as_str()).collect()
+}
+
+/// `body` in chunks of random sizes, with chunk extensions (`ext`) and a trailer field.
+pub fn chunked_body(rng: &mut Rng, body: &[u8], ext: bool, trailer: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let n = (rng.below(body.len() as u64) as usize + 1).min(body.len() - i);
+        v.extend_from_slice(format!("{n:x}").as_bytes());
+        if ext && rng.below(2) == 0 {
+            v.extend_from_slice(b";name=\"v\"");
+        }
+        v.extend_from_slice(b"\r\n");
+        v.extend_from_slice(&body[i..i + n]);
+        v.extend_from_slice(b"\r\n");
+        i += n;
+    }
+    v.extend_from_slice(b"0\r\n");
+    if trailer {
+        v.extend_from_slice(b"X-Checksum: 1\r\n");
+    }
+    v.extend_from_slice(b"\r\n");
+    v
 }
 
 // ----- HPACK encoder (RFC 7541) -----
