@@ -12,6 +12,7 @@ use crate::{
     context::{SAMPLED, TraceContext},
     decode::{
         Header, Role,
+        headers::{HOST, USER_AGENT, X_FORWARDED_FOR},
         http1::{Exchange, Outcome, Version},
         http2::Stream,
     },
@@ -464,7 +465,7 @@ fn build_call(
     let authority = authority_in_target
         .map(|r| target[r].to_string())
         .or(call.authority)
-        .or_else(|| take(call.headers, "host"));
+        .or_else(|| take(call.headers, HOST));
     let full = (kind == SpanKind::Client && has_target).then(|| {
         let authority = authority.as_deref().unwrap_or("unknown");
         let path = path.clone().map_or("/", |r| &target[r]);
@@ -502,7 +503,7 @@ fn build_call(
         let address = ip_text(peer.ip());
         // The first X-Forwarded-For hop is the original client when a proxy is in front.
         let client =
-            (kind == SpanKind::Server).then(|| match take(call.headers, "x-forwarded-for") {
+            (kind == SpanKind::Server).then(|| match take(call.headers, X_FORWARDED_FOR) {
                 Some(v) => {
                     let hop = v.split(',').next().unwrap_or_default();
                     let start = hop.len() - hop.trim_start().len();
@@ -521,7 +522,7 @@ fn build_call(
         "network.protocol.version",
         Value::Str(call.version.into()),
     ));
-    if let Some(ua) = take(call.headers, "user-agent") {
+    if let Some(ua) = take(call.headers, USER_AGENT) {
         attrs.push(kv("user_agent.original", Value::Str(ua)));
     }
     if call.req_body > 0 {

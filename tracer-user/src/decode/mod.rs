@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use crate::context::TraceContext;
 
+pub mod headers;
 pub mod http1;
 pub mod http2;
 #[cfg(test)]

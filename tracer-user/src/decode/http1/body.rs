@@ -1,6 +1,10 @@
 //! Body framing (RFC 9112 section 6): Content-Length, chunked, or until the connection
 //! closes. Bodies are consumed by count; only chunk-size lines and trailers are read.
-use super::{Header, syntax::is_field_byte};
+use super::{
+    Header,
+    headers::{CONTENT_LENGTH, TRANSFER_ENCODING},
+    syntax::is_field_byte,
+};
 
 const MAX_CHUNK_SIZE: u64 = 1 << 60;
 const MAX_CHUNK_EXT: u32 = 4096;
@@ -154,7 +158,7 @@ impl Framing {
 
 /// Body framing from headers. Err = framing cannot be trusted.
 pub(super) fn body_framing(headers: &[Header], request: bool) -> Result<Option<Framing>, ()> {
-    if let Some((_, te)) = headers.iter().rev().find(|(n, _)| n == "transfer-encoding") {
+    if let Some((_, te)) = headers.iter().rev().find(|(n, _)| n == TRANSFER_ENCODING) {
         let last = te.rsplit(',').next().unwrap_or("").trim();
         return if last.eq_ignore_ascii_case("chunked") {
             Ok(Some(Framing::Chunked(Ck::new())))
@@ -165,7 +169,7 @@ pub(super) fn body_framing(headers: &[Header], request: bool) -> Result<Option<F
         };
     }
     let mut cl: Option<u64> = None;
-    for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
+    for (_, v) in headers.iter().filter(|(n, _)| n == CONTENT_LENGTH) {
         for part in v.split(',').map(str::trim) {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(());

@@ -142,27 +142,6 @@ impl Head {
     }
 }
 
-/// Headers the decoder keeps: what framing and span building read. Everything else is
-/// skipped without allocating (it is the hot path), and credentials (Authorization, Cookie,
-/// Set-Cookie) never leave the decoder.
-pub(super) const KEPT_HEADERS: &[&str] = &[
-    "host",
-    "user-agent",
-    // Trace context (crate::context): W3C and B3.
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "x-forwarded-for",
-    "content-length",
-    "transfer-encoding",
-    // `Upgrade: h2c`: the connection goes on as HTTP/2.
-    "upgrade",
-];
-
 /// Without the spaces and tabs around it (a header value).
 fn trim_ows(b: &[u8]) -> &[u8] {
     let ows = |b: &u8| *b == b' ' || *b == b'\t';

@@ -35,10 +35,11 @@
 
 use std::collections::VecDeque;
 
+use super::headers::{self, UPGRADE};
 pub use super::{Chunk, Direction, Header, Layout, Opened, RequestKey, Role};
 use crate::context::TraceContext;
 use body::{Framing, Step, body_framing};
-use head::{Head, HeadRes, KEPT_HEADERS, parse_version, text};
+use head::{Head, HeadRes, parse_version, text};
 use syntax::{Kind, Kinds, begins_with_start_line, strip_cr};
 
 mod body;
@@ -125,11 +126,11 @@ fn upgrades_to_h2c(req: &[Header], resp: &[Header]) -> bool {
     let names_h2c = |headers: &[Header]| {
         headers
             .iter()
-            .filter(|(k, _)| k == "upgrade")
+            .filter(|(k, _)| k == UPGRADE)
             .flat_map(|(_, v)| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
     };
-    let resp_says = resp.iter().any(|(k, _)| k == "upgrade");
+    let resp_says = resp.iter().any(|(k, _)| k == UPGRADE);
     names_h2c(req) && (!resp_says || names_h2c(resp))
 }
 
@@ -247,7 +248,7 @@ impl Http1Conn {
             dropped: 0,
             upgraded: false,
             stats: Stats::default(),
-            keep: Some(KEPT_HEADERS),
+            keep: Some(headers::HTTP1),
             opened: Vec::new(),
         }
     }

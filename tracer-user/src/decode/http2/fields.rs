@@ -1,25 +1,14 @@
 //! What one decoded header block says: pseudo-headers, gRPC status, the kept headers.
 use std::borrow::Cow;
 
-use super::{Header, grpc::percent_decode};
+use super::{
+    Header,
+    grpc::percent_decode,
+    headers::{self, CONTENT_LENGTH, CONTENT_TYPE},
+};
 
 const MAX_KEPT_HEADERS: usize = 64;
 const MAX_KEPT_BYTES: usize = 64 * 1024;
-
-pub(super) const KEPT_HEADERS: [&str; 11] = [
-    "user-agent",
-    // Trace context (crate::context): W3C and B3.
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "content-type",
-    "grpc-timeout",
-    "x-forwarded-for",
-];
 
 /// Fields of one decoded header block that we care about.
 #[derive(Default)]
@@ -65,7 +54,7 @@ impl Fields {
                     self.grpc_status = value.parse().ok();
                 }
             }
-            "content-length" => {
+            CONTENT_LENGTH => {
                 if self.content_length.is_none() {
                     self.content_length = value.trim().parse().ok();
                 }
@@ -76,10 +65,10 @@ impl Fields {
                 }
             }
             _ => {
-                if name == "content-type" && value.starts_with("application/grpc") {
+                if name == CONTENT_TYPE && value.starts_with("application/grpc") {
                     self.grpc = true;
                 }
-                if let Some(&name) = KEPT_HEADERS.iter().find(|&&k| k == name) {
+                if let Some(&name) = headers::HTTP2.iter().find(|&&k| k == name) {
                     let add = name.len() + value.len();
                     if self.kept.len() >= MAX_KEPT_HEADERS || self.kept_bytes + add > MAX_KEPT_BYTES
                     {

@@ -1,5 +1,5 @@
 //! gRPC over HTTP/2: what its headers and resets say about a call.
-use super::Stream;
+use super::{Stream, headers::GRPC_TIMEOUT};
 
 /// RST_STREAM error code CANCEL (RFC 9113 section 7).
 const CANCEL: u32 = 0x8;
@@ -36,7 +36,7 @@ pub(super) fn deadline_from_cancel(s: &mut Stream, code: u32, ts_end: u64) {
     let Some(timeout) = s
         .request_headers
         .iter()
-        .find(|(k, _)| k == "grpc-timeout")
+        .find(|(k, _)| k == GRPC_TIMEOUT)
         .and_then(|(_, v)| grpc_timeout_ns(v))
     else {
         return;

@@ -22,9 +22,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::headers::{self, HOST};
 pub use super::{Chunk, Direction, Header, Layout, Opened, RequestKey, Role};
 use crate::context::TraceContext;
-use fields::{Fields, KEPT_HEADERS};
+use fields::Fields;
 use frame::{Block, Frame, MAX_BLOCK, looks_like_h2_frames};
 use grpc::deadline_from_cancel;
 use hpack::Hpack;
@@ -64,7 +65,7 @@ pub struct Stream {
     pub authority: Option<String>,
     pub scheme: Option<String>,
     pub status: Option<u16>,
-    /// Only kept headers (see `KEPT_HEADERS`); never authorization/cookie.
+    /// Only kept headers ([`headers::HTTP2`]); never authorization/cookie.
     pub request_headers: Vec<Header>,
     pub grpc_status: Option<u32>,
     pub grpc_message: Option<String>,
@@ -197,11 +198,11 @@ impl H2Conn {
         let host = r
             .headers
             .iter()
-            .find(|(k, _)| k == "host")
+            .find(|(k, _)| k == HOST)
             .map(|(_, v)| v.clone());
         let mut kept = Fields::default();
         for (k, v) in &r.headers {
-            if KEPT_HEADERS.contains(&&**k) {
+            if headers::HTTP2.contains(&&**k) {
                 kept.add(k, v);
             }
         }
