@@ -20,6 +20,7 @@ use crate::{
     join::{Begin, End, JoinOptions, Joiner, PeerKey},
     metrics::Metrics,
     process::{FdKind, Processes, SocketEnds, inspect_fd, local_addr},
+    semconv,
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -541,11 +542,11 @@ fn is_otlp_export(sp: &Span) -> bool {
         Some(Value::Str(v)) => v.as_str(),
         _ => "",
     };
-    s("http.request.method") == "POST" && s("url.path").ends_with("/v1/traces")
+    s(semconv::HTTP_REQUEST_METHOD) == "POST" && s(semconv::URL_PATH).ends_with("/v1/traces")
 }
 
 fn port_matches(sp: &Span, ports: &[u16]) -> bool {
-    ["server.port", "network.peer.port"]
+    [semconv::SERVER_PORT, semconv::NETWORK_PEER_PORT]
         .iter()
         .any(|k| matches!(sp.attr(k), Some(Value::Int(p)) if ports.iter().any(|&f| f as i64 == *p)))
 }

@@ -6,7 +6,8 @@
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
 //! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
 //! by memory between the span stages;
-//! [`metrics`] counts everything; [`check`] explains what a host lacks.
+//! [`metrics`] counts everything; [`check`] explains what a host lacks; [`semconv`] names
+//! the attributes.
 pub mod admin;
 pub mod btf;
 pub mod check;
@@ -24,6 +25,7 @@ pub mod plugins;
 pub mod probes;
 pub mod process;
 pub mod queue;
+pub mod semconv;
 pub mod span;
 #[cfg(test)]
 mod testing;
