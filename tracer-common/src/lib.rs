@@ -1,9 +1,12 @@
-//! Wire types shared by the kernel probes (`tracer-ebpf`) and the daemon (`tracer-user`).
+//! Wire types shared by the kernel probes (`tracer-ebpf`) and the daemon (`tracer-user`), and
+//! the rules both sides follow ([`h2`], [`glob_match`]).
 //!
-//! Everything here crosses the kernel/user boundary byte for byte, so: `#[repr(C)]`,
+//! The wire types cross the kernel/user boundary byte for byte, so: `#[repr(C)]`,
 //! fixed-width integers only (no `bool`, no enums), explicit padding, and every ring-buffer
 //! record starts with [`EventHeader`] carrying [`WIRE_VERSION`] and a kind.
 #![no_std]
+
+pub mod h2;
 
 /// Bumped whenever a layout below changes; the daemon refuses records of another version.
 pub const WIRE_VERSION: u16 = 3;
@@ -202,33 +205,13 @@ pub const NO_FRAME: u32 = u32::MAX;
 /// Bits of [`DataEvent::flags`].
 pub mod data_flags {
     /// The payload is the syscall's HTTP/2 byte stream with the payload of DATA frames left
-    /// out (all but the pad-length byte of a padded one, see [`super::h2_copied_len`]): frame
+    /// out (all but the pad-length byte of a padded one, see [`crate::h2::copied_len`]): frame
     /// headers and header blocks fit the capture budget however large the bodies are. Without
     /// this flag the payload is a plain prefix.
     pub const H2_FRAMES: u8 = 1;
     /// The probes lost the frame boundaries after the payload's last byte (the rest of the
     /// syscall did not look like frames): whoever decodes it must re-synchronise too.
     pub const H2_FRAMES_LOST: u8 = 2;
-}
-
-/// HTTP/2 frame type DATA.
-pub const H2_DATA: u8 = 0;
-/// HTTP/2 DATA flag PADDED.
-pub const H2_PADDED: u8 = 0x8;
-
-/// How many payload bytes of an HTTP/2 frame the frame walk copies: all of them but for DATA,
-/// of which only the pad length (first byte) of a padded frame. The probes and the decoder
-/// both follow this rule, so the decoder knows which bytes an [`data_flags::H2_FRAMES`]
-/// payload holds.
-#[inline(always)]
-pub const fn h2_copied_len(ty: u8, flags: u8, len: u32) -> u32 {
-    if ty != H2_DATA {
-        len
-    } else if flags & H2_PADDED != 0 && len > 0 {
-        1
-    } else {
-        0
-    }
 }
 
 /// A DATA record as the probes build it in scratch memory: header then payload room.
@@ -278,7 +261,7 @@ pub struct ConnState {
 pub struct H2Walk {
     /// Payload bytes of the current frame still to come.
     pub rem: u32,
-    /// Of those, how many are copied (see [`h2_copied_len`]); the rest are skipped.
+    /// Of those, how many are copied (see [`h2::copied_len`]); the rest are skipped.
     pub copy: u32,
     /// Non-zero once the probes know where frames start in this direction.
     pub synced: u8,

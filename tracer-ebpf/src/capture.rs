@@ -9,7 +9,9 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use tracer_common::{
     CloseEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE,
-    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, counter, kind, protocol, syscall,
+    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, counter,
+    h2::{FrameHeader, Rules},
+    kind, protocol, syscall,
 };
 
 use crate::{
@@ -17,52 +19,6 @@ use crate::{
     frames::Placed,
     maps::{ARGS, CONNS, EVENTS, IOV_WALK, SCRATCH, SOCKS, SyscallArgs, count},
 };
-
-/// An HTTP/2 SETTINGS frame header: what an h2c server writes first (its preface), before
-/// it has read the client's. Length a multiple of 6 (one 6-byte entry per setting), type 4,
-/// flags 0 or ACK, stream 0.
-#[inline(always)]
-fn is_h2_settings(b: &[u8; 8]) -> bool {
-    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-    len % 6 == 0 && len <= 60 && b[3] == 4 && b[4] & !1 == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0
-}
-
-/// A plausible HTTP/2 frame header (RFC 9113 section 4.1 and 6): what a connection that began
-/// before the probes shows first when it is in the middle of a conversation. Default maximum
-/// frame size, a known type with only its defined flags, the reserved bit clear, and the
-/// stream-id and fixed-length rules of that type.
-#[inline(always)]
-pub(crate) fn is_h2_frame_header(b: &[u8; 9]) -> bool {
-    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-    let (ty, flags) = (b[3], b[4]);
-    if len > 16384 || b[5] & 0x80 != 0 {
-        return false;
-    }
-    let sid = (b[5] as u32) << 24 | (b[6] as u32) << 16 | (b[7] as u32) << 8 | b[8] as u32;
-    let stream = sid != 0;
-    match ty {
-        // DATA: END_STREAM, PADDED
-        0 => stream && flags & !0x09 == 0,
-        // HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY
-        1 => stream && flags & !0x2d == 0 && len > 0,
-        // PRIORITY
-        2 => stream && flags == 0 && len == 5,
-        // RST_STREAM
-        3 => stream && flags == 0 && len == 4,
-        // SETTINGS: ACK (then empty)
-        4 => !stream && len % 6 == 0 && (flags == 0 || (flags == 1 && len == 0)),
-        // PING: ACK
-        6 => !stream && flags & !0x01 == 0 && len == 8,
-        // GOAWAY
-        7 => !stream && flags == 0 && len >= 8,
-        // WINDOW_UPDATE
-        8 => flags == 0 && len == 4,
-        // CONTINUATION: END_HEADERS
-        9 => stream && flags & !0x04 == 0,
-        // PUSH_PROMISE (5) never starts what a client or server sends unprompted; others unknown.
-        _ => false,
-    }
-}
 
 /// What the first bytes of a connection were: a request (or the HTTP/2 client preface), a
 /// response (or an HTTP/2 server's SETTINGS), or an HTTP/2 frame from the middle of a
@@ -128,7 +84,11 @@ fn classify(head: u64) -> Sniffed {
         (protocol::HTTP1, First::Response)
     } else if starts(b"PRI * HT") {
         (protocol::HTTP2, First::Request)
-    } else if is_h2_settings(&b) {
+    } else if FrameHeader::parse(&[b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 0])
+        .follows(Rules::SERVER_PREFACE)
+    {
+        // An h2c server writes its SETTINGS first, before it has read the client's preface.
+        // Of the stream id, 8 bytes hold all but the last byte: taken as 0, the rest is checked.
         (protocol::HTTP2, First::Response)
     } else {
         return Sniffed::NONE;
@@ -598,7 +558,7 @@ fn sniff(args: &SyscallArgs, ret: i64, frames: bool) -> Sniffed {
         return sniffed;
     }
     match read_user::<[u8; 9]>(buf) {
-        Some(h) if is_h2_frame_header(&h) => Sniffed {
+        Some(h) if FrameHeader::parse(&h).follows(Rules::FIRST_FRAME) => Sniffed {
             protocol: protocol::HTTP2,
             first: First::Frame,
         },

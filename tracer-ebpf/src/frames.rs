@@ -5,15 +5,19 @@
 //! the frames across syscalls (`H2Walk` in the connection map) and copy the byte stream with
 //! the payload of DATA frames left out: frame headers and header blocks, however large the
 //! bodies between them. The decoder knows from each frame header which bytes follow it
-//! (`tracer_common::h2_copied_len`). A direction is walked from a syscall that starts at a
+//! (`tracer_common::h2::copied_len`). A direction is walked from a syscall that starts at a
 //! frame boundary (the client preface, or a plausible frame header) until bytes that are not a
 //! frame header show up; then it is copied as a prefix again.
 use aya_ebpf::helpers::generated;
 use core::ffi::c_void;
-use tracer_common::{H2Walk, MAX_IOV, NO_FRAME, counter, data_flags, h2_copied_len, syscall};
+use tracer_common::{
+    H2Walk, MAX_IOV, NO_FRAME, counter, data_flags,
+    h2::{self, FrameHeader, Rules},
+    syscall,
+};
 
 use crate::{
-    capture::{clamp, copy_user, first_buf, is_h2_frame_header, read_user},
+    capture::{clamp, copy_user, first_buf, read_user},
     maps::{SCRATCH, SyscallArgs, WALK, count},
 };
 
@@ -56,33 +60,6 @@ pub struct Walk {
     /// Non-zero when bytes that are not a frame header stopped the walk.
     lost: u64,
     hdr: [u8; 16],
-}
-
-/// A frame header met in the middle of the walk: the rules real senders follow (RFC 9113
-/// section 6) for the known types and the registered extensions (up to PRIORITY_UPDATE, 0x10),
-/// any length. Stricter than a receiver must be, so garbage stops the walk quickly.
-#[inline(always)]
-fn frame_header_ok(b: &[u8; 16]) -> bool {
-    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-    let (ty, flags) = (b[3], b[4]);
-    if b[5] & 0x80 != 0 {
-        return false;
-    }
-    let stream = b[5] | b[6] | b[7] | b[8] != 0;
-    match ty {
-        0 => stream && flags & !0x09 == 0,
-        1 => stream && flags & !0x2d == 0,
-        2 => stream && len == 5,
-        3 => stream && len == 4,
-        4 => !stream && len % 6 == 0,
-        5 => stream,
-        6 => !stream && len == 8,
-        7 => !stream && len >= 8,
-        8 => len == 4,
-        9 => stream && flags & !0x04 == 0,
-        10..=0x10 => true,
-        _ => false,
-    }
 }
 
 /// Copies `n` bytes at user address `src` into the payload, within the budget.
@@ -180,7 +157,12 @@ extern "C" fn step(_i: u64, _ctx: *mut c_void) -> i64 {
         w.hdr_have += 1;
         1
     };
-    if w.hdr_have == 9 && !frame_header_ok(&w.hdr) {
+    if w.hdr_have == 9
+        && !w
+            .hdr
+            .first_chunk()
+            .is_some_and(|h| FrameHeader::parse(h).follows(Rules::WALK))
+    {
         // Not frames after all: what was copied so far stands, the rest is not ours.
         w.lost = 1;
         return 1;
@@ -191,7 +173,7 @@ extern "C" fn step(_i: u64, _ctx: *mut c_void) -> i64 {
         w.hdr_have = 0;
         let len = (w.hdr[0] as u32) << 16 | (w.hdr[1] as u32) << 8 | w.hdr[2] as u32;
         w.rem = len as u64;
-        w.copy = h2_copied_len(w.hdr[3], w.hdr[4], len) as u64;
+        w.copy = h2::copied_len(w.hdr[3], w.hdr[4], len) as u64;
     }
     0
 }
@@ -213,7 +195,7 @@ fn sync(args: &SyscallArgs, len: u64, st: &mut H2Walk) -> bool {
     if h.starts_with(b"PRI * HT") {
         st.rem = 24;
         st.copy = 24;
-    } else if !is_h2_frame_header(&h) {
+    } else if !FrameHeader::parse(&h).follows(Rules::FIRST_FRAME) {
         return false;
     }
     st.synced = 1;

@@ -20,6 +20,7 @@ use crate::{
     join::{Begin, End, JoinOptions, Joiner, PeerKey},
     metrics::Metrics,
     process::{FdKind, Processes, SocketEnds, inspect_fd, local_addr},
+    semconv,
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
 
@@ -541,11 +542,11 @@ fn is_otlp_export(sp: &Span) -> bool {
         Some(Value::Str(v)) => v.as_str(),
         _ => "",
     };
-    s("http.request.method") == "POST" && s("url.path").ends_with("/v1/traces")
+    s(semconv::HTTP_REQUEST_METHOD) == "POST" && s(semconv::URL_PATH).ends_with("/v1/traces")
 }
 
 fn port_matches(sp: &Span, ports: &[u16]) -> bool {
-    ["server.port", "network.peer.port"]
+    [semconv::SERVER_PORT, semconv::NETWORK_PEER_PORT]
         .iter()
         .any(|k| matches!(sp.attr(k), Some(Value::Int(p)) if ports.iter().any(|&f| f as i64 == *p)))
 }
@@ -553,8 +554,13 @@ fn port_matches(sp: &Span, ports: &[u16]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::testkit::{H, block, frame, grpc_msg, headers, settings};
     use crate::events::encode;
     use crate::span::SpanKind;
+    use tracer_common::h2::{
+        PREFACE, flag,
+        frame_type::{DATA, SETTINGS},
+    };
 
     fn table(ports: Vec<u16>) -> (ConnTable, Arc<Metrics>) {
         let m = Arc::new(Metrics::default());
@@ -712,36 +718,23 @@ mod tests {
         );
     }
 
-    fn h2_frame(ty: u8, flags: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend([ty, flags]);
-        f.extend(sid.to_be_bytes());
-        f.extend(payload);
-        f
-    }
-
-    /// HPACK literal without indexing, name from the static table (index < 15).
-    fn lit(idx: u8, v: &str) -> Vec<u8> {
-        let mut b = vec![idx, v.len() as u8];
-        b.extend(v.as_bytes());
-        b
-    }
-
     /// The middle of a gRPC conversation: one call on stream 5, its header blocks only
     /// static-table references and literals (no dynamic table needed).
     fn h2_call_mid_stream() -> Vec<Vec<u8>> {
-        let mut req = vec![0x83, 0x86]; // :method POST, :scheme http
-        req.extend(lit(4, "/a.B/C"));
-        req.extend([0x0f, 0x10, 16]); // content-type (static 31)
-        req.extend(b"application/grpc");
-        let mut trailers = vec![0x00, 11];
-        trailers.extend(b"grpc-status");
-        trailers.extend([1, b'5']);
+        // :method POST, :scheme http, :path, content-type
+        let req = [
+            H::Idx(3),
+            H::Idx(6),
+            H::NoN(4, "/a.B/C"),
+            H::NoN(31, "application/grpc"),
+        ];
+        let req = block(&req, false);
+        let trailers = block(&[H::No("grpc-status", "5")], false);
         let recs = [
-            (Dir::Ingress, h2_frame(1, 4, 5, &req)),
-            (Dir::Ingress, h2_frame(0, 1, 5, &[0, 0, 0, 0, 0])),
-            (Dir::Egress, h2_frame(1, 4, 5, &[0x88])),
-            (Dir::Egress, h2_frame(1, 5, 5, &trailers)),
+            (Dir::Ingress, headers(5, false, &req)),
+            (Dir::Ingress, grpc_msg(5, true, 0)),
+            (Dir::Egress, headers(5, false, &block(&[H::Idx(8)], false))),
+            (Dir::Egress, headers(5, true, &trailers)),
         ];
         // Sequence numbers count per direction.
         let seqs = [0, 1, 0, 1];
@@ -821,19 +814,21 @@ mod tests {
                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
         let switch = [
             &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"[..],
-            &h2_frame(4, 0, 0, &[]),
-            &h2_frame(1, 4, 1, &[0x88]), // :status 200
-            &h2_frame(0, 1, 1, b"hello"),
+            &settings(&[]),
+            &headers(1, false, &block(&[H::Idx(8)], false)), // :status 200
+            &frame(DATA, flag::END_STREAM, 1, b"hello"),
         ]
         .concat();
-        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        client.extend(h2_frame(4, 0, 0, &[]));
-        client.extend(h2_frame(4, 1, 0, &[]));
+        let mut client = PREFACE.to_vec();
+        client.extend(settings(&[]));
+        client.extend(frame(SETTINGS, flag::ACK, 0, &[]));
         // GET http / , :authority a:8080
-        let mut req = vec![0x82, 0x86, 0x84, 0x01, 6];
-        req.extend(b"a:8080");
-        client.extend(h2_frame(1, 5, 3, &req));
-        let not_found = h2_frame(1, 5, 3, &[0x8d]); // :status 404
+        let req = block(
+            &[H::Idx(2), H::Idx(6), H::Idx(4), H::NoN(1, "a:8080")],
+            false,
+        );
+        client.extend(headers(3, true, &req));
+        let not_found = headers(3, true, &block(&[H::Idx(13)], false)); // :status 404
         let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "srv")];
         for (i, (dir, b)) in [
             (Dir::Ingress, up.to_vec()),

@@ -1,7 +1,10 @@
 //! Incoming trace context: what a request's headers say about the trace it belongs to. W3C
 //! `traceparent` (with `tracestate`) wins; B3, single `b3` header or the `X-B3-*` set, is
 //! accepted when there is no valid `traceparent`.
-use crate::decode::Header;
+use crate::decode::{
+    Header,
+    headers::{B3, TRACEPARENT, TRACESTATE, X_B3_FLAGS, X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID},
+};
 
 /// The upstream span a request continues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,22 +40,22 @@ impl TraceContext {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        if let Some(ctx) = get("traceparent").and_then(parse_traceparent) {
+        if let Some(ctx) = get(TRACEPARENT).and_then(parse_traceparent) {
             // tracestate only means something next to a valid traceparent.
-            let state = get("tracestate")
+            let state = get(TRACESTATE)
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
             return Some(TraceContext { state, ..ctx });
         }
-        if let Some(v) = get("b3") {
+        if let Some(v) = get(B3) {
             return parse_b3_single(v);
         }
         parse_b3_multi(
-            get("x-b3-traceid"),
-            get("x-b3-spanid"),
-            get("x-b3-sampled"),
-            get("x-b3-flags"),
+            get(X_B3_TRACEID),
+            get(X_B3_SPANID),
+            get(X_B3_SAMPLED),
+            get(X_B3_FLAGS),
         )
     }
 }

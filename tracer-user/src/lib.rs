@@ -6,8 +6,10 @@
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
 //! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
 //! by memory between the span stages;
-//! [`metrics`] counts everything; [`check`] explains what a host lacks; [`config`] and
-//! [`reload`] are the settings and their live changes; [`cli`] holds the subcommands.
+//! [`conntrack`] hands each span to [`join`], which puts it in its trace ([`context`]: the
+//! upstream's trace context). [`metrics`] counts everything; [`check`] explains what a host
+//! lacks; [`semconv`] names the attributes; [`config`] and [`reload`] are the settings and
+//! their live changes; [`cli`] holds the subcommands.
 pub mod admin;
 pub mod btf;
 pub mod check;
@@ -27,6 +29,7 @@ pub mod probes;
 pub mod process;
 pub mod queue;
 pub mod reload;
+pub mod semconv;
 pub mod span;
 #[cfg(test)]
 mod testing;

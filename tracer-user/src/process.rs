@@ -15,6 +15,7 @@ use crate::{
         container::{Runtime, container_of_pid},
         k8s::{ContainerMeta, PodCache},
     },
+    semconv,
     span::{KeyValue, Resource, Value, kv},
 };
 
@@ -144,9 +145,12 @@ impl Processes {
             .unwrap_or_else(|| comm.to_string());
         let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
         let mut attributes = vec![
-            kv("process.pid", Value::Int(pid as i64)),
-            kv("process.executable.name", Value::Str(exe_name.clone())),
-            kv("host.name", Value::Str(self.host_name.clone())),
+            kv(semconv::PROCESS_PID, Value::Int(pid as i64)),
+            kv(
+                semconv::PROCESS_EXECUTABLE_NAME,
+                Value::Str(exe_name.clone()),
+            ),
+            kv(semconv::HOST_NAME, Value::Str(self.host_name.clone())),
         ];
         if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
             let args: Vec<_> = cmdline
@@ -155,13 +159,16 @@ impl Processes {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             if !args.is_empty() {
-                attributes.push(kv("process.command_args", Value::Str(args.join(" "))));
+                attributes.push(kv(
+                    semconv::PROCESS_COMMAND_ARGS,
+                    Value::Str(args.join(" ")),
+                ));
             }
         }
         let mut pod: Option<Arc<ContainerMeta>> = None;
         let mut pod_pending = false;
         if let Some(c) = container_of_pid(&self.proc_root, pid) {
-            attributes.push(kv("container.id", Value::Str(c.id.clone())));
+            attributes.push(kv(semconv::CONTAINER_ID, Value::Str(c.id.clone())));
             let runtime = match c.runtime {
                 Runtime::Docker => Some("docker"),
                 Runtime::Containerd => Some("containerd"),
@@ -170,7 +177,7 @@ impl Processes {
                 Runtime::Unknown => None,
             };
             if let Some(r) = runtime {
-                attributes.push(kv("container.runtime.name", Value::Str(r.into())));
+                attributes.push(kv(semconv::CONTAINER_RUNTIME_NAME, Value::Str(r.into())));
             }
             match self.pods.as_ref().map(|p| p.by_container_id(&c.id)) {
                 Some(Some(meta)) => pod = Some(meta),
@@ -179,7 +186,7 @@ impl Processes {
                 None => {}
             }
             if let Some(uid) = c.pod_uid.filter(|_| pod.is_none()) {
-                attributes.push(kv("k8s.pod.uid", Value::Str(uid)));
+                attributes.push(kv(semconv::K8S_POD_UID, Value::Str(uid)));
             }
         }
         if let Some(m) = &pod {
@@ -194,7 +201,10 @@ impl Processes {
                     .and_then(|m| m.workload.as_ref().map(|(_, n)| n.clone()))
             })
             .unwrap_or_else(|| exe_name.clone());
-        attributes.insert(0, kv("service.name", Value::Str(service_name.clone())));
+        attributes.insert(
+            0,
+            kv(semconv::SERVICE_NAME, Value::Str(service_name.clone())),
+        );
         for e in &self.extra {
             if !attributes.iter().any(|a| a.key == e.key) {
                 attributes.push(e.clone());
@@ -221,11 +231,11 @@ impl Processes {
 /// The OTel k8s.* resource attributes of a container's pod.
 fn pod_attributes(m: &ContainerMeta, out: &mut Vec<KeyValue>) {
     for (k, v) in [
-        ("k8s.pod.name", &m.pod_name),
-        ("k8s.pod.uid", &m.pod_uid),
-        ("k8s.namespace.name", &m.namespace),
-        ("k8s.node.name", &m.node_name),
-        ("k8s.container.name", &m.container_name),
+        (semconv::K8S_POD_NAME, &m.pod_name),
+        (semconv::K8S_POD_UID, &m.pod_uid),
+        (semconv::K8S_NAMESPACE_NAME, &m.namespace),
+        (semconv::K8S_NODE_NAME, &m.node_name),
+        (semconv::K8S_CONTAINER_NAME, &m.container_name),
     ] {
         out.push(kv(k, Value::Str(v.clone())));
     }

@@ -12,9 +12,11 @@ use crate::{
     context::{SAMPLED, TraceContext},
     decode::{
         Header, Role,
+        headers::{HOST, USER_AGENT, X_FORWARDED_FOR},
         http1::{Exchange, Outcome, Version},
         http2::Stream,
     },
+    semconv,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -295,12 +297,18 @@ pub fn build(
         Outcome::ClosedMidResponse => Some("connection_closed_mid_response".to_string()),
         // The response was seen but its exact end was not: say so, it is not an error.
         Outcome::FramingLost => {
-            notes.push(kv("tracer.http.response_end_estimated", Value::Bool(true)));
+            notes.push(kv(
+                semconv::TRACER_HTTP_RESPONSE_END_ESTIMATED,
+                Value::Bool(true),
+            ));
             None
         }
     };
     if req.headers_truncated || response.as_ref().is_some_and(|r| r.headers_truncated) {
-        notes.push(kv("tracer.http.headers_truncated", Value::Bool(true)));
+        notes.push(kv(
+            semconv::TRACER_HTTP_HEADERS_TRUNCATED,
+            Value::Bool(true),
+        ));
     }
     let call = Call {
         kind: match role {
@@ -346,7 +354,10 @@ pub fn build_h2(
     };
     let mut notes = Vec::new();
     if st.headers_incomplete {
-        notes.push(kv("tracer.http.headers_incomplete", Value::Bool(true)));
+        notes.push(kv(
+            semconv::TRACER_HTTP_HEADERS_INCOMPLETE,
+            Value::Bool(true),
+        ));
     }
     let error = match (st.reset, st.closed_early) {
         // A gRPC status known despite the reset (a deadline that ran out): that status tells.
@@ -354,7 +365,10 @@ pub fn build_h2(
         (Some(_), _) => Some("stream_reset".to_string()),
         // The response (or its end) went by in bytes we could not follow: not a failure.
         (None, true) if st.framing_lost => {
-            notes.push(kv("tracer.http.response_end_estimated", Value::Bool(true)));
+            notes.push(kv(
+                semconv::TRACER_HTTP_RESPONSE_END_ESTIMATED,
+                Value::Bool(true),
+            ));
             None
         }
         (None, true) if st.status.is_some() => Some("connection_closed_mid_response".to_string()),
@@ -387,12 +401,14 @@ pub fn build_h2(
     if let Some((service, method)) = rpc {
         span.name = [&service, "/", &method].concat();
         span.attributes
-            .push(kv("rpc.system", Value::Str("grpc".into())));
-        span.attributes.push(kv("rpc.service", Value::Str(service)));
-        span.attributes.push(kv("rpc.method", Value::Str(method)));
+            .push(kv(semconv::RPC_SYSTEM, Value::Str("grpc".into())));
+        span.attributes
+            .push(kv(semconv::RPC_SERVICE, Value::Str(service)));
+        span.attributes
+            .push(kv(semconv::RPC_METHOD, Value::Str(method)));
         if let Some(code) = st.grpc_status {
             span.attributes
-                .push(kv("rpc.grpc.status_code", Value::Int(code as i64)));
+                .push(kv(semconv::RPC_GRPC_STATUS_CODE, Value::Int(code as i64)));
             let failed = match kind {
                 SpanKind::Server => GRPC_SERVER_ERRORS.contains(&code),
                 SpanKind::Client => code != 0,
@@ -403,7 +419,7 @@ pub fn build_h2(
                         .unwrap_or_else(|| format!("grpc-status {code}")),
                 );
                 span.attributes
-                    .push(kv("error.type", Value::Str(code.to_string())));
+                    .push(kv(semconv::ERROR_TYPE, Value::Str(code.to_string())));
             }
         }
     }
@@ -424,13 +440,13 @@ fn build_call(
     let name = match call.method {
         Some(m) if KNOWN_METHODS.contains(&m.as_str()) => m,
         Some(m) => {
-            attrs.push(kv("http.request.method_original", Value::Str(m)));
+            attrs.push(kv(semconv::HTTP_REQUEST_METHOD_ORIGINAL, Value::Str(m)));
             "_OTHER".to_string()
         }
         None => "HTTP".to_string(),
     };
     if has_method {
-        attrs.push(kv("http.request.method", Value::Str(name.clone())));
+        attrs.push(kv(semconv::HTTP_REQUEST_METHOD, Value::Str(name.clone())));
     }
 
     let has_target = call.target.is_some();
@@ -464,7 +480,7 @@ fn build_call(
     let authority = authority_in_target
         .map(|r| target[r].to_string())
         .or(call.authority)
-        .or_else(|| take(call.headers, "host"));
+        .or_else(|| take(call.headers, HOST));
     let full = (kind == SpanKind::Client && has_target).then(|| {
         let authority = authority.as_deref().unwrap_or("unknown");
         let path = path.clone().map_or("/", |r| &target[r]);
@@ -484,25 +500,28 @@ fn build_call(
             Some(r) => keep_range(target, r),
             None => "/".to_string(),
         };
-        attrs.push(kv("url.path", Value::Str(path)));
+        attrs.push(kv(semconv::URL_PATH, Value::Str(path)));
     }
     if let Some(q) = query {
-        attrs.push(kv("url.query", Value::Str(q)));
+        attrs.push(kv(semconv::URL_QUERY, Value::Str(q)));
     }
-    attrs.push(kv("url.scheme", Value::Str("http".into())));
+    attrs.push(kv(semconv::URL_SCHEME, Value::Str("http".into())));
     if let Some(a) = authority {
         let (host, port) = split_host(&a);
-        attrs.push(kv("server.address", Value::Str(keep_range(a, host))));
-        attrs.push(kv("server.port", Value::Int(port.unwrap_or(80) as i64)));
+        attrs.push(kv(semconv::SERVER_ADDRESS, Value::Str(keep_range(a, host))));
+        attrs.push(kv(
+            semconv::SERVER_PORT,
+            Value::Int(port.unwrap_or(80) as i64),
+        ));
     }
     if let Some(full) = full {
-        attrs.push(kv("url.full", Value::Str(full)));
+        attrs.push(kv(semconv::URL_FULL, Value::Str(full)));
     }
     if let Some(peer) = conn.peer {
         let address = ip_text(peer.ip());
         // The first X-Forwarded-For hop is the original client when a proxy is in front.
         let client =
-            (kind == SpanKind::Server).then(|| match take(call.headers, "x-forwarded-for") {
+            (kind == SpanKind::Server).then(|| match take(call.headers, X_FORWARDED_FOR) {
                 Some(v) => {
                     let hop = v.split(',').next().unwrap_or_default();
                     let start = hop.len() - hop.trim_start().len();
@@ -511,31 +530,37 @@ fn build_call(
                 }
                 None => address.clone(),
             });
-        attrs.push(kv("network.peer.address", Value::Str(address)));
-        attrs.push(kv("network.peer.port", Value::Int(peer.port() as i64)));
+        attrs.push(kv(semconv::NETWORK_PEER_ADDRESS, Value::Str(address)));
+        attrs.push(kv(
+            semconv::NETWORK_PEER_PORT,
+            Value::Int(peer.port() as i64),
+        ));
         if let Some(client) = client {
-            attrs.push(kv("client.address", Value::Str(client)));
+            attrs.push(kv(semconv::CLIENT_ADDRESS, Value::Str(client)));
         }
     }
     attrs.push(kv(
-        "network.protocol.version",
+        semconv::NETWORK_PROTOCOL_VERSION,
         Value::Str(call.version.into()),
     ));
-    if let Some(ua) = take(call.headers, "user-agent") {
-        attrs.push(kv("user_agent.original", Value::Str(ua)));
+    if let Some(ua) = take(call.headers, USER_AGENT) {
+        attrs.push(kv(semconv::USER_AGENT_ORIGINAL, Value::Str(ua)));
     }
     if call.req_body > 0 {
         attrs.push(kv(
-            "http.request.body.size",
+            semconv::HTTP_REQUEST_BODY_SIZE,
             Value::Int(call.req_body as i64),
         ));
     }
     let mut error_type = call.error;
     if let Some(code) = call.status {
-        attrs.push(kv("http.response.status_code", Value::Int(code as i64)));
+        attrs.push(kv(
+            semconv::HTTP_RESPONSE_STATUS_CODE,
+            Value::Int(code as i64),
+        ));
         if call.resp_body > 0 {
             attrs.push(kv(
-                "http.response.body.size",
+                semconv::HTTP_RESPONSE_BODY_SIZE,
                 Value::Int(call.resp_body as i64),
             ));
         }
@@ -547,7 +572,7 @@ fn build_call(
     let mut status = Status::Unset;
     if let Some(e) = error_type {
         status = Status::Error(e.clone());
-        attrs.push(kv("error.type", Value::Str(e)));
+        attrs.push(kv(semconv::ERROR_TYPE, Value::Str(e)));
     }
     attrs.extend(call.notes);
 

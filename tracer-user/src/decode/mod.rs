@@ -4,8 +4,11 @@ use std::borrow::Cow;
 
 use crate::context::TraceContext;
 
+pub mod headers;
 pub mod http1;
 pub mod http2;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// A header field a decoder kept: its lowercase name, one of the decoder's own static names
 /// (allocated only by a decoder that keeps every header), and its value.
@@ -42,7 +45,7 @@ pub enum Layout {
     #[default]
     Prefix,
     /// The probes' HTTP/2 frame walk (`tracer_common::data_flags::H2_FRAMES`): the bytes with
-    /// the payload of DATA frames left out (`tracer_common::h2_copied_len`).
+    /// the payload of DATA frames left out (`tracer_common::h2::copied_len`).
     H2Frames {
         /// First frame header that starts in the syscall: (offset in its bytes, in `data`).
         first: Option<(u64, usize)>,

@@ -3,7 +3,10 @@ use std::{collections::HashMap, io::Write};
 
 use serde_json::{Map, Value as Json, json};
 
-use crate::span::{Span, SpanKind, Status, Value, hex};
+use crate::{
+    semconv,
+    span::{Span, SpanKind, Status, Value, hex},
+};
 
 fn json_value(v: &Value) -> Json {
     match v {
@@ -63,15 +66,18 @@ fn line(sp: &Span, depth: usize) -> String {
     let ms = (sp.start_unix_ns / 1_000_000) % 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let get = |k: &str| sp.attr(k).map(|v| v.to_string());
-    let target = match (get("url.path"), get("url.query")) {
+    let target = match (get(semconv::URL_PATH), get(semconv::URL_QUERY)) {
         (Some(p), Some(q)) => format!("{p}?{q}"),
         (Some(p), None) => p,
         _ => "-".into(),
     };
-    let status = get("http.response.status_code")
-        .or_else(|| get("error.type"))
+    let status = get(semconv::HTTP_RESPONSE_STATUS_CODE)
+        .or_else(|| get(semconv::ERROR_TYPE))
         .unwrap_or_else(|| "-".into());
-    let peer = match (get("network.peer.address"), get("network.peer.port")) {
+    let peer = match (
+        get(semconv::NETWORK_PEER_ADDRESS),
+        get(semconv::NETWORK_PEER_PORT),
+    ) {
         (Some(a), Some(p)) => format!(" peer={a}:{p}"),
         _ => String::new(),
     };
@@ -96,8 +102,8 @@ fn line(sp: &Span, depth: usize) -> String {
         },
         svc = sp.resource.service_name,
         pid = sp.resource.pid,
-        method = get("http.request.method_original")
-            .or_else(|| get("http.request.method"))
+        method = get(semconv::HTTP_REQUEST_METHOD_ORIGINAL)
+            .or_else(|| get(semconv::HTTP_REQUEST_METHOD))
             .unwrap_or_default(),
         dur = fmt_duration(sp.end_unix_ns.saturating_sub(sp.start_unix_ns)),
         err = if matches!(sp.status, Status::Error(_)) {

@@ -24,6 +24,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 use tokio::sync::mpsc;
 
+use crate::semconv;
+
 /// The label that OTel maps to `service.name`-like app names.
 const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 /// Owner lookups that failed are retried after this long, not on every pod event.
@@ -59,12 +61,12 @@ impl WorkloadKind {
     /// Resource attribute key per the OTel k8s semantic conventions.
     pub fn attribute_key(&self) -> &'static str {
         match self {
-            WorkloadKind::Deployment => "k8s.deployment.name",
-            WorkloadKind::ReplicaSet => "k8s.replicaset.name",
-            WorkloadKind::StatefulSet => "k8s.statefulset.name",
-            WorkloadKind::DaemonSet => "k8s.daemonset.name",
-            WorkloadKind::Job => "k8s.job.name",
-            WorkloadKind::CronJob => "k8s.cronjob.name",
+            WorkloadKind::Deployment => semconv::K8S_DEPLOYMENT_NAME,
+            WorkloadKind::ReplicaSet => semconv::K8S_REPLICASET_NAME,
+            WorkloadKind::StatefulSet => semconv::K8S_STATEFULSET_NAME,
+            WorkloadKind::DaemonSet => semconv::K8S_DAEMONSET_NAME,
+            WorkloadKind::Job => semconv::K8S_JOB_NAME,
+            WorkloadKind::CronJob => semconv::K8S_CRONJOB_NAME,
         }
     }
 }

@@ -32,6 +32,7 @@ use stats::{Families, PluginStats};
 
 use crate::{
     metrics::Metrics,
+    semconv,
     span::{Resource, Span, SpanKind, Status, Value, kv},
 };
 
@@ -626,9 +627,9 @@ pub fn samples() -> Vec<Span> {
         pid: 4242,
         service_name: "checkout".into(),
         attributes: vec![
-            kv("service.name", Value::Str("checkout".into())),
-            kv("process.pid", Value::Int(4242)),
-            kv("host.name", Value::Str("node-1".into())),
+            kv(semconv::SERVICE_NAME, Value::Str("checkout".into())),
+            kv(semconv::PROCESS_PID, Value::Int(4242)),
+            kv(semconv::HOST_NAME, Value::Str("node-1".into())),
         ],
     });
     let t0 = 1_700_000_000_000_000_000u64;
@@ -658,18 +659,18 @@ pub fn samples() -> Vec<Span> {
             3,
             Status::Unset,
             vec![
-                ("http.request.method", str("GET")),
+                (semconv::HTTP_REQUEST_METHOD, str("GET")),
                 (
-                    "url.path",
+                    semconv::URL_PATH,
                     str("/users/123/orders/9f8e7d6c-1a2b-4c3d-8e9f-0a1b2c3d4e5f"),
                 ),
-                ("url.query", str("token=REDACTED&page=REDACTED")),
-                ("url.scheme", str("http")),
-                ("http.response.status_code", Value::Int(200)),
-                ("server.address", str("checkout")),
-                ("server.port", Value::Int(8080)),
-                ("network.peer.address", str("10.0.0.7")),
-                ("user_agent.original", str("curl/8.5.0")),
+                (semconv::URL_QUERY, str("token=REDACTED&page=REDACTED")),
+                (semconv::URL_SCHEME, str("http")),
+                (semconv::HTTP_RESPONSE_STATUS_CODE, Value::Int(200)),
+                (semconv::SERVER_ADDRESS, str("checkout")),
+                (semconv::SERVER_PORT, Value::Int(8080)),
+                (semconv::NETWORK_PEER_ADDRESS, str("10.0.0.7")),
+                (semconv::USER_AGENT_ORIGINAL, str("curl/8.5.0")),
             ],
         ),
         s(
@@ -679,15 +680,15 @@ pub fn samples() -> Vec<Span> {
             40,
             Status::Error("503".into()),
             vec![
-                ("http.request.method", str("POST")),
+                (semconv::HTTP_REQUEST_METHOD, str("POST")),
                 (
-                    "url.full",
+                    semconv::URL_FULL,
                     str("http://payments:9000/api/charge?key=REDACTED"),
                 ),
-                ("http.response.status_code", Value::Int(503)),
-                ("server.address", str("payments")),
-                ("server.port", Value::Int(9000)),
-                ("error.type", str("503")),
+                (semconv::HTTP_RESPONSE_STATUS_CODE, Value::Int(503)),
+                (semconv::SERVER_ADDRESS, str("payments")),
+                (semconv::SERVER_PORT, Value::Int(9000)),
+                (semconv::ERROR_TYPE, str("503")),
             ],
         ),
         s(
@@ -697,11 +698,11 @@ pub fn samples() -> Vec<Span> {
             1,
             Status::Unset,
             vec![
-                ("rpc.system", str("grpc")),
-                ("rpc.service", str("shop.Cart")),
-                ("rpc.method", str("Add")),
-                ("rpc.grpc.status_code", Value::Int(0)),
-                ("url.path", str("/shop.Cart/Add")),
+                (semconv::RPC_SYSTEM, str("grpc")),
+                (semconv::RPC_SERVICE, str("shop.Cart")),
+                (semconv::RPC_METHOD, str("Add")),
+                (semconv::RPC_GRPC_STATUS_CODE, Value::Int(0)),
+                (semconv::URL_PATH, str("/shop.Cart/Add")),
             ],
         ),
         s(
@@ -711,9 +712,9 @@ pub fn samples() -> Vec<Span> {
             2500,
             Status::Unset,
             vec![
-                ("http.request.method", str("GET")),
-                ("url.path", str("/reports/2024/0xdeadbeef01")),
-                ("http.response.status_code", Value::Int(200)),
+                (semconv::HTTP_REQUEST_METHOD, str("GET")),
+                (semconv::URL_PATH, str("/reports/2024/0xdeadbeef01")),
+                (semconv::HTTP_RESPONSE_STATUS_CODE, Value::Int(200)),
             ],
         ),
     ]
