@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(size_of::<SockAddr>(), 24);
         assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 24 + 24 + 16);
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 8 + 16 + 8);
-        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Config>(), 48);
         assert_eq!(size_of::<ConnKey>(), 8);
         assert_eq!(size_of::<H2Walk>(), 20);
         assert_eq!(size_of::<ConnState>(), 24 + 8 + 8 + 4 + 2 * 20 + 4);

@@ -600,7 +600,7 @@ impl Joiner {
                 self.try_release(id, m);
             }
             Due::Release(id) => {
-                if !self.nodes.get(&id).is_some_and(|n| n.held.is_some()) {
+                if self.nodes.get(&id).is_none_or(|n| n.held.is_none()) {
                     // Filtered, or it left with its tree.
                     return self.schedule(Due::Forget(id));
                 }
@@ -825,8 +825,8 @@ mod tests {
     #[test]
     fn a_request_through_three_processes_is_one_trace() {
         let mut r = Run::new();
-        let curl = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", 1 * MS);
-        let front = r.open(SpanKind::Server, 20, 21, "127.0.0.1:40000", 1 * MS + 10);
+        let curl = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", MS);
+        let front = r.open(SpanKind::Server, 20, 21, "127.0.0.1:40000", MS + 10);
         let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
         let back = r.open(SpanKind::Server, 30, 30, "127.0.0.1:50000", 2 * MS + 10);
         r.end(back, "back", 3 * MS);
@@ -856,16 +856,16 @@ mod tests {
     #[test]
     fn the_server_end_may_be_seen_before_the_client_end() {
         let mut r = Run::new();
-        let srv = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", 1 * MS);
-        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", 1 * MS + 5);
+        let srv = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", MS);
+        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", MS + 5);
         r.end(srv, "srv", 2 * MS);
         r.end(cli, "cli", 2 * MS + 5);
         assert!(r.child_of("srv", "cli"));
         // The other order of ends too.
         let mut r = Run::new();
-        let srv = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", 1 * MS);
+        let srv = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", MS);
         r.end(srv, "srv", 2 * MS);
-        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", 1 * MS + 5);
+        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", MS + 5);
         r.end(cli, "cli", 2 * MS + 5);
         assert!(r.child_of("srv", "cli"));
     }
@@ -873,11 +873,11 @@ mod tests {
     #[test]
     fn a_server_with_no_client_on_this_node_leaves_after_the_hold_as_a_root() {
         let mut r = Run::new();
-        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:40000", 1 * MS);
+        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:40000", MS);
         r.end(srv, "srv", 2 * MS);
         r.tick(100 * MS);
         assert!(r.out.is_empty(), "a client record may still come");
-        r.tick(1 * MS + DEFAULT_HOLD_MS * MS);
+        r.tick(MS + DEFAULT_HOLD_MS * MS);
         assert_eq!(r.names(), ["srv"]);
         assert_eq!(r.get("srv").parent_span_id, None);
         assert_eq!(r.count(&r.m.links_timed_out_total), 0, "decided, not late");
@@ -890,7 +890,7 @@ mod tests {
     #[test]
     fn a_tree_whose_root_waited_for_its_client_still_leaves_parents_first() {
         let mut r = Run::new();
-        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:40000", 1 * MS);
+        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:40000", MS);
         let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
         r.end(call, "call", 3 * MS);
         r.end(srv, "srv", 4 * MS);
@@ -902,7 +902,7 @@ mod tests {
     #[test]
     fn an_older_connection_from_the_same_port_is_not_a_parent() {
         let mut r = Run::new();
-        let old = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", 1 * MS);
+        let old = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", MS);
         r.end(old, "old", 2 * MS);
         // A server whose client end is not traced, reusing the port before `old` is forgotten.
         let srv = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", 3 * MS);
@@ -915,7 +915,7 @@ mod tests {
     #[test]
     fn an_event_loop_serving_two_requests_at_once_links_nothing() {
         let mut r = Run::new();
-        let a = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", 1 * MS);
+        let a = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", MS);
         let b = r.open(SpanKind::Server, 20, 20, "192.0.2.1:2", 2 * MS);
         let call = r.open(SpanKind::Client, 20, 20, "10.0.0.2:3", 3 * MS);
         r.end(call, "call", 4 * MS);
@@ -927,7 +927,7 @@ mod tests {
         // One request served, but another one came and went since it began: the call may be
         // that one's (fire and forget): no link either.
         let mut r = Run::new();
-        let a = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", 1 * MS);
+        let a = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", MS);
         let b = r.open(SpanKind::Server, 20, 20, "192.0.2.1:2", 2 * MS);
         r.end(b, "b", 3 * MS);
         let call = r.open(SpanKind::Client, 20, 20, "10.0.0.2:3", 4 * MS);
@@ -962,7 +962,7 @@ mod tests {
     fn a_process_answering_from_other_threads_gets_no_thread_links() {
         let mut r = Run::new();
         // Read on thread 21, answered from thread 22: requests move between threads here.
-        let a = r.open(SpanKind::Server, 20, 21, "192.0.2.1:1", 1 * MS);
+        let a = r.open(SpanKind::Server, 20, 21, "192.0.2.1:1", MS);
         r.end_on(a, "a", 2 * MS, 22);
         let b = r.open(SpanKind::Server, 20, 21, "192.0.2.1:2", 3 * MS);
         let call = r.open(SpanKind::Client, 20, 21, "10.0.0.2:3", 4 * MS);
@@ -987,13 +987,13 @@ mod tests {
     #[test]
     fn an_incoming_traceparent_wins_and_its_trace_state_is_kept() {
         let mut r = Run::new();
-        let cli = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", 1 * MS);
+        let cli = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", MS);
         let srv = r.open_with(
             SpanKind::Server,
             20,
             20,
             "127.0.0.1:40000",
-            1 * MS + 5,
+            MS + 5,
             Some(upstream(true)),
         );
         let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
@@ -1021,7 +1021,7 @@ mod tests {
                 20,
                 20,
                 "192.0.2.1:1",
-                1 * MS,
+                MS,
                 Some(upstream(false)),
             );
             let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
@@ -1043,7 +1043,7 @@ mod tests {
     #[test]
     fn a_span_waits_at_most_the_hold() {
         let mut r = Run::new();
-        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", 1 * MS);
+        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", MS);
         let call = r.open(SpanKind::Client, 20, 20, "10.0.0.2:3", 2 * MS);
         r.end(call, "call", 3 * MS);
         // The request the call belongs to runs long: the call leaves after the hold, linked.
@@ -1058,7 +1058,7 @@ mod tests {
     #[test]
     fn a_lost_parent_hands_its_children_to_its_own_parent() {
         let mut r = Run::new();
-        let front = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", 1 * MS);
+        let front = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", MS);
         let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
         let back = r.open(SpanKind::Server, 30, 30, "127.0.0.1:50000", 2 * MS + 5);
         r.end(back, "back", 3 * MS);
@@ -1075,8 +1075,8 @@ mod tests {
     #[test]
     fn replayed_http2_streams_join_by_stream_id() {
         let mut r = Run::new();
-        let mut cli = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", 1 * MS);
-        let mut srv = r.open(SpanKind::Server, 20, 20, "127.0.0.1:40000", 1 * MS + 5);
+        let mut cli = r.open(SpanKind::Client, 10, 10, "127.0.0.1:40000", MS);
+        let mut srv = r.open(SpanKind::Server, 20, 20, "127.0.0.1:40000", MS + 5);
         for (i, sid) in [1u32, 3, 5].into_iter().enumerate() {
             cli.request = RequestKey::Http2(sid);
             srv.request = RequestKey::Http2(sid);
