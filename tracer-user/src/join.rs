@@ -251,8 +251,14 @@ impl Joiner {
                     {
                         o.client_key = None;
                     }
-                    // Its server end was seen first (the two ends' records raced).
-                    if let Some(&srv) = self.waiting.get(&k) {
+                    // Its server end was seen first (the two ends' records raced): one that
+                    // read the request after this end began writing it, and still runs.
+                    let srv = self.waiting.get(&k).copied().filter(|s| {
+                        self.nodes.get(s).is_some_and(|n| {
+                            !n.ended && n.opened_at.saturating_add(CLOCK_SLACK_NS) >= b.ts
+                        })
+                    });
+                    if let Some(srv) = srv {
                         self.nodes.insert(id, node);
                         return self.link_server(srv, id, m);
                     }
@@ -316,9 +322,14 @@ impl Joiner {
         };
         let serving = |s: &&Served| s.open <= ts && s.close.is_none_or(|c| c >= ts);
         let mut cands = log.served.iter().filter(serving);
-        let (Some(s), None) = (cands.next(), cands.next()) else {
-            Metrics::add(&m.links_ambiguous_total, 1);
-            return;
+        let s = match (cands.next(), cands.next()) {
+            // Serving nothing right now: a call of its own.
+            (None, _) => return,
+            (Some(s), None) => s,
+            (Some(_), Some(_)) => {
+                Metrics::add(&m.links_ambiguous_total, 1);
+                return;
+            }
         };
         let others = log
             .served
@@ -897,6 +908,32 @@ mod tests {
         r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
         assert_eq!(r.names(), ["srv", "call"]);
         assert!(r.child_of("call", "srv"));
+    }
+
+    #[test]
+    fn a_call_after_the_thread_answered_is_a_root_and_not_ambiguous() {
+        let mut r = Run::new();
+        let srv = r.open(SpanKind::Server, 20, 20, "192.0.2.1:1", MS);
+        r.end(srv, "srv", 2 * MS);
+        let call = r.open(SpanKind::Client, 20, 20, "10.0.0.2:3", 3 * MS);
+        r.end(call, "call", 4 * MS);
+        r.flush();
+        assert_eq!(r.get("call").parent_span_id, None);
+        assert_eq!(r.count(&r.m.links_ambiguous_total), 0);
+    }
+
+    #[test]
+    fn a_server_end_that_read_before_the_client_wrote_is_not_its_end() {
+        let mut r = Run::new();
+        // A server whose client is not traced, still waiting, from an earlier connection
+        // of the same client port.
+        let old = r.open(SpanKind::Server, 20, 20, "10.0.0.1:40000", MS);
+        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", 100 * MS);
+        r.end(old, "old", 101 * MS);
+        r.end(cli, "cli", 102 * MS);
+        r.flush();
+        assert_eq!(r.get("old").parent_span_id, None);
+        assert_eq!(r.count(&r.m.links_connection_total), 0);
     }
 
     #[test]
