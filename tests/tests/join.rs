@@ -92,6 +92,13 @@ fn assert_chain(spans: &[Value], curl: &Value, front: &Server, backends: &[&Serv
     }
 }
 
+/// [`assert_chain`] for every request curl sent: (request id, curl's pid).
+fn assert_chains(spans: &[Value], sent: &[(usize, u32)], front: &Server, backends: &[&Server]) {
+    for &(n, pid) in sent {
+        assert_chain(spans, curl_span(spans, pid, n), front, backends, n);
+    }
+}
+
 /// curl processes run at once, each sending `per_client` requests on its connection, with
 /// request ids from `first` on: (request id, pid of the curl that sent it).
 fn curls(front: &Server, first: usize, clients: usize, per_client: usize) -> Vec<(usize, u32)> {
@@ -137,15 +144,7 @@ fn a_request_through_three_processes_is_one_trace() {
     let tracer = Tracer::start(&[]);
     let ids = curls(&front, 0, 1, 5);
     let stopped = tracer.stop_full();
-    for (n, pid) in ids {
-        assert_chain(
-            &stopped.spans,
-            curl_span(&stopped.spans, pid, n),
-            &front,
-            &[&back],
-            n,
-        );
-    }
+    assert_chains(&stopped.spans, &ids, &front, &[&back]);
     assert!(counter(&stopped.stderr, "links_connection_total") >= 10);
     assert!(counter(&stopped.stderr, "links_thread_total") >= 5);
 }
@@ -183,15 +182,7 @@ fn eight_concurrent_clients_never_get_a_wrong_parent() {
     let ids = curls(&front, 0, 8, 10);
     let stopped = tracer.stop_full();
     assert_eq!(ids.len(), 80);
-    for (n, pid) in ids {
-        assert_chain(
-            &stopped.spans,
-            curl_span(&stopped.spans, pid, n),
-            &front,
-            &[&back],
-            n,
-        );
-    }
+    assert_chains(&stopped.spans, &ids, &front, &[&back]);
 }
 
 #[test]
@@ -205,9 +196,7 @@ fn a_frontend_reusing_its_connections_to_two_backends() {
     let ids = curls(&front, 0, 3, 6);
     let stopped = tracer.stop_full();
     let spans = &stopped.spans;
-    for &(n, pid) in &ids {
-        assert_chain(spans, curl_span(spans, pid, n), &front, &[&b1, &b2], n);
-    }
+    assert_chains(spans, &ids, &front, &[&b1, &b2]);
     // The backend connections were reused: fewer connections than calls.
     let calls = of_kind_pid(spans, "CLIENT", front.pid());
     let ports: std::collections::HashSet<u64> = calls
@@ -240,9 +229,7 @@ fn an_event_loop_frontend_is_joined_only_when_unambiguous() {
     let stopped = tracer.stop_full();
     let spans = &stopped.spans;
 
-    for &(n, pid) in &sequential {
-        assert_chain(spans, curl_span(spans, pid, n), &front, &[&back], n);
-    }
+    assert_chains(spans, &sequential, &front, &[&back]);
     let served: HashMap<String, &Value> = of_kind_pid(spans, "SERVER", front.pid())
         .into_iter()
         .map(|s| (id(s, "span_id"), s))
