@@ -252,11 +252,12 @@ impl Joiner {
                         o.client_key = None;
                     }
                     // Its server end was seen first (the two ends' records raced): one that
-                    // read the request after this end began writing it, and still runs.
+                    // read the request after this end began writing it (an older one is
+                    // another connection's).
                     let srv = self.waiting.get(&k).copied().filter(|s| {
-                        self.nodes.get(s).is_some_and(|n| {
-                            !n.ended && n.opened_at.saturating_add(CLOCK_SLACK_NS) >= b.ts
-                        })
+                        self.nodes
+                            .get(s)
+                            .is_some_and(|n| n.opened_at.saturating_add(CLOCK_SLACK_NS) >= b.ts)
                     });
                     if let Some(srv) = srv {
                         self.nodes.insert(id, node);
