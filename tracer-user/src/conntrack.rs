@@ -720,6 +720,66 @@ mod tests {
 
     /// The middle of a gRPC conversation: one call on stream 5, its header blocks only
     /// static-table references and literals (no dynamic table needed).
+    /// A client (pid 7) and a server (pid 8) on one node, over loopback, one request; in
+    /// `order` the records reach the daemon either as they happened or with the server's end
+    /// first (the two ends' records race through the ring buffer).
+    fn two_ends(server_first: bool) -> Vec<Vec<u8>> {
+        let (cli, srv) = (ConnId { pid: 7, fd: 3 }, ConnId { pid: 8, fd: 4 });
+        let (c_addr, s_addr) = (
+            "127.0.0.1:45000".parse().unwrap(),
+            "127.0.0.1:8000".parse().unwrap(),
+        );
+        let conn = |id, role, peer, local, comm| {
+            encode::with_local(encode::conn(id, 1, role, Some(peer), comm), local)
+        };
+        let len = |b: &[u8]| b.len() as u64;
+        let client = vec![
+            conn(cli, Role::Connected, s_addr, c_addr, "curl"),
+            encode::data(cli, 0, Dir::Egress, (100, 110), len(REQ), REQ, "curl"),
+        ];
+        let server = vec![
+            conn(srv, Role::Accepted, c_addr, s_addr, "python3"),
+            encode::data(srv, 0, Dir::Ingress, (111, 120), len(REQ), REQ, "python3"),
+            encode::data(srv, 0, Dir::Egress, (130, 140), len(RESP), RESP, "python3"),
+        ];
+        let answer = encode::data(cli, 0, Dir::Ingress, (141, 150), len(RESP), RESP, "curl");
+        let (first, second) = if server_first {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        let mut v: Vec<Vec<u8>> = first.into_iter().chain(second).collect();
+        v.push(answer);
+        v
+    }
+
+    #[test]
+    fn the_two_ends_of_a_connection_join_whichever_records_come_first() {
+        for server_first in [false, true] {
+            let (mut t, m) = table(vec![]);
+            let spans = replay(&mut t, &two_ends(server_first));
+            assert_eq!(spans.len(), 2, "{spans:?}");
+            let (c, s) = (&spans[0], &spans[1]);
+            assert_eq!(
+                (c.kind, s.kind),
+                (SpanKind::Client, SpanKind::Server),
+                "parents first"
+            );
+            assert_eq!(
+                s.parent_span_id,
+                Some(c.span_id),
+                "server_first={server_first}"
+            );
+            assert_eq!(s.trace_id, c.trace_id);
+            assert_eq!(c.parent_span_id, None);
+            assert_eq!(
+                m.links_connection_total
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+        }
+    }
+
     fn h2_call_mid_stream() -> Vec<Vec<u8>> {
         // :method POST, :scheme http, :path, content-type
         let req = [

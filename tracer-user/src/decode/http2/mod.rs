@@ -606,8 +606,16 @@ impl H2Conn {
                     None => RST_CODE_UNKNOWN,
                 };
                 if let Some(s) = self.streams.get_mut(&f.sid) {
-                    deadline_from_cancel(s, code, ts_end);
-                    self.complete(f.sid, ts_end, Some(code), false, out);
+                    if s.status.is_some() && s.response_content_length == Some(s.response_body_len)
+                    {
+                        // The whole response (its content-length's worth) had come: a client
+                        // resetting before the END_STREAM that follows (curl may) lost nothing.
+                        let end = s.ts_end;
+                        self.complete(f.sid, end, None, false, out);
+                    } else {
+                        deadline_from_cancel(s, code, ts_end);
+                        self.complete(f.sid, ts_end, Some(code), false, out);
+                    }
                 } else {
                     self.note_lost(f.sid);
                 }
@@ -1447,6 +1455,30 @@ mod tests {
         c.close(1000, &mut out);
         assert!(out[0].closed_early);
         assert_eq!(out[0].ts_end, 1000);
+    }
+
+    #[test]
+    fn reset_after_the_whole_content_length_is_complete() {
+        // curl may reset an h2c upgrade's stream once it has the announced body, before the
+        // server's END_STREAM: the response was whole, not a failure.
+        for (announced, reset) in [("5", None), ("6", Some(8))] {
+            let mut evs = basic_get()[..3].to_vec();
+            let resp = headers(
+                1,
+                false,
+                &block(&[H::Idx(8), H::IncN(28, announced)], false),
+            );
+            evs.push((Ingress, [resp, data(1, false, 5)].concat()));
+            evs.push((Egress, rst(1, 8)));
+            let out = run(&mut H2Conn::new(), &evs);
+            assert_eq!(out.len(), 1);
+            assert_eq!(
+                (out[0].status, out[0].reset),
+                (Some(200), reset),
+                "{announced}"
+            );
+            assert_eq!(out[0].response_body_len, 5);
+        }
     }
 
     #[test]
