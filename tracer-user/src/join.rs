@@ -144,7 +144,9 @@ pub struct Joiner {
     opts: JoinOptions,
     nodes: FxHashMap<NodeId, Node>,
     next_id: NodeId,
-    by_request: FxHashMap<(ConnId, RequestKey), NodeId>,
+    /// The running requests of each connection (usually one; HTTP/2: its open streams), so
+    /// a connection's end finds its own without a scan of the whole table.
+    by_conn: FxHashMap<ConnId, Vec<(RequestKey, NodeId)>>,
     clients: FxHashMap<PeerKey, NodeId>,
     waiting: FxHashMap<PeerKey, NodeId>,
     threads: FxHashMap<(u32, u32), ThreadLog>,
@@ -176,7 +178,7 @@ impl Joiner {
             opts,
             nodes: FxHashMap::default(),
             next_id: 0,
-            by_request: FxHashMap::default(),
+            by_conn: FxHashMap::default(),
             clients: FxHashMap::default(),
             waiting: FxHashMap::default(),
             threads: FxHashMap::default(),
@@ -235,9 +237,15 @@ impl Joiner {
             ended: false,
             held: None,
         };
-        if let Some(old) = self.by_request.insert((b.conn, b.request), id) {
-            // The same request number again on this fd: the old connection's end was missed.
-            self.abandon(old, m);
+        let running = self.by_conn.entry(b.conn).or_default();
+        match running.iter_mut().find(|(k, _)| *k == b.request) {
+            Some(slot) => {
+                // The same request number again on this fd: the old connection's end was
+                // missed.
+                let old = std::mem::replace(&mut slot.1, id);
+                self.abandon(old, m);
+            }
+            None => running.push((b.request, id)),
         }
         match b.role {
             Role::Client => {
@@ -464,7 +472,7 @@ impl Joiner {
     /// A request ended: its span takes the ids given at its start and waits to leave.
     pub fn end(&mut self, e: End, m: &Metrics, out: &mut Vec<Span>) {
         self.now = self.now.max(e.ts_end);
-        let Some(id) = self.by_request.remove(&(e.conn, e.request)) else {
+        let Some(id) = self.take_running(e.conn, e.request) else {
             // Not seen beginning (or the table was full): a span of its own.
             out.extend(e.span);
             return;
@@ -482,19 +490,20 @@ impl Joiner {
         self.release_ready(m, out);
     }
 
+    /// The node of a running request, which stops running.
+    fn take_running(&mut self, conn: ConnId, request: RequestKey) -> Option<NodeId> {
+        let running = self.by_conn.get_mut(&conn)?;
+        let i = running.iter().position(|(k, _)| *k == request)?;
+        let (_, id) = running.swap_remove(i);
+        if running.is_empty() {
+            self.by_conn.remove(&conn);
+        }
+        Some(id)
+    }
+
     /// Forgets the requests of a connection that ended (their ends were not decoded).
     pub fn close_conn(&mut self, conn: ConnId, m: &Metrics) {
-        let gone: Vec<NodeId> = self
-            .by_request
-            .iter()
-            .filter(|((c, _), _)| *c == conn)
-            .map(|(_, id)| *id)
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        self.by_request.retain(|(c, _), _| *c != conn);
-        for id in gone {
+        for (_, id) in self.by_conn.remove(&conn).unwrap_or_default() {
             self.abandon(id, m);
         }
     }
@@ -667,7 +676,11 @@ impl Joiner {
     /// Everything held leaves now (the end of a replay, or shutdown).
     pub fn flush(&mut self, m: &Metrics, out: &mut Vec<Span>) {
         // What has not ended by now never will.
-        let open: Vec<NodeId> = self.by_request.drain().map(|(_, id)| id).collect();
+        let open: Vec<NodeId> = self
+            .by_conn
+            .drain()
+            .flat_map(|(_, running)| running.into_iter().map(|(_, id)| id))
+            .collect();
         for id in open {
             self.abandon(id, m);
         }
