@@ -10,6 +10,7 @@ so `/status/20{i}` with N=5 requests /status/200 ... /status/204.
 --pause-before-first S   connect, then wait S seconds before the first request.
 --wait-file FILE         send the first request, then wait until FILE exists before
                          sending the others (the connection stays open meanwhile).
+--tls                    HTTPS (the server's certificate is not checked).
 
 Output, one line per request, flushed as soon as the request is done:
   {"i": 0, "path": "/status/200", "status": 200, "duration_ns": 1234, "local_port": 40000,
@@ -20,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -32,6 +34,7 @@ def main():
     p.add_argument("--pause-before-first", type=float, default=0.0)
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--wait-file")
+    p.add_argument("--tls", action="store_true")
     a = p.parse_args()
 
     headers = {}
@@ -39,7 +42,12 @@ def main():
         k, _, v = h.partition(":")
         headers[k.strip()] = v.strip()
 
-    conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+    if a.tls:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", a.port, timeout=30, context=ssl._create_unverified_context()
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
     conn.connect()
     local_port = conn.sock.getsockname()[1]
     if a.pause_before_first > 0:

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """HTTP/1.1 test server for the tracer's end-to-end tests.
 
-Usage: server.py PORT
+Usage: server.py PORT [--tls CERT KEY]
+
+--tls CERT KEY   serve HTTPS (Python's ssl module, on the system's libssl) with this
+                 certificate and key; the TLS handshake runs in the connection's thread.
 
 Routes (any method unless noted):
   /status/NNN                  reply NNN with a small body (no body for 1xx, 204, 304)
@@ -15,6 +18,7 @@ protocol_version is HTTP/1.1, so connections are kept alive and `Expect: 100-con
 is answered with an interim 100 by http.server itself.
 """
 import socketserver
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +35,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # keep the test output quiet
         pass
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
 
     def end_headers(self):
         # Say so when this response ends the connection (the request asked for
@@ -132,9 +141,28 @@ class Server(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
+class TlsServer(Server):
+    def __init__(self, addr, handler, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        super().__init__(addr, handler)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        # Not in the accepting thread: a client that never finishes its handshake (the test
+        # harness's readiness probe) must not hold up the others.
+        return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        pass  # failed handshakes of readiness probes
+
+
 def main():
     port = int(sys.argv[1])
-    Server(("127.0.0.1", port), Handler).serve_forever()
+    if sys.argv[2:3] == ["--tls"]:
+        TlsServer(("127.0.0.1", port), Handler, sys.argv[3], sys.argv[4]).serve_forever()
+    else:
+        Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

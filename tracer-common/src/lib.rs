@@ -28,6 +28,9 @@ pub mod kind {
     pub const DATA: u16 = 2;
     /// A traced connection was closed.
     pub const CLOSE: u16 = 3;
+    /// A process mapped new code: it exec'd, or its dynamic linker loaded libraries. The
+    /// daemon looks for TLS libraries to probe in it ([`CodeEvent`]).
+    pub const CODE_LOADED: u16 = 4;
 }
 
 /// Direction of a [`DataEvent`], from the traced process's point of view.
@@ -56,6 +59,15 @@ pub mod syscall {
     pub const RECVMSG: u8 = 7;
     pub const SENDMSG: u8 = 8;
     pub const SENDFILE: u8 = 9;
+    /// Plaintext a TLS library call returned (SSL_read, SSL_read_ex) or took (SSL_write,
+    /// SSL_write_ex), in a flat buffer; the fd is the socket the library's bytes went through.
+    pub const SSL_READ: u8 = 10;
+    pub const SSL_WRITE: u8 = 11;
+
+    /// Whether the record holds plaintext from a TLS library rather than socket bytes.
+    pub const fn is_tls(s: u8) -> bool {
+        s == SSL_READ || s == SSL_WRITE
+    }
 }
 
 /// Role of a connection: from the syscall that created it (syscall hooks), or from who sent
@@ -120,7 +132,10 @@ pub mod counter {
     /// A socket's fd was reused by a new socket before the old one's close was seen: the old
     /// connection was ended there.
     pub const FD_REUSED: u32 = 5;
-    pub const LEN: u32 = 6;
+    /// Plaintext of a TLS call whose socket the probes never saw (the library moved its
+    /// encrypted bytes itself, through a memory BIO): not decoded.
+    pub const TLS_NO_SOCKET: u32 = 6;
+    pub const LEN: u32 = 7;
 }
 
 /// First field of every ring-buffer record.
@@ -154,7 +169,9 @@ pub struct SockAddr {
 pub struct ConnEvent {
     pub header: EventHeader,
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// [`conn_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Inode of the socket's network namespace (0 when unknown: syscall hooks, or a kernel
     /// whose BTF does not say where it is). Loopback addresses repeat in every namespace.
     pub netns: u32,
@@ -164,9 +181,23 @@ pub struct ConnEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Bits of [`ConnEvent::flags`].
+pub mod conn_flags {
+    /// The connection is TLS: its DATA records are the plaintext of the TLS library's calls,
+    /// and its encrypted bytes are never sent.
+    pub const TLS: u8 = 1;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseEvent {
+    pub header: EventHeader,
+}
+
+/// See [`kind::CODE_LOADED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeEvent {
     pub header: EventHeader,
 }
 
@@ -252,7 +283,10 @@ pub struct ConnState {
     pub sniffs_left: u8,
     /// Frame walk of each direction (index `direction - 1`) of an HTTP/2 connection.
     pub h2: [H2Walk; 2],
-    pub _pad: [u8; 4],
+    /// Non-zero once the socket is known to carry TLS: from then on only the TLS library's
+    /// plaintext is followed, the socket's own (encrypted) bytes never are.
+    pub tls: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Where the HTTP/2 frames of one direction of a connection stand between two syscalls.
@@ -286,7 +320,8 @@ impl ConnState {
             announced: 0,
             sniffs_left,
             h2: [H2Walk::IDLE; 2],
-            _pad: [0; 4],
+            tls: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -333,7 +368,16 @@ pub struct Config {
     /// `struct net` (0: unknown, the namespace is not read).
     pub sk_net_off: u16,
     pub net_inum_off: u16,
-    pub _pad: [u16; 3],
+    /// [`feature`] bits: which optional probes are attached.
+    pub features: u16,
+    pub _pad: [u16; 2],
+}
+
+/// Bits of [`Config::features`].
+pub mod feature {
+    /// TLS library probes are attached: sockets of non-HTTP bytes may carry TLS, so their
+    /// syscalls inside a TLS call are looked at.
+    pub const TLS: u16 = 1;
 }
 
 /// Fixed offsets in `struct sock_common`, the same on every Linux since 2.6: IPv4 peer and

@@ -8,16 +8,16 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    CloseEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE,
-    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, counter,
+    CloseEvent, CodeEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE,
+    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, feature,
     h2::{FrameHeader, Rules},
-    kind, protocol, syscall,
+    kind, protocol, role, syscall,
 };
 
 use crate::{
     filter::config,
     frames::Placed,
-    maps::{ARGS, CONNS, EVENTS, IOV_WALK, SCRATCH, SOCKS, SyscallArgs, count},
+    maps::{ARGS, CODE_EVENTS, CONNS, EVENTS, IOV_WALK, SCRATCH, SOCKS, SyscallArgs, count},
 };
 
 /// What the first bytes of a connection were: a request (or the HTTP/2 client preface), a
@@ -47,10 +47,10 @@ impl Sniffed {
     fn role(self, dir: u8) -> u8 {
         let sent = dir == tracer_common::direction::EGRESS;
         match self.first {
-            First::Frame => tracer_common::role::UNKNOWN,
-            First::Request if sent => tracer_common::role::CONNECTED,
-            First::Response if !sent => tracer_common::role::CONNECTED,
-            _ => tracer_common::role::ACCEPTED,
+            First::Frame => role::UNKNOWN,
+            First::Request if sent => role::CONNECTED,
+            First::Response if !sent => role::CONNECTED,
+            _ => role::ACCEPTED,
         }
     }
 }
@@ -307,6 +307,22 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             found = None;
         }
     }
+    // A socket already seen carrying HTTP in the clear skips the TLS check: the common case
+    // pays nothing for it.
+    // SAFETY: as above.
+    let clear_http = found.is_some_and(|s| unsafe {
+        (*s).tls == 0 && (*s).protocol != protocol::OTHER && (*s).protocol != protocol::UNKNOWN
+    });
+    if cfg.features & feature::TLS != 0 && !clear_http && crate::tls::in_call(args.fd) {
+        // Encrypted bytes of a TLS call: the call's plaintext stands for them.
+        mark_tls(&key, found, args, cfg);
+        return;
+    }
+    // SAFETY: as above.
+    if found.is_some_and(|s| unsafe { (*s).tls } != 0) {
+        // Encrypted bytes moved outside a TLS call (the handshake, a library that buffers).
+        return;
+    }
     // The socket's two ends, when this run read them (a new socket seen by the socket hooks).
     let mut ends = None;
     let state = match found {
@@ -316,17 +332,10 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             let Some(fresh) = fresh_state(args, ret, cfg, &mut ends) else {
                 return;
             };
-            if CONNS.insert(&key, &fresh, 0).is_err() {
-                count(counter::CONN_MAP_FULL);
+            let Some(s) = track(&key, &fresh, args.sk) else {
                 return;
-            }
-            if args.sk != 0 {
-                remember_sock(args.sk, &key);
-            }
-            match CONNS.get_ptr_mut(&key) {
-                Some(s) => unsafe { &mut *s },
-                None => return,
-            }
+            };
+            s
         }
     };
     if state.sk == 0 && args.sk != 0 {
@@ -334,13 +343,125 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         state.sk = args.sk;
         remember_sock(args.sk, &key);
     }
-    if state.protocol == protocol::OTHER {
+    follow(args, ret, state, &ends);
+}
+
+/// Plaintext of a TLS call on socket `fd` (`args.syscall` is SSL_READ or SSL_WRITE, `ptr`
+/// the plaintext buffer): followed like a syscall's bytes, on the socket's own entry.
+#[inline(never)]
+pub fn on_tls_data(args: &SyscallArgs, ret: i64) {
+    if ret <= 0 {
         return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    if CONNS.get_ptr_mut(&key).is_none() && !track_tls(&key) {
+        return;
+    }
+    // SAFETY: map value pointer, valid for this program run.
+    let Some(state) = CONNS.get_ptr_mut(&key).map(|s| unsafe { &mut *s }) else {
+        return;
+    };
+    become_tls(state);
+    follow(args, ret, state, &None);
+}
+
+/// Puts a TLS connection whose socket the probes have not met yet in the map. Its own BPF
+/// function: the new entry's stack is not added to the data path's.
+#[inline(never)]
+fn track_tls(key: &ConnKey) -> bool {
+    let fresh = ConnState::new(SockAddr::default(), 0, protocol::UNKNOWN, role::UNKNOWN, 0);
+    track(key, &fresh, 0).is_some()
+}
+
+/// Puts a new connection in the map and returns its entry.
+#[inline(always)]
+fn track(key: &ConnKey, state: &ConnState, sk: u64) -> Option<&'static mut ConnState> {
+    if CONNS.insert(key, state, 0).is_err() {
+        count(counter::CONN_MAP_FULL);
+        return None;
+    }
+    if sk != 0 {
+        remember_sock(sk, key);
+    }
+    // SAFETY: map value pointer, valid for this program run.
+    CONNS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
+}
+
+/// From now on the connection is followed through its TLS library's plaintext. Until it was
+/// announced, what its encrypted bytes looked like (not HTTP) says nothing of the plaintext.
+#[inline(always)]
+fn become_tls(state: &mut ConnState) {
+    if state.tls == 0 {
+        state.tls = 1;
+        if state.announced == 0 {
+            state.protocol = protocol::UNKNOWN;
+        }
+    }
+}
+
+/// A syscall inside a TLS call moved bytes on this socket: it carries TLS.
+#[inline(never)]
+fn mark_tls(key: &ConnKey, found: Option<*mut ConnState>, args: &SyscallArgs, cfg: &Config) {
+    let state = match found {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(s) => unsafe { &mut *s },
+        None => {
+            let mut ends = None;
+            let fresh = fresh_state(args, 0, cfg, &mut ends).unwrap_or(ConnState::new(
+                SockAddr::default(),
+                args.sk,
+                protocol::UNKNOWN,
+                role::UNKNOWN,
+                0,
+            ));
+            let Some(s) = track(key, &fresh, args.sk) else {
+                return;
+            };
+            s
+        }
+    };
+    become_tls(state);
+}
+
+/// Classifies a tracked connection from its bytes until it is known, announces it once it
+/// carries HTTP, and emits its DATA record. The two halves are BPF functions of their own, so
+/// the verifier's stack budget (512 bytes along a chain of calls) counts the larger one only.
+#[inline(always)]
+fn follow(
+    args: &SyscallArgs,
+    ret: i64,
+    state: &mut ConnState,
+    ends: &Option<(SockAddr, SockAddr)>,
+) {
+    if announce_http(args, ret, state, ends) {
+        emit(args, ret, state);
+    }
+}
+
+/// Whether the connection carries HTTP (it is announced the first time it does).
+#[inline(never)]
+fn announce_http(
+    args: &SyscallArgs,
+    ret: i64,
+    state: &mut ConnState,
+    ends: &Option<(SockAddr, SockAddr)>,
+) -> bool {
+    let Some(cfg) = config() else { return false };
+    let key = ConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    if state.protocol == protocol::OTHER {
+        return false;
     }
     if state.protocol == protocol::UNKNOWN {
         let preexisting = state.sniffs_left != 0;
-        let proto = sniff(args, ret, preexisting).protocol;
-        if proto == protocol::UNKNOWN {
+        let sniffed = sniff(args, ret, preexisting);
+        if sniffed.protocol == protocol::UNKNOWN {
             // The first bytes of a fresh socket decide: anything else is not ours to copy. A
             // socket open before we attached gets a few more chances (its syscalls may start
             // inside a message).
@@ -350,14 +471,25 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             if state.sniffs_left == 0 {
                 state.protocol = protocol::OTHER;
             }
-            return;
+            return false;
         }
-        state.protocol = proto;
+        state.protocol = sniffed.protocol;
+        // A TLS socket's encrypted first bytes did not say who the client is; its plaintext does.
+        if state.tls != 0 && state.role == role::UNKNOWN {
+            state.role = sniffed.role(args.direction);
+        }
     }
     if state.announced == 0 {
         state.announced = 1;
-        announce(&key, state, &ends, cfg);
+        announce(&key, state, ends, cfg);
     }
+    true
+}
+
+/// Emits the DATA record of bytes the connection moved, with its next sequence number.
+#[inline(never)]
+fn emit(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
+    let Some(cfg) = config() else { return };
     let d = (args.direction.wrapping_sub(1) & 1) as usize;
     let seq = state.seq[d];
     state.seq[d] = seq.wrapping_add(1);
@@ -384,7 +516,6 @@ fn fresh_state(
     cfg: &Config,
     ends: &mut Option<(SockAddr, SockAddr)>,
 ) -> Option<ConnState> {
-    use tracer_common::role;
     if args.sk == 0 {
         let sniffed = sniff(args, ret, false);
         if sniffed.protocol == protocol::UNKNOWN {
@@ -508,7 +639,8 @@ fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)
     let ev = unsafe { &mut *rec.cast::<ConnEvent>() };
     ev.header = header(kind::CONN, key.fd);
     ev.role = state.role;
-    ev._pad = [0; 3];
+    ev.flags = if state.tls != 0 { conn_flags::TLS } else { 0 };
+    ev._pad = [0; 2];
     ev.netns = if state.sk != 0 {
         sock_netns(state.sk, cfg)
     } else {
@@ -528,7 +660,7 @@ fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     // A connection of unknown role was set up before we attached: the daemon must look it up
     // in /proc while it still exists, so wake it now.
-    let threshold = if state.role == tracer_common::role::UNKNOWN {
+    let threshold = if state.role == role::UNKNOWN {
         0
     } else {
         cfg.wakeup_bytes
@@ -737,6 +869,26 @@ fn emit_data(
         core::mem::size_of::<DataEvent>() + captured as usize,
         wake,
     );
+}
+
+/// A traced process mapped new code: tell the daemon, which looks for TLS libraries in it.
+#[inline(always)]
+pub fn on_code_loaded() {
+    let id = bpf_get_current_pid_tgid();
+    if !crate::filter::traced((id >> 32) as u32) {
+        return;
+    }
+    let ev = CodeEvent {
+        header: header(kind::CODE_LOADED, 0),
+    };
+    // Rare, and the daemon must read the process's maps soon (its first TLS calls come right
+    // after): it is woken at once.
+    if CODE_EVENTS
+        .output::<CodeEvent>(&ev, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
+        count(counter::RINGBUF_FULL);
+    }
 }
 
 /// A socket of a traced process is closing (close(2), syscall hooks).

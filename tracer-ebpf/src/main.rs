@@ -1,5 +1,6 @@
-//! Kernel side of the tracer: syscall tracepoints that follow sockets carrying HTTP and copy
-//! what the daemon needs into a ring buffer. One file per syscall family under `probes/`.
+//! Kernel side of the tracer: socket or syscall tracepoints that follow sockets carrying HTTP,
+//! and uprobes on TLS libraries for their plaintext, copying what the daemon needs into a ring
+//! buffer. One file per syscall family under `probes/`.
 #![no_std]
 #![no_main]
 
@@ -8,6 +9,7 @@ mod filter;
 mod frames;
 mod maps;
 mod probes;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,6 +9,11 @@ use tracer_common::{Config, ConnKey, ConnState, DataRecord};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// New-code records (`kind::CODE_LOADED`), apart from the traffic: rare, and read by the
+/// daemon's TLS library tracker, not its decoders.
+#[map]
+pub static CODE_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// Single entry: the daemon's settings.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -96,3 +101,46 @@ pub fn count(idx: u32) {
         unsafe { *c += 1 };
     }
 }
+
+/// A TLS library call in flight, saved at its entry (keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `size_t *` the `_ex` calls return the byte count through (0: the count is the return
+    /// value).
+    pub count_out: u64,
+    pub ts_enter: u64,
+    /// The socket a syscall inside the call moved encrypted bytes on, or `NO_FD`.
+    pub fd: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const NO_FD: u32 = u32::MAX;
+
+/// The plaintext of the TLS call returning now, described as a syscall's bytes for the
+/// capture code (per-CPU: off the return probe's small stack).
+#[map]
+pub static TLS_ARGS: PerCpuArray<SyscallArgs> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Key of `TLS_SOCKETS`: a TLS connection object of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// The socket fd of each TLS connection object: from `SSL_set_fd`, or from the syscalls
+/// made inside its calls. Its calls that move no bytes on the socket (served from the
+/// library's buffer) find their socket here.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<TlsKey, u32> = LruHashMap::with_max_entries(65536, 0);

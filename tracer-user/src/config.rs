@@ -95,6 +95,10 @@ pub struct RunOptions {
     /// probe), or `auto`, the socket hooks when the kernel has them
     #[arg(long, value_enum, value_name = "HOOKS", env = "TRACER_HOOKS")]
     pub hooks: Option<HookChoice>,
+    /// Do not probe TLS libraries. By default every file with OpenSSL's API (libssl, node)
+    /// gets uprobes on SSL_read/SSL_write, so HTTPS is traced from its plaintext
+    #[arg(long)]
+    pub no_tls: bool,
     /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
@@ -179,6 +183,7 @@ impl RunOptions {
             comm,
             capture_size,
             hooks,
+            no_tls,
             ring_buffer_mib,
             otlp_endpoint,
             otlp_protocol,
@@ -204,6 +209,7 @@ impl RunOptions {
             comm: comm.or(file.comm),
             capture_size: capture_size.or(file.capture_size),
             hooks: hooks.or(file.hooks),
+            no_tls: no_tls || file.no_tls,
             ring_buffer_mib: ring_buffer_mib.or(file.ring_buffer_mib),
             otlp_endpoint: otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: otlp_protocol.or(file.otlp_protocol),
@@ -299,6 +305,7 @@ impl RunOptions {
             pids: self.pid.clone(),
             comm: self.comm.clone(),
             ring_bytes: self.ring_buffer_mib() << 20,
+            tls: !self.no_tls,
             ..Default::default()
         }
     }
@@ -377,6 +384,7 @@ impl RunOptions {
             export_unsampled: _,
             // Read once at start.
             hooks,
+            no_tls,
             otlp_endpoint,
             otlp_protocol,
             output,
@@ -395,6 +403,7 @@ impl RunOptions {
         } = self;
         [
             (*hooks != new.hooks, "hooks"),
+            (*no_tls != new.no_tls, "no-tls"),
             (
                 self.ring_buffer_mib() != new.ring_buffer_mib(),
                 "ring-buffer-mib",
@@ -554,6 +563,7 @@ mod tests {
             comm: Some("nginx".into()),
             capture_size: Some(1024),
             hooks: Some(HookChoice::Syscalls),
+            no_tls: true,
             ring_buffer_mib: Some(64),
             otlp_endpoint: Some("http://c:4318".into()),
             otlp_protocol: Some("grpc".into()),
@@ -605,8 +615,9 @@ mod tests {
         for (i, f) in live.into_iter().enumerate() {
             assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
         }
-        let restart: [(Set, &str); 15] = [
+        let restart: [(Set, &str); 16] = [
             (|o, a| o.hooks = a.hooks, "hooks"),
+            (|o, a| o.no_tls = a.no_tls, "no-tls"),
             (
                 |o, a| o.ring_buffer_mib = a.ring_buffer_mib,
                 "ring-buffer-mib",

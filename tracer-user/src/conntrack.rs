@@ -269,7 +269,14 @@ impl ConnTable {
                 if self.conns.len() >= MAX_CONNS {
                     self.maintain(c.ts_ns, true);
                 }
-                let mut entry = Entry::new(ConnInfo { peer: c.peer }, c.comm, c.ts_ns);
+                let mut entry = Entry::new(
+                    ConnInfo {
+                        peer: c.peer,
+                        tls: c.tls,
+                    },
+                    c.comm,
+                    c.ts_ns,
+                );
                 entry.seen_setup = c.role != Role::Unknown;
                 entry.local_port = c.local.map(|l| l.port());
                 entry.local = c.local;

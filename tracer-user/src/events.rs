@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    CloseEvent, ConnEvent, DataEvent, EventHeader, NO_FRAME, WIRE_VERSION, data_flags, direction,
-    kind, role,
+    CloseEvent, CodeEvent, ConnEvent, DataEvent, EventHeader, NO_FRAME, WIRE_VERSION, conn_flags,
+    data_flags, direction, kind, role,
 };
 
 use crate::decode::Layout;
@@ -51,6 +51,8 @@ pub struct Conn {
     pub local: Option<SocketAddr>,
     /// The socket's network namespace (inode), when the probes read it.
     pub netns: Option<u32>,
+    /// Its DATA records are a TLS library's plaintext.
+    pub tls: bool,
     pub comm: String,
 }
 
@@ -171,6 +173,7 @@ impl<'a> Event<'a> {
                     peer: sockaddr(&c.peer),
                     local: sockaddr(&c.local),
                     netns: (c.netns != 0).then_some(c.netns),
+                    tls: c.flags & conn_flags::TLS != 0,
                     comm: comm_str(&c.comm),
                 }))
             }
@@ -209,6 +212,19 @@ impl<'a> Event<'a> {
             k => Err(ParseError::Kind(k)),
         }
     }
+}
+
+/// The process of a [`kind::CODE_LOADED`] record (they come on their own ring buffer, read by
+/// the TLS library tracker, not the decoders).
+pub fn code_loaded(buf: &[u8]) -> Result<u32, ParseError> {
+    let c: CodeEvent = read_pod(buf).ok_or(ParseError::Short(buf.len()))?;
+    if c.header.version != WIRE_VERSION {
+        return Err(ParseError::Version(c.header.version));
+    }
+    if c.header.kind != kind::CODE_LOADED {
+        return Err(ParseError::Kind(c.header.kind));
+    }
+    Ok(c.header.tgid)
 }
 
 /// Builds raw records the way the probes do; used by tests, benches and fixtures.
@@ -252,7 +268,8 @@ pub mod encode {
                 Role::Accepted => role::ACCEPTED,
                 Role::Connected => role::CONNECTED,
             },
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             netns: 0,
             peer: peer.as_ref().map(to_wire).unwrap_or_default(),
             local: Default::default(),

@@ -6,6 +6,7 @@
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
 //! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
 //! by memory between the span stages;
+//! [`tls`] finds TLS libraries as processes load them and has the probes attached to each;
 //! [`conntrack`] hands each span to [`join`], which puts it in its trace ([`context`]: the
 //! upstream's trace context). [`metrics`] counts everything; [`check`] explains what a host
 //! lacks; [`semconv`] names the attributes; [`config`] and [`reload`] are the settings and
@@ -31,5 +32,6 @@ pub mod queue;
 pub mod reload;
 pub mod semconv;
 pub mod span;
+pub mod tls;
 #[cfg(test)]
 mod testing;

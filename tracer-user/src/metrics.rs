@@ -27,6 +27,8 @@ pub struct Health {
     pub join_spans_held: AtomicU64,
     /// Requests the joiner remembers (running, or ended a moment ago).
     pub join_requests_tracked: AtomicU64,
+    /// Files with OpenSSL's API the TLS probes are attached to.
+    pub tls_libraries_probed: AtomicU64,
 }
 
 impl Health {
@@ -156,6 +158,8 @@ counters! {
     kernel_h2_frames_lost_total => "Syscalls whose bytes the HTTP/2 frame walk could not follow as frames (copied as a prefix until a syscall starts at a frame)",
     kernel_unsupported_calls_total => "Socket I/O of traced processes not made by a read/write-family syscall (io_uring, sendmmsg, in-kernel users): not decoded",
     kernel_fd_reused_total => "Connections ended because their fd was reused by a new socket before their close was seen",
+    kernel_tls_no_socket_total => "TLS calls whose plaintext was not traced because the library moved its encrypted bytes itself (a memory BIO), so their socket is unknown",
+    tls_probe_failures_total => "TLS libraries found that the probes could not be attached to (the log says why)",
     sequence_gaps_total => "Gaps in a connection direction's records (records went missing)",
     connections_opened_total => "HTTP connections seen",
     peer_unknown_total => "Connections set up before the probes whose peer /proc no longer knew (closed at once)",
@@ -267,6 +271,11 @@ impl Metrics {
                 "tracer_join_requests_tracked",
                 "Requests the trace joiner remembers: running, or ended within two holds",
                 &h.join_requests_tracked,
+            ),
+            (
+                "tracer_tls_libraries_probed",
+                "Files with OpenSSL's API (libssl, binaries that link it in) the TLS probes are attached to",
+                &h.tls_libraries_probed,
             ),
         ] {
             let _ = writeln!(

@@ -5,10 +5,10 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
 };
 use tracer_common::{
-    COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, counter, filter, protocol, role,
+    COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, counter, feature, filter, protocol, role,
 };
 
 /// The eBPF object, built by `cargo xtask build-ebpf` (or this crate's build script) and
@@ -51,6 +51,18 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_sendmsg",
     "sys_enter_sendfile64",
     "sys_exit_sendfile64",
+];
+
+/// Uprobe programs on TLS libraries and the dynamic linker, attached per file by
+/// `tls::Tracker`; loaded at start with the raw tracepoint that reports execs.
+pub const UPROBES: &[&str] = &[
+    "ssl_read",
+    "ssl_write",
+    "ssl_read_ex",
+    "ssl_write_ex",
+    "ssl_return",
+    "ssl_set_fd",
+    "dl_debug_state",
 ];
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -190,6 +202,8 @@ pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// The probes ask for a wake-up once this many bytes wait; the reader also drains on a timer.
     pub wakeup_bytes: u32,
+    /// Load the TLS library probes (attached per library by `tls::Tracker`).
+    pub tls: bool,
 }
 
 impl Default for ProbeOptions {
@@ -201,6 +215,7 @@ impl Default for ProbeOptions {
             comm: None,
             ring_bytes: DEFAULT_RING_MIB << 20,
             wakeup_bytes: 256 * 1024,
+            tls: true,
         }
     }
 }
@@ -241,6 +256,8 @@ fn raise_memlock() {
 pub struct Probes {
     ebpf: Ebpf,
     hooks: Hooks,
+    /// The TLS programs are loaded (why not, when they are not).
+    tls: Result<(), String>,
     /// `struct sock` offsets for the socket hooks (protocol, IPv6 peer, IPv6 local).
     sock_offsets: SockOffsets,
 }
@@ -285,6 +302,7 @@ impl Probes {
         let mut probes = Probes {
             ebpf,
             hooks,
+            tls: Err("switched off (--no-tls)".into()),
             sock_offsets,
         };
         let names: Vec<(&str, &str)> = match hooks {
@@ -316,10 +334,94 @@ impl Probes {
                 }
             }
         }
+        if opts.tls {
+            // TLS is an addition: without it the tracer still sees every request in the clear.
+            probes.tls = probes.load_tls().map_err(|e| e.to_string());
+            if let Err(e) = &probes.tls {
+                tracing::warn!("TLS probes not loaded, encrypted traffic is not traced: {e}");
+            }
+        }
         // Not configured yet: capture_size is 0 and every probe returns at once, so tracing
         // starts with all probes attached and the filters in place (a half-attached set would
         // see responses without their sendfile bodies, say).
         Ok(probes)
+    }
+
+    /// Loads the uprobe programs and attaches the exec tracepoint.
+    fn load_tls(&mut self) -> Result<(), ProbeError> {
+        for name in UPROBES {
+            let err = |what| {
+                move |source| ProbeError::Program {
+                    what,
+                    name: name.to_string(),
+                    source,
+                }
+            };
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
+                .try_into()
+                .map_err(err("type check"))?;
+            prog.load().map_err(err("loading"))?;
+        }
+        let name = "sched_process_exec";
+        let err = |what| {
+            move |source| ProbeError::Program {
+                what,
+                name: name.to_string(),
+                source,
+            }
+        };
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(err("type check"))?;
+        prog.load().map_err(err("loading"))?;
+        prog.attach(name).map_err(err("attaching"))?;
+        Ok(())
+    }
+
+    /// Whether the TLS programs are loaded, or why not.
+    pub fn tls(&self) -> Result<(), &str> {
+        self.tls.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Attaches uprobe program `prog` (one of [`UPROBES`]) at file offset `offset` of the
+    /// ELF file `target`, for every process that maps it.
+    pub fn attach_uprobe(
+        &mut self,
+        prog: &str,
+        target: &Path,
+        offset: u64,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let err = |what| {
+            move |source| ProbeError::Program {
+                what,
+                name: prog.to_string(),
+                source,
+            }
+        };
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| ProbeError::MissingProgram(prog.to_string()))?
+            .try_into()
+            .map_err(err("type check"))?;
+        p.attach(offset, target, UProbeScope::AllProcesses)
+            .map_err(err("attaching"))
+    }
+
+    pub fn detach_uprobe(&mut self, prog: &str, link: UProbeLinkId) {
+        if let Some(Ok(p)) = self
+            .ebpf
+            .program_mut(prog)
+            .map(<&mut UProbe>::try_from)
+        {
+            let _ = p.detach(link);
+        }
     }
 
     /// The hooks attached.
@@ -341,7 +443,8 @@ impl Probes {
             sk_v6_saddr_off: self.sock_offsets.v6_saddr,
             sk_net_off: self.sock_offsets.net,
             net_inum_off: self.sock_offsets.net_inum,
-            _pad: [0; 3],
+            features: if self.tls.is_ok() { feature::TLS } else { 0 },
+            _pad: [0; 2],
         };
         if let Some(comm) = &opts.comm {
             if comm.len() >= COMM_LEN {
@@ -425,12 +528,14 @@ impl Probes {
         Ok(added)
     }
 
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+    /// The ring buffer of the traffic records (`EVENTS`), or of the new-code records
+    /// (`CODE_EVENTS`, read by `tls::Tracker`).
+    pub fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map(name, e))
     }
 
     /// The kernel-side counters, summed over CPUs, indexed by `tracer_common::counter`.

@@ -303,6 +303,16 @@ pub struct SocketEnds {
     pub peer: SocketAddr,
 }
 
+/// The pids of the processes /proc lists now.
+pub fn pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect()
+}
+
 /// Both ends of every TCP socket open on the host, keyed by (pid, fd). Taken once, right after
 /// the probes attach: connections set up before that were not seen being accepted or
 /// connected, and by the time their first record is read the peer may already have closed
@@ -311,18 +321,8 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
     let mut by_inode: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
     let mut netns_seen = std::collections::HashSet::new();
     let mut ends: HashMap<String, SocketEnds> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(proc_root) else {
-        return HashMap::new();
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for pid in pids(proc_root) {
+        let Ok(fds) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
             continue;
         };
         let mut has_socket = false;
@@ -346,10 +346,10 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
             }
         }
         // Each network namespace has its own tables: read them once per namespace.
-        let netns = std::fs::read_link(entry.path().join("ns/net")).ok();
+        let netns = std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")).ok();
         if has_socket && netns_seen.insert(netns) {
             for t in ["tcp", "tcp6"] {
-                let Ok(table) = std::fs::read_to_string(entry.path().join("net").join(t)) else {
+                let Ok(table) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("net").join(t)) else {
                     continue;
                 };
                 for line in table.lines().skip(1) {

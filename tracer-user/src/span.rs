@@ -123,6 +123,8 @@ pub struct SpanOptions {
 #[derive(Clone, Debug, Default)]
 pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
+    /// The bytes were the plaintext of a TLS library's calls (`url.scheme` https).
+    pub tls: bool,
 }
 
 /// Converts CLOCK_MONOTONIC (what the probes stamp) to Unix time.
@@ -481,12 +483,14 @@ fn build_call(
         .map(|r| target[r].to_string())
         .or(call.authority)
         .or_else(|| take(call.headers, HOST));
+    let scheme = if conn.tls { "https" } else { "http" };
     let full = (kind == SpanKind::Client && has_target).then(|| {
         let authority = authority.as_deref().unwrap_or("unknown");
         let path = path.clone().map_or("/", |r| &target[r]);
         let q = query.as_deref().unwrap_or("");
         let mut full = String::with_capacity(8 + authority.len() + path.len() + q.len());
-        full.push_str("http://");
+        full.push_str(scheme);
+        full.push_str("://");
         full.push_str(authority);
         full.push_str(path);
         if query.is_some() {
@@ -505,13 +509,13 @@ fn build_call(
     if let Some(q) = query {
         attrs.push(kv(semconv::URL_QUERY, Value::Str(q)));
     }
-    attrs.push(kv(semconv::URL_SCHEME, Value::Str("http".into())));
+    attrs.push(kv(semconv::URL_SCHEME, Value::Str(scheme.into())));
     if let Some(a) = authority {
         let (host, port) = split_host(&a);
         attrs.push(kv(semconv::SERVER_ADDRESS, Value::Str(keep_range(a, host))));
         attrs.push(kv(
             semconv::SERVER_PORT,
-            Value::Int(port.unwrap_or(80) as i64),
+            Value::Int(port.unwrap_or(if conn.tls { 443 } else { 80 }) as i64),
         ));
     }
     if let Some(full) = full {

@@ -1,6 +1,9 @@
 //! One file per hook family; each probe is a thin wrapper over `capture`. The daemon attaches
-//! either the socket hooks (`sock`) or, on kernels without them, the syscall hooks (the rest).
+//! either the socket hooks (`sock`) or, on kernels without them, the syscall hooks (`rw`,
+//! `socket`, `vectored`); `tls` and `code` follow TLS libraries, with either.
+mod code;
 mod rw;
 mod sock;
 mod socket;
+mod tls;
 mod vectored;

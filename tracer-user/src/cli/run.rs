@@ -1,7 +1,11 @@
 //! `tracer run`: the daemon. Starts the exporters, the plugin host and the admin endpoint,
 //! attaches the probes, then runs the pipeline until SIGINT or SIGTERM and flushes what is
 //! left. SIGHUP and `POST /reload` go to the [`Reloader`]; SIGUSR1 logs the counters.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +21,7 @@ use crate::{
     probes::{self, Probes},
     process,
     reload::Reloader,
+    tls,
 };
 
 /// How long the exporters get at exit to deliver what is queued.
@@ -52,13 +57,21 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     }
     let probe_opts = opts.probe_options();
     let mut probes = Probes::attach_inert(&probe_opts).map_err(CliError::Attach)?;
-    let ring = probes.take_ring()?;
+    let ring = probes.take_ring("EVENTS")?;
+    let code_ring = probes.take_ring("CODE_EVENTS")?;
     // Attached but inert: every connection is either in this snapshot or seen from its start
     // once the probes are configured.
     let snapshot = process::socket_snapshot(std::path::Path::new("/proc"));
     let seeded = probes.seed_preexisting(&snapshot)?;
     probes.configure(&probe_opts)?;
     tracing::info!("kernel hooks: {}", probes.hooks().describe());
+    let tls_ready = probes.tls().is_ok();
+    let probes = Arc::new(Mutex::new(probes));
+    if tls_ready {
+        tls::Tracker::new(Arc::downgrade(&probes), "/proc".into(), metrics.clone())
+            .spawn(code_ring)
+            .map_err(CliError::Io)?;
+    }
     tracing::debug!(
         "{} TCP sockets were open when the probes attached ({seeded} handed to the probes)",
         snapshot.len()

@@ -11,7 +11,7 @@ pub mod stages;
 use std::{
     io::{Read, Write},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -69,7 +69,8 @@ pub fn process(rec: &[u8], table: &mut ConnTable, metrics: &Metrics, spans: &mut
 
 /// What the live reader owns: the kernel side and the daemon's side-channels.
 pub struct Live {
-    pub probes: Probes,
+    /// Shared with the TLS library tracker; the reader holds the last reference and detaches.
+    pub probes: Arc<Mutex<Probes>>,
     pub ring: RingBuf<MapData>,
     /// Config reloads to apply.
     pub control: mpsc::Receiver<Update>,

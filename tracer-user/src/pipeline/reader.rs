@@ -6,7 +6,7 @@ use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError},
     },
@@ -137,7 +137,8 @@ enum Mode {
 }
 
 pub struct Reader {
-    pub probes: Probes,
+    /// Shared with the TLS library tracker, which attaches uprobes as libraries appear.
+    pub probes: Arc<Mutex<Probes>>,
     pub ring: RingBuf<MapData>,
     /// Config reloads to apply.
     pub control: mpsc::Receiver<Update>,
@@ -151,7 +152,7 @@ pub struct Reader {
 impl Reader {
     pub fn run(self) -> io::Result<()> {
         let Reader {
-            mut probes,
+            probes,
             mut ring,
             mut control,
             mut handoff,
@@ -171,19 +172,19 @@ impl Reader {
                 .store(monotonic_s(), Ordering::Relaxed);
             while let Ok(u) = control.try_recv() {
                 handoff.options(u.table);
-                let _ = u
-                    .applied
-                    .send(probes.configure(&u.probes).map_err(|e| e.to_string()));
+                let applied = lock(&probes).configure(&u.probes);
+                let _ = u.applied.send(applied.map_err(|e| e.to_string()));
             }
             handoff.flush_options().map_err(gone)?;
             more = drain(&mut ring, &mut handoff, Mode::Drop).map_err(gone)?;
             if !more {
-                sync_kernel_counters(&probes, &metrics);
+                sync_kernel_counters(&lock(&probes), &metrics);
             }
         }
         // What the kernel wrote until now, then what it writes until the probes are gone.
         while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
-        sync_kernel_counters(&probes, &metrics);
+        sync_kernel_counters(&lock(&probes), &metrics);
+        // The last strong reference: the probes detach (the TLS tracker sees them gone).
         drop(probes);
         while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
         Ok(())
@@ -271,6 +272,10 @@ impl Wakeups {
     }
 }
 
+fn lock(p: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
     let k = probes.kernel_counters();
     for (metric, idx) in [
@@ -280,6 +285,7 @@ fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
         (&m.kernel_h2_frames_lost_total, counter::H2_FRAMES_LOST),
         (&m.kernel_unsupported_calls_total, counter::UNSUPPORTED_CALL),
         (&m.kernel_fd_reused_total, counter::FD_REUSED),
+        (&m.kernel_tls_no_socket_total, counter::TLS_NO_SOCKET),
     ] {
         metric.store(k[idx as usize], Ordering::Relaxed);
     }

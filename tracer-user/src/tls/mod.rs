@@ -1,0 +1,309 @@
+//! TLS libraries: finds the files that carry OpenSSL's API in the processes of the node and
+//! attaches the TLS probes to each, once per file (uprobes are per inode: every process that
+//! maps the file is covered, including ones started later). Also probes the dynamic linkers,
+//! whose `_dl_debug_state` tells when a process loaded libraries, so a `dlopen`ed libssl is
+//! found within milliseconds; an exec is reported by a tracepoint. Files nobody maps any more
+//! are released at the next full scan.
+//!
+//! Runs on its own thread: reading /proc and ELF symbol tables never delays the ring-buffer
+//! reader.
+pub mod elf;
+pub mod maps;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, Weak, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::uprobe::UProbeLinkId,
+};
+
+use crate::{metrics::Metrics, probes::Probes};
+use elf::{Kind, Library};
+use maps::{FileId, Mapping};
+
+/// Every process is scanned this often too: what an event was missed for, and the files
+/// nobody maps any more (released).
+const FULL_SCAN: Duration = Duration::from_secs(30);
+
+/// Where a host keeps its shared libraries: the libssl files there are probed at start even
+/// when no process maps them yet, so a short-lived client (curl) is covered from its first call.
+const LIB_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "lib/x86_64-linux-gnu",
+    "usr/lib64",
+    "lib64",
+    "usr/lib",
+    "usr/local/lib",
+];
+
+/// One file the tracker looked at.
+enum FileState {
+    Probed {
+        path: String,
+        kind: Kind,
+        links: Vec<(&'static str, UProbeLinkId)>,
+    },
+    /// No TLS library, or attaching failed (logged once): not looked at again while mapped.
+    Skipped,
+}
+
+/// A probed file, for `tracer check` and the logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub path: String,
+    pub kind: Kind,
+    pub probes: usize,
+}
+
+pub struct Tracker {
+    probes: Weak<Mutex<Probes>>,
+    proc_root: PathBuf,
+    files: HashMap<FileId, FileState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Tracker {
+    pub fn new(probes: Weak<Mutex<Probes>>, proc_root: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Tracker {
+            probes,
+            proc_root,
+            files: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Probes what every process maps now and the host's libssl files, then follows new code
+    /// reported on `ring` until the probes are gone.
+    pub fn spawn(mut self, ring: RingBuf<MapData>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("tls".into())
+            .spawn(move || {
+                self.full_scan();
+                self.host_libraries();
+                self.follow(ring);
+            })
+    }
+
+    fn follow(&mut self, mut ring: RingBuf<MapData>) {
+        let mut last_full = Instant::now();
+        let mut pids = HashSet::new();
+        while self.probes.strong_count() > 0 {
+            wait_readable(&ring, Duration::from_millis(200));
+            while let Some(rec) = ring.next() {
+                match crate::events::code_loaded(&rec) {
+                    Ok(pid) => {
+                        pids.insert(pid);
+                    }
+                    Err(e) => tracing::debug!("skipping a new-code record: {e}"),
+                }
+            }
+            for pid in pids.drain() {
+                self.scan_process(pid);
+            }
+            if last_full.elapsed() >= FULL_SCAN {
+                self.full_scan();
+                last_full = Instant::now();
+            }
+        }
+    }
+
+    /// Probes what `pid` maps that was not looked at yet.
+    fn scan_process(&mut self, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(self.proc_root.join(format!("{pid}/maps"))) else {
+            return; // gone already
+        };
+        for m in maps::executable_files(&text) {
+            if !self.files.contains_key(&m.file) {
+                let root = self.proc_root.join(format!("{pid}/root"));
+                self.look_at(&m, &root);
+            }
+        }
+    }
+
+    /// Every process: probes new files, releases the probes of files nobody maps any more.
+    fn full_scan(&mut self) {
+        let mut mapped = HashSet::new();
+        for pid in crate::process::pids(&self.proc_root) {
+            let Ok(text) = std::fs::read_to_string(self.proc_root.join(format!("{pid}/maps")))
+            else {
+                continue;
+            };
+            for m in maps::executable_files(&text) {
+                if mapped.insert(m.file) && !self.files.contains_key(&m.file) {
+                    let root = self.proc_root.join(format!("{pid}/root"));
+                    self.look_at(&m, &root);
+                }
+            }
+        }
+        let unused: Vec<FileId> = self
+            .files
+            .keys()
+            .filter(|f| !mapped.contains(f) && !self.is_host_library(f))
+            .copied()
+            .collect();
+        for f in unused {
+            if let Some(FileState::Probed { path, links, .. }) = self.files.remove(&f) {
+                tracing::info!("TLS: released the probes of {path} (no process maps it)");
+                if let Some(p) = self.probes.upgrade() {
+                    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                    for (prog, link) in links {
+                        p.detach_uprobe(prog, link);
+                    }
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// The libssl files of the host's library directories.
+    fn host_libraries(&mut self) {
+        let root = self.proc_root.join("1/root");
+        for dir in LIB_DIRS {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if !name.starts_with("libssl.so") {
+                    continue;
+                }
+                let path = format!("/{dir}/{name}");
+                let Ok(meta) = std::fs::metadata(root.join(&path[1..])) else {
+                    continue;
+                };
+                use std::os::unix::fs::MetadataExt;
+                let file = FileId {
+                    dev: dev_id(meta.dev()),
+                    inode: meta.ino(),
+                };
+                if !self.files.contains_key(&file) {
+                    self.look_at(&Mapping { file, path }, &root);
+                }
+            }
+        }
+    }
+
+    /// Host libraries stay probed while unmapped: that is what they are probed for.
+    fn is_host_library(&self, f: &FileId) -> bool {
+        matches!(self.files.get(f), Some(FileState::Probed { path, kind: Kind::OpenSsl, .. })
+            if path.contains("/libssl.so") && LIB_DIRS.iter().any(|d| path.starts_with(&format!("/{d}/"))))
+    }
+
+    /// Inspects one file (as seen from `root`, the process's root) and probes it if it is a
+    /// TLS library or a dynamic linker.
+    fn look_at(&mut self, m: &Mapping, root: &Path) {
+        let on_disk = root.join(m.path.trim_start_matches('/'));
+        let state = match elf::inspect(&on_disk) {
+            Ok(Some(lib)) => self.attach(m, &on_disk, lib),
+            Ok(None) => FileState::Skipped,
+            Err(e) => {
+                tracing::debug!("TLS: {e}");
+                FileState::Skipped
+            }
+        };
+        let probed = matches!(state, FileState::Probed { .. });
+        self.files.insert(m.file, state);
+        if probed {
+            self.publish();
+        }
+    }
+
+    fn attach(&mut self, m: &Mapping, on_disk: &Path, lib: Library) -> FileState {
+        let Some(probes) = self.probes.upgrade() else {
+            return FileState::Skipped;
+        };
+        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut links = Vec::with_capacity(lib.targets.len());
+        for t in &lib.targets {
+            match p.attach_uprobe(t.program, on_disk, t.offset) {
+                Ok(link) => links.push((t.program, link)),
+                Err(e) => {
+                    Metrics::add(&self.metrics.tls_probe_failures_total, 1);
+                    tracing::warn!(
+                        "TLS: cannot probe {} ({}): {e}; its traffic is not traced",
+                        m.path,
+                        lib.kind.describe()
+                    );
+                    for (prog, link) in links {
+                        p.detach_uprobe(prog, link);
+                    }
+                    return FileState::Skipped;
+                }
+            }
+        }
+        if lib.kind == Kind::OpenSsl {
+            tracing::info!("TLS: probing {} ({})", m.path, lib.kind.describe());
+        } else {
+            tracing::debug!("TLS: probing {} ({})", m.path, lib.kind.describe());
+        }
+        FileState::Probed {
+            path: m.path.clone(),
+            kind: lib.kind,
+            links,
+        }
+    }
+
+    fn publish(&self) {
+        let n = self
+            .files
+            .values()
+            .filter(|f| matches!(f, FileState::Probed { kind: Kind::OpenSsl, .. }))
+            .count();
+        self.metrics.health.tls_libraries_probed.store(n as u64, Relaxed);
+    }
+}
+
+/// The files of the node's processes (and the host's libssl files) the TLS probes would
+/// attach to, for `tracer check`: nothing is attached.
+pub fn survey(proc_root: &Path) -> Vec<Found> {
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    let mut consider = |m: Mapping, root: PathBuf| {
+        if !seen.insert(m.file) {
+            return;
+        }
+        if let Ok(Some(lib)) = elf::inspect(&root.join(m.path.trim_start_matches('/'))) {
+            if lib.kind == Kind::OpenSsl {
+                found.push(Found {
+                    path: m.path,
+                    kind: lib.kind,
+                    probes: lib.targets.len(),
+                });
+            }
+        }
+    };
+    for pid in crate::process::pids(proc_root) {
+        if let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) {
+            for m in maps::executable_files(&text) {
+                consider(m, proc_root.join(format!("{pid}/root")));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found.dedup_by(|a, b| a.path == b.path);
+    found
+}
+
+/// The kernel's `dev_t` as /proc/PID/maps prints it (`major:minor`), packed like
+/// [`FileId::dev`].
+fn dev_id(dev: u64) -> u64 {
+    (u64::from(libc::major(dev)) << 32) | u64::from(libc::minor(dev))
+}
+
+/// Waits until `ring` has records or `timeout` passed.
+fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive for the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+}
