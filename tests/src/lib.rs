@@ -799,7 +799,30 @@ pub fn assert_headers_complete(s: &Value) {
     );
 }
 
+/// `server` is the span of the request `client` sent over a connection between two processes
+/// of this node: the tracer joined them, the server span is the client's child. The syscall
+/// hooks learn a connection's local end from /proc, too late for a client that exited (one
+/// curl): there the server span may be a root of its own, never under anything else.
+pub fn assert_child_across_connection(server: &Value, client: &Value) {
+    let syscall_hooks = std::env::var("TRACER_HOOKS").as_deref() == Ok("syscalls");
+    if syscall_hooks && server["parent_span_id"].is_null() {
+        assert_ne!(server["trace_id"], client["trace_id"], "{server}");
+    } else {
+        assert_eq!(server["trace_id"], client["trace_id"], "{server}\n{client}");
+        assert_eq!(
+            server["parent_span_id"], client["span_id"],
+            "{server}\n{client}"
+        );
+    }
+}
+
+/// A well-formed span of a plain-HTTP request.
 pub fn assert_well_formed(s: &Value) {
+    assert_well_formed_as(s, "http");
+}
+
+/// A well-formed span of a request with this `url.scheme` (`https`: seen through TLS).
+pub fn assert_well_formed_as(s: &Value, scheme: &str) {
     assert!(is_hex_id(&s["trace_id"], 32), "bad trace_id: {s}");
     assert!(is_hex_id(&s["span_id"], 16), "bad span_id: {s}");
     assert!(
@@ -821,7 +844,10 @@ pub fn assert_well_formed(s: &Value) {
         "duration_ns != end - start: {s}"
     );
     assert!(resource_pid(s).is_some(), "no process.pid: {s}");
-    assert_eq!(attr_str(s, "url.scheme"), Some("http"), "{s}");
+    assert_eq!(attr_str(s, "url.scheme"), Some(scheme), "{s}");
+    if let Some(full) = attr_str(s, "url.full") {
+        assert!(full.starts_with(&format!("{scheme}://")), "{s}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,8 +48,11 @@ impl Cert {
 
 fn setup_tls() -> Option<std::sync::MutexGuard<'static, ()>> {
     let g = setup_with_curl()?;
-    require("openssl (makes the test certificate)", which("openssl").is_some())
-        .then_some(g)
+    require(
+        "openssl (makes the test certificate)",
+        which("openssl").is_some(),
+    )
+    .then_some(g)
 }
 
 /// `server.py PORT --tls CERT KEY`, with extra environment.
@@ -66,11 +69,14 @@ fn https_server(cert: &Cert, env: &[(&str, &str)]) -> Server {
 /// Every span of `pid` is an HTTPS request of the given kind, path and status.
 fn assert_https(spans: &[&Value], path: &str, status: u64) {
     for s in spans {
-        assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s}");
         assert_eq!(attr_str(s, "url.path"), Some(path), "{s}");
         assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s}");
-        assert_eq!(attr_u64(s, "http.response.status_code"), Some(status), "{s}");
-        assert_well_formed(s);
+        assert_eq!(
+            attr_u64(s, "http.response.status_code"),
+            Some(status),
+            "{s}"
+        );
+        assert_well_formed_as(s, "https");
     }
 }
 
@@ -98,26 +104,50 @@ fn curl_to_a_python_https_server() {
     wait_probed(&t, SYSTEM_LIBSSL);
     const N: usize = 5;
     let curls: Vec<Curl> = (0..N)
-        .map(|i| curl(&["-k", &format!("https://127.0.0.1:{}/status/20{i}", server.port())]))
+        .map(|i| {
+            curl(&[
+                "-k",
+                &format!("https://127.0.0.1:{}/status/20{i}", server.port()),
+            ])
+        })
         .collect();
     let spans = t.stop();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(servers.len(), N, "{}", pretty(&of_pid(&spans, server.pid())));
+    assert_eq!(
+        servers.len(),
+        N,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
     for (i, c) in curls.iter().enumerate() {
         assert_eq!(c.http_code, 200 + i as u16);
         let client = of_kind_pid(&spans, "CLIENT", c.pid);
-        assert_eq!(client.len(), 1, "curl {i}: {}", pretty(&of_pid(&spans, c.pid)));
+        assert_eq!(
+            client.len(),
+            1,
+            "curl {i}: {}",
+            pretty(&of_pid(&spans, c.pid))
+        );
         let path = format!("/status/20{i}");
         assert_https(&client, &path, 200 + i as u64);
-        assert_eq!(attr_str(client[0], "url.full"), Some(format!("https://127.0.0.1:{}{path}", server.port()).as_str()));
-        assert_eq!(attr_u64(client[0], "server.port"), Some(server.port().into()));
+        assert_eq!(
+            attr_str(client[0], "url.full"),
+            Some(format!("https://127.0.0.1:{}{path}", server.port()).as_str())
+        );
+        assert_eq!(
+            attr_u64(client[0], "server.port"),
+            Some(server.port().into())
+        );
         let srv = one_with_path(&servers, &path);
         assert_https(&[srv], &path, 200 + i as u64);
         // The plaintext rides on the socket's connection: the server span knows its peer, and
         // the two ends of the connection are one trace.
-        assert_eq!(attr_u64(srv, "client.port"), Some(c.local_port.into()), "{srv}");
-        assert_eq!(srv["trace_id"], client[0]["trace_id"], "{srv}\n{}", client[0]);
-        assert_eq!(srv["parent_span_id"], client[0]["span_id"], "{srv}\n{}", client[0]);
+        assert_eq!(
+            attr_u64(srv, "network.peer.port"),
+            Some(c.local_port.into()),
+            "{srv}"
+        );
+        assert_child_across_connection(srv, client[0]);
     }
 }
 
@@ -138,7 +168,12 @@ fn keep_alive_https_client_started_after_the_tracer() {
     let clients = of_kind_pid(&spans, "CLIENT", cpid);
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
     assert_eq!(clients.len(), N, "{}", pretty(&of_pid(&spans, cpid)));
-    assert_eq!(servers.len(), N, "{}", pretty(&of_pid(&spans, server.pid())));
+    assert_eq!(
+        servers.len(),
+        N,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
     for (i, r) in reqs.iter().enumerate() {
         let path = format!("/status/20{i}");
         assert_eq!(r.path, path);
@@ -146,7 +181,11 @@ fn keep_alive_https_client_started_after_the_tracer() {
         let s = one_with_path(&servers, &path);
         assert_https(&[c, s], &path, 200 + i as u64);
         assert!(duration_ns(c) <= r.duration_ns + 1_000_000, "{c}");
-        assert_eq!(attr_u64(s, "client.port"), Some(r.local_port.into()), "{s}");
+        assert_eq!(
+            attr_u64(s, "network.peer.port"),
+            Some(r.local_port.into()),
+            "{s}"
+        );
     }
 }
 
@@ -157,10 +196,13 @@ fn a_libssl_loaded_after_the_tracer_started_is_probed() {
     // A copy of the system libssl in a directory of its own: a file (inode) the tracer has
     // never seen, like the libssl of a container image.
     let libdir = TempDir::new("libssl");
-    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
+    let system = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
     if !require("the system's libssl.so.3", system.is_some()) {
         return;
     }
@@ -168,19 +210,33 @@ fn a_libssl_loaded_after_the_tracer_started_is_probed() {
     let t = Tracer::start(&[]);
     wait_probed(&t, SYSTEM_LIBSSL);
     let copy = libdir.join("libssl.so.3").display().to_string();
-    assert!(!t.stderr().contains(&copy), "probed before any process loaded it");
+    assert!(
+        !t.stderr().contains(&copy),
+        "probed before any process loaded it"
+    );
     // python loads its ssl module, and with it libssl, when server.py imports ssl: the
     // dynamic linker reports the new library, and the tracer probes it.
-    let server = https_server(&cert, &[("LD_LIBRARY_PATH", libdir.path().to_str().unwrap())]);
+    let server = https_server(
+        &cert,
+        &[("LD_LIBRARY_PATH", libdir.path().to_str().unwrap())],
+    );
     wait_probed(&t, &copy);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
-    assert!(maps.contains(&copy), "the server does not use the copy:\n{maps}");
+    assert!(
+        maps.contains(&copy),
+        "the server does not use the copy:\n{maps}"
+    );
     const N: usize = 3;
     let client = KeepAliveClient::spawn(server.port(), N, &["/status/200", "--tls"]);
     assert_eq!(client.finish().len(), N);
     let spans = t.stop();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(servers.len(), N, "{}", pretty(&of_pid(&spans, server.pid())));
+    assert_eq!(
+        servers.len(),
+        N,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
     assert_https(&servers, "/status/200", 200);
 }
 
@@ -200,13 +256,33 @@ fn tls_that_is_not_http_makes_no_spans() {
         .args(["client", &port.to_string(), "20"])
         .output()
         .expect("run tls_echo.py client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done 20");
     // An HTTPS request after it, through the same tracer: it is seen, so the probes were live.
     let cert_server = https_server(&cert, &[]);
-    let c = curl(&["-k", &format!("https://127.0.0.1:{}/status/200", cert_server.port())]);
+    let c = curl(&[
+        "-k",
+        &format!("https://127.0.0.1:{}/status/200", cert_server.port()),
+    ]);
     let spans = t.stop();
-    assert_eq!(of_kind_pid(&spans, "CLIENT", c.pid).len(), 1, "{}", pretty(&of_pid(&spans, c.pid)));
-    assert!(of_pid(&spans, echo.pid()).is_empty(), "{}", pretty(&of_pid(&spans, echo.pid())));
-    assert!(of_port(&spans, port).is_empty(), "{}", pretty(&of_port(&spans, port)));
+    assert_eq!(
+        of_kind_pid(&spans, "CLIENT", c.pid).len(),
+        1,
+        "{}",
+        pretty(&of_pid(&spans, c.pid))
+    );
+    assert!(
+        of_pid(&spans, echo.pid()).is_empty(),
+        "{}",
+        pretty(&of_pid(&spans, echo.pid()))
+    );
+    assert!(
+        of_port(&spans, port).is_empty(),
+        "{}",
+        pretty(&of_port(&spans, port))
+    );
 }

@@ -32,6 +32,6 @@ pub mod queue;
 pub mod reload;
 pub mod semconv;
 pub mod span;
-pub mod tls;
 #[cfg(test)]
 mod testing;
+pub mod tls;

@@ -415,11 +415,7 @@ impl Probes {
     }
 
     pub fn detach_uprobe(&mut self, prog: &str, link: UProbeLinkId) {
-        if let Some(Ok(p)) = self
-            .ebpf
-            .program_mut(prog)
-            .map(<&mut UProbe>::try_from)
-        {
+        if let Some(Ok(p)) = self.ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
             let _ = p.detach(link);
         }
     }

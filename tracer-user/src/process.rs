@@ -349,7 +349,9 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
         let netns = std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")).ok();
         if has_socket && netns_seen.insert(netns) {
             for t in ["tcp", "tcp6"] {
-                let Ok(table) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("net").join(t)) else {
+                let Ok(table) =
+                    std::fs::read_to_string(proc_root.join(pid.to_string()).join("net").join(t))
+                else {
                     continue;
                 };
                 for line in table.lines().skip(1) {

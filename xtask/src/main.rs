@@ -293,6 +293,8 @@ fn setup() -> anyhow::Result<()> {
         // The join tests: an event-loop frontend, and a Service-like DNAT between namespaces.
         ("node", "nodejs"),
         ("nft", "nftables"),
+        // The TLS tests make their certificates with it.
+        ("openssl", "openssl"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -300,7 +302,7 @@ fn setup() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft: present");
+        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft, openssl: present");
     } else if is_root() {
         apt_install(&missing)?;
     } else {
@@ -463,6 +465,8 @@ fn test() -> anyhow::Result<()> {
                     "http2",
                     "--test",
                     "grpc",
+                    "--test",
+                    "tls",
                     "--",
                     "--test-threads=1",
                 ]),

@@ -92,12 +92,9 @@ pub fn inspect(path: &Path) -> Result<Option<Library>, ElfError> {
 /// File offset of the function `name` defines (dynamic symbols first: a stripped library
 /// keeps only those).
 fn symbol_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<u64> {
-    let sym = obj
-        .dynamic_symbols()
-        .chain(obj.symbols())
-        .find(|s| {
-            s.name() == Ok(name) && s.is_definition() && s.kind() == object::SymbolKind::Text
-        })?;
+    let sym = obj.dynamic_symbols().chain(obj.symbols()).find(|s| {
+        s.name() == Ok(name) && s.is_definition() && s.kind() == object::SymbolKind::Text
+    })?;
     let section = obj.section_by_index(sym.section_index()?).ok()?;
     let (file_start, _) = section.file_range()?;
     sym.address()
@@ -136,8 +133,16 @@ mod tests {
         // Distinct functions, inside the file.
         let size = std::fs::metadata(path).unwrap().len();
         assert!(lib.targets.iter().all(|t| t.offset > 0 && t.offset < size));
-        let read = lib.targets.iter().find(|t| t.program == "ssl_read").unwrap();
-        let write = lib.targets.iter().find(|t| t.program == "ssl_write").unwrap();
+        let read = lib
+            .targets
+            .iter()
+            .find(|t| t.program == "ssl_read")
+            .unwrap();
+        let write = lib
+            .targets
+            .iter()
+            .find(|t| t.program == "ssl_write")
+            .unwrap();
         assert_ne!(read.offset, write.offset);
     }
 

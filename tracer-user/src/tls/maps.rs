@@ -92,6 +92,8 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped() {
-        assert!(executable_files("garbage\n1-2 r-xp 0 zz 12 /x\n1-2 r-xp 0 fd:01 x /y\n").is_empty());
+        assert!(
+            executable_files("garbage\n1-2 r-xp 0 zz 12 /x\n1-2 r-xp 0 fd:01 x /y\n").is_empty()
+        );
     }
 }

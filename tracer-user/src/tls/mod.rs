@@ -254,9 +254,20 @@ impl Tracker {
         let n = self
             .files
             .values()
-            .filter(|f| matches!(f, FileState::Probed { kind: Kind::OpenSsl, .. }))
+            .filter(|f| {
+                matches!(
+                    f,
+                    FileState::Probed {
+                        kind: Kind::OpenSsl,
+                        ..
+                    }
+                )
+            })
             .count();
-        self.metrics.health.tls_libraries_probed.store(n as u64, Relaxed);
+        self.metrics
+            .health
+            .tls_libraries_probed
+            .store(n as u64, Relaxed);
     }
 }
 
