@@ -286,3 +286,91 @@ fn tls_that_is_not_http_makes_no_spans() {
         pretty(&of_port(&spans, port))
     );
 }
+
+/// nginx with `ssl` and `http2` on one port (1 worker), answering `ok` on every path.
+/// Returns the server and the worker's pid.
+fn nginx_tls(cert: &Cert, dir: &TempDir) -> (Server, u32) {
+    let port = free_port();
+    let root = dir.path().display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off; client_body_temp_path {root}; proxy_temp_path {root};
+  fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {}; ssl_certificate_key {};
+    location / {{ return 200 \"ok\\n\"; }}
+  }}
+}}
+",
+            cert.cert(),
+            cert.key()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.args(["-c", conf.to_str().unwrap(), "-p", &root.to_string()]);
+    let server = Server::spawn(cmd, port);
+    let mut worker = None;
+    assert!(
+        wait_until(SERVER_READY_TIMEOUT, || {
+            worker = run_ok("pgrep", &["-P", &server.pid().to_string()])
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok());
+            worker.is_some()
+        }),
+        "no nginx worker"
+    );
+    (server, worker.unwrap())
+}
+
+#[test]
+fn nginx_https_over_http1_and_http2() {
+    let Some(_g) = setup_tls() else { return };
+    if !require("nginx", which("nginx").is_some()) {
+        return;
+    }
+    let cert = Cert::new();
+    let dir = TempDir::new("nginx-tls");
+    let (server, worker) = nginx_tls(&cert, &dir);
+    let t = Tracer::start(&[]);
+    wait_probed(&t, SYSTEM_LIBSSL);
+    let url = |p: &str| format!("https://127.0.0.1:{}{p}", server.port());
+    const N: usize = 3;
+    let h1: Vec<Curl> = (0..N)
+        .map(|i| curl(&["-k", "--http1.1", &url(&format!("/h1/{i}"))]))
+        .collect();
+    // ALPN h2: HTTP/2 inside TLS, several streams on one connection.
+    let h2_urls: Vec<String> = (0..N).map(|i| url(&format!("/h2/{i}"))).collect();
+    let mut args = vec!["-k", "--http2"];
+    args.extend(h2_urls.iter().map(String::as_str));
+    let h2 = curl(&args);
+    let spans = t.stop();
+    let servers = of_kind_pid(&spans, "SERVER", worker);
+    assert_eq!(servers.len(), 2 * N, "{}", pretty(&of_pid(&spans, worker)));
+    for (i, c) in h1.iter().enumerate() {
+        let path = format!("/h1/{i}");
+        let s = one_with_path(&servers, &path);
+        assert_https(&[s], &path, 200);
+        assert_eq!(attr_str(s, "network.protocol.version"), Some("1.1"), "{s}");
+        let client = of_kind_pid(&spans, "CLIENT", c.pid);
+        assert_eq!(client.len(), 1, "{}", pretty(&of_pid(&spans, c.pid)));
+        assert_https(&client, &path, 200);
+    }
+    let h2_clients = of_kind_pid(&spans, "CLIENT", h2.pid);
+    assert_eq!(h2_clients.len(), N, "{}", pretty(&of_pid(&spans, h2.pid)));
+    for i in 0..N {
+        let path = format!("/h2/{i}");
+        let s = one_with_path(&servers, &path);
+        let c = one_with_path(&h2_clients, &path);
+        assert_https(&[s, c], &path, 200);
+        assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+        assert_eq!(attr_str(c, "network.protocol.version"), Some("2"), "{c}");
+    }
+}
