@@ -374,3 +374,54 @@ fn nginx_https_over_http1_and_http2() {
         assert_eq!(attr_str(c, "network.protocol.version"), Some("2"), "{c}");
     }
 }
+
+/// node links OpenSSL in and moves the encrypted bytes itself (memory BIOs): each connection
+/// object is tied to its socket from what the event-loop thread does next to each call. Four
+/// keep-alive sockets interleave on one thread at each end; every span must be on its own
+/// connection (a server span's parent is the client span of the same path).
+#[test]
+fn node_https_server_and_client() {
+    let Some(_g) = setup_tls() else { return };
+    if !require("node", which("node").is_some()) {
+        return;
+    }
+    let cert = Cert::new();
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg(peer("https_node.js"))
+        .args(["server", &port.to_string(), &cert.cert(), &cert.key()]);
+    let server = Server::spawn(cmd, port);
+    let t = Tracer::start(&[]);
+    wait_probed(&t, "/node");
+    const N: usize = 40;
+    let client = Command::new("node")
+        .arg(peer("https_node.js"))
+        .args(["client", &port.to_string(), &N.to_string(), "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node client");
+    let cpid = client.id();
+    let out = client.wait_with_output().expect("node client");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {N}")
+    );
+    let spans = t.stop();
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    let clients = of_kind_pid(&spans, "CLIENT", cpid);
+    assert_eq!(
+        servers.len(),
+        N,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
+    assert_eq!(clients.len(), N, "{}", pretty(&of_pid(&spans, cpid)));
+    for i in 0..N {
+        let path = format!("/n/{i}");
+        let s = one_with_path(&servers, &path);
+        let c = one_with_path(&clients, &path);
+        assert_https(&[s, c], &path, 200);
+        assert_child_across_connection(s, c);
+    }
+}

@@ -44,6 +44,9 @@ pub mod protocol {
     pub const UNKNOWN: u8 = 0;
     pub const HTTP1: u8 = 1;
     pub const HTTP2: u8 = 2;
+    /// TLS records, on a socket not yet tied to a TLS library call: nothing is copied; the
+    /// socket waits to be claimed by the connection object whose plaintext it carries.
+    pub const TLS: u8 = 3;
     /// Not HTTP: the probes stop copying anything for it.
     pub const OTHER: u8 = 255;
 }

@@ -84,6 +84,9 @@ fn classify(head: u64) -> Sniffed {
         (protocol::HTTP1, First::Response)
     } else if starts(b"PRI * HT") {
         (protocol::HTTP2, First::Request)
+    } else if (0x14..=0x17).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
+        // A TLS record header: content type, version 3.x.
+        (protocol::TLS, First::Frame)
     } else if FrameHeader::parse(&[b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 0])
         .follows(Rules::SERVER_PREFACE)
     {
@@ -311,7 +314,7 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
     // pays nothing for it.
     // SAFETY: as above.
     let clear_http = found.is_some_and(|s| unsafe {
-        (*s).tls == 0 && (*s).protocol != protocol::OTHER && (*s).protocol != protocol::UNKNOWN
+        (*s).tls == 0 && ((*s).protocol == protocol::HTTP1 || (*s).protocol == protocol::HTTP2)
     });
     if cfg.features & feature::TLS != 0 && !clear_http && crate::tls::in_call(args.fd) {
         // Encrypted bytes of a TLS call: the call's plaintext stands for them.
@@ -320,7 +323,10 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
     }
     // SAFETY: as above.
     if found.is_some_and(|s| unsafe { (*s).tls } != 0) {
-        // Encrypted bytes moved outside a TLS call (the handshake, a library that buffers).
+        // Encrypted bytes moved outside a TLS call (the handshake, a memory BIO).
+        if cfg.features & feature::TLS != 0 {
+            crate::tls::other_io();
+        }
         return;
     }
     // The socket's two ends, when this run read them (a new socket seen by the socket hooks).
@@ -342,6 +348,14 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         // Seeded by the daemon (open before we attached): from now on it is this socket.
         state.sk = args.sk;
         remember_sock(args.sk, &key);
+    }
+    if state.protocol == protocol::TLS {
+        // TLS records moved outside a TLS call: a library with a memory BIO (node) moves them
+        // itself, just before or after the call they belong to.
+        if cfg.features & feature::TLS != 0 {
+            crate::tls::memory_bio_io(args, state);
+        }
+        return;
     }
     follow(args, ret, state, &ends);
 }
@@ -394,7 +408,7 @@ fn track(key: &ConnKey, state: &ConnState, sk: u64) -> Option<&'static mut ConnS
 /// From now on the connection is followed through its TLS library's plaintext. Until it was
 /// announced, what its encrypted bytes looked like (not HTTP) says nothing of the plaintext.
 #[inline(always)]
-fn become_tls(state: &mut ConnState) {
+pub(crate) fn become_tls(state: &mut ConnState) {
     if state.tls == 0 {
         state.tls = 1;
         if state.announced == 0 {
@@ -455,13 +469,19 @@ fn announce_http(
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: args.fd as u32,
     };
-    if state.protocol == protocol::OTHER {
+    if state.protocol == protocol::OTHER || state.protocol == protocol::TLS {
         return false;
     }
     if state.protocol == protocol::UNKNOWN {
         let preexisting = state.sniffs_left != 0;
         let sniffed = sniff(args, ret, preexisting);
-        if sniffed.protocol == protocol::UNKNOWN {
+        if sniffed.protocol == protocol::TLS && state.tls == 0 && cfg.features & feature::TLS != 0
+        {
+            // Encrypted: the TLS library's plaintext will stand for it.
+            state.protocol = protocol::TLS;
+            return false;
+        }
+        if sniffed.protocol == protocol::UNKNOWN || sniffed.protocol == protocol::TLS {
             // The first bytes of a fresh socket decide: anything else is not ours to copy. A
             // socket open before we attached gets a few more chances (its syscalls may start
             // inside a message).
@@ -518,7 +538,9 @@ fn fresh_state(
 ) -> Option<ConnState> {
     if args.sk == 0 {
         let sniffed = sniff(args, ret, false);
-        if sniffed.protocol == protocol::UNKNOWN {
+        if sniffed.protocol == protocol::UNKNOWN
+            || (sniffed.protocol == protocol::TLS && cfg.features & feature::TLS == 0)
+        {
             return None;
         }
         return Some(ConnState::new(
@@ -542,6 +564,7 @@ fn fresh_state(
     let sniffed = sniff(args, ret, false);
     let proto = match sniffed.protocol {
         protocol::UNKNOWN => protocol::OTHER,
+        protocol::TLS if cfg.features & feature::TLS == 0 => protocol::OTHER,
         p => p,
     };
     Some(ConnState::new(

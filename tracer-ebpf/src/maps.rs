@@ -130,6 +130,24 @@ pub static TLS_ARGS: PerCpuArray<SyscallArgs> = PerCpuArray::with_max_entries(1,
 #[map]
 pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// What a thread's last TLS-related step was, for the libraries that move their encrypted
+/// bytes themselves through a memory BIO (node): their calls and the socket I/O they cause
+/// follow each other on one thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsStep {
+    /// It received TLS records on this unclaimed socket (else `NO_FD`): the next TLS call
+    /// on the thread is the one they were for.
+    pub recv_fd: u32,
+    pub _pad: u32,
+    /// It made a TLS call on this unbound connection object (else 0) that moved no bytes on
+    /// a socket: the next TLS records it sends are that call's.
+    pub ssl: u64,
+}
+
+#[map]
+pub static TLS_STEPS: LruHashMap<u64, TlsStep> = LruHashMap::with_max_entries(16384, 0);
+
 /// Key of `TLS_SOCKETS`: a TLS connection object of a process.
 #[repr(C)]
 #[derive(Clone, Copy)]

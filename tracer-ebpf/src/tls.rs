@@ -2,13 +2,25 @@
 //! (`probes::tls`) save each call at entry; the socket hooks, which fire inside it when the
 //! library moves its encrypted bytes, tell it its socket; its return emits the plaintext on
 //! that socket's connection.
+//!
+//! A library with a memory BIO (node) moves its encrypted bytes outside its calls. There a
+//! connection object is tied to a socket by what happens next to each other on one thread,
+//! and only while both are unclaimed: the TLS call right after the thread received records on
+//! a fresh TLS socket (node decrypts what it just read), or the records a thread sends right
+//! after a TLS call (node flushes what the call encrypted). A connection object or socket is
+//! tied once; nothing is guessed after that.
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tracer_common::{counter, direction, syscall};
 
 use crate::{
     capture::{on_tls_data, read_user},
-    maps::{NO_FD, SyscallArgs, TLS_ARGS, TLS_CALLS, TLS_SOCKETS, TlsCall, TlsKey, count},
+    capture::become_tls,
+    maps::{
+        CONNS, NO_FD, SyscallArgs, TLS_ARGS, TLS_CALLS, TLS_SOCKETS, TLS_STEPS, TlsCall, TlsKey,
+        TlsStep, count,
+    },
 };
+use tracer_common::{ConnKey, ConnState, protocol};
 
 /// A TLS call of a traced thread begins.
 #[inline(always)]
@@ -86,16 +98,15 @@ pub fn exit(ret: i64) {
     let fd = if call_fd != NO_FD {
         let _ = TLS_SOCKETS.insert(&key, &call_fd, 0);
         call_fd
+    } else if let Some(fd) = unsafe { TLS_SOCKETS.get(&key) } {
+        *fd
+    } else if let Some(fd) = after_recv(id, &key) {
+        fd
     } else {
-        match unsafe { TLS_SOCKETS.get(&key) } {
-            Some(fd) => *fd,
-            None => {
-                if moved > 0 {
-                    count(counter::TLS_NO_SOCKET);
-                }
-                return;
-            }
+        if moved > 0 {
+            count(counter::TLS_NO_SOCKET);
         }
+        return;
     };
     if moved <= 0 {
         return;
@@ -120,4 +131,79 @@ pub fn exit(ret: i64) {
         _pad: [0; 6],
     };
     on_tls_data(args, moved);
+}
+
+/// A TLS call on an unbound connection object moved no bytes on a socket (a memory BIO). If
+/// the thread's last step was receiving records on an unclaimed TLS socket, the call was for
+/// them: the two are tied, and the socket's fd returned. Otherwise the call is remembered for
+/// the records the thread sends next.
+#[inline(always)]
+fn after_recv(id: u64, key: &TlsKey) -> Option<u32> {
+    let step = unsafe { TLS_STEPS.get(&id) }.copied();
+    let fd = step.map_or(NO_FD, |s| s.recv_fd);
+    if fd != NO_FD
+        && let Some(state) = unclaimed(key.tgid, fd)
+    {
+        let _ = TLS_STEPS.remove(&id);
+        tie(key, fd, state);
+        return Some(fd);
+    }
+    let next = TlsStep {
+        recv_fd: NO_FD,
+        _pad: 0,
+        ssl: key.ssl,
+    };
+    let _ = TLS_STEPS.insert(&id, &next, 0);
+    None
+}
+
+/// TLS records moved on a socket not yet tied to a connection object, outside any TLS call.
+#[inline(always)]
+pub fn memory_bio_io(args: &SyscallArgs, state: &mut ConnState) {
+    let id = bpf_get_current_pid_tgid();
+    let step = unsafe { TLS_STEPS.get(&id) }.copied();
+    if args.direction == direction::EGRESS {
+        let _ = TLS_STEPS.remove(&id);
+        // The records of the TLS call this thread just made.
+        if let Some(s) = step
+            && s.ssl != 0
+        {
+            let key = TlsKey {
+                tgid: (id >> 32) as u32,
+                _pad: 0,
+                ssl: s.ssl,
+            };
+            tie(&key, args.fd as u32, state);
+        }
+    } else {
+        let next = TlsStep {
+            recv_fd: args.fd as u32,
+            _pad: 0,
+            ssl: 0,
+        };
+        let _ = TLS_STEPS.insert(&id, &next, 0);
+    }
+}
+
+/// Socket I/O of a connection already tied: whatever the thread did before is not next to
+/// its next TLS call any more.
+#[inline(always)]
+pub fn other_io() {
+    let id = bpf_get_current_pid_tgid();
+    let _ = TLS_STEPS.remove(&id);
+}
+
+/// The connection of socket `fd` when it carries TLS records and no connection object claimed
+/// it yet.
+#[inline(always)]
+fn unclaimed(tgid: u32, fd: u32) -> Option<&'static mut ConnState> {
+    let state = CONNS.get_ptr_mut(&ConnKey { tgid, fd })?;
+    // SAFETY: map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    (state.protocol == protocol::TLS && state.tls == 0).then_some(state)
+}
+
+fn tie(key: &TlsKey, fd: u32, state: &mut ConnState) {
+    let _ = TLS_SOCKETS.insert(key, &fd, 0);
+    become_tls(state);
 }

@@ -19,7 +19,7 @@ use crate::{
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     join::{Begin, End, JoinOptions, Joiner, PeerKey},
     metrics::Metrics,
-    process::{FdKind, Processes, SocketEnds, inspect_fd, local_addr},
+    process::{FdKind, Processes, SocketEnds, inspect_fd, socket_ends},
     semconv,
     span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
 };
@@ -281,10 +281,17 @@ impl ConnTable {
                 entry.local_port = c.local.map(|l| l.port());
                 entry.local = c.local;
                 entry.netns = c.netns;
-                if c.role != Role::Unknown && c.local.is_none() {
-                    // The syscall hooks see the peer in accept/connect, not the local end.
-                    entry.local = local_addr(&self.proc_root, c.id.pid, c.id.fd);
-                    entry.local_port = entry.local.map(|l| l.port());
+                if c.role != Role::Unknown && (c.local.is_none() || c.peer.is_none()) {
+                    // The syscall hooks see the peer in accept/connect (when the caller asks
+                    // for it: libuv does not), never the local end.
+                    let ends = socket_ends(&self.proc_root, c.id.pid, c.id.fd);
+                    if entry.local.is_none() {
+                        entry.local = ends.map(|e| e.local);
+                        entry.local_port = entry.local.map(|l| l.port());
+                    }
+                    if entry.info.peer.is_none() {
+                        entry.info.peer = ends.map(|e| e.peer);
+                    }
                 }
                 if c.role == Role::Unknown {
                     // Not seen being accepted/connected: set up before the probes attached (the
@@ -312,7 +319,8 @@ impl ConnTable {
                             if !self.opts.ports.is_empty() {
                                 // From the snapshot when it has it: by now the fd may be closed.
                                 entry.local_port = local.or_else(|| {
-                                    local_addr(&self.proc_root, c.id.pid, c.id.fd).map(|a| a.port())
+                                    socket_ends(&self.proc_root, c.id.pid, c.id.fd)
+                                        .map(|e| e.local.port())
                                 });
                             }
                         }

@@ -278,10 +278,11 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: u32) -> FdKind {
     FdKind::Socket { peer }
 }
 
-/// The local end of a process's TCP socket, from /proc: for connections set up before the
-/// probes (the port filter needs the port when no Host or :authority header names it), and
-/// for the syscall hooks, which do not read it from the socket (joining traces needs it).
-pub fn local_addr(proc_root: &Path, pid: u32, fd: u32) -> Option<SocketAddr> {
+/// Both ends of a process's TCP socket, from /proc: for connections set up before the probes
+/// (the port filter needs the local port when no Host or :authority header names it), and for
+/// the syscall hooks, which do not read them from the socket (joining traces needs them; an
+/// accept that did not ask for the peer's address leaves even that unknown).
+pub fn socket_ends(proc_root: &Path, pid: u32, fd: u32) -> Option<SocketEnds> {
     let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
     let link = link.to_string_lossy();
     let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
@@ -290,7 +291,12 @@ pub fn local_addr(proc_root: &Path, pid: u32, fd: u32) -> Option<SocketAddr> {
         table.lines().skip(1).find_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             (f.get(9) == Some(&inode))
-                .then(|| parse_hex_addr(f.get(1)?))
+                .then(|| {
+                    Some(SocketEnds {
+                        local: parse_hex_addr(f.get(1)?)?,
+                        peer: parse_hex_addr(f.get(2)?)?,
+                    })
+                })
                 .flatten()
         })
     })
@@ -489,15 +495,18 @@ mod tests {
             })
         );
         assert_eq!(
-            local_addr(Path::new("/proc"), me, client.as_raw_fd() as u32),
-            Some(client.local_addr().unwrap())
+            socket_ends(Path::new("/proc"), me, client.as_raw_fd() as u32),
+            Some(SocketEnds {
+                local: client.local_addr().unwrap(),
+                peer: sock.local_addr().unwrap()
+            })
         );
         assert_eq!(
-            local_addr(Path::new("/proc"), me, sock.as_raw_fd() as u32),
+            socket_ends(Path::new("/proc"), me, sock.as_raw_fd() as u32).map(|e| e.local),
             Some(sock.local_addr().unwrap())
         );
         assert_eq!(
-            local_addr(Path::new("/proc"), me, file.as_raw_fd() as u32),
+            socket_ends(Path::new("/proc"), me, file.as_raw_fd() as u32),
             None
         );
     }
