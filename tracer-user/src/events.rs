@@ -279,6 +279,20 @@ pub mod encode {
     }
 
     /// A CONN record like [`conn`] that also knows the traced process's end (socket hooks).
+    /// A CONN record of a TLS connection (its DATA records are the library's plaintext).
+    pub fn as_tls(mut rec: Vec<u8>) -> Vec<u8> {
+        rec[core::mem::offset_of!(ConnEvent, flags)] |= conn_flags::TLS;
+        rec
+    }
+
+    /// A new-code record of process `pid`.
+    pub fn code_loaded(pid: u32) -> Vec<u8> {
+        bytes(&CodeEvent {
+            header: header(kind::CODE_LOADED, ConnId { pid, fd: 0 }, 1),
+        })
+        .to_vec()
+    }
+
     pub fn with_local(mut rec: Vec<u8>, local: SocketAddr) -> Vec<u8> {
         let off = core::mem::offset_of!(ConnEvent, local);
         rec[off..off + size_of::<tracer_common::SockAddr>()]
@@ -371,9 +385,15 @@ mod tests {
                 peer: Some(peer),
                 local: Some(local),
                 netns: None,
+                tls: false,
                 comm: "python3".into()
             })
         );
+        let raw = encode::as_tls(encode::conn(id, 5, Role::Connected, Some(peer), "curl"));
+        let Event::Conn(c) = Event::parse(&raw).unwrap() else {
+            panic!("not a conn")
+        };
+        assert!(c.tls);
         let raw = encode::data(id, 3, Dir::Egress, (10, 20), 1000, b"GET /", "curl");
         let Event::Data(d) = Event::parse(&raw).unwrap() else {
             panic!("not data")
@@ -385,6 +405,23 @@ mod tests {
         assert_eq!(
             Event::parse(&encode::close(id, 9)).unwrap(),
             Event::Close { id, ts_ns: 9 }
+        );
+    }
+
+    #[test]
+    fn new_code_records_name_their_process() {
+        assert_eq!(code_loaded(&encode::code_loaded(4242)), Ok(4242));
+        // They come on a ring of their own: anything else there is refused, never misread.
+        let id = ConnId { pid: 1, fd: 1 };
+        assert_eq!(
+            code_loaded(&encode::close(id, 1)),
+            Err(ParseError::Kind(kind::CLOSE))
+        );
+        assert_eq!(code_loaded(&[1, 2]), Err(ParseError::Short(2)));
+        // And the decoders' ring never carries them.
+        assert_eq!(
+            Event::parse(&encode::code_loaded(1)),
+            Err(ParseError::Kind(kind::CODE_LOADED))
         );
     }
 

@@ -657,6 +657,7 @@ mod tests {
     fn build_one(ex: &Exchange) -> Span {
         let conn = ConnInfo {
             peer: Some("127.0.0.1:40000".parse().unwrap()),
+            tls: false,
         };
         build(
             ex.clone(),
@@ -697,6 +698,26 @@ mod tests {
         assert_eq!(sp.status, Status::Unset);
         assert_eq!((sp.start_unix_ns, sp.end_unix_ns), (1_010, 5_010));
         assert_eq!(sp.parent_span_id, None);
+    }
+
+    #[test]
+    fn tls_spans_say_https() {
+        let ex = exchange(Role::Client, "GET", "/a", &[("host", "shop")], Some(200));
+        let conn = ConnInfo {
+            peer: Some("10.0.0.2:443".parse().unwrap()),
+            tls: true,
+        };
+        let sp = build(
+            ex,
+            &conn,
+            &resource(),
+            Clock { offset_ns: 0 },
+            &SpanOptions::default(),
+        );
+        assert_eq!(sp.attr("url.scheme"), Some(&s("https")));
+        assert_eq!(sp.attr("url.full"), Some(&s("https://shop/a")));
+        // No port in Host: the scheme's.
+        assert_eq!(sp.attr("server.port"), Some(&Value::Int(443)));
     }
 
     #[test]
