@@ -124,7 +124,7 @@ fn curls(front: &Server, first: usize, clients: usize, per_client: usize) -> Vec
     ids
 }
 
-fn curl_span<'a>(spans: &'a [Value], pid: u32, n: usize) -> &'a Value {
+fn curl_span(spans: &[Value], pid: u32, n: usize) -> &Value {
     let mine = of_kind_pid(spans, "CLIENT", pid);
     one(&mine, "CLIENT", pid, &format!("/front/{n}"), None)
 }

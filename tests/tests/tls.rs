@@ -100,6 +100,14 @@ fn curl_to_a_python_https_server() {
     let Some(_g) = setup_tls() else { return };
     let cert = Cert::new();
     let server = https_server(&cert, &[]);
+    // `tracer check` names the library the running server uses.
+    let check = run_ok(tracer_bin().expect("tracer binary"), &["check"]);
+    let tls_line = check
+        .lines()
+        .find(|l| l.contains("TLS libraries in running processes"))
+        .unwrap_or_else(|| panic!("no TLS libraries line:\n{check}"));
+    assert!(tls_line.contains(SYSTEM_LIBSSL), "{check}");
+    assert!(check.contains("ok    TLS probes load"), "{check}");
     let t = Tracer::start(&[]);
     wait_probed(&t, SYSTEM_LIBSSL);
     const N: usize = 5;

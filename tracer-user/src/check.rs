@@ -126,12 +126,55 @@ pub fn run_checks() -> Vec<Finding> {
                 ),
                 "",
             ));
+            out.push(match p.tls() {
+                Ok(()) => finding(
+                    true,
+                    "TLS probes load (uprobes on SSL_read/SSL_write and their _ex forms, SSL_set_fd; exec tracepoint)",
+                    "",
+                ),
+                Err(e) => finding(
+                    false,
+                    "TLS probes",
+                    format!("{e}; plain HTTP is still traced (--no-tls silences this)"),
+                ),
+            });
+            out.extend(tls_findings(Path::new("/proc")));
         }
         Err(e) => out.push(finding(
             false,
             "loading and attaching the probes",
             e.to_string(),
         )),
+    }
+    out
+}
+
+/// What the TLS probes would attach to in the processes running now, and what they cannot see.
+fn tls_findings(proc_root: &Path) -> Vec<Finding> {
+    let survey = crate::tls::survey(proc_root);
+    let mut out = vec![finding(
+        true,
+        if survey.openssl.is_empty() {
+            "TLS libraries: none mapped by a running process now (libssl files of the host and every library loaded later are probed when the tracer runs)".to_string()
+        } else {
+            format!(
+                "TLS libraries in running processes ({}): {}",
+                survey.openssl.len(),
+                survey.openssl.join(", ")
+            )
+        },
+        "",
+    )];
+    if !survey.go.is_empty() {
+        out.push(finding(
+            true,
+            format!(
+                "Go programs running ({}): {}; their crypto/tls is not probed yet, so their HTTPS is not traced (their plain HTTP is)",
+                survey.go.len(),
+                survey.go.join(", ")
+            ),
+            "",
+        ));
     }
     out
 }

@@ -89,6 +89,15 @@ pub fn inspect(path: &Path) -> Result<Option<Library>, ElfError> {
     Ok(Some(Library { kind, targets }))
 }
 
+/// Whether `path` is a Go program (it has Go's build-info section).
+pub fn is_go(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    object::File::parse(&cache).is_ok_and(|obj| obj.section_by_name(".go.buildinfo").is_some())
+}
+
 /// File offset of the function `name` defines (dynamic symbols first: a stripped library
 /// keeps only those).
 fn symbol_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<u64> {

@@ -53,14 +53,6 @@ enum FileState {
     Skipped,
 }
 
-/// A probed file, for `tracer check` and the logs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
-    pub path: String,
-    pub kind: Kind,
-    pub probes: usize,
-}
-
 pub struct Tracker {
     probes: Weak<Mutex<Probes>>,
     proc_root: PathBuf,
@@ -271,35 +263,41 @@ impl Tracker {
     }
 }
 
-/// The files of the node's processes (and the host's libssl files) the TLS probes would
-/// attach to, for `tracer check`: nothing is attached.
-pub fn survey(proc_root: &Path) -> Vec<Found> {
+/// What `tracer check` reports: the files of the running processes the TLS probes attach to,
+/// and the Go programs, whose TLS they cannot see yet.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub openssl: Vec<String>,
+    pub go: Vec<String>,
+}
+
+/// Looks at every executable file the running processes map; attaches nothing.
+pub fn survey(proc_root: &Path) -> Survey {
     let mut seen = HashSet::new();
-    let mut found = Vec::new();
-    let mut consider = |m: Mapping, root: PathBuf| {
-        if !seen.insert(m.file) {
-            return;
-        }
-        if let Ok(Some(lib)) = elf::inspect(&root.join(m.path.trim_start_matches('/'))) {
-            if lib.kind == Kind::OpenSsl {
-                found.push(Found {
-                    path: m.path,
-                    kind: lib.kind,
-                    probes: lib.targets.len(),
-                });
-            }
-        }
-    };
+    let mut out = Survey::default();
     for pid in crate::process::pids(proc_root) {
-        if let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) {
-            for m in maps::executable_files(&text) {
-                consider(m, proc_root.join(format!("{pid}/root")));
+        let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) else {
+            continue;
+        };
+        for m in maps::executable_files(&text) {
+            if !seen.insert(m.file) {
+                continue;
+            }
+            let on_disk = proc_root
+                .join(format!("{pid}/root"))
+                .join(m.path.trim_start_matches('/'));
+            match elf::inspect(&on_disk) {
+                Ok(Some(lib)) if lib.kind == Kind::OpenSsl => out.openssl.push(m.path),
+                Ok(_) if elf::is_go(&on_disk) => out.go.push(m.path),
+                _ => {}
             }
         }
     }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    found.dedup_by(|a, b| a.path == b.path);
-    found
+    for v in [&mut out.openssl, &mut out.go] {
+        v.sort();
+        v.dedup();
+    }
+    out
 }
 
 /// The kernel's `dev_t` as /proc/PID/maps prints it (`major:minor`), packed like
