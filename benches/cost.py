@@ -14,6 +14,9 @@ Parts (--only, comma-separated; default all; `nginx` = pinned,unpinned):
              added, daemon CPU per exported span, capture ratio, daemon RSS idle / peak; then the
              same with `--pid 1` (probes attached, nothing traced). Median over the rounds.
   unpinned   the same nginx run with everything sharing every CPU (load.py's layout).
+  tls        the pinned run over HTTPS (nginx `ssl`, wrk's OpenSSL, keep-alive): what the TLS
+             uprobes add per request, traced, and with `--pid 1` (the uprobes still fire in
+             every process that uses the library; the probe returns at once).
   h2load     h2load bursts against nghttpd (h2c) traced (`--pid <nghttpd>`), exporting to rotel:
              -n 2000 x3 then -n 4000 x5 back to back (-c4 -m50), drain, then one -n 50000 burst:
              spans built / exported / dropped, kernel records lost, throughput vs the same
@@ -34,10 +37,11 @@ from benchlib import (  # noqa: E402
 from h2load import h2load, start_nghttpd  # noqa: E402
 from load import nginx_pair, start_nginx, wrk  # noqa: E402
 
-PARTS = ["syscalls", "pinned", "unpinned", "h2load", "criterion"]
+PARTS = ["syscalls", "pinned", "unpinned", "tls", "h2load", "criterion"]
 ALIASES = {"nginx": ["pinned", "unpinned"], "all": PARTS}
 TOOLS = {"syscalls": ["dd", "taskset"], "pinned": ["nginx", "wrk", "taskset", "pgrep"],
-         "unpinned": ["nginx", "wrk", "pgrep"], "h2load": ["nghttpd", "h2load"],
+         "unpinned": ["nginx", "wrk", "pgrep"], "tls": ["nginx", "wrk", "taskset", "pgrep", "openssl"],
+         "h2load": ["nghttpd", "h2load"],
          "criterion": ["cargo"]}
 
 
@@ -168,13 +172,14 @@ def summarize(pairs):
     return out
 
 
-def part_nginx(a, tmp, pinned):
+def part_nginx(a, tmp, pinned, tls=False):
     cpus = all_cpus()
     if pinned and len(cpus) < 2:
         raise BenchError("the pinned run needs 2 CPUs")
     load_cpus, side_cpus = ([cpus[0]], [cpus[1]]) if pinned else (None, None)
     port = free_port()
-    nginx, workers = start_nginx(port, tempfile.mkdtemp(dir=tmp, prefix="nginx-"))
+    scheme = "https" if tls else "http"
+    nginx, workers = start_nginx(port, tempfile.mkdtemp(dir=tmp, prefix="nginx-"), tls=tls)
     worker = workers[0]
     collector, gport = start_collector(tmp, side_cpus)
     try:
@@ -182,26 +187,26 @@ def part_nginx(a, tmp, pinned):
             pin(nginx.pid, load_cpus)
             for w in workers:
                 pin(w, load_cpus)
-        wrk(port, 2, a.connections, 1, cpus=load_cpus)  # warm-up
+        wrk(port, 2, a.connections, 1, cpus=load_cpus, scheme=scheme)  # warm-up
         traced, probes = [], []
         for i in range(a.rounds):
             log(f"{'pinned' if pinned else 'unpinned'} nginx round {i + 1}/{a.rounds}: untraced, traced")
             pair = nginx_pair(a.tracer, ["--pid", str(worker)] + otlp_grpc(gport), port, [worker],
                               tmp, a.duration, a.connections, 1, load_cpus=load_cpus,
-                              tracer_cpus=side_cpus)
+                              tracer_cpus=side_cpus, scheme=scheme)
             traced.append(pair_figures(pair, worker))
             if pinned:
                 log(f"pinned nginx round {i + 1}/{a.rounds}: untraced, --pid 1")
                 pair = nginx_pair(a.tracer, ["--pid", "1"] + otlp_grpc(gport), port, [worker], tmp,
                                   a.duration, a.connections, 1, load_cpus=load_cpus,
-                                  tracer_cpus=side_cpus)
+                                  tracer_cpus=side_cpus, scheme=scheme)
                 probes.append(pair_figures(pair, worker, nothing_traced=True))
     finally:
         nginx.send_signal(signal.SIGQUIT)
         collector.terminate()
         nginx.wait(10)
         collector.wait(10)
-    out = {"layout": (f"nginx + wrk -t1 -c{a.connections} on CPU {load_cpus[0]}, tracer + rotel on "
+    out = {"layout": (f"{'HTTPS ' if tls else ''}nginx + wrk -t1 -c{a.connections} on CPU {load_cpus[0]}, tracer + rotel on "
                       f"CPU {side_cpus[0]}") if pinned else "everything on every CPU",
            "duration_s": a.duration, "rounds": a.rounds, "traced": summarize(traced),
            "per_round": traced}
@@ -362,7 +367,8 @@ def report(res):
                      f"per syscall ({s['traced_cpu_s']} s; fastest runs {fmt(s['ns_added_per_syscall_traced_non_socket_fastest'], ' ns', 1, True)}, "
                      f"wall {fmt(s['ns_added_per_syscall_traced_non_socket_wall'], ' ns', 1, True)})"),
                 ]))
-    for key, title in (("pinned", "nginx pinned"), ("unpinned", "nginx unpinned (contention included)")):
+    for key, title in (("pinned", "nginx pinned"), ("unpinned", "nginx unpinned (contention included)"),
+                       ("tls", "HTTPS nginx pinned")):
         if key not in res:
             continue
         n = res[key]
@@ -469,7 +475,7 @@ def main():
     parts.sort(key=PARTS.index)
     try:
         need_tools(*sorted({t for p in parts for t in TOOLS[p]}))
-        if any(p in parts for p in ("pinned", "unpinned", "h2load")):
+        if any(p in parts for p in ("pinned", "unpinned", "tls", "h2load")):
             rotel_bin()
     except BenchError as e:
         sys.exit(str(e))
@@ -487,7 +493,8 @@ def main():
     res["meta"]["other_tracers"] = others
     tmp = tempfile.mkdtemp(prefix="tracer-cost-")
     runners = {"syscalls": part_syscalls, "pinned": lambda a, t: part_nginx(a, t, True),
-               "unpinned": lambda a, t: part_nginx(a, t, False), "h2load": part_h2load,
+               "unpinned": lambda a, t: part_nginx(a, t, False),
+               "tls": lambda a, t: part_nginx(a, t, True, tls=True), "h2load": part_h2load,
                "criterion": part_criterion}
     for p in parts:
         print(f"==> {p}", file=sys.stderr, flush=True)

@@ -15,8 +15,15 @@ from benchlib import (  # noqa: E402
     taskset, wait_port)
 
 
-def start_nginx(port, root):
-    """nginx, 1 worker, a 612-byte page, sendfile on; returns (master, [worker pids])."""
+def start_nginx(port, root, tls=False):
+    """nginx, 1 worker, a 612-byte page, sendfile on; returns (master, [worker pids]).
+    tls: HTTPS (HTTP/1.1) with a self-signed certificate made here (sendfile is then unused)."""
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-keyout", f"{root}/key.pem", "-out",
+                        f"{root}/cert.pem"], check=True, capture_output=True)
+        listen += f" ssl; ssl_certificate {root}/cert.pem; ssl_certificate_key {root}/key.pem"
     conf = os.path.join(root, "nginx.conf")
     os.makedirs(os.path.join(root, "www"), exist_ok=True)
     with open(os.path.join(root, "www", "index.html"), "w") as f:
@@ -29,7 +36,7 @@ http {{
   access_log off; sendfile on; keepalive_requests 1000000;
   client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root};
   uwsgi_temp_path {root}; scgi_temp_path {root};
-  server {{ listen 127.0.0.1:{port}; root {root}/www; }}
+  server {{ listen {listen}; root {root}/www; }}
 }}""")
     p = subprocess.Popen(["nginx", "-c", conf, "-p", root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -39,13 +46,13 @@ http {{
     return p, [int(k) for k in kids]
 
 
-def wrk(port, duration, conns, threads, cpus=None, watch=()):
+def wrk(port, duration, conns, threads, cpus=None, watch=(), scheme="http"):
     """One wrk run (on `cpus` if given). `watch`: pids whose CPU seconds over the run are
     returned in "cpu" (e.g. the nginx worker)."""
     cpu0 = {p: cpu_seconds(p) for p in watch}
     out = subprocess.run(
         taskset(cpus) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
-                         f"http://127.0.0.1:{port}/"],
+                         f"{scheme}://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     cpu = {p: cpu_seconds(p) - c for p, c in cpu0.items()}
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
@@ -60,11 +67,11 @@ def wrk(port, duration, conns, threads, cpus=None, watch=()):
 
 
 def nginx_pair(tracer_bin, tracer_args, port, workers, tmp, duration, conns, threads,
-               env=None, load_cpus=None, tracer_cpus=None):
+               env=None, load_cpus=None, tracer_cpus=None, scheme="http"):
     """One untraced wrk run, then the same run with `tracer run TRACER_ARGS` (on tracer_cpus).
     wrk runs on load_cpus; the CPU of the nginx workers is measured around each run."""
     def load():
-        return wrk(port, duration, conns, threads, cpus=load_cpus, watch=workers)
+        return wrk(port, duration, conns, threads, cpus=load_cpus, watch=workers, scheme=scheme)
 
     base = load()
     with Tracer(tracer_bin, tracer_args, tmp, env=env, cpus=tracer_cpus) as t:
