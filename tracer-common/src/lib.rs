@@ -138,7 +138,10 @@ pub mod counter {
     /// Plaintext of a TLS call whose socket the probes never saw (the library moved its
     /// encrypted bytes itself, through a memory BIO): not decoded.
     pub const TLS_NO_SOCKET: u32 = 6;
-    pub const LEN: u32 = 7;
+    /// A probe could not read its own arguments (the tracepoint record or the registers):
+    /// that syscall or call was not followed.
+    pub const PROBE_ARGS: u32 = 7;
+    pub const LEN: u32 = 8;
 }
 
 /// First field of every ring-buffer record.

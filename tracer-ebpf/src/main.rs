@@ -5,6 +5,7 @@
 #![no_main]
 
 mod capture;
+mod diag;
 mod filter;
 mod frames;
 mod maps;

@@ -9,7 +9,11 @@
 //! a fresh TLS socket (node decrypts what it just read), or the records a thread sends right
 //! after a TLS call (node flushes what the call encrypted). A connection object or socket is
 //! tied once; nothing is guessed after that.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::RetProbeContext,
+};
+use aya_log_ebpf::debug;
 use tracer_common::{counter, direction, syscall};
 
 use crate::{
@@ -70,7 +74,7 @@ pub fn set_fd(ssl: u64, fd: u64) {
 /// A TLS call returns `ret` (a byte count, or for the `_ex` calls 1 with the count stored
 /// through `count_out`).
 #[inline(always)]
-pub fn exit(ret: i64) {
+pub fn exit(ctx: &RetProbeContext, ret: i64) {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr(&id) else {
         return;
@@ -101,10 +105,12 @@ pub fn exit(ret: i64) {
     } else if let Some(fd) = unsafe { TLS_SOCKETS.get(&key) } {
         *fd
     } else if let Some(fd) = after_recv(id, &key) {
+        debug!(ctx, "TLS: pid {} connection object {:x} tied to fd {} (memory BIO)", key.tgid, ssl, fd);
         fd
     } else {
         if moved > 0 {
             count(counter::TLS_NO_SOCKET);
+            debug!(ctx, "TLS: pid {}: {} bytes of connection object {:x}, whose socket is unknown", key.tgid, moved, ssl);
         }
         return;
     };

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     conntrack::TableOptions,
     export::Format,
+    kernel_log::KernelLog,
     probes::{HookChoice, ProbeOptions},
     span::SpanOptions,
 };
@@ -65,6 +66,7 @@ fn value_name(v: impl ValueEnum) -> String {
 #[command(
     mut_arg("capture_size", |a| default_in_help(a, tracer_common::DEFAULT_CAPTURE)),
     mut_arg("hooks", |a| default_in_help(a, value_name(HookChoice::default()))),
+    mut_arg("kernel_log", |a| default_in_help(a, value_name(KernelLog::default()))),
     mut_arg("ring_buffer_mib", |a| default_in_help(a, crate::probes::DEFAULT_RING_MIB)),
     mut_arg("join_hold_ms", |a| default_in_help(a, crate::join::DEFAULT_HOLD_MS)),
     mut_arg("export_queue_mib", |a| default_in_help(a, crate::export::DEFAULT_QUEUE_MIB)),
@@ -99,6 +101,10 @@ pub struct RunOptions {
     /// gets uprobes on SSL_read/SSL_write, so HTTPS is traced from its plaintext
     #[arg(long)]
     pub no_tls: bool,
+    /// Log the probes' own messages from this level up (aya-log): `debug` names every syscall
+    /// or TLS call the probes could not follow, with its pid. `off` costs nothing
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub kernel_log: Option<KernelLog>,
     /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
@@ -184,6 +190,7 @@ impl RunOptions {
             capture_size,
             hooks,
             no_tls,
+            kernel_log,
             ring_buffer_mib,
             otlp_endpoint,
             otlp_protocol,
@@ -210,6 +217,7 @@ impl RunOptions {
             capture_size: capture_size.or(file.capture_size),
             hooks: hooks.or(file.hooks),
             no_tls: no_tls || file.no_tls,
+            kernel_log: kernel_log.or(file.kernel_log),
             ring_buffer_mib: ring_buffer_mib.or(file.ring_buffer_mib),
             otlp_endpoint: otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: otlp_protocol.or(file.otlp_protocol),
@@ -306,6 +314,7 @@ impl RunOptions {
             comm: self.comm.clone(),
             ring_bytes: self.ring_buffer_mib() << 20,
             tls: !self.no_tls,
+            kernel_log: self.kernel_log.unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -385,6 +394,7 @@ impl RunOptions {
             // Read once at start.
             hooks,
             no_tls,
+            kernel_log,
             otlp_endpoint,
             otlp_protocol,
             output,
@@ -404,6 +414,7 @@ impl RunOptions {
         [
             (*hooks != new.hooks, "hooks"),
             (*no_tls != new.no_tls, "no-tls"),
+            (*kernel_log != new.kernel_log, "kernel-log"),
             (
                 self.ring_buffer_mib() != new.ring_buffer_mib(),
                 "ring-buffer-mib",
@@ -564,6 +575,7 @@ mod tests {
             capture_size: Some(1024),
             hooks: Some(HookChoice::Syscalls),
             no_tls: true,
+            kernel_log: Some(KernelLog::Debug),
             ring_buffer_mib: Some(64),
             otlp_endpoint: Some("http://c:4318".into()),
             otlp_protocol: Some("grpc".into()),
@@ -615,9 +627,10 @@ mod tests {
         for (i, f) in live.into_iter().enumerate() {
             assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
         }
-        let restart: [(Set, &str); 16] = [
+        let restart: [(Set, &str); 17] = [
             (|o, a| o.hooks = a.hooks, "hooks"),
             (|o, a| o.no_tls = a.no_tls, "no-tls"),
+            (|o, a| o.kernel_log = a.kernel_log, "kernel-log"),
             (
                 |o, a| o.ring_buffer_mib = a.ring_buffer_mib,
                 "ring-buffer-mib",
@@ -679,6 +692,7 @@ mod tests {
         for (flag, default) in [
             ("--capture-size", tracer_common::DEFAULT_CAPTURE.to_string()),
             ("--hooks", "auto".to_string()),
+            ("--kernel-log", "off".to_string()),
             (
                 "--ring-buffer-mib",
                 crate::probes::DEFAULT_RING_MIB.to_string(),

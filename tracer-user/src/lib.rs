@@ -22,6 +22,7 @@ pub mod decode;
 pub mod events;
 pub mod export;
 pub mod join;
+pub mod kernel_log;
 pub mod metadata;
 pub mod metrics;
 pub mod pipeline;

@@ -158,6 +158,7 @@ counters! {
     kernel_h2_frames_lost_total => "Syscalls whose bytes the HTTP/2 frame walk could not follow as frames (copied as a prefix until a syscall starts at a frame)",
     kernel_unsupported_calls_total => "Socket I/O of traced processes not made by a read/write-family syscall (io_uring, sendmmsg, in-kernel users): not decoded",
     kernel_fd_reused_total => "Connections ended because their fd was reused by a new socket before their close was seen",
+    kernel_probe_errors_total => "Syscalls and TLS calls a probe could not read the arguments of (not followed; --kernel-log debug names them)",
     kernel_tls_no_socket_total => "TLS calls whose plaintext was not traced because the library moved its encrypted bytes itself (a memory BIO), so their socket is unknown",
     tls_probe_failures_total => "TLS libraries found that the probes could not be attached to (the log says why)",
     sequence_gaps_total => "Gaps in a connection direction's records (records went missing)",

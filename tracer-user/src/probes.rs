@@ -2,6 +2,7 @@
 //! socket tracepoints where the kernel has them, else the syscall tracepoints.
 use std::path::Path;
 
+use crate::kernel_log::KernelLog;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -204,6 +205,8 @@ pub struct ProbeOptions {
     pub wakeup_bytes: u32,
     /// Load the TLS library probes (attached per library by `tls::Tracker`).
     pub tls: bool,
+    /// Which of the probes' own messages to log (off: none, at no cost).
+    pub kernel_log: KernelLog,
 }
 
 impl Default for ProbeOptions {
@@ -216,6 +219,7 @@ impl Default for ProbeOptions {
             ring_bytes: DEFAULT_RING_MIB << 20,
             wakeup_bytes: 256 * 1024,
             tls: true,
+            kernel_log: KernelLog::Off,
         }
     }
 }
@@ -296,9 +300,16 @@ impl Probes {
             }),
             Hooks::Syscalls => SockOffsets::default(),
         };
-        let ebpf = EbpfLoader::new()
+        let level = opts.kernel_log.level();
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)?;
+        if opts.kernel_log != KernelLog::Off
+            && let Err(e) = crate::kernel_log::start(&mut ebpf)
+        {
+            tracing::warn!("--kernel-log: cannot read the probes' log: {e}");
+        }
         let mut probes = Probes {
             ebpf,
             hooks,

@@ -2,7 +2,10 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{direction, syscall};
 
-use crate::capture::{MSG_PEEK, args_from_regs, on_data, save_args, save_peek, take_args};
+use crate::{
+    capture::{MSG_PEEK, args_from_regs, on_data, save_args, save_peek, take_args},
+    diag::args_failed,
+};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -49,12 +52,16 @@ macro_rules! data_probes {
     ($($enter:ident, $exit:ident, $sys:expr, $dir:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            let _ = enter(&ctx, $sys, $dir);
+            if let Err(e) = enter(&ctx, $sys, $dir) {
+                args_failed(&ctx, stringify!($enter), e);
+            }
             0
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = exit(&ctx, $sys, $dir);
+            if let Err(e) = exit(&ctx, $sys, $dir) {
+                args_failed(&ctx, stringify!($exit), e);
+            }
             0
         }
     )*};

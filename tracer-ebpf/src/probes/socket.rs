@@ -2,7 +2,10 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{direction, role};
 
-use crate::capture::{on_close, on_setup, save_args, take_args};
+use crate::{
+    capture::{on_close, on_setup, save_args, take_args},
+    diag::args_failed,
+};
 
 // Offsets in the syscalls/* tracepoint records: arguments start at 16, 8 bytes each;
 // the return value of sys_exit_* is at 16.
@@ -25,19 +28,25 @@ const CONNECT: u8 = 255;
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    let _ = enter(&ctx, ACCEPT);
+    if let Err(e) = enter(&ctx, ACCEPT) {
+        args_failed(&ctx, "sys_enter_accept", e);
+    }
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    let _ = enter(&ctx, ACCEPT);
+    if let Err(e) = enter(&ctx, ACCEPT) {
+        args_failed(&ctx, "sys_enter_accept4", e);
+    }
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = enter(&ctx, CONNECT);
+    if let Err(e) = enter(&ctx, CONNECT) {
+        args_failed(&ctx, "sys_enter_connect", e);
+    }
     0
 }
 
@@ -59,26 +68,33 @@ fn exit(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = exit(&ctx);
+    if let Err(e) = exit(&ctx) {
+        args_failed(&ctx, "sys_exit_accept", e);
+    }
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = exit(&ctx);
+    if let Err(e) = exit(&ctx) {
+        args_failed(&ctx, "sys_exit_accept4", e);
+    }
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = exit(&ctx);
+    if let Err(e) = exit(&ctx) {
+        args_failed(&ctx, "sys_exit_connect", e);
+    }
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG0) } {
-        on_close(fd);
+    match unsafe { ctx.read_at::<u64>(ARG0) } {
+        Ok(fd) => on_close(fd),
+        Err(e) => args_failed(&ctx, "sys_enter_close", e.into()),
     }
     0
 }

@@ -3,7 +3,10 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use tracer_common::{direction, syscall};
 
 use super::rw::exit;
-use crate::capture::{MSG_PEEK, save_args, save_peek};
+use crate::{
+    capture::{MSG_PEEK, save_args, save_peek},
+    diag::args_failed,
+};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -39,12 +42,16 @@ macro_rules! vectored_probes {
     ($($enter:ident, $exit:ident, $how:ident, $sys:expr, $dir:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            let _ = $how(&ctx, $sys, $dir);
+            if let Err(e) = $how(&ctx, $sys, $dir) {
+                args_failed(&ctx, stringify!($enter), e);
+            }
             0
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = exit(&ctx, $sys, $dir);
+            if let Err(e) = exit(&ctx, $sys, $dir) {
+                args_failed(&ctx, stringify!($exit), e);
+            }
             0
         }
     )*};

@@ -286,6 +286,7 @@ fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
         (&m.kernel_unsupported_calls_total, counter::UNSUPPORTED_CALL),
         (&m.kernel_fd_reused_total, counter::FD_REUSED),
         (&m.kernel_tls_no_socket_total, counter::TLS_NO_SOCKET),
+        (&m.kernel_probe_errors_total, counter::PROBE_ARGS),
     ] {
         metric.store(k[idx as usize], Ordering::Relaxed);
     }
