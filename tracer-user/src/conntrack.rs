@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use rustc_hash::FxHashMap;
@@ -19,8 +20,7 @@ use crate::{
     join::{Begin, End, JoinMetrics, JoinOptions, Joiner, PeerKey},
     metrics::{Counter, Registry},
     process::{FdKind, Processes, SocketEnds, inspect_fd, socket_ends},
-    semconv,
-    span::{self, Clock, ConnInfo, Span, SpanOptions, Value},
+    span::{self, Clock, ConnInfo, Head, Resource, Span, SpanKind, SpanOptions},
 };
 
 /// The protocol decoder of one connection (the probes classify it by its first bytes).
@@ -549,42 +549,31 @@ impl ConnTable {
         if self.done.exchanges.is_empty() && self.done.streams.is_empty() {
             return;
         }
-        let resource = self.procs.resource(id.pid, &entry.comm);
-        let (clock, opts) = (self.clock, &self.opts.spans);
-        let spans = self.done.exchanges.drain(..).map(|ex| {
-            let key = RequestKey::Http1(ex.request.seq);
-            let response_tid = ex.response.as_ref().map(|r| r.tid);
-            let sp = span::build(ex, &entry.info, &resource, clock, opts);
-            (key, response_tid, sp)
-        });
-        let h2 = self.done.streams.drain(..).map(|st| {
-            let key = RequestKey::Http2(st.stream_id);
-            (
-                key,
-                None,
-                span::build_h2(st, &entry.info, &resource, clock, opts),
-            )
-        });
-        for (request, response_tid, sp) in spans.chain(h2) {
-            m.spans_built.inc();
-            let local_match = sp.kind == span::SpanKind::Server
-                && entry
-                    .local_port
-                    .is_some_and(|p| self.opts.ports.contains(&p));
-            let filtered = (!self.opts.ports.is_empty()
-                && !local_match
-                && !port_matches(&sp, &self.opts.ports))
-                || (!self.opts.trace_otlp_exports && is_otlp_export(&sp));
-            if filtered {
+        // The process is looked up for the first span kept only: filtered exchanges cost no
+        // /proc read and no span.
+        let mut resource = None;
+        let clock = self.clock;
+        let exchanges = self.done.exchanges.drain(..).map(Finished::Http1);
+        let streams = self.done.streams.drain(..).map(Finished::Http2);
+        for f in exchanges.chain(streams) {
+            let head = f.head(&entry.info);
+            let (ts_end, filtered) = (head.ts_end, self.opts.filters(&head, entry));
+            let (request, response_tid) = f.key();
+            let span = if filtered {
                 m.spans_filtered.inc();
-            }
+                None
+            } else {
+                m.spans_built.inc();
+                let res = resource.get_or_insert_with(|| self.procs.resource(id.pid, &entry.comm));
+                Some(f.build(&entry.info, res, clock, &self.opts.spans))
+            };
             let end = End {
                 conn: id,
                 request,
-                ts_end: clock.to_mono(sp.end_unix_ns),
+                ts_end,
                 response_tid,
-                // A filtered span still joins what it links.
-                span: (!filtered).then_some(sp),
+                // A filtered exchange still joins what it links.
+                span,
             };
             self.join.end(end, &self.join_metrics, out);
         }
@@ -627,18 +616,53 @@ fn net_ns(cache: &mut FxHashMap<u32, u64>, proc_root: &Path, pid: u32) -> u64 {
     })
 }
 
-fn is_otlp_export(sp: &Span) -> bool {
-    let s = |k| match sp.attr(k) {
-        Some(Value::Str(v)) => v.as_str(),
-        _ => "",
-    };
-    s(semconv::HTTP_REQUEST_METHOD) == "POST" && s(semconv::URL_PATH).ends_with("/v1/traces")
+/// An exchange or stream the decoders finished.
+enum Finished {
+    Http1(Exchange),
+    Http2(Stream),
 }
 
-fn port_matches(sp: &Span, ports: &[u16]) -> bool {
-    [semconv::SERVER_PORT, semconv::NETWORK_PEER_PORT]
-        .iter()
-        .any(|k| matches!(sp.attr(k), Some(Value::Int(p)) if ports.iter().any(|&f| f as i64 == *p)))
+impl Finished {
+    fn head(&self, conn: &ConnInfo) -> Head<'_> {
+        match self {
+            Finished::Http1(ex) => Head::http1(ex, conn),
+            Finished::Http2(st) => Head::h2(st, conn),
+        }
+    }
+
+    /// Which request of its connection it is, and the thread that answered it (HTTP/1).
+    fn key(&self) -> (RequestKey, Option<u32>) {
+        match self {
+            Finished::Http1(ex) => (
+                RequestKey::Http1(ex.request.seq),
+                ex.response.as_ref().map(|r| r.tid),
+            ),
+            Finished::Http2(st) => (RequestKey::Http2(st.stream_id), None),
+        }
+    }
+
+    fn build(self, conn: &ConnInfo, res: &Arc<Resource>, clock: Clock, opts: &SpanOptions) -> Span {
+        match self {
+            Finished::Http1(ex) => span::build(ex, conn, res, clock, opts),
+            Finished::Http2(st) => span::build_h2(st, conn, res, clock, opts),
+        }
+    }
+}
+
+impl TableOptions {
+    /// Whether the filters drop an exchange, decided before its span is built: `--port`
+    /// keeps it when the server port it names, its connection's peer port or (a server's)
+    /// local port is listed; OTLP trace exports (POST .../v1/traces) are dropped unless kept.
+    fn filters(&self, head: &Head<'_>, conn: &Entry) -> bool {
+        let listed = |p: u16| self.ports.contains(&p);
+        let port_kept = self.ports.is_empty()
+            || (head.kind == SpanKind::Server && conn.local_port.is_some_and(listed))
+            || head.server_port.is_some_and(listed)
+            || conn.info.peer.is_some_and(|a| listed(a.port()));
+        let otlp_export =
+            head.method == Some("POST") && head.path.is_some_and(|p| p.ends_with("/v1/traces"));
+        !port_kept || (!self.trace_otlp_exports && otlp_export)
+    }
 }
 
 #[cfg(test)]
@@ -646,7 +670,7 @@ mod tests {
     use super::*;
     use crate::decode::testkit::{H, block, frame, grpc_msg, headers, settings};
     use crate::events::encode;
-    use crate::span::SpanKind;
+    use crate::span::Value;
     use tracer_common::h2::{
         PREFACE, flag,
         frame_type::{DATA, SETTINGS},
@@ -763,8 +787,10 @@ mod tests {
         let spans = replay(&mut t, &recs);
         assert!(spans.is_empty());
         assert_eq!(m.spans_filtered.get(), 1);
-        let (mut t, _) = table(vec![8000]);
+        assert_eq!(m.spans_built.get(), 0, "decided before a span is built");
+        let (mut t, m) = table(vec![8000]);
         assert_eq!(replay(&mut t, &recs).len(), 1);
+        assert_eq!((m.spans_built.get(), m.spans_filtered.get()), (1, 0));
     }
 
     #[test]
@@ -794,6 +820,22 @@ mod tests {
         ];
         assert!(replay(&mut t, &recs).is_empty());
         assert_eq!(m.spans_filtered.get(), 1);
+        assert_eq!(m.spans_built.get(), 0, "decided before a span is built");
+    }
+
+    /// Of the two ends of one request, `--port` keeps the one whose ports it lists, decided
+    /// from the connection and the request head: the other is never built, and the kept one
+    /// still joins it (its parent is the filtered client's span id, as without the filter).
+    #[test]
+    fn filtered_exchanges_never_reach_the_span_builder() {
+        for (ports, built) in [(vec![45000], 1), (vec![1], 0), (vec![], 2)] {
+            let (mut t, m) = table(ports.clone());
+            let spans = replay(&mut t, &two_ends(false));
+            assert_eq!(spans.len() as u64, built, "{ports:?}: {spans:?}");
+            assert_eq!(m.spans_built.get(), built, "{ports:?}");
+            assert_eq!(m.spans_filtered.get(), 2 - built, "{ports:?}");
+            assert_eq!(t.join_metrics().links_connection.get(), 1, "{ports:?}");
+        }
     }
 
     /// The middle of a gRPC conversation: one call on stream 5, its header blocks only
