@@ -14,9 +14,9 @@ use prometheus_client::{
 
 pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-/// The registry every subsystem registers into. Some subsystems are built after the admin
-/// endpoint is up (the decode stage waits for the probes), hence the lock; counting never
-/// takes it, only registering and scraping do.
+/// The registry every subsystem registers into, shared by those that build them and those
+/// that read it (the admin endpoint, the counters log). Registering takes the lock and
+/// scraping reads under it; counting never does (subsystems keep their own handles).
 #[derive(Clone)]
 pub struct Registry(Arc<RwLock<prometheus_client::registry::Registry>>);
 

@@ -16,7 +16,7 @@ use crate::{
     export::{self, BatchConfig, Env, Exporters, Format, OtlpClient, Printer, Sink},
     metadata::k8s::{self, PodCache},
     metrics::{Health, Registry},
-    pipeline::{self, Live, Recorder},
+    pipeline::{self, Live, Recorder, reader::ReaderMetrics},
     plugins::{self, PluginHost},
     probes::{self, Probes},
     process,
@@ -36,8 +36,18 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let (sinks, batch) = sinks(&opts, &env)?;
     let registry = Registry::default();
     let health = Arc::new(Health::new(&registry));
-    let tls_metrics = tls::TlsMetrics::new(&registry);
     let plugins = start_plugins(&opts, &registry).await?;
+    // Whatever counts is built before the admin endpoint answers: /metrics has every metric
+    // from its first scrape, while the probes are still attaching.
+    let exporters = Exporters::spawn(sinks, batch, &registry, health.clone());
+    let mut t = conn_table(
+        opts.table_options(),
+        pod_cache(&opts.k8s_label).await,
+        &registry,
+    );
+    let reader_metrics = ReaderMetrics::new(&registry);
+    let reload_metrics = ReloadMetrics::new(&registry);
+    let tls_metrics = tls::TlsMetrics::new(&registry);
     let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = opts.admin_addr()? {
         let listener = admin::bind(addr)
@@ -92,12 +102,6 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         )))),
         None => None,
     };
-    let exporters = Exporters::spawn(sinks, batch, &registry, health.clone());
-    let mut t = conn_table(
-        opts.table_options(),
-        pod_cache(&opts.k8s_label).await,
-        &registry,
-    );
     t.set_preexisting(snapshot);
     let stats_every = opts
         .stats_interval
@@ -111,7 +115,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         current: opts,
         control: control_tx,
         plugins: plugins.clone(),
-        metrics: ReloadMetrics::new(&registry),
+        metrics: reload_metrics,
     };
     tokio::spawn(reloader.run(reload_rx));
     let live = Live {
@@ -120,6 +124,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         control: control_rx,
         recorder,
         stats_every,
+        metrics: reader_metrics,
     };
     pipeline::run(
         live,

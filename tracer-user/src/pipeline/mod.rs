@@ -79,6 +79,7 @@ pub struct Live {
     pub recorder: Option<Recorder>,
     /// Log the counters this often.
     pub stats_every: Option<Duration>,
+    pub metrics: reader::ReaderMetrics,
 }
 
 /// Settings changed by a config reload: the probes' right away, the table's before the next
@@ -106,6 +107,7 @@ pub async fn run(
         control,
         recorder,
         stats_every,
+        metrics,
     } = live;
     health.probes_attached.set(true);
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +116,7 @@ pub async fn run(
         recorder,
         plugins,
         export,
-        &reg,
+        metrics.records_dropped,
         health.clone(),
         stop.clone(),
     )?;
@@ -124,7 +126,7 @@ pub async fn run(
         control,
         handoff: stages.handoff,
         health,
-        kernel: reader::KernelMetrics::new(&reg),
+        kernel: metrics.kernel,
         stop: stop.clone(),
     };
     let mut threads = vec![stages::spawn("tracer-reader", move || reader.run())?];

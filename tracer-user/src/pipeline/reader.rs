@@ -276,6 +276,22 @@ fn lock(p: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What the reader counts: the kernel's counters it syncs, and the records its handoff drops.
+/// Registered when the daemon starts, so they are on /metrics before the probes attach.
+pub struct ReaderMetrics {
+    pub kernel: KernelMetrics,
+    pub records_dropped: RecordDrops,
+}
+
+impl ReaderMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        ReaderMetrics {
+            kernel: KernelMetrics::new(reg),
+            records_dropped: RecordDrops::new(reg),
+        }
+    }
+}
+
 /// The kernel's own counters, summed from the probes' per-CPU array by the reader.
 pub struct KernelMetrics(Vec<(Counter, u32)>);
 

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     conntrack::ConnTable,
     export::Submitter,
-    metrics::{Busy, Health, RecordDrops, Registry, SpanDrop, SpanDrops},
+    metrics::{Busy, Health, RecordDrops, SpanDrop, SpanDrops},
     plugins::{PluginHost, chain::MAX_BATCH},
     queue::{Limits, SpanQueue},
     span::{Span, clock_ns},
@@ -57,7 +57,7 @@ pub fn start(
     recorder: Option<Recorder>,
     plugins: Arc<PluginHost>,
     export: Submitter,
-    reg: &Registry,
+    records_dropped: RecordDrops,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Stages> {
@@ -88,7 +88,7 @@ pub fn start(
         spawn("tracer-plugins", move || stage.run())?,
     ];
     Ok(Stages {
-        handoff: Handoff::new(tx, pool_rx, RecordDrops::new(reg)),
+        handoff: Handoff::new(tx, pool_rx, records_dropped),
         threads,
     })
 }
@@ -229,7 +229,7 @@ mod tests {
     use crate::{
         conntrack::TableOptions,
         export::{BatchConfig, Exporters, Format, Printer, Sink},
-        metrics::{Reason, SpanDrop},
+        metrics::{Reason, Registry, SpanDrop},
         pipeline::{read_recording, replay},
         plugins::Settings,
         testing::{SharedBuf, sample, table, traffic},
@@ -265,7 +265,7 @@ mod tests {
             Some(recorder),
             host,
             ex.submitter(),
-            &reg,
+            RecordDrops::new(&reg),
             health,
             stop,
         )
