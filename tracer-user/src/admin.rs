@@ -148,3 +148,56 @@ async fn route(method: &str, path: &str, accept: &str, st: &State) -> (u16, &'st
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::Settings;
+
+    /// One request to a fresh endpoint with the given Accept header: (head, body).
+    async fn get_metrics(accept: &str) -> (String, String) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::default();
+        let state = State {
+            health: Arc::new(Health::new(&registry)),
+            plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
+            registry,
+            reload: mpsc::channel(1).0,
+        };
+        tokio::spawn(serve(listener, state));
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        sock.read_to_string(&mut resp).await.unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
+        let (head, body) = get_metrics("*/*").await;
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        assert!(body.contains(
+            "# TYPE tracer_plugin_reloads_total counter\ntracer_plugin_reloads_total 0\n"
+        ));
+        assert!(body.contains("tracer_probes_attached 0\n"));
+        // What Prometheus sends.
+        let (head, body) = get_metrics(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .await;
+        assert!(
+            head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(
+            body.contains("# TYPE tracer_plugin_reloads counter\ntracer_plugin_reloads_total 0\n")
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+}
