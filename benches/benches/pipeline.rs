@@ -11,7 +11,7 @@ use tracer_user::{
     decode::{Chunk, Direction, http1::Http1Conn, http2::H2Conn},
     events::{ConnId, Dir, Event, Role, encode},
     export::otlp,
-    metrics::Metrics,
+    metrics::Registry,
     pipeline,
     process::Processes,
     span::{self, Clock, ConnInfo, Resource, Span, SpanOptions},
@@ -169,14 +169,14 @@ fn chunks(records: &[Vec<u8>]) -> impl Iterator<Item = Chunk<'_>> {
         })
 }
 
-fn table(m: &Arc<Metrics>) -> ConnTable {
+fn table() -> ConnTable {
     let root = std::env::temp_dir().join("tracer-bench-no-proc");
     ConnTable::new(
         Processes::new(&root, vec![]),
         &root,
         Clock::now(),
         TableOptions::default(),
-        m.clone(),
+        &Registry::default(),
     )
 }
 
@@ -188,6 +188,7 @@ fn resource() -> Arc<Resource> {
 fn conn_info() -> ConnInfo {
     ConnInfo {
         peer: Some(PEER.parse().unwrap()),
+        tls: false,
     }
 }
 
@@ -223,19 +224,18 @@ fn stages<T: Clone>(
             BatchSize::SmallInput,
         )
     });
-    let m = Arc::new(Metrics::default());
-    let spans = pipeline::replay(records, &mut table(&m), &m);
+    let spans = pipeline::replay(records, &mut table());
     assert_eq!(spans.len(), N as usize);
     g.bench_function("otlp_per_span", |b| b.iter(|| otlp::encode_request(&spans)));
     // One table for every iteration, as the daemon keeps one: each replay begins with the
     // CONN record, which starts the connection afresh.
-    let mut t = table(&m);
+    let mut t = table();
     g.bench_function("records_to_spans_per_request", |b| {
-        b.iter(|| pipeline::replay(records, &mut t, &m))
+        b.iter(|| pipeline::replay(records, &mut t))
     });
     g.bench_function("records_to_otlp_per_request", |b| {
         b.iter(|| {
-            let spans = pipeline::replay(records, &mut t, &m);
+            let spans = pipeline::replay(records, &mut t);
             assert_eq!(spans.len(), N as usize);
             otlp::encode_request(&spans)
         })
@@ -275,13 +275,10 @@ fn bench(c: &mut Criterion) {
 fn join(c: &mut Criterion) {
     use tracer_user::{
         decode::{RequestKey, Role as End},
-        join::{Begin, End as Done, JoinOptions, Joiner, PeerKey},
+        join::{Begin, End as Done, JoinMetrics, JoinOptions, Joiner, PeerKey},
     };
-    let m = Metrics::default();
-    let template = {
-        let m = Arc::new(Metrics::default());
-        pipeline::replay(&http1_records(1), &mut table(&m), &m).remove(0)
-    };
+    let m = JoinMetrics::new(&Registry::default());
+    let template = pipeline::replay(&http1_records(1), &mut table()).remove(0);
     let mut g = c.benchmark_group("join");
     g.throughput(Throughput::Elements(2 * N as u64));
     let mut j = Joiner::new(JoinOptions::default());

@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tracer_user::{
-    metrics::Metrics,
+    metrics::Registry,
     plugins::{PluginHost, Settings, samples},
     span::Span,
 };
@@ -45,9 +45,8 @@ fn batch(n: usize) -> Vec<Span> {
 }
 
 fn per_plugin(c: &mut Criterion) {
-    let metrics = Metrics::default();
     for (name, cfg) in PLUGINS {
-        let host = PluginHost::new(Settings::default()).unwrap();
+        let host = PluginHost::new(Settings::default(), &Registry::default()).unwrap();
         let wasm = component(name);
         let p = host
             .load(name, Path::new(name), &wasm, cfg)
@@ -61,7 +60,7 @@ fn per_plugin(c: &mut Criterion) {
                 b.iter_batched(
                     || input.clone(),
                     |mut spans| {
-                        host.process(&mut spans, &metrics);
+                        host.process(&mut spans);
                         spans
                     },
                     BatchSize::SmallInput,
@@ -71,7 +70,7 @@ fn per_plugin(c: &mut Criterion) {
         g.finish();
     }
     // The baseline the figures above include: cloning the input batch, and the chain attribute.
-    let empty = PluginHost::new(Settings::default()).unwrap();
+    let empty = PluginHost::new(Settings::default(), &Registry::default()).unwrap();
     let mut g = c.benchmark_group("plugin/none");
     let input = batch(64);
     g.throughput(Throughput::Elements(64));
@@ -79,7 +78,7 @@ fn per_plugin(c: &mut Criterion) {
         b.iter_batched(
             || input.clone(),
             |mut spans| {
-                empty.process(&mut spans, &metrics);
+                empty.process(&mut spans);
                 spans
             },
             BatchSize::SmallInput,
@@ -101,7 +100,7 @@ fn rss_kib() -> u64 {
 
 /// Not a criterion measurement: one-off figures printed for benches/README.md.
 fn swap_and_memory(_: &mut Criterion) {
-    let host = Arc::new(PluginHost::new(Settings::default()).unwrap());
+    let host = Arc::new(PluginHost::new(Settings::default(), &Registry::default()).unwrap());
     let wasm = component("route-normalizer");
     // Compile once (the cache), then time: load (instantiate + validate) and install (swap).
     let first = host.load("r", Path::new("r"), &wasm, "").unwrap();
@@ -119,7 +118,7 @@ fn swap_and_memory(_: &mut Criterion) {
     load_us.sort();
     swap_ns.sort();
     let t0 = Instant::now();
-    let other = PluginHost::new(Settings::default()).unwrap();
+    let other = PluginHost::new(Settings::default(), &Registry::default()).unwrap();
     other.load("x", Path::new("x"), &wasm, "").unwrap();
     let compile_ms = t0.elapsed().as_millis();
     eprintln!(
@@ -133,7 +132,7 @@ fn swap_and_memory(_: &mut Criterion) {
     // Memory: 20 more loaded plugins (distinct instances of each component).
     for (name, cfg) in PLUGINS {
         let wasm = component(name);
-        let h = PluginHost::new(Settings::default()).unwrap();
+        let h = PluginHost::new(Settings::default(), &Registry::default()).unwrap();
         let _warm = h.load(name, Path::new(name), &wasm, cfg).unwrap();
         let before = rss_kib();
         let kept: Vec<_> = (0..20)

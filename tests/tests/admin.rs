@@ -160,12 +160,12 @@ fn config_reload_applies_valid_files_and_keeps_running_settings_on_bad_ones() {
     );
     curl(&[&a.url("/status/200")]);
     curl(&[&b.url("/status/201")]);
-    // The port filter applies when a span is built: let these four be built (two kept, two
-    // filtered) under the old settings before changing them.
-    assert!(wait_until(Duration::from_secs(10), || tracer
-        .admin("GET", "/metrics")
-        .1
-        .contains("tracer_spans_built_total 4\n")));
+    // The port filter applies as each exchange is decoded: let these four be decided (two
+    // built, two filtered before a span was built) under the old settings before changing them.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (_, m) = tracer.admin("GET", "/metrics");
+        m.contains("tracer_spans_built_total 2\n") && m.contains("tracer_spans_filtered_total 2\n")
+    }));
 
     // A valid file (POST /reload): the filter moves to port b.
     fs::write(&cfg, format!("port: [{}]\n", b.port())).unwrap();

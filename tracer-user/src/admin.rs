@@ -1,8 +1,8 @@
-//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text), /plugins (JSON),
-//! POST /reload.
+//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text, or OpenMetrics when
+//! the scraper asks for it), /plugins (JSON), POST /reload.
 //! Deliberately tiny (a few fixed routes, one request per connection): it must not need a web
 //! framework, and it binds to localhost unless the operator says otherwise.
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use crate::{
-    metrics::{Metrics, monotonic_s},
+    metrics::{Health, Registry, monotonic_s},
     plugins::PluginHost,
 };
 
@@ -27,23 +27,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// What the routes read.
 #[derive(Clone)]
-struct State {
-    metrics: Arc<Metrics>,
-    plugins: Arc<PluginHost>,
-    reload: mpsc::Sender<ReloadRequest>,
+pub struct State {
+    pub registry: Registry,
+    pub health: Arc<Health>,
+    pub plugins: Arc<PluginHost>,
+    pub reload: mpsc::Sender<ReloadRequest>,
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    plugins: Arc<PluginHost>,
-    reload: mpsc::Sender<ReloadRequest>,
-) {
-    let state = State {
-        metrics,
-        plugins,
-        reload,
-    };
+pub async fn serve(listener: TcpListener, state: State) {
+    let state = Arc::new(state);
     loop {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
@@ -55,7 +47,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut sock: TcpStream, st: State) -> std::io::Result<()> {
+async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -68,7 +60,12 @@ async fn handle(mut sock: TcpStream, st: State) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (code, ctype, body) = route(method, path, &st).await;
+    let accept = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
+        .map_or("", |(_, v)| v);
+    let (code, ctype, body) = route(method, path, accept, &st).await;
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -84,9 +81,9 @@ async fn handle(mut sock: TcpStream, st: State) -> std::io::Result<()> {
     sock.shutdown().await
 }
 
-async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, String) {
+async fn route(method: &str, path: &str, accept: &str, st: &State) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
-    let h = &st.metrics.health;
+    let h = &st.health;
     match (method, path) {
         ("GET", "/healthz") => match h.stalled(monotonic_s(), STALL_S) {
             None => (200, TEXT, "ok\n".into()),
@@ -97,9 +94,9 @@ async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, Stri
             ),
         },
         ("GET", "/readyz") => {
-            if !h.probes_attached.load(Relaxed) {
+            if !h.probes_attached.get() {
                 (503, TEXT, "probes not attached yet\n".into())
-            } else if h.export_failing.load(Relaxed) {
+            } else if h.export_failing.get() {
                 let why = h
                     .last_export_error
                     .lock()
@@ -110,10 +107,16 @@ async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, Stri
                 (200, TEXT, "ready\n".into())
             }
         }
+        // Prometheus asks for OpenMetrics first; curl and older scrapers get the classic text.
+        ("GET", "/metrics") if accept.contains("application/openmetrics-text") => (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            st.registry.openmetrics(),
+        ),
         ("GET", "/metrics") => (
             200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            st.metrics.prometheus() + &st.plugins.prometheus(),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            st.registry.prometheus(),
         ),
         ("GET", "/plugins") => (
             200,
@@ -143,5 +146,58 @@ async fn route(method: &str, path: &str, st: &State) -> (u16, &'static str, Stri
             TEXT,
             "not found: try /healthz, /readyz, /metrics, /plugins or POST /reload\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::Settings;
+
+    /// One request to a fresh endpoint with the given Accept header: (head, body).
+    async fn get_metrics(accept: &str) -> (String, String) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::default();
+        let state = State {
+            health: Arc::new(Health::new(&registry)),
+            plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
+            registry,
+            reload: mpsc::channel(1).0,
+        };
+        tokio::spawn(serve(listener, state));
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        sock.read_to_string(&mut resp).await.unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
+        let (head, body) = get_metrics("*/*").await;
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        assert!(body.contains(
+            "# TYPE tracer_plugin_reloads_total counter\ntracer_plugin_reloads_total 0\n"
+        ));
+        assert!(body.contains("tracer_probes_attached 0\n"));
+        // What Prometheus sends.
+        let (head, body) = get_metrics(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .await;
+        assert!(
+            head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(
+            body.contains("# TYPE tracer_plugin_reloads counter\ntracer_plugin_reloads_total 0\n")
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
     }
 }

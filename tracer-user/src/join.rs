@@ -14,7 +14,7 @@ use crate::{
     context::{SAMPLED, TraceContext},
     decode::{RequestKey, Role},
     events::ConnId,
-    metrics::Metrics,
+    metrics::{Counter, Gauge, Registry},
     span::Span,
 };
 
@@ -26,6 +26,34 @@ const MAX_NODES: usize = 262_144;
 const THREAD_HISTORY: usize = 8;
 /// How far two CPUs' monotonic clocks may disagree.
 const CLOCK_SLACK_NS: u64 = 1_000_000;
+
+/// What the joiner did and holds.
+#[derive(Debug)]
+pub struct JoinMetrics {
+    pub links_connection: Counter,
+    pub links_thread: Counter,
+    pub links_ambiguous: Counter,
+    pub links_timed_out: Counter,
+    pub join_table_full: Counter,
+    pub spans_unsampled: Counter,
+    pub spans_held: Gauge,
+    pub requests_tracked: Gauge,
+}
+
+impl JoinMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        JoinMetrics {
+            links_connection: reg.counter("links_connection", "SERVER spans joined to the CLIENT span of the same request at the other end of a connection on this node"),
+            links_thread: reg.counter("links_thread", "CLIENT spans joined to the SERVER request their thread was serving"),
+            links_ambiguous: reg.counter("links_ambiguous", "CLIENT spans left unjoined because their thread served several requests at once, or its process answers requests from other threads than the ones that read them"),
+            links_timed_out: reg.counter("links_timed_out", "Spans exported before their join was decided (they waited longer than --join-hold)"),
+            join_table_full: reg.counter("join_table_full", "Requests not joined because the join table was full"),
+            spans_unsampled: reg.counter("spans_unsampled", "Spans not exported because the upstream's trace context said not sampled (--export-unsampled keeps them)"),
+            spans_held: reg.gauge("join_spans_held", "Finished spans waiting to be joined into their trace (at most --join-hold-ms)"),
+            requests_tracked: reg.gauge("join_requests_tracked", "Requests the trace joiner remembers: running, or ended within two holds"),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinOptions {
@@ -212,10 +240,10 @@ impl Joiner {
     }
 
     /// A request began: it gets its ids now, and its parent when that can be decided.
-    pub fn open(&mut self, b: Begin, m: &Metrics) {
+    pub fn open(&mut self, b: Begin, m: &JoinMetrics) {
         self.now = self.now.max(b.ts);
         if self.nodes.len() >= MAX_NODES {
-            Metrics::add(&m.join_table_full_total, 1);
+            m.join_table_full.inc();
             return;
         }
         let id = self.next_id;
@@ -324,7 +352,7 @@ impl Joiner {
         pid: u32,
         tid: u32,
         ts: u64,
-        m: &Metrics,
+        m: &JoinMetrics,
     ) {
         let Some(log) = self.threads.get(&(pid, tid)) else {
             return;
@@ -336,7 +364,7 @@ impl Joiner {
             (None, _) => return,
             (Some(s), None) => s,
             (Some(_), Some(_)) => {
-                Metrics::add(&m.links_ambiguous_total, 1);
+                m.links_ambiguous.inc();
                 return;
             }
         };
@@ -345,7 +373,7 @@ impl Joiner {
             .iter()
             .any(|o| o.node != s.node && o.open <= ts && o.close.is_none_or(|c| c > s.open));
         if others || log.forgotten_until > s.open || self.hopping.contains(&pid) {
-            Metrics::add(&m.links_ambiguous_total, 1);
+            m.links_ambiguous.inc();
             return;
         }
         let parent_id = s.node;
@@ -357,11 +385,11 @@ impl Joiner {
         node.flags = p.flags;
         node.trace_state.clone_from(&p.trace_state);
         p.children.push(id);
-        Metrics::add(&m.links_thread_total, 1);
+        m.links_thread.inc();
     }
 
     /// Makes `srv` the child of the CLIENT request `client` (the same request, other end).
-    fn link_server(&mut self, srv: NodeId, client: NodeId, m: &Metrics) {
+    fn link_server(&mut self, srv: NodeId, client: NodeId, m: &JoinMetrics) {
         let Some(c) = self.nodes.get_mut(&client) else {
             return;
         };
@@ -379,7 +407,7 @@ impl Joiner {
         if let Some(k) = s.waiting_key.take() {
             self.waiting.remove(&k);
         }
-        Metrics::add(&m.links_connection_total, 1);
+        m.links_connection.inc();
         self.inherit(srv, trace, flags, state);
         self.try_release(srv, m);
     }
@@ -411,7 +439,7 @@ impl Joiner {
 
     /// A request of a connection that ended without its end being decoded (its records were
     /// lost): it will have no span, so its children take its parent, never a missing span.
-    fn abandon(&mut self, id: NodeId, m: &Metrics) {
+    fn abandon(&mut self, id: NodeId, m: &JoinMetrics) {
         self.close_served(id, self.now, None);
         self.decide(id);
         let Some(n) = self.nodes.get_mut(&id) else {
@@ -470,7 +498,7 @@ impl Joiner {
     }
 
     /// A request ended: its span takes the ids given at its start and waits to leave.
-    pub fn end(&mut self, e: End, m: &Metrics, out: &mut Vec<Span>) {
+    pub fn end(&mut self, e: End, m: &JoinMetrics, out: &mut Vec<Span>) {
         self.now = self.now.max(e.ts_end);
         let Some(id) = self.take_running(e.conn, e.request) else {
             // Not seen beginning (or the table was full): a span of its own.
@@ -502,7 +530,7 @@ impl Joiner {
     }
 
     /// Forgets the requests of a connection that ended (their ends were not decoded).
-    pub fn close_conn(&mut self, conn: ConnId, m: &Metrics) {
+    pub fn close_conn(&mut self, conn: ConnId, m: &JoinMetrics) {
         for (_, id) in self.by_conn.remove(&conn).unwrap_or_default() {
             self.abandon(id, m);
         }
@@ -535,7 +563,7 @@ impl Joiner {
 
     /// Marks what can leave now: when the link of `id` is decided and its local root ended,
     /// the root's whole finished tree.
-    fn try_release(&mut self, id: NodeId, _m: &Metrics) {
+    fn try_release(&mut self, id: NodeId, _m: &JoinMetrics) {
         if !self.settled(id) {
             return;
         }
@@ -545,14 +573,14 @@ impl Joiner {
         }
     }
 
-    fn release_ready(&mut self, m: &Metrics, out: &mut Vec<Span>) {
+    fn release_ready(&mut self, m: &JoinMetrics, out: &mut Vec<Span>) {
         while let Some(root) = self.ready.pop() {
             self.release_tree(root, m, out);
         }
     }
 
     /// Sends every finished span of the tree under `root` whose link is decided, parents first.
-    fn release_tree(&mut self, root: NodeId, m: &Metrics, out: &mut Vec<Span>) {
+    fn release_tree(&mut self, root: NodeId, m: &JoinMetrics, out: &mut Vec<Span>) {
         // The walk's stack is kept between calls: most trees are one span, released per span.
         let mut stack = std::mem::take(&mut self.walk);
         stack.push(root);
@@ -575,7 +603,7 @@ impl Joiner {
     }
 
     /// The span of `id` leaves with its final ids.
-    fn release(&mut self, id: NodeId, m: &Metrics, out: &mut Vec<Span>) {
+    fn release(&mut self, id: NodeId, m: &JoinMetrics, out: &mut Vec<Span>) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -592,7 +620,7 @@ impl Joiner {
         sp.flags = n.flags;
         sp.trace_state.clone_from(&n.trace_state);
         if sp.flags & SAMPLED == 0 && !self.opts.export_unsampled {
-            Metrics::add(&m.spans_unsampled_total, 1);
+            m.spans_unsampled.inc();
         } else {
             out.push(sp);
         }
@@ -600,7 +628,7 @@ impl Joiner {
     }
 
     /// Time passed (monotonic ns): what waited long enough leaves, joined or not.
-    pub fn tick(&mut self, now: u64, m: &Metrics, out: &mut Vec<Span>) {
+    pub fn tick(&mut self, now: u64, m: &JoinMetrics, out: &mut Vec<Span>) {
         self.now = self.now.max(now);
         while let Some(&(at, what)) = self.due.front() {
             if at > self.now {
@@ -614,7 +642,7 @@ impl Joiner {
         self.release_ready(m, out);
     }
 
-    fn expire(&mut self, what: Due, m: &Metrics, out: &mut Vec<Span>) {
+    fn expire(&mut self, what: Due, m: &JoinMetrics, out: &mut Vec<Span>) {
         match what {
             Due::Decide(id) => {
                 self.decide(id);
@@ -627,7 +655,7 @@ impl Joiner {
                 }
                 if !self.settled(id) {
                     // Its link was not decided in time: it leaves as it is, for good.
-                    Metrics::add(&m.links_timed_out_total, 1);
+                    m.links_timed_out.inc();
                     self.freeze(id);
                 }
                 self.release(id, m, out);
@@ -674,7 +702,7 @@ impl Joiner {
     }
 
     /// Everything held leaves now (the end of a replay, or shutdown).
-    pub fn flush(&mut self, m: &Metrics, out: &mut Vec<Span>) {
+    pub fn flush(&mut self, m: &JoinMetrics, out: &mut Vec<Span>) {
         // What has not ended by now never will.
         let open: Vec<NodeId> = self
             .by_conn
@@ -696,7 +724,7 @@ impl Joiner {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, atomic::Ordering::Relaxed};
+    use std::sync::Arc;
 
     use super::*;
     use crate::{
@@ -708,7 +736,7 @@ mod tests {
 
     struct Run {
         j: Joiner,
-        m: Metrics,
+        m: JoinMetrics,
         out: Vec<Span>,
         next_fd: u32,
     }
@@ -726,7 +754,7 @@ mod tests {
         fn new() -> Self {
             Run {
                 j: Joiner::new(JoinOptions::default()),
-                m: Metrics::default(),
+                m: JoinMetrics::new(&Registry::default()),
                 out: Vec::new(),
                 next_fd: 3,
             }
@@ -841,8 +869,8 @@ mod tests {
             c.parent_span_id == Some(p.span_id) && c.trace_id == p.trace_id
         }
 
-        fn count(&self, c: &std::sync::atomic::AtomicU64) -> u64 {
-            c.load(Relaxed)
+        fn count(&self, c: &Counter) -> u64 {
+            c.get()
         }
     }
 
@@ -868,9 +896,9 @@ mod tests {
         assert!(r.child_of("front", "curl"));
         assert!(r.child_of("call", "front"));
         assert!(r.child_of("back", "call"));
-        assert_eq!(r.count(&r.m.links_connection_total), 2);
-        assert_eq!(r.count(&r.m.links_thread_total), 1);
-        assert_eq!(r.count(&r.m.links_ambiguous_total), 0);
+        assert_eq!(r.count(&r.m.links_connection), 2);
+        assert_eq!(r.count(&r.m.links_thread), 1);
+        assert_eq!(r.count(&r.m.links_ambiguous), 0);
         // Forgotten once the hold has passed (twice at most: once to leave, once for late
         // children).
         r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
@@ -905,7 +933,7 @@ mod tests {
         r.tick(MS + DEFAULT_HOLD_MS * MS);
         assert_eq!(r.names(), ["srv"]);
         assert_eq!(r.get("srv").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_timed_out_total), 0, "decided, not late");
+        assert_eq!(r.count(&r.m.links_timed_out), 0, "decided, not late");
         // A client end seen after that is too late: no link, and nothing changes.
         let cli = r.open(SpanKind::Client, 10, 10, "192.0.2.1:40000", 300 * MS);
         r.end(cli, "cli", 301 * MS);
@@ -933,7 +961,7 @@ mod tests {
         r.end(call, "call", 4 * MS);
         r.flush();
         assert_eq!(r.get("call").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_ambiguous_total), 0);
+        assert_eq!(r.count(&r.m.links_ambiguous), 0);
     }
 
     #[test]
@@ -947,7 +975,7 @@ mod tests {
         r.end(cli, "cli", 102 * MS);
         r.flush();
         assert_eq!(r.get("old").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_connection_total), 0);
+        assert_eq!(r.count(&r.m.links_connection), 0);
     }
 
     #[test]
@@ -960,7 +988,7 @@ mod tests {
         r.end(srv, "srv", 4 * MS);
         r.flush();
         assert_eq!(r.get("srv").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_connection_total), 0);
+        assert_eq!(r.count(&r.m.links_connection), 0);
     }
 
     #[test]
@@ -974,7 +1002,7 @@ mod tests {
         r.end(b, "b", 6 * MS);
         r.flush();
         assert_eq!(r.get("call").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_ambiguous_total), 1);
+        assert_eq!(r.count(&r.m.links_ambiguous), 1);
         // One request served, but another one came and went since it began: the call may be
         // that one's (fire and forget): no link either.
         let mut r = Run::new();
@@ -986,7 +1014,7 @@ mod tests {
         r.end(a, "a", 6 * MS);
         r.flush();
         assert_eq!(r.get("call").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_ambiguous_total), 1);
+        assert_eq!(r.count(&r.m.links_ambiguous), 1);
         // Requests one after the other on the same thread: each call is its request's.
         let mut r = Run::new();
         for i in 0..3u64 {
@@ -1006,7 +1034,7 @@ mod tests {
         for i in 0..3 {
             assert!(r.child_of(&format!("call{i}"), &format!("req{i}")));
         }
-        assert_eq!(r.count(&r.m.links_ambiguous_total), 0);
+        assert_eq!(r.count(&r.m.links_ambiguous), 0);
     }
 
     #[test]
@@ -1021,7 +1049,7 @@ mod tests {
         r.end(b, "b", 6 * MS);
         r.flush();
         assert_eq!(r.get("call").parent_span_id, None);
-        assert_eq!(r.count(&r.m.links_thread_total), 0);
+        assert_eq!(r.count(&r.m.links_thread), 0);
     }
 
     fn upstream(sampled: bool) -> TraceContext {
@@ -1086,7 +1114,7 @@ mod tests {
                 assert!(r.out.iter().all(|s| s.flags == 0));
             } else {
                 assert!(r.out.is_empty(), "{:?}", r.names());
-                assert_eq!(r.count(&r.m.spans_unsampled_total), 3);
+                assert_eq!(r.count(&r.m.spans_unsampled), 3);
             }
         }
     }
@@ -1103,7 +1131,7 @@ mod tests {
         r.end(srv, "srv", 2_000 * MS);
         r.tick(2_000 * MS + DEFAULT_HOLD_MS * MS);
         assert!(r.child_of("call", "srv"));
-        assert_eq!(r.count(&r.m.links_timed_out_total), 0);
+        assert_eq!(r.count(&r.m.links_timed_out), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     admin::ReloadRequest,
     config::{self, RunOptions},
-    metrics::Metrics,
+    metrics::{Counter, Registry},
     pipeline,
     plugins::{self, PluginHost},
 };
@@ -29,7 +29,28 @@ pub struct Reloader {
     /// The pipeline's side of a live update.
     pub control: mpsc::Sender<pipeline::Update>,
     pub plugins: Arc<PluginHost>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: ReloadMetrics,
+}
+
+/// Config reloads applied and refused.
+pub struct ReloadMetrics {
+    pub applied: Counter,
+    pub failed: Counter,
+}
+
+impl ReloadMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        ReloadMetrics {
+            applied: reg.counter(
+                "config_reloads",
+                "Config reloads applied (SIGHUP or POST /reload)",
+            ),
+            failed: reg.counter(
+                "config_reload_failures",
+                "Config reloads rejected (the running config stayed)",
+            ),
+        }
+    }
 }
 
 impl Reloader {
@@ -54,11 +75,11 @@ impl Reloader {
         match &result {
             Ok(msg) if msg.is_empty() => {}
             Ok(msg) => {
-                Metrics::add(&self.metrics.config_reloads_total, 1);
+                self.metrics.applied.inc();
                 tracing::info!("{msg}");
             }
             Err(msg) => {
-                Metrics::add(&self.metrics.config_reload_failures_total, 1);
+                self.metrics.failed.inc();
                 tracing::warn!("{msg}");
             }
         }
@@ -109,7 +130,7 @@ impl Reloader {
 
 #[cfg(test)]
 mod tests {
-    use std::{os::unix::fs::PermissionsExt, sync::atomic::Ordering::Relaxed};
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
     use crate::{conntrack::TableOptions, plugins::Settings};
@@ -136,10 +157,13 @@ mod tests {
                 let _ = seen_tx.send(table);
             }
         });
-        let plugins = PluginHost::new(Settings {
-            dir: plugin_dir,
-            ..Default::default()
-        })
+        let plugins = PluginHost::new(
+            Settings {
+                dir: plugin_dir,
+                ..Default::default()
+            },
+            &Registry::default(),
+        )
         .unwrap();
         let r = Reloader {
             config,
@@ -147,7 +171,7 @@ mod tests {
             current: RunOptions::default(),
             control,
             plugins: Arc::new(plugins),
-            metrics: Arc::new(Metrics::default()),
+            metrics: ReloadMetrics::new(&Registry::default()),
         };
         (r, seen)
     }
@@ -159,7 +183,7 @@ mod tests {
             r.reload().await,
             Err("no --config file and no plugin directory: nothing to reload".into())
         );
-        assert_eq!(r.metrics.config_reload_failures_total.load(Relaxed), 1);
+        assert_eq!(r.metrics.failed.get(), 1);
     }
 
     #[tokio::test]
@@ -182,7 +206,7 @@ mod tests {
         std::fs::write(&file, "port: [9090]\notlp-endpoint: http://c:4318\n").unwrap();
         assert_eq!(r.reload().await, Ok(format!("reloaded {}", file.display())));
         assert_eq!(updates.recv().await.unwrap().ports, [9090]);
-        assert_eq!(r.metrics.config_reloads_total.load(Relaxed), 2);
+        assert_eq!(r.metrics.applied.get(), 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -204,7 +228,7 @@ mod tests {
         let (mut r, _) = reloader(Some(file.clone()), None, Err(STOPPING.into()));
         assert_eq!(r.reload().await, Err(STOPPING.into()));
         assert_eq!(r.current, RunOptions::default(), "not applied");
-        assert_eq!(r.metrics.config_reload_failures_total.load(Relaxed), 1);
+        assert_eq!(r.metrics.failed.get(), 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

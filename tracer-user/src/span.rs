@@ -13,7 +13,7 @@ use crate::{
     decode::{
         Header, Role,
         headers::{HOST, USER_AGENT, X_FORWARDED_FOR},
-        http1::{Exchange, Outcome, Version},
+        http1::{Exchange, Outcome, Request, Response, Version},
         http2::Stream,
     },
     semconv,
@@ -58,6 +58,15 @@ pub fn kv(key: impl Into<Key>, value: Value) -> KeyValue {
 pub enum SpanKind {
     Server,
     Client,
+}
+
+impl From<Role> for SpanKind {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +191,126 @@ fn split_host(authority: &str) -> (Range<usize>, Option<u16>) {
         Some((h, p)) if !h.contains(':') => (lead..lead + h.len(), p.parse().ok()),
         _ => (lead..lead + a.len(), None),
     }
+}
+
+/// Where the parts of a request target are: an absolute-form target's authority, the path
+/// (None: an absolute-form target without one, "/") and the query.
+struct Target {
+    authority: Option<Range<usize>>,
+    path: Option<Range<usize>>,
+    query: Option<Range<usize>>,
+}
+
+impl Target {
+    fn parse(target: &str) -> Self {
+        let (authority, path_query) = match target.split_once("://") {
+            Some((scheme, rest)) => {
+                let base = scheme.len() + 3;
+                match rest.find('/') {
+                    Some(i) => (Some(base..base + i), Some(base + i..target.len())),
+                    None => (Some(base..target.len()), None),
+                }
+            }
+            None => (None, Some(0..target.len())),
+        };
+        let (path, query) = match path_query {
+            Some(r) => match target[r.clone()].find('?') {
+                Some(q) => (Some(r.start..r.start + q), Some(r.start + q + 1..r.end)),
+                None => (Some(r), None),
+            },
+            None => (None, None),
+        };
+        Target {
+            authority,
+            path,
+            query,
+        }
+    }
+}
+
+/// `server.port` when the authority names none: the scheme's.
+fn default_port(conn: &ConnInfo) -> u16 {
+    if conn.tls { 443 } else { 80 }
+}
+
+/// What the connection table decides from before (and instead of) building a span: the
+/// filters' inputs, read from the decoded request as the span would have them, and the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub kind: SpanKind,
+    /// The method as sent.
+    pub method: Option<&'a str>,
+    /// `url.path` when the target has a path of its own.
+    pub path: Option<&'a str>,
+    /// `server.port`: from the target's authority, `:authority` or Host.
+    pub server_port: Option<u16>,
+    /// CLOCK_MONOTONIC end of the exchange: the span's end.
+    pub ts_end: u64,
+}
+
+impl<'a> Head<'a> {
+    pub fn http1(ex: &'a Exchange, conn: &ConnInfo) -> Self {
+        let req = &ex.request;
+        Self::new(
+            conn,
+            ex.role.into(),
+            Some(&req.method),
+            Some(&req.target),
+            None,
+            &req.headers,
+            http1_end(req, ex.response.as_ref()),
+        )
+    }
+
+    pub fn h2(st: &'a Stream, conn: &ConnInfo) -> Self {
+        Self::new(
+            conn,
+            st.role.into(),
+            st.method.as_deref(),
+            st.path.as_deref(),
+            st.authority.as_deref(),
+            &st.request_headers,
+            st.ts_end,
+        )
+    }
+
+    /// The same precedence as [`build_call`]: the target's authority, then `:authority`,
+    /// then Host.
+    fn new(
+        conn: &ConnInfo,
+        kind: SpanKind,
+        method: Option<&'a str>,
+        target: Option<&'a str>,
+        authority: Option<&'a str>,
+        headers: &'a [Header],
+        ts_end: u64,
+    ) -> Self {
+        let parts = target.map(|t| (t, Target::parse(t)));
+        let in_target = parts
+            .as_ref()
+            .and_then(|(t, p)| Some(&t[p.authority.clone()?]));
+        let host = || {
+            headers
+                .iter()
+                .find(|(k, _)| k == HOST)
+                .map(|(_, v)| v.as_str())
+        };
+        Head {
+            kind,
+            method,
+            path: parts.and_then(|(t, p)| Some(&t[p.path?])),
+            server_port: in_target
+                .or(authority)
+                .or_else(host)
+                .map(|a| split_host(a).1.unwrap_or(default_port(conn))),
+            ts_end,
+        }
+    }
+}
+
+/// The end of an HTTP/1 exchange: its response's, or its request's when there is none.
+fn http1_end(req: &Request, response: Option<&Response>) -> u64 {
+    response.map_or(req.ts_end, |r| r.ts_end.max(req.ts_end))
 }
 
 /// Replaces every query value with REDACTED, keeping the keys (what the query was about).
@@ -312,11 +441,9 @@ pub fn build(
             Value::Bool(true),
         ));
     }
+    let ts_end = http1_end(&req, response.as_ref());
     let call = Call {
-        kind: match role {
-            Role::Server => SpanKind::Server,
-            Role::Client => SpanKind::Client,
-        },
+        kind: role.into(),
         method: Some(req.method),
         target: Some(req.target),
         authority: None,
@@ -329,9 +456,7 @@ pub fn build(
         req_body: req.body_len,
         resp_body: response.as_ref().map_or(0, |r| r.body_len),
         ts_start: req.ts_start,
-        ts_end: response
-            .as_ref()
-            .map_or(req.ts_end, |r| r.ts_end.max(req.ts_end)),
+        ts_end,
         error,
         notes,
     };
@@ -350,10 +475,7 @@ pub fn build_h2(
     clock: Clock,
     opts: &SpanOptions,
 ) -> Span {
-    let kind = match st.role {
-        Role::Server => SpanKind::Server,
-        Role::Client => SpanKind::Client,
-    };
+    let kind = st.role.into();
     let mut notes = Vec::new();
     if st.headers_incomplete {
         notes.push(kv(
@@ -453,25 +575,11 @@ fn build_call(
 
     let has_target = call.target.is_some();
     let target = call.target.unwrap_or_default();
-    // Where the parts are in the target: an absolute-form target's authority, and the path
-    // (None: "/", an absolute-form target without one).
-    let (authority_in_target, path_query) = match target.split_once("://") {
-        Some((scheme, rest)) => {
-            let base = scheme.len() + 3;
-            match rest.find('/') {
-                Some(i) => (Some(base..base + i), Some(base + i..target.len())),
-                None => (Some(base..target.len()), None),
-            }
-        }
-        None => (None, Some(0..target.len())),
-    };
-    let (path, query) = match path_query {
-        Some(r) => match target[r.clone()].find('?') {
-            Some(q) => (Some(r.start..r.start + q), Some(r.start + q + 1..r.end)),
-            None => (Some(r), None),
-        },
-        None => (None, None),
-    };
+    let Target {
+        authority: authority_in_target,
+        path,
+        query,
+    } = Target::parse(&target);
     let query = query.map(|q| {
         if opts.keep_query_values {
             target[q].to_string()
@@ -515,7 +623,7 @@ fn build_call(
         attrs.push(kv(semconv::SERVER_ADDRESS, Value::Str(keep_range(a, host))));
         attrs.push(kv(
             semconv::SERVER_PORT,
-            Value::Int(port.unwrap_or(if conn.tls { 443 } else { 80 }) as i64),
+            Value::Int(port.unwrap_or(default_port(conn)) as i64),
         ));
     }
     if let Some(full) = full {
@@ -602,7 +710,6 @@ fn build_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::http1::{Request, Response};
 
     fn exchange(
         role: Role,
@@ -949,5 +1056,72 @@ mod tests {
             assert_eq!(sp.attr("error.type"), Some(&s("4")));
             assert_eq!(sp.attr("rpc.grpc.status_code"), Some(&Value::Int(4)));
         }
+    }
+
+    /// What the filters read before building is what the span says.
+    #[test]
+    fn the_head_reads_what_the_span_would_say() {
+        let port = |sp: &Span| match sp.attr(semconv::SERVER_PORT) {
+            Some(Value::Int(p)) => Some(*p as u16),
+            _ => None,
+        };
+        for (role, method, target, headers) in [
+            (
+                Role::Server,
+                "POST",
+                "/v1/traces?x=1",
+                vec![("host", "c:4318")],
+            ),
+            (
+                Role::Client,
+                "GET",
+                "http://a:9000/p/q",
+                vec![("host", "b:1")],
+            ),
+            (Role::Client, "GET", "http://a", vec![]),
+            (Role::Server, "GET", "/", vec![("host", "[::1]")]),
+            (Role::Server, "BREW", "*", vec![]),
+        ] {
+            let ex = exchange(role, method, target, &headers, Some(200));
+            let head = Head::http1(&ex, &ConnInfo::default());
+            let sp = build_one(&ex);
+            assert_eq!(head.kind, sp.kind, "{target}");
+            assert_eq!(head.server_port, port(&sp), "{target}");
+            let clock = Clock { offset_ns: 10 }; // build_one's
+            assert_eq!(head.ts_end, clock.to_mono(sp.end_unix_ns), "{target}");
+            let path = match sp.attr(semconv::URL_PATH) {
+                Some(Value::Str(p)) if head.path.is_some() => Some(p.as_str()),
+                _ => None,
+            };
+            assert_eq!(head.path, path, "{target}");
+        }
+        let ex = exchange(
+            Role::Server,
+            "POST",
+            "/v1/traces?x=1",
+            &[("host", "c:4318")],
+            None,
+        );
+        let tls = ConnInfo {
+            tls: true,
+            ..Default::default()
+        };
+        assert_eq!(Head::http1(&ex, &tls).server_port, Some(4318));
+        let no_port = exchange(Role::Client, "GET", "/a", &[("host", "shop")], Some(200));
+        assert_eq!(
+            Head::http1(&no_port, &tls).server_port,
+            Some(443),
+            "the scheme's"
+        );
+        assert_eq!(
+            Head::http1(&ex, &ConnInfo::default()),
+            Head {
+                kind: SpanKind::Server,
+                method: Some("POST"),
+                path: Some("/v1/traces"),
+                server_port: Some(4318),
+                ts_end: 2_000,
+            }
+        );
     }
 }

@@ -42,15 +42,24 @@ impl Write for SharedBuf {
     }
 }
 
+/// The value of one sample of the registry's /metrics text (`name` with its labels), 0 when
+/// it is not there.
+pub fn sample(reg: &crate::metrics::Registry, name: &str) -> u64 {
+    reg.prometheus()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A connection table that knows no process: spans are named by the records' comm.
-pub fn table(m: &Arc<crate::metrics::Metrics>) -> crate::conntrack::ConnTable {
+pub fn table(reg: &crate::metrics::Registry) -> crate::conntrack::ConnTable {
     let root = std::env::temp_dir().join("tracer-unit-test-no-proc");
     crate::conntrack::ConnTable::new(
         crate::process::Processes::new(&root, vec![]),
         &root,
         crate::span::Clock { offset_ns: 0 },
         Default::default(),
-        m.clone(),
+        reg,
     )
 }
 

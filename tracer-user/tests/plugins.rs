@@ -12,7 +12,7 @@ use std::{
 };
 
 use tracer_user::{
-    metrics::Metrics,
+    metrics::Registry,
     plugins::{self, CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, content_hash, samples},
     span::{Span, Value},
 };
@@ -53,12 +53,20 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
-fn host(dir: &Path) -> PluginHost {
-    PluginHost::new(Settings {
-        dir: Some(dir.to_owned()),
-        ..Default::default()
-    })
+/// A host on `dir` counting into `reg`.
+fn host_in(dir: &Path, reg: &Registry) -> PluginHost {
+    PluginHost::new(
+        Settings {
+            dir: Some(dir.to_owned()),
+            ..Default::default()
+        },
+        reg,
+    )
     .unwrap()
+}
+
+fn host(dir: &Path) -> PluginHost {
+    host_in(dir, &Registry::default())
 }
 
 fn attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
@@ -89,13 +97,13 @@ fn enricher_edits_spans_and_names_the_chain_version() {
     let cfg = "[attributes]\n\"deployment.environment\" = \"prod\"\n";
     write(&d, "10-enricher.wasm", &wasm);
     write(&d, "10-enricher.toml", cfg.as_bytes());
-    let h = host(&d);
+    let reg = Registry::default();
+    let h = host_in(&d, &reg);
     let r = h.reload_dir();
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     assert_eq!(r.swapped_to, Some(1));
-    let m = Metrics::default();
     let mut batch = spans(0, 10);
-    h.process(&mut batch, &m);
+    h.process(&mut batch);
     assert_eq!(batch.len(), 10);
     let label = format!("10-enricher@{}", content_hash(&wasm, cfg));
     for s in &batch {
@@ -109,13 +117,13 @@ fn enricher_edits_spans_and_names_the_chain_version() {
     let r = h.reload_dir();
     assert_eq!(r.unloaded, [label]);
     let mut batch = spans(100, 3);
-    h.process(&mut batch, &m);
+    h.process(&mut batch);
     assert!(
         batch.iter().all(
             |s| s.attr(CHAIN_ATTRIBUTE).is_none() && s.attr("deployment.environment").is_none()
         )
     );
-    let text = h.prometheus();
+    let text = reg.prometheus();
     assert!(
         text.contains("tracer_plugin_spans_edited_total{plugin=\"10-enricher\"} 10\n"),
         "{text}"
@@ -157,9 +165,8 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     let labels: HashMap<String, &str> = [(label("A"), "A"), (label("B"), "B")].into();
 
     let done = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
     let producer = {
-        let (h, done, m) = (h.clone(), done.clone(), metrics.clone());
+        let (h, done) = (h.clone(), done.clone());
         std::thread::spawn(move || {
             let (mut out, mut made) = (Vec::new(), 0u64);
             while !done.load(Relaxed) {
@@ -173,7 +180,7 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
                     );
                 }
                 made += 64;
-                h.process(&mut batch, &m);
+                h.process(&mut batch);
                 out.extend(batch);
             }
             (out, made)
@@ -189,7 +196,7 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
     done.store(true, Relaxed);
     let (out, made) = producer.join().unwrap();
 
-    let dropped = metrics.spans_plugin_dropped_total.load(Relaxed);
+    let dropped = h.metrics.spans_dropped.get();
     assert_eq!(
         out.len() as u64 + dropped,
         made,
@@ -215,7 +222,7 @@ fn swapping_under_load_loses_nothing_and_never_mixes_versions() {
         *seen.entry(*v).or_insert(0u64) += 1;
     }
     assert_eq!(seen.len(), 2, "both versions processed spans: {seen:?}");
-    assert_eq!(h.reloads_total.load(Relaxed), 101);
+    assert_eq!(h.metrics.reloads.get(), 101);
     assert_eq!(h.chain().version, 101);
     eprintln!("{made} spans through 101 chain versions: {dropped} sampled out, kept {seen:?}");
     std::fs::remove_dir_all(&d).unwrap();
@@ -328,7 +335,6 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
             |e| matches!(e, PluginError::NotAPlugin { .. }),
         ),
     ];
-    let m = Metrics::default();
     for (i, (name, bytes, why, kind)) in cases.iter().enumerate() {
         let file = format!("20-{name}.wasm");
         write(&d, &file, bytes);
@@ -338,11 +344,11 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
         assert!(refused.to_string().contains(why), "{name}: {refused}");
         assert!(kind(refused), "{name}: {refused:?}");
         assert_eq!(r.swapped_to, None, "{name}: the chain must not change");
-        assert_eq!(h.reload_failures_total.load(Relaxed), i as u64 + 1);
+        assert_eq!(h.metrics.reload_failures.get(), i as u64 + 1);
         // The same bad content is not retried at every scan.
         assert!(h.reload_dir().rejected.is_empty());
         let mut batch = spans(0, 4);
-        h.process(&mut batch, &m);
+        h.process(&mut batch);
         assert!(
             batch.iter().all(|s| attr(s, "good") == Some("yes")),
             "{name}"
@@ -372,7 +378,7 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
         "{r:?}"
     );
     let mut batch = spans(0, 2);
-    h.process(&mut batch, &m);
+    h.process(&mut batch);
     assert!(batch.iter().all(|s| attr(s, "good") == Some("yes")));
     let status = h.status();
     assert_eq!(status["plugins"][0]["name"], "10-good");
@@ -400,11 +406,14 @@ fn files_others_can_write_are_refused() {
         "{:?}",
         r.rejected
     );
-    let h = PluginHost::new(Settings {
-        dir: Some(d.clone()),
-        allow_writable: true,
-        ..Default::default()
-    })
+    let h = PluginHost::new(
+        Settings {
+            dir: Some(d.clone()),
+            allow_writable: true,
+            ..Default::default()
+        },
+        &Registry::default(),
+    )
     .unwrap();
     assert!(h.reload_dir().rejected.is_empty());
     std::fs::remove_dir_all(&d).unwrap();
@@ -439,7 +448,7 @@ async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
     }
     assert_eq!(h.chain().plugins.len(), 1, "loaded after the copy ended");
     assert_eq!(
-        h.reload_failures_total.load(Relaxed),
+        h.metrics.reload_failures.get(),
         0,
         "a half-written file was read: {:?}",
         h.status()["last_error"]
@@ -455,17 +464,20 @@ async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-fn strict_host(dir: &Path, fail_closed: bool) -> PluginHost {
-    PluginHost::new(Settings {
-        dir: Some(dir.to_owned()),
-        limits: plugins::Limits {
-            call_timeout: Duration::from_millis(250),
-            init_timeout: Duration::from_millis(500),
-            memory_bytes: 16 << 20,
+fn strict_host(dir: &Path, fail_closed: bool, reg: &Registry) -> PluginHost {
+    PluginHost::new(
+        Settings {
+            dir: Some(dir.to_owned()),
+            limits: plugins::Limits {
+                call_timeout: Duration::from_millis(250),
+                init_timeout: Duration::from_millis(500),
+                memory_bytes: 16 << 20,
+            },
+            fail_closed,
+            ..Default::default()
         },
-        fail_closed,
-        ..Default::default()
-    })
+        reg,
+    )
     .unwrap()
 }
 
@@ -480,9 +492,8 @@ fn hostile_plugins_are_refused_at_load() {
     let d = tmpdir("hostile-load");
     write(&d, "10-good.wasm", &enricher);
     write(&d, "10-good.toml", b"[attributes]\ngood = \"yes\"\n");
-    let h = strict_host(&d, false);
+    let h = strict_host(&d, false, &Registry::default());
     assert_eq!(h.reload_dir().swapped_to, Some(1));
-    let m = Metrics::default();
     for (mode, why) in [
         ("init-error", "init refused the config: refusing on purpose"),
         ("loop-init", "init ran past its deadline of 500ms"),
@@ -525,7 +536,7 @@ fn hostile_plugins_are_refused_at_load() {
             t0.elapsed()
         );
         let mut batch = spans(0, 8);
-        h.process(&mut batch, &m);
+        h.process(&mut batch);
         assert_eq!(batch.len(), 8, "{mode}");
         assert!(
             batch.iter().all(|s| attr(s, "good") == Some("yes")),
@@ -563,10 +574,10 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
         write(&d, "10-hostile.toml", cfg.as_bytes());
         write(&d, "20-good.wasm", &enricher);
         write(&d, "20-good.toml", b"[attributes]\ngood = \"yes\"\n");
-        let h = strict_host(&d, false);
+        let reg = Registry::default();
+        let h = strict_host(&d, false, &reg);
         let r = h.reload_dir();
         assert!(r.rejected.is_empty(), "{mode}: {r:?}");
-        let m = Metrics::default();
         let good = format!(
             "20-good@{}",
             content_hash(&enricher, "[attributes]\ngood = \"yes\"\n")
@@ -574,7 +585,7 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
         let both = format!("10-hostile@{},{good}", content_hash(&hostile, &cfg));
         // Batch 1 of the live instance behaves.
         let mut batch = spans(0, 8);
-        h.process(&mut batch, &m);
+        h.process(&mut batch);
         assert!(
             batch.iter().all(|s| s.attr("hostile.ok").is_some()
                 && attr(s, CHAIN_ATTRIBUTE) == Some(both.as_str())),
@@ -587,7 +598,7 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
         let mut failed = 0;
         for i in 0..9 {
             let mut batch = spans(100 + i * 8, 8);
-            h.process(&mut batch, &m);
+            h.process(&mut batch);
             assert_eq!(batch.len(), 8, "{mode}: fail-open lets the batch through");
             let ran = batch[0].attr("hostile.ok").is_some();
             failed += u32::from(!ran);
@@ -610,7 +621,7 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
             "{mode}: {status:#}"
         );
         assert_eq!(status["not_running"][0]["state"], "quarantined", "{mode}");
-        let text = h.prometheus();
+        let text = reg.prometheus();
         assert!(
             text.contains(&format!(
                 "tracer_plugin_{counter}{{plugin=\"10-hostile\"}} 5\n"
@@ -631,7 +642,7 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
             "{mode}: {r:?}"
         );
         let mut batch = spans(500, 4);
-        h.process(&mut batch, &m);
+        h.process(&mut batch);
         assert!(
             batch.iter().all(|s| s.attr("hostile.ok").is_some()),
             "{mode}"
@@ -648,21 +659,21 @@ fn fail_closed_drops_the_batch_and_counts_it() {
     let d = tmpdir("closed");
     write(&d, "10-h.wasm", &hostile);
     write(&d, "10-h.toml", b"mode = \"trap-every\"\nevery = 2\n");
-    let h = strict_host(&d, true);
+    let reg = Registry::default();
+    let h = strict_host(&d, true, &reg);
     assert!(h.reload_dir().rejected.is_empty());
-    let m = Metrics::default();
     let mut out = 0;
     for i in 0..6 {
         let mut batch = spans(i * 10, 10);
-        h.process(&mut batch, &m);
+        h.process(&mut batch);
         out += batch.len();
     }
     // Batches 2, 4 and 6 of the instance trap; a fresh instance starts after each trap, so
     // the plugin is never 5 failures in a row and stays in the chain.
-    assert_eq!(m.spans_plugin_failed_total.load(Relaxed), 30);
+    assert_eq!(h.metrics.spans_failed.get(), 30);
     assert_eq!(out, 30);
     assert_eq!(h.chain().plugins.len(), 1);
-    let text = h.prometheus();
+    let text = reg.prometheus();
     assert!(
         text.contains("tracer_plugin_traps_total{plugin=\"10-h\"} 3\n"),
         "{text}"

@@ -3,16 +3,13 @@
 //!
 //! The fixture was recorded with the script in `fixtures/README.md`; the golden file lists the
 //! stable fields of each span (ids and times differ per run).
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::collections::{BTreeSet, HashMap};
 
 use tracer_common::DataEvent;
 use tracer_user::{
     conntrack::{ConnTable, TableOptions},
     events::{ConnId, Event},
-    metrics::Metrics,
+    metrics::Registry,
     pipeline::{read_recording, replay},
     process::Processes,
     span::{Span, SpanKind, Status, Value},
@@ -21,7 +18,7 @@ use tracer_user::{
 const RECORDING: &[u8] = include_bytes!("fixtures/python_curl.bin");
 const GOLDEN: &str = include_str!("fixtures/python_curl.golden");
 
-fn table(m: &Arc<Metrics>) -> ConnTable {
+fn table() -> ConnTable {
     // The recorded pids mean nothing on this machine: name processes by their recorded comm.
     let root = std::env::temp_dir().join("tracer-replay-no-proc");
     ConnTable::new(
@@ -29,7 +26,7 @@ fn table(m: &Arc<Metrics>) -> ConnTable {
         &root,
         tracer_user::span::Clock { offset_ns: 0 },
         TableOptions::default(),
-        m.clone(),
+        &Registry::default(),
     )
 }
 
@@ -101,8 +98,8 @@ fn records() -> Vec<Vec<u8>> {
 
 #[test]
 fn recorded_traffic_gives_the_golden_spans() {
-    let m = Arc::new(Metrics::default());
-    let spans = replay(&records(), &mut table(&m), &m);
+    let mut t = table();
+    let spans = replay(&records(), &mut t);
     let got: Vec<String> = spans.iter().map(summary).collect();
     let want: Vec<&str> = GOLDEN.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(got, want, "\ngot:\n{}\n", got.join("\n"));
@@ -111,16 +108,11 @@ fn recorded_traffic_gives_the_golden_spans() {
     }
     joins_are_right(&spans);
     assert_eq!(
-        m.links_connection_total
-            .load(std::sync::atomic::Ordering::Relaxed),
+        t.join_metrics().links_connection.get(),
         8,
         "every request of a traced client to the traced server, but the one with a traceparent"
     );
-    assert_eq!(
-        m.sequence_gaps_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(t.metrics().sequence_gaps.get(), 0);
 }
 
 #[test]
@@ -128,8 +120,7 @@ fn a_recording_cut_short_keeps_every_whole_record() {
     let (recs, truncated) = read_recording(&RECORDING[..RECORDING.len() - 7]).unwrap();
     assert!(truncated, "the cut must be reported");
     assert_eq!(recs.len(), records().len() - 1);
-    let m = Arc::new(Metrics::default());
-    let spans = replay(&recs, &mut table(&m), &m);
+    let spans = replay(&recs, &mut table());
     // Only the exchange(s) the last record completed can be missing.
     let want: Vec<&str> = GOLDEN.lines().filter(|l| !l.is_empty()).collect();
     let got: Vec<String> = spans.iter().map(summary).collect();
@@ -151,8 +142,8 @@ fn lost_records_lose_exchanges_but_never_mispair() {
             .filter(|(i, _)| i % k != k - 1)
             .map(|(_, r)| r.clone())
             .collect();
-        let m = Arc::new(Metrics::default());
-        let spans = replay(&kept, &mut table(&m), &m);
+        let mut t = table();
+        let spans = replay(&kept, &mut t);
         joins_are_right(&spans);
         for sp in &spans {
             let s = summary(sp);
@@ -171,12 +162,7 @@ fn lost_records_lose_exchanges_but_never_mispair() {
                 );
             }
         }
-        assert!(
-            m.sequence_gaps_total
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0,
-            "k={k}"
-        );
+        assert!(t.metrics().sequence_gaps.get() > 0, "k={k}");
     }
 }
 
@@ -266,8 +252,7 @@ fn corrupted_payloads_never_panic_or_invent() {
             }
         }
         let spans = |recs: &[Vec<u8>]| -> Vec<String> {
-            let m = Arc::new(Metrics::default());
-            let spans = replay(recs, &mut table(&m), &m);
+            let spans = replay(recs, &mut table());
             joins_are_right(&spans);
             spans.iter().map(summary).collect()
         };

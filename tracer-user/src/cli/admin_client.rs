@@ -41,7 +41,7 @@ mod tests {
     use super::*;
     use crate::{
         admin,
-        metrics::Metrics,
+        metrics::{Health, Registry},
         plugins::{PluginHost, Settings},
     };
 
@@ -50,13 +50,15 @@ mod tests {
         let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (reload, _) = mpsc::channel(1);
-        let plugins = Arc::new(PluginHost::new(Settings::default()).unwrap());
-        tokio::spawn(admin::serve(
-            listener,
-            Arc::new(Metrics::default()),
+        let registry = Registry::default();
+        let plugins = Arc::new(PluginHost::new(Settings::default(), &registry).unwrap());
+        let state = admin::State {
+            health: Arc::new(Health::new(&registry)),
+            registry,
             plugins,
             reload,
-        ));
+        };
+        tokio::spawn(admin::serve(listener, state));
         addr
     }
 

@@ -5,14 +5,14 @@ pub mod plugins;
 pub mod replay;
 pub mod run;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     config::ConfigError,
     conntrack::{ConnTable, TableOptions},
     export::ExportError,
     metadata::k8s::PodCache,
-    metrics::Metrics,
+    metrics::Registry,
     plugins::PluginError,
     probes::ProbeError,
     process::{Processes, parse_resource_attributes},
@@ -71,7 +71,7 @@ pub enum CliError {
 
 /// The connection table of this host: processes from /proc, with the daemon's
 /// OTEL_RESOURCE_ATTRIBUTES, and pod metadata when there is a pod cache.
-fn conn_table(opts: TableOptions, pods: Option<PodCache>, metrics: Arc<Metrics>) -> ConnTable {
+fn conn_table(opts: TableOptions, pods: Option<PodCache>, reg: &Registry) -> ConnTable {
     let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .map(|s| parse_resource_attributes(&s))
         .unwrap_or_default();
@@ -79,5 +79,5 @@ fn conn_table(opts: TableOptions, pods: Option<PodCache>, metrics: Arc<Metrics>)
     if let Some(p) = pods {
         procs = procs.with_pods(p);
     }
-    ConnTable::new(procs, "/proc", Clock::now(), opts, metrics)
+    ConnTable::new(procs, "/proc", Clock::now(), opts, reg)
 }

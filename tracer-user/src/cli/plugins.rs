@@ -97,11 +97,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::plugins::{PluginHost, Settings};
+    use crate::{
+        metrics::Registry,
+        plugins::{PluginHost, Settings},
+    };
 
     #[test]
     fn an_idle_host_lists_an_empty_chain() {
-        let host = PluginHost::new(Settings::default()).unwrap();
+        let host = PluginHost::new(Settings::default(), &Registry::default()).unwrap();
         assert_eq!(
             render_list(&host.status()),
             "plugin directory: (plugins off)\n\

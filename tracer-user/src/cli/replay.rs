@@ -1,12 +1,12 @@
 //! `tracer replay`: a recording made with `run --record` through the same pipeline code as live
 //! records, its spans printed.
-use std::{io::Write, path::Path, sync::Arc};
+use std::{io::Write, path::Path};
 
 use super::{CliError, conn_table};
 use crate::{
     config::RunOptions,
     export::{Format, Printer},
-    metrics::Metrics,
+    metrics::Registry,
     pipeline,
 };
 
@@ -31,15 +31,15 @@ pub fn replay(
             file.display()
         );
     }
-    let metrics = Arc::new(Metrics::default());
+    let registry = Registry::default();
     let opts = RunOptions {
         keep_query_values,
         ..Default::default()
     };
-    let mut t = conn_table(opts.table_options(), None, metrics.clone());
-    let spans = pipeline::replay(&records, &mut t, &metrics);
+    let mut t = conn_table(opts.table_options(), None, &registry);
+    let spans = pipeline::replay(&records, &mut t);
     Printer { format, out }.write(&spans)?;
-    tracing::info!("counters: {}", metrics.summary());
+    tracing::info!("counters: {}", registry.summary());
     Ok(())
 }
 

@@ -15,12 +15,12 @@ use crate::{
     config::{self, RunOptions},
     export::{self, BatchConfig, Env, Exporters, Format, OtlpClient, Printer, Sink},
     metadata::k8s::{self, PodCache},
-    metrics::Metrics,
-    pipeline::{self, Live, Recorder},
+    metrics::{Health, Registry},
+    pipeline::{self, Live, Recorder, reader::ReaderMetrics},
     plugins::{self, PluginHost},
     probes::{self, Probes},
     process,
-    reload::Reloader,
+    reload::{ReloadMetrics, Reloader},
     tls,
 };
 
@@ -34,8 +34,20 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let opts = config::effective(config.as_deref(), &flags)?;
     let env = |k: &str| std::env::var(k).ok();
     let (sinks, batch) = sinks(&opts, &env)?;
-    let metrics = Arc::new(Metrics::default());
-    let plugins = start_plugins(&opts).await?;
+    let registry = Registry::default();
+    let health = Arc::new(Health::new(&registry));
+    let plugins = start_plugins(&opts, &registry).await?;
+    // Whatever counts is built before the admin endpoint answers: /metrics has every metric
+    // from its first scrape, while the probes are still attaching.
+    let exporters = Exporters::spawn(sinks, batch, &registry, health.clone());
+    let mut t = conn_table(
+        opts.table_options(),
+        pod_cache(&opts.k8s_label).await,
+        &registry,
+    );
+    let reader_metrics = ReaderMetrics::new(&registry);
+    let reload_metrics = ReloadMetrics::new(&registry);
+    let tls_metrics = tls::TlsMetrics::new(&registry);
     let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = opts.admin_addr()? {
         let listener = admin::bind(addr)
@@ -46,9 +58,12 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         );
         tokio::spawn(admin::serve(
             listener,
-            metrics.clone(),
-            plugins.clone(),
-            reload_tx.clone(),
+            admin::State {
+                registry: registry.clone(),
+                health: health.clone(),
+                plugins: plugins.clone(),
+                reload: reload_tx.clone(),
+            },
         ));
     }
 
@@ -68,7 +83,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let tls_ready = probes.tls().is_ok();
     let probes = Arc::new(Mutex::new(probes));
     if tls_ready {
-        tls::Tracker::new(Arc::downgrade(&probes), "/proc".into(), metrics.clone())
+        tls::Tracker::new(Arc::downgrade(&probes), "/proc".into(), tls_metrics)
             .spawn(code_ring)
             .map_err(CliError::Io)?;
     }
@@ -87,18 +102,12 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         )))),
         None => None,
     };
-    let exporters = Exporters::spawn(sinks, batch, metrics.clone());
-    let mut t = conn_table(
-        opts.table_options(),
-        pod_cache(&opts.k8s_label).await,
-        metrics.clone(),
-    );
     t.set_preexisting(snapshot);
     let stats_every = opts
         .stats_interval
         .filter(|s| *s > 0)
         .map(Duration::from_secs);
-    spawn_signal_handlers(metrics.clone(), reload_tx)?;
+    spawn_signal_handlers(registry.clone(), reload_tx)?;
     let (control_tx, control_rx) = mpsc::channel(1);
     let reloader = Reloader {
         config,
@@ -106,7 +115,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         current: opts,
         control: control_tx,
         plugins: plugins.clone(),
-        metrics: metrics.clone(),
+        metrics: reload_metrics,
     };
     tokio::spawn(reloader.run(reload_rx));
     let live = Live {
@@ -115,19 +124,21 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         control: control_rx,
         recorder,
         stats_every,
+        metrics: reader_metrics,
     };
     pipeline::run(
         live,
         t,
         plugins,
         exporters.submitter(),
-        metrics.clone(),
+        registry.clone(),
+        health,
         shutdown_signal(),
     )
     .await?;
     tracing::info!("detached; flushing spans");
     exporters.shutdown(SHUTDOWN_DEADLINE).await;
-    tracing::info!("counters: {}", metrics.summary());
+    tracing::info!("counters: {}", registry.summary());
     Ok(())
 }
 
@@ -162,8 +173,8 @@ fn sinks(opts: &RunOptions, env: Env) -> Result<(Vec<Sink>, BatchConfig), CliErr
 }
 
 /// The plugin host, with the directory loaded (when it exists) and watched.
-async fn start_plugins(opts: &RunOptions) -> Result<Arc<PluginHost>, CliError> {
-    let plugins = Arc::new(PluginHost::new(opts.plugins())?);
+async fn start_plugins(opts: &RunOptions, reg: &Registry) -> Result<Arc<PluginHost>, CliError> {
+    let plugins = Arc::new(PluginHost::new(opts.plugins(), reg)?);
     if let Some(dir) = &plugins.settings.dir {
         if dir.is_dir() {
             plugins::reload(plugins.clone()).await;
@@ -232,7 +243,7 @@ async fn shutdown_signal() {
 
 /// `kill -USR1` logs the counters; `kill -HUP` re-reads the config file.
 fn spawn_signal_handlers(
-    metrics: Arc<Metrics>,
+    registry: Registry,
     reload: mpsc::Sender<ReloadRequest>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -241,7 +252,7 @@ fn spawn_signal_handlers(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                Some(()) = usr1.recv() => tracing::info!("counters: {}", metrics.summary()),
+                Some(()) = usr1.recv() => tracing::info!("counters: {}", registry.summary()),
                 Some(()) = hup.recv() => {
                     // The outcome is logged by the reload loop.
                     let (tx, _rx) = oneshot::channel();

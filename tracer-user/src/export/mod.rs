@@ -15,7 +15,7 @@ use std::{
 use tokio::task::JoinSet;
 
 use crate::{
-    metrics::{Metrics, SpanDrop},
+    metrics::{Counter, Health, Registry, SpanDrop, SpanDrops},
     queue::{Limits, Refused, SpanQueue},
     span::Span,
 };
@@ -247,22 +247,46 @@ impl SinkQueue {
     }
 }
 
+/// What the exporters count, and the health their failures imply.
+pub struct ExportMetrics {
+    pub exported: Counter,
+    /// Shared with the pipeline's stages ([`Submitter::span_drops`]).
+    pub dropped: SpanDrops,
+    pub health: Arc<Health>,
+}
+
+impl ExportMetrics {
+    pub fn new(reg: &Registry, health: Arc<Health>) -> Self {
+        ExportMetrics {
+            exported: reg.counter("spans_exported", "Spans the exporter delivered"),
+            dropped: SpanDrops::new(reg),
+            health,
+        }
+    }
+}
+
 /// All configured sinks and their tasks.
 pub struct Exporters {
     queues: Vec<(Arc<SinkQueue>, tokio::task::JoinHandle<()>)>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
 }
 
 /// Hands spans to every sink; cheap to clone, usable from any thread, never blocks.
 #[derive(Clone)]
 pub struct Submitter {
     queues: Vec<Arc<SinkQueue>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
 }
 
 impl Exporters {
     /// Starts one task per sink (inside a tokio runtime).
-    pub fn spawn(sinks: Vec<Sink>, batch: BatchConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn spawn(
+        sinks: Vec<Sink>,
+        batch: BatchConfig,
+        reg: &Registry,
+        health: Arc<Health>,
+    ) -> Self {
+        let metrics = Arc::new(ExportMetrics::new(reg, health));
         let limits = Limits {
             max_bytes: batch.max_queue_bytes,
             max_spans: batch.max_queue_spans,
@@ -314,7 +338,7 @@ impl Exporters {
         }
         for q in queues {
             let lost = q.spans.accepted() - q.settled.load(Relaxed);
-            self.metrics.drop_spans(SpanDrop::Shutdown, lost);
+            self.metrics.dropped.add(SpanDrop::Shutdown, lost);
         }
     }
 }
@@ -332,19 +356,28 @@ impl Submitter {
     }
 
     fn count(&self, r: Refused) {
-        self.metrics.drop_spans(SpanDrop::ExportQueueFull, r.full);
-        self.metrics.drop_spans(SpanDrop::Shutdown, r.closed);
+        self.metrics.dropped.add(SpanDrop::ExportQueueFull, r.full);
+        self.metrics.dropped.add(SpanDrop::Shutdown, r.closed);
+    }
+
+    /// The counters of spans dropped before delivery, for the stages ahead of the exporters.
+    pub fn span_drops(&self) -> SpanDrops {
+        self.metrics.dropped.clone()
     }
 }
 
-async fn print_loop(mut p: Printer, q: Arc<SinkQueue>, metrics: Arc<Metrics>) {
+async fn print_loop(mut p: Printer, q: Arc<SinkQueue>, metrics: Arc<ExportMetrics>) {
     let mut buf = Vec::with_capacity(256);
     while q.spans.recv_many(&mut buf, 256).await > 0 {
         match p.write(&buf) {
-            Ok(()) => Metrics::add(&metrics.spans_exported_total, buf.len() as u64),
+            Ok(()) => {
+                metrics.exported.inc_by(buf.len() as u64);
+            }
             Err(e) => {
                 // stdout closed (e.g. piped into `head`): count, keep draining.
-                metrics.drop_spans(SpanDrop::ExportFailed, buf.len() as u64);
+                metrics
+                    .dropped
+                    .add(SpanDrop::ExportFailed, buf.len() as u64);
                 warn_throttled(&format!("cannot write spans: {e}"));
             }
         }
@@ -355,7 +388,12 @@ async fn print_loop(mut p: Printer, q: Arc<SinkQueue>, metrics: Arc<Metrics>) {
 
 /// Batches of up to `max_batch` spans (sent once full, or `delay` after their first span),
 /// up to `max_in_flight` export requests at once.
-async fn otlp_loop(client: OtlpClient, q: Arc<SinkQueue>, cfg: BatchConfig, metrics: Arc<Metrics>) {
+async fn otlp_loop(
+    client: OtlpClient,
+    q: Arc<SinkQueue>,
+    cfg: BatchConfig,
+    metrics: Arc<ExportMetrics>,
+) {
     let mut in_flight = JoinSet::new();
     let mut open = true;
     while open {
@@ -389,7 +427,7 @@ async fn send_with_retry(
     client: OtlpClient,
     batch: Vec<Span>,
     budget: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
     q: Arc<SinkQueue>,
 ) {
     let n = batch.len() as u64;
@@ -399,8 +437,8 @@ async fn send_with_retry(
     loop {
         match client.export(body.clone()).await {
             Ok(()) => {
-                Metrics::add(&metrics.spans_exported_total, n);
-                metrics.health.export_failing.store(false, Relaxed);
+                metrics.exported.inc_by(n);
+                metrics.health.export_failing.set(false);
                 break;
             }
             Err(e) if e.retryable() && start.elapsed() + backoff < budget => {
@@ -416,8 +454,8 @@ async fn send_with_retry(
                 } else {
                     SpanDrop::ExportRejected
                 };
-                metrics.drop_spans(why, n);
-                metrics.health.export_failing.store(true, Relaxed);
+                metrics.dropped.add(why, n);
+                metrics.health.export_failing.set(true);
                 if let Ok(mut last) = metrics.health.last_export_error.lock() {
                     *last = e.to_string();
                 }
@@ -449,15 +487,17 @@ fn warn_throttled(msg: &str) {
 mod tests {
     use super::*;
 
-    /// Exporters with one OTLP sink.
-    fn otlp_exporters(cfg: &OtlpConfig, batch: BatchConfig, metrics: &Arc<Metrics>) -> Exporters {
-        Exporters::spawn(
-            vec![Sink::Otlp(OtlpClient::new(cfg).unwrap())],
-            batch,
-            metrics.clone(),
-        )
+    /// Exporters counting into a registry of their own.
+    fn spawn(sinks: Vec<Sink>, batch: BatchConfig) -> Exporters {
+        let reg = Registry::default();
+        Exporters::spawn(sinks, batch, &reg, Arc::new(Health::new(&reg)))
     }
-    use crate::testing::SharedBuf;
+
+    /// Exporters with one OTLP sink.
+    fn otlp_exporters(cfg: &OtlpConfig, batch: BatchConfig) -> Exporters {
+        spawn(vec![Sink::Otlp(OtlpClient::new(cfg).unwrap())], batch)
+    }
+    use crate::{metrics::Reason, testing::SharedBuf};
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -589,10 +629,10 @@ mod tests {
         })
     }
 
-    fn dropped(m: &Metrics) -> Vec<(&'static str, u64)> {
+    fn dropped(m: &ExportMetrics) -> Vec<(&'static str, u64)> {
         SpanDrop::ALL
             .iter()
-            .map(|r| (r.label(), m.spans_dropped(*r)))
+            .map(|r| (r.label(), m.dropped.get(*r)))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -601,19 +641,19 @@ mod tests {
     // submit finds in the queue is exact.
     #[tokio::test]
     async fn every_span_is_exported_or_dropped_by_reason() {
-        let metrics = Arc::new(Metrics::default());
         let out = SharedBuf::default();
         let one = crate::queue::span_bytes(&span(0));
         let batch = BatchConfig {
             max_queue_bytes: one * 10,
             ..Default::default()
         };
-        let ex = Exporters::spawn(vec![printer(&out)], batch, metrics.clone());
+        let ex = spawn(vec![printer(&out)], batch);
+        let metrics = ex.metrics.clone();
         let tx = ex.submitter();
         tx.submit((0..25).map(span).collect());
         assert_eq!(dropped(&metrics), [("export_queue_full", 15)]);
         ex.shutdown(Duration::from_secs(60)).await;
-        assert_eq!(metrics.spans_exported_total.load(Relaxed), 10);
+        assert_eq!(metrics.exported.get(), 10);
         assert_eq!(dropped(&metrics), [("export_queue_full", 15)]);
         assert_eq!(out.lines(), 10);
         // After shutdown nothing is queued, and saying so is counted too.
@@ -630,9 +670,9 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_50k_spans_fits_the_default_queue() {
         const BURST: usize = 50_000;
-        let m = Arc::new(Metrics::default());
         let records = crate::testing::traffic(1, 1);
-        let mut sp = crate::pipeline::replay(&records, &mut crate::testing::table(&m), &m)
+        let reg = Registry::default();
+        let mut sp = crate::pipeline::replay(&records, &mut crate::testing::table(&reg))
             .pop()
             .unwrap();
         let chain = "10-sampler@3f2a9c1e0b4d,20-route@9c1e0b4d3f2a,30-enricher@0b4d3f2a9c1e";
@@ -650,31 +690,31 @@ mod tests {
             format: Format::Text,
             out: Box::new(std::io::sink()),
         });
-        let ex = Exporters::spawn(vec![sink], cfg, m.clone());
+        let ex = spawn(vec![sink], cfg);
+        let m = ex.metrics.clone();
         let tx = ex.submitter();
         for _ in 0..BURST / 250 {
             tx.submit(vec![sp.clone(); 250]);
         }
         assert_eq!(dropped(&m), []);
         ex.shutdown(Duration::from_secs(600)).await;
-        assert_eq!(m.spans_exported_total.load(Relaxed), BURST as u64);
+        assert_eq!(m.exported.get(), BURST as u64);
     }
 
     #[tokio::test]
     async fn each_sink_has_its_own_queue_and_a_failing_one_counts_its_failures() {
-        let metrics = Arc::new(Metrics::default());
         let (good, bad) = (SharedBuf::default(), SharedBuf::failing());
-        let ex = Exporters::spawn(
+        let ex = spawn(
             vec![printer(&bad), printer(&good)],
             BatchConfig {
                 max_queue_spans: Some(3),
                 ..Default::default()
             },
-            metrics.clone(),
         );
+        let metrics = ex.metrics.clone();
         ex.submitter().submit((0..5).map(span).collect());
         ex.shutdown(Duration::from_secs(60)).await;
-        assert_eq!(metrics.spans_exported_total.load(Relaxed), 3);
+        assert_eq!(metrics.exported.get(), 3);
         assert_eq!(good.lines(), 3);
         assert_eq!(
             dropped(&metrics),
@@ -692,7 +732,6 @@ mod tests {
             timeout: Duration::from_millis(200),
             gzip: false,
         };
-        let metrics = Arc::new(Metrics::default());
         let batch = BatchConfig {
             max_queue_spans: Some(4),
             delay: Duration::from_millis(10),
@@ -701,10 +740,11 @@ mod tests {
             max_in_flight: 1,
             ..Default::default()
         };
-        let ex = otlp_exporters(&cfg, batch, &metrics);
+        let ex = otlp_exporters(&cfg, batch);
+        let metrics = ex.metrics.clone();
         ex.submitter().submit((0..20).map(span).collect());
         ex.shutdown(Duration::from_secs(60)).await;
-        assert_eq!(metrics.spans_exported_total.load(Relaxed), 0);
+        assert_eq!(metrics.exported.get(), 0);
         assert_eq!(
             dropped(&metrics),
             [("export_queue_full", 16), ("export_failed", 4)],
@@ -781,18 +821,18 @@ mod tests {
             timeout: Duration::from_secs(60),
             gzip: false,
         };
-        let metrics = Arc::new(Metrics::default());
         let batch = BatchConfig {
             max_batch: 1,
             max_in_flight: 4,
             export_timeout: Duration::from_secs(60),
             ..Default::default()
         };
-        let ex = otlp_exporters(&cfg, batch, &metrics);
+        let ex = otlp_exporters(&cfg, batch);
+        let metrics = ex.metrics.clone();
         ex.submitter().submit((0..8).map(span).collect());
         // Without overlap the first request would wait for the fourth until the deadline.
         ex.shutdown(Duration::from_secs(60)).await;
-        assert_eq!(metrics.spans_exported_total.load(Relaxed), 8);
+        assert_eq!(metrics.exported.get(), 8);
         assert_eq!(dropped(&metrics), [], "requests overlap");
         assert_eq!(peak.load(Relaxed), 4, "never more than max_in_flight");
     }

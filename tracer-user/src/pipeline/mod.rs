@@ -24,7 +24,7 @@ use crate::{
     conntrack::{ConnTable, TableOptions},
     events::Event,
     export::Submitter,
-    metrics::Metrics,
+    metrics::{Health, Registry},
     plugins::PluginHost,
     probes::{ProbeOptions, Probes},
     span::Span,
@@ -55,12 +55,12 @@ pub fn read_recording(mut r: impl Read) -> std::io::Result<(Vec<Vec<u8>>, bool)>
 }
 
 /// Feeds one raw record through the table: the single code path for live and replayed events.
-pub fn process(rec: &[u8], table: &mut ConnTable, metrics: &Metrics, spans: &mut Vec<Span>) {
-    Metrics::add(&metrics.events_read_total, 1);
+pub fn process(rec: &[u8], table: &mut ConnTable, spans: &mut Vec<Span>) {
+    table.metrics().events_read.inc();
     match Event::parse(rec) {
         Ok(ev) => table.handle(ev, spans),
         Err(e) => {
-            if metrics.events_invalid_total.fetch_add(1, Ordering::Relaxed) == 0 {
+            if table.metrics().events_invalid.inc() == 0 {
                 tracing::warn!("skipping invalid record: {e} (counted in events_invalid_total)");
             }
         }
@@ -79,6 +79,7 @@ pub struct Live {
     pub recorder: Option<Recorder>,
     /// Log the counters this often.
     pub stats_every: Option<Duration>,
+    pub metrics: reader::ReaderMetrics,
 }
 
 /// Settings changed by a config reload: the probes' right away, the table's before the next
@@ -96,7 +97,8 @@ pub async fn run(
     table: ConnTable,
     plugins: Arc<PluginHost>,
     export: Submitter,
-    metrics: Arc<Metrics>,
+    reg: Registry,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let Live {
@@ -105,18 +107,17 @@ pub async fn run(
         control,
         recorder,
         stats_every,
+        metrics,
     } = live;
-    metrics
-        .health
-        .probes_attached
-        .store(true, Ordering::Relaxed);
+    health.probes_attached.set(true);
     let stop = Arc::new(AtomicBool::new(false));
     let stages = stages::start(
         table,
         recorder,
         plugins,
         export,
-        metrics.clone(),
+        metrics.records_dropped,
+        health.clone(),
         stop.clone(),
     )?;
     let reader = Reader {
@@ -124,19 +125,19 @@ pub async fn run(
         ring,
         control,
         handoff: stages.handoff,
-        metrics: metrics.clone(),
+        health,
+        kernel: metrics.kernel,
         stop: stop.clone(),
     };
     let mut threads = vec![stages::spawn("tracer-reader", move || reader.run())?];
     threads.extend(stages.threads);
     let stats = stats_every.map(|every| {
-        let m = metrics.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(every);
             t.tick().await;
             loop {
                 t.tick().await;
-                tracing::info!("counters: {}", m.summary());
+                tracing::info!("counters: {}", reg.summary());
             }
         })
     });
@@ -155,10 +156,10 @@ pub async fn run(
 }
 
 /// Runs a recording through the same table, returning the spans (and whether its tail was cut).
-pub fn replay(records: &[Vec<u8>], table: &mut ConnTable, metrics: &Metrics) -> Vec<Span> {
+pub fn replay(records: &[Vec<u8>], table: &mut ConnTable) -> Vec<Span> {
     let mut spans = Vec::new();
     for rec in records {
-        process(rec, table, metrics, &mut spans);
+        process(rec, table, &mut spans);
     }
     // What still waits for its join leaves as it stands: the recording has no more to say.
     table.flush(&mut spans);

@@ -19,7 +19,7 @@ use tracer_common::counter;
 use super::{TICK, Update, batch::Batch};
 use crate::{
     conntrack::TableOptions,
-    metrics::{Metrics, RecordDrop, monotonic_s},
+    metrics::{Counter, Health, RecordDrop, RecordDrops, Registry, monotonic_s},
     probes::Probes,
 };
 
@@ -48,17 +48,17 @@ pub struct Handoff {
     spare: Option<Vec<u8>>,
     /// Reload options waiting for room in the queue: they go before any later record.
     options: Option<TableOptions>,
-    metrics: Arc<Metrics>,
+    drops: RecordDrops,
 }
 
 impl Handoff {
-    pub fn new(tx: SyncSender<ToDecode>, pool: Receiver<Vec<u8>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(tx: SyncSender<ToDecode>, pool: Receiver<Vec<u8>>, drops: RecordDrops) -> Self {
         Handoff {
             tx,
             pool,
             spare: None,
             options: None,
-            metrics,
+            drops,
         }
     }
 
@@ -110,8 +110,7 @@ impl Handoff {
         } else {
             ToDecode::Records(batch)
         };
-        self.metrics
-            .drop_records(RecordDrop::DecodeQueueFull, records);
+        self.drops.add(RecordDrop::DecodeQueueFull, records);
         if let ToDecode::Records(b) = refused {
             self.recycle(b);
         }
@@ -143,7 +142,8 @@ pub struct Reader {
     /// Config reloads to apply.
     pub control: mpsc::Receiver<Update>,
     pub handoff: Handoff,
-    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub kernel: KernelMetrics,
     /// Set to stop: the reader then drains what the kernel wrote, waiting for the decode
     /// stage instead of dropping, detaches the probes, drains again and returns.
     pub stop: Arc<AtomicBool>,
@@ -156,7 +156,8 @@ impl Reader {
             mut ring,
             mut control,
             mut handoff,
-            metrics,
+            health,
+            kernel,
             stop,
         } = self;
         let gone = |g: Gone| io::Error::other(g);
@@ -166,8 +167,7 @@ impl Reader {
             if !more {
                 wakeups.wait()?;
             }
-            metrics
-                .health
+            health
                 .reader_alive_s
                 .store(monotonic_s(), Ordering::Relaxed);
             while let Ok(u) = control.try_recv() {
@@ -178,12 +178,12 @@ impl Reader {
             handoff.flush_options().map_err(gone)?;
             more = drain(&mut ring, &mut handoff, Mode::Drop).map_err(gone)?;
             if !more {
-                sync_kernel_counters(&lock(&probes), &metrics);
+                kernel.sync(&lock(&probes));
             }
         }
         // What the kernel wrote until now, then what it writes until the probes are gone.
         while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
-        sync_kernel_counters(&lock(&probes), &metrics);
+        kernel.sync(&lock(&probes));
         // The last strong reference: the probes detach (the TLS tracker sees them gone).
         drop(probes);
         while drain(&mut ring, &mut handoff, Mode::Wait).map_err(gone)? {}
@@ -276,19 +276,50 @@ fn lock(p: &Mutex<Probes>) -> std::sync::MutexGuard<'_, Probes> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn sync_kernel_counters(probes: &Probes, m: &Metrics) {
-    let k = probes.kernel_counters();
-    for (metric, idx) in [
-        (&m.events_lost_total, counter::RINGBUF_FULL),
-        (&m.kernel_conn_map_full_total, counter::CONN_MAP_FULL),
-        (&m.kernel_read_failed_total, counter::READ_USER_FAILED),
-        (&m.kernel_h2_frames_lost_total, counter::H2_FRAMES_LOST),
-        (&m.kernel_unsupported_calls_total, counter::UNSUPPORTED_CALL),
-        (&m.kernel_fd_reused_total, counter::FD_REUSED),
-        (&m.kernel_tls_no_socket_total, counter::TLS_NO_SOCKET),
-        (&m.kernel_probe_errors_total, counter::PROBE_ARGS),
-    ] {
-        metric.store(k[idx as usize], Ordering::Relaxed);
+/// What the reader counts: the kernel's counters it syncs, and the records its handoff drops.
+/// Registered when the daemon starts, so they are on /metrics before the probes attach.
+pub struct ReaderMetrics {
+    pub kernel: KernelMetrics,
+    pub records_dropped: RecordDrops,
+}
+
+impl ReaderMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        ReaderMetrics {
+            kernel: KernelMetrics::new(reg),
+            records_dropped: RecordDrops::new(reg),
+        }
+    }
+}
+
+/// The kernel's own counters, summed from the probes' per-CPU array by the reader.
+pub struct KernelMetrics(Vec<(Counter, u32)>);
+
+impl KernelMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        KernelMetrics(
+            [
+                ("events_lost", "Records the kernel could not put in the ring buffer (buffer full)", counter::RINGBUF_FULL),
+                ("kernel_conn_map_full", "Connections the kernel could not track (map full)", counter::CONN_MAP_FULL),
+                ("kernel_read_failed", "Payload copies from user memory that failed (byte counts still right)", counter::READ_USER_FAILED),
+                ("kernel_h2_frames_lost", "Syscalls whose bytes the HTTP/2 frame walk could not follow as frames (copied as a prefix until a syscall starts at a frame)", counter::H2_FRAMES_LOST),
+                ("kernel_unsupported_calls", "Socket I/O of traced processes not made by a read/write-family syscall (io_uring, sendmmsg, in-kernel users): not decoded", counter::UNSUPPORTED_CALL),
+                ("kernel_fd_reused", "Connections ended because their fd was reused by a new socket before their close was seen", counter::FD_REUSED),
+                ("kernel_tls_no_socket", "TLS calls whose plaintext was not traced because the library moved its encrypted bytes itself (a memory BIO), so their socket is unknown", counter::TLS_NO_SOCKET),
+                ("kernel_probe_errors", "Syscalls and TLS calls a probe could not read the arguments of (not followed; --kernel-log debug names them)", counter::PROBE_ARGS),
+            ]
+            .into_iter()
+            .map(|(name, help, idx)| (reg.counter(name, help), idx))
+            .collect(),
+        )
+    }
+
+    /// Brings the counters up to the kernel's totals (which only grow).
+    fn sync(&self, probes: &Probes) {
+        let k = probes.kernel_counters();
+        for (c, idx) in &self.0 {
+            c.inc_by(k[*idx as usize].saturating_sub(c.get()));
+        }
     }
 }
 
@@ -307,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_full_decode_queue_drops_whole_batches_and_counts_their_records() {
-        let m = Arc::new(Metrics::default());
+        let m = RecordDrops::new(&Registry::default());
         let (tx, rx) = sync_channel(1);
         let (_pool_tx, pool) = sync_channel(1);
         let mut h = Handoff::new(tx, pool, m.clone());
@@ -315,7 +346,7 @@ mod tests {
         h.send(b).unwrap();
         let b = batch_of(&mut h, 5);
         h.send(b).unwrap();
-        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 5);
+        assert_eq!(m.get(RecordDrop::DecodeQueueFull), 5);
         // A reload while the queue is full waits, and batches behind it are dropped: no
         // record is decoded with the old options once the reload is answered.
         h.options(TableOptions {
@@ -324,7 +355,7 @@ mod tests {
         });
         let b = batch_of(&mut h, 2);
         h.send(b).unwrap();
-        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 7);
+        assert_eq!(m.get(RecordDrop::DecodeQueueFull), 7);
         assert!(matches!(rx.try_recv(), Ok(ToDecode::Records(b)) if b.len() == 3));
         let b = batch_of(&mut h, 4);
         h.send(b).unwrap();
@@ -336,7 +367,7 @@ mod tests {
         let b = batch_of(&mut h, 1);
         h.send(b).unwrap();
         assert!(matches!(rx.try_recv(), Ok(ToDecode::Records(b)) if b.len() == 1));
-        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 11);
+        assert_eq!(m.get(RecordDrop::DecodeQueueFull), 11);
         drop(rx);
         let b = batch_of(&mut h, 1);
         assert!(h.send(b).is_err(), "the decode stage is gone");
@@ -344,7 +375,7 @@ mod tests {
 
     #[test]
     fn batches_reuse_the_buffers_the_decode_stage_hands_back() {
-        let m = Arc::new(Metrics::default());
+        let m = RecordDrops::new(&Registry::default());
         let (tx, _rx) = sync_channel(1);
         let (pool_tx, pool) = sync_channel(1);
         let mut h = Handoff::new(tx, pool, m);

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     conntrack::ConnTable,
     export::Submitter,
-    metrics::{Busy, Metrics, SpanDrop},
+    metrics::{Busy, Health, RecordDrops, SpanDrop, SpanDrops},
     plugins::{PluginHost, chain::MAX_BATCH},
     queue::{Limits, SpanQueue},
     span::{Span, clock_ns},
@@ -57,7 +57,8 @@ pub fn start(
     recorder: Option<Recorder>,
     plugins: Arc<PluginHost>,
     export: Submitter,
-    metrics: Arc<Metrics>,
+    records_dropped: RecordDrops,
+    health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Stages> {
     let (tx, rx) = sync_channel(DECODE_QUEUE_BATCHES);
@@ -72,21 +73,22 @@ pub fn start(
         table,
         recorder,
         out: to_plugins.clone(),
-        metrics: metrics.clone(),
+        drops: export.span_drops(),
+        health: health.clone(),
         stop,
     };
     let stage = PluginStage {
         input: to_plugins,
         host: plugins,
         export,
-        metrics: metrics.clone(),
+        health,
     };
     let threads = vec![
         spawn("tracer-decode", move || decode.run())?,
         spawn("tracer-plugins", move || stage.run())?,
     ];
     Ok(Stages {
-        handoff: Handoff::new(tx, pool_rx, metrics),
+        handoff: Handoff::new(tx, pool_rx, records_dropped),
         threads,
     })
 }
@@ -132,7 +134,8 @@ struct Decode {
     table: ConnTable,
     recorder: Option<Recorder>,
     out: Arc<SpanQueue>,
-    metrics: Arc<Metrics>,
+    drops: SpanDrops,
+    health: Arc<Health>,
     stop: Arc<AtomicBool>,
 }
 
@@ -165,7 +168,7 @@ impl Decode {
     }
 
     fn records(&mut self, batch: Batch, spans: &mut Vec<Span>) {
-        let _busy = Busy::new(&self.metrics.health.decode_busy_since_s);
+        let _busy = Busy::new(&self.health.decode_busy_since_s);
         if let Some(r) = self.recorder.as_mut()
             && let Err(e) = r.write(&batch)
         {
@@ -173,7 +176,7 @@ impl Decode {
             self.recorder = None;
         }
         for rec in batch.records() {
-            process(rec, &mut self.table, &self.metrics, spans);
+            process(rec, &mut self.table, spans);
         }
         let _ = self.pool.try_send(batch.into_buffer());
     }
@@ -189,9 +192,8 @@ impl Decode {
         } else {
             self.out.push(spans)
         };
-        self.metrics
-            .drop_spans(SpanDrop::PluginQueueFull, refused.full);
-        self.metrics.drop_spans(SpanDrop::Shutdown, refused.closed);
+        self.drops.add(SpanDrop::PluginQueueFull, refused.full);
+        self.drops.add(SpanDrop::Shutdown, refused.closed);
         if refused.closed > 0 {
             return Err(io::Error::other("the plugin stage stopped"));
         }
@@ -203,7 +205,7 @@ struct PluginStage {
     input: Arc<SpanQueue>,
     host: Arc<PluginHost>,
     export: Submitter,
-    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl PluginStage {
@@ -211,9 +213,9 @@ impl PluginStage {
         let _close = CloseOnDrop(self.input.clone());
         let mut spans = Vec::with_capacity(MAX_BATCH);
         while block_on(self.input.recv_many(&mut spans, MAX_BATCH)) > 0 {
-            let _busy = Busy::new(&self.metrics.health.plugins_busy_since_s);
+            let _busy = Busy::new(&self.health.plugins_busy_since_s);
             // One chain version for the whole batch (a swap in between takes the next one).
-            self.host.process(&mut spans, &self.metrics);
+            self.host.process(&mut spans);
             self.export
                 .submit(std::mem::replace(&mut spans, Vec::with_capacity(MAX_BATCH)));
         }
@@ -223,20 +225,18 @@ impl PluginStage {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering::Relaxed;
-
     use super::*;
     use crate::{
         conntrack::TableOptions,
         export::{BatchConfig, Exporters, Format, Printer, Sink},
-        metrics::{RecordDrop, SpanDrop},
+        metrics::{Reason, Registry, SpanDrop},
         pipeline::{read_recording, replay},
         plugins::Settings,
-        testing::{SharedBuf, table, traffic},
+        testing::{SharedBuf, sample, table, traffic},
     };
 
     struct Run {
-        metrics: Arc<Metrics>,
+        reg: Registry,
         printed: SharedBuf,
         recorded: SharedBuf,
     }
@@ -244,7 +244,8 @@ mod tests {
     /// Feeds `records` through the decode and plugin stages (options first, when given) into
     /// a printer, and stops them.
     async fn run_stages(records: &[Vec<u8>], per_batch: usize, opts: Option<TableOptions>) -> Run {
-        let metrics = Arc::new(Metrics::default());
+        let reg = Registry::default();
+        let health = Arc::new(Health::new(&reg));
         let (printed, recorded) = (SharedBuf::default(), SharedBuf::default());
         let ex = Exporters::spawn(
             vec![Sink::Print(Printer {
@@ -252,18 +253,20 @@ mod tests {
                 out: Box::new(printed.clone()),
             })],
             BatchConfig::default(),
-            metrics.clone(),
+            &reg,
+            health.clone(),
         );
-        let host = Arc::new(PluginHost::new(Settings::default()).unwrap());
+        let host = Arc::new(PluginHost::new(Settings::default(), &reg).unwrap());
         // As at shutdown: the stages wait for room instead of dropping.
         let stop = Arc::new(AtomicBool::new(true));
         let recorder = Recorder(Box::new(recorded.clone()));
         let mut stages = start(
-            table(&metrics),
+            table(&reg),
             Some(recorder),
             host,
             ex.submitter(),
-            metrics.clone(),
+            RecordDrops::new(&reg),
+            health,
             stop,
         )
         .unwrap();
@@ -291,30 +294,36 @@ mod tests {
             .unwrap();
         ex.shutdown(Duration::from_secs(60)).await;
         Run {
-            metrics,
+            reg,
             printed,
             recorded,
         }
     }
 
-    fn nothing_dropped(m: &Metrics) {
+    fn nothing_dropped(reg: &Registry) {
         for r in SpanDrop::ALL {
-            assert_eq!(m.spans_dropped(*r), 0, "{}", r.label());
+            let name = format!("tracer_spans_dropped_total{{reason=\"{}\"}}", r.label());
+            assert_eq!(sample(reg, &name), 0, "{name}");
         }
-        assert_eq!(m.records_dropped(RecordDrop::DecodeQueueFull), 0);
+        assert_eq!(
+            sample(
+                reg,
+                "tracer_records_dropped_total{reason=\"decode_queue_full\"}"
+            ),
+            0
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_record_goes_through_every_stage_and_into_the_recording() {
         let records = traffic(20, 30);
-        let m = Arc::new(Metrics::default());
-        let expected = replay(&records, &mut table(&m), &m).len() as u64;
+        let expected = replay(&records, &mut table(&Registry::default())).len() as u64;
         assert_eq!(expected, 600);
         for per_batch in [1, 7, records.len()] {
             let run = run_stages(&records, per_batch, None).await;
-            let m = &run.metrics;
+            let m = &run.reg;
             assert_eq!(
-                m.spans_exported_total.load(Relaxed),
+                sample(m, "tracer_spans_exported_total"),
                 expected,
                 "{per_batch}"
             );
@@ -334,14 +343,13 @@ mod tests {
             ..Default::default()
         };
         let run = run_stages(&records, 5, Some(ports)).await;
-        let m = &run.metrics;
-        assert!(m.spans_built_total.load(Relaxed) > 0);
-        assert_eq!(
-            m.spans_filtered_total.load(Relaxed),
-            m.spans_built_total.load(Relaxed),
+        let m = &run.reg;
+        assert!(
+            sample(m, "tracer_spans_filtered_total") > 0,
             "no span is on port 1"
         );
-        assert_eq!(m.spans_exported_total.load(Relaxed), 0);
+        assert_eq!(sample(m, "tracer_spans_built_total"), 0);
+        assert_eq!(sample(m, "tracer_spans_exported_total"), 0);
         nothing_dropped(m);
     }
 }

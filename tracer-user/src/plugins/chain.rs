@@ -20,10 +20,7 @@ use super::{
     },
     stats::PluginStats,
 };
-use crate::{
-    metrics::Metrics,
-    span::{Resource, Span, SpanKind, Status, Value, clock_ns, kv},
-};
+use crate::span::{Resource, Span, SpanKind, Status, Value, clock_ns, kv};
 
 /// The attribute naming the plugin versions that processed a span.
 pub const CHAIN_ATTRIBUTE: &str = "tracer.plugins.chain";
@@ -154,7 +151,7 @@ impl Loaded {
         let st = &self.stats;
         let mut guard = self.instance.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            Metrics::add(&st.restarts_total, 1);
+            st.restarts.inc();
             match Instance::start(
                 &self.pre,
                 self.name.clone(),
@@ -175,9 +172,9 @@ impl Loaded {
         };
         let t0 = Instant::now();
         let result = inst.process(&spans, &resources);
-        Metrics::add(&st.call_ns, t0.elapsed().as_nanos() as u64);
-        Metrics::add(&st.calls_total, 1);
-        Metrics::add(&st.spans_in_total, batch.len() as u64);
+        st.call_seconds.inc_by(t0.elapsed().as_secs_f64());
+        st.calls.inc();
+        st.spans_in.inc_by(batch.len() as u64);
         let verdicts = match result {
             Ok(v) => v,
             Err(e) => {
@@ -192,22 +189,20 @@ impl Loaded {
         }
         drop(guard);
         let (dropped, edited) = apply(batch, verdicts);
-        Metrics::add(&st.spans_dropped_total, dropped);
-        Metrics::add(&st.spans_edited_total, edited);
+        st.spans_dropped.inc_by(dropped);
+        st.spans_edited.inc_by(edited);
         Ok(())
     }
 
     fn failed(&self, e: CallError) -> CallError {
         let st = &self.stats;
-        Metrics::add(
-            match &e {
-                CallError::Timeout(_) => &st.timeouts_total,
-                CallError::Memory(_) => &st.memory_exceeded_total,
-                CallError::Trap(_) => &st.traps_total,
-                CallError::Invalid(_) => &st.invalid_results_total,
-            },
-            1,
-        );
+        match &e {
+            CallError::Timeout(_) => &st.timeouts,
+            CallError::Memory(_) => &st.memory_exceeded,
+            CallError::Trap(_) => &st.traps,
+            CallError::Invalid(_) => &st.invalid_results,
+        }
+        .inc();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(e.to_string());
         }

@@ -4,7 +4,7 @@
 use std::{fmt, path::Path};
 
 use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, runtime::CONTRACT, samples};
-use crate::{export::printer::to_line, metrics::Metrics, span::Span};
+use crate::{export::printer::to_line, metrics::Registry, span::Span};
 
 /// What the check found.
 pub struct CheckReport {
@@ -50,14 +50,15 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    let host = PluginHost::new(Settings::default())?;
+    // The check counts for nobody: a registry of its own.
+    let host = PluginHost::new(Settings::default(), &Registry::default())?;
     let verdict = host.load(&name, file, &wasm, &cfg).map(|p| {
         let (attributes, resource_attributes, span_name) = p.interest();
         let id = p.id();
         host.install(vec![p]);
         let before = samples();
         let mut after = before.clone();
-        host.process(&mut after, &Metrics::default());
+        host.process(&mut after);
         let samples = before
             .into_iter()
             .map(|b| {

@@ -26,12 +26,13 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded};
+use prometheus_client::metrics::family::Family;
 use runtime::{CONTRACT, Instance, Runtime};
 pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
 use stats::{Families, PluginStats};
 
 use crate::{
-    metrics::Metrics,
+    metrics::{Counter, Gauge, Registry},
     semconv,
     span::{Resource, Span, SpanKind, Status, Value, kv},
 };
@@ -208,12 +209,50 @@ pub struct PluginHost {
     last_error: Mutex<Option<String>>,
     /// One reload at a time (watcher, SIGHUP and the admin endpoint may race).
     reloading: Mutex<()>,
-    pub reloads_total: AtomicU64,
-    pub reload_failures_total: AtomicU64,
+    families: Families,
+    pub metrics: HostMetrics,
+}
+
+/// What the host counts, and gauges of the chain and the files it runs.
+#[derive(Debug)]
+pub struct HostMetrics {
+    pub spans_dropped: Counter,
+    pub spans_failed: Counter,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    chain_version: Gauge,
+    active: Family<[(&'static str, String); 2], Gauge>,
+    not_running: Family<[(&'static str, String); 2], Gauge>,
+}
+
+impl HostMetrics {
+    fn new(reg: &Registry) -> Self {
+        let active = Family::default();
+        reg.register(
+            "plugin_active",
+            "1 for each plugin in the running chain",
+            active.clone(),
+        );
+        let not_running = Family::default();
+        reg.register(
+            "plugin_not_running",
+            "1 for each plugin file that is refused or taken out of the chain",
+            not_running.clone(),
+        );
+        HostMetrics {
+            spans_dropped: reg.counter("spans_plugin_dropped", "Spans plugins dropped (sampling decisions)"),
+            spans_failed: reg.counter("spans_plugin_failed", "Spans dropped because a plugin failed and --plugins-fail-closed is set"),
+            reloads: reg.counter("plugin_reloads", "Plugin chain swaps"),
+            reload_failures: reg.counter("plugin_reload_failures", "Plugin files refused (not wasm, wrong contract, failed init or self-test, unsafe permissions)"),
+            chain_version: reg.gauge("plugin_chain_version", "Version of the running plugin chain (increases at every swap)"),
+            active,
+            not_running,
+        }
+    }
 }
 
 impl PluginHost {
-    pub fn new(settings: Settings) -> Result<Self, PluginError> {
+    pub fn new(settings: Settings, reg: &Registry) -> Result<Self, PluginError> {
         Ok(Self {
             runtime: Runtime::new().map_err(PluginError::Runtime)?,
             settings,
@@ -223,8 +262,8 @@ impl PluginHost {
             files: Mutex::default(),
             last_error: Mutex::default(),
             reloading: Mutex::default(),
-            reloads_total: AtomicU64::new(0),
-            reload_failures_total: AtomicU64::new(0),
+            families: Families::register(reg),
+            metrics: HostMetrics::new(reg),
         })
     }
 
@@ -234,14 +273,14 @@ impl PluginHost {
     }
 
     /// Runs a batch through the current chain (loaded once: one version per batch).
-    pub fn process(&self, spans: &mut Vec<Span>, metrics: &Metrics) {
+    pub fn process(&self, spans: &mut Vec<Span>) {
         let chain = self.chain.load();
         if chain.is_empty() || spans.is_empty() {
             return;
         }
         let r = chain.process(spans, self.settings.fail_closed);
-        Metrics::add(&metrics.spans_plugin_dropped_total, r.dropped);
-        Metrics::add(&metrics.spans_plugin_failed_total, r.failed_closed);
+        self.metrics.spans_dropped.inc_by(r.dropped);
+        self.metrics.spans_failed.inc_by(r.failed_closed);
         if r.quarantined {
             drop(chain);
             self.remove_quarantined();
@@ -250,7 +289,9 @@ impl PluginHost {
 
     fn stats_for(&self, name: &str) -> Arc<PluginStats> {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        s.entry(name.to_owned()).or_default().clone()
+        s.entry(name.to_owned())
+            .or_insert_with(|| Arc::new(self.families.stats(name)))
+            .clone()
     }
 
     /// Compiles, instantiates and validates a plugin: the contract, `init(config)`, and a
@@ -268,7 +309,8 @@ impl PluginHost {
         let start = |stats: Arc<PluginStats>, self_test: bool| {
             Instance::start(&pre, name.clone(), stats, limits, config, self_test)
         };
-        let test_stats = Arc::new(PluginStats::default());
+        // Counted nowhere: the self-test is not the plugin's work.
+        let test_stats = Arc::new(Families::default().stats(&name));
         let (inst, interest) = start(test_stats.clone(), true)?;
         let probe = Loaded::new(
             name.clone(),
@@ -304,7 +346,33 @@ impl PluginHost {
     pub fn install(&self, plugins: Vec<Arc<Loaded>>) -> u64 {
         let v = self.next_version.fetch_add(1, Relaxed);
         self.chain.store(Arc::new(Chain::new(v, plugins)));
+        self.publish();
         v
+    }
+
+    /// Sets the gauges of the chain and the files from what runs now.
+    fn publish(&self) {
+        let m = &self.metrics;
+        let chain = self.chain.load_full();
+        m.chain_version.set(chain.version as i64);
+        m.active.clear();
+        for p in &chain.plugins {
+            m.active
+                .get_or_create(&[("plugin", p.name.to_string()), ("hash", p.hash.clone())])
+                .set(1);
+        }
+        let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
+        m.not_running.clear();
+        for (n, r) in files {
+            let state = match r.state {
+                FileState::Active => continue,
+                FileState::Rejected(_) => "rejected",
+                FileState::Quarantined(_) => "quarantined",
+            };
+            m.not_running
+                .get_or_create(&[("plugin", n), ("state", state.to_string())])
+                .set(1);
+        }
     }
 
     fn remove_quarantined(&self) {
@@ -407,8 +475,9 @@ impl PluginHost {
             let v = self.install(next);
             report.swapped_to = Some(v);
             report.swap_time = last_validated.map(|t| t.elapsed());
-            Metrics::add(&self.reloads_total, 1);
+            self.metrics.reloads.inc();
         }
+        self.publish();
         report
     }
 
@@ -475,6 +544,7 @@ impl PluginHost {
         if let Ok(mut f) = self.files.lock() {
             f.insert(name.to_owned(), FileRecord { hash, state });
         }
+        self.publish();
     }
 
     fn refused(&self, name: &str, hash: String, why: &PluginError) {
@@ -483,7 +553,7 @@ impl PluginHost {
     }
 
     fn note_failure(&self, why: &str) {
-        Metrics::add(&self.reload_failures_total, 1);
+        self.metrics.reload_failures.inc();
         tracing::warn!("plugin refused, the last good version stays: {why}");
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(why.to_owned());
@@ -504,7 +574,7 @@ impl PluginHost {
                     .stats
                     .snapshot()
                     .into_iter()
-                    .map(|(n, _, v)| (n.trim_start_matches("tracer_plugin_").to_string(), json!(v)))
+                    .map(|(n, v)| (n.to_string(), json!(v)))
                     .collect();
                 json!({
                     "name": &*p.name,
@@ -514,7 +584,7 @@ impl PluginHost {
                     "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                     "interest": {"attributes": attrs, "resource_attributes": res, "span_name": name},
                     "counters": counters,
-                    "call_seconds": p.stats.call_ns.load(Relaxed) as f64 / 1e9,
+                    "call_seconds": p.stats.call_seconds.get(),
                     "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
                 })
             })
@@ -536,8 +606,8 @@ impl PluginHost {
             "chain": {"version": chain.version, "label": chain.label()},
             "plugins": plugins,
             "not_running": others,
-            "reloads": self.reloads_total.load(Relaxed),
-            "reload_failures": self.reload_failures_total.load(Relaxed),
+            "reloads": self.metrics.reloads.get(),
+            "reload_failures": self.metrics.reload_failures.get(),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "limits": {
                 "call_timeout_ms": self.settings.limits.call_timeout.as_millis() as u64,
@@ -545,59 +615,6 @@ impl PluginHost {
                 "fail_closed": self.settings.fail_closed,
             },
         })
-    }
-
-    /// Prometheus text for every plugin that ever ran, plus chain gauges.
-    pub fn prometheus(&self) -> String {
-        let mut counters = Families::default();
-        let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
-        let mut names: Vec<_> = stats.keys().cloned().collect();
-        names.sort();
-        for n in &names {
-            stats[n].render(n, &mut counters);
-        }
-        counters.add(
-            "tracer_plugin_reloads_total",
-            "Plugin chain swaps",
-            format!(" {}", self.reloads_total.load(Relaxed)),
-        );
-        counters.add(
-            "tracer_plugin_reload_failures_total",
-            "Plugin files refused (not wasm, wrong contract, failed init or self-test, unsafe permissions)",
-            format!(" {}", self.reload_failures_total.load(Relaxed)),
-        );
-        let chain = self.chain.load_full();
-        let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
-        let mut gauges = Families::default();
-        gauges.add(
-            "tracer_plugin_chain_version",
-            "Version of the running plugin chain (increases at every swap)",
-            format!(" {}", chain.version),
-        );
-        for p in &chain.plugins {
-            gauges.add(
-                "tracer_plugin_active",
-                "1 for each plugin in the running chain",
-                format!(
-                    "{{plugin=\"{}\",hash=\"{}\"}} 1",
-                    stats::escape(&p.name),
-                    p.hash
-                ),
-            );
-        }
-        for (n, r) in &files {
-            let state = match r.state {
-                FileState::Active => continue,
-                FileState::Rejected(_) => "rejected",
-                FileState::Quarantined(_) => "quarantined",
-            };
-            gauges.add(
-                "tracer_plugin_not_running",
-                "1 for each plugin file that is refused or taken out of the chain",
-                format!("{{plugin=\"{}\",state=\"{state}\"}} 1", stats::escape(n)),
-            );
-        }
-        counters.render("counter") + &gauges.render("gauge")
     }
 }
 

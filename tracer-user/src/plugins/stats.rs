@@ -1,64 +1,110 @@
-//! Per-plugin counters. They live as long as the plugin's name, across reloads, so the
-//! Prometheus counters stay monotonic when a plugin is swapped.
-use std::{
-    fmt::Write,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-};
+//! Per-plugin counters: one family per counter, labelled by plugin. A plugin's members live
+//! as long as its name, across reloads, so the counters stay monotonic when it is swapped.
+use std::sync::{Arc, Mutex, atomic::AtomicU64};
+
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::{Counter, Registry};
 
 /// Distinct custom counter names one plugin may create.
 const MAX_CUSTOM: usize = 32;
 /// Log lines one plugin may write per second.
 const LOGS_PER_S: u64 = 20;
 
+type Label = [(&'static str, Arc<str>); 1];
+type CustomLabels = [(&'static str, Arc<str>); 2];
+/// Seconds, counted in f64 (an atomic u64 holding the bits).
+pub type Seconds = Counter<f64, AtomicU64>;
+
 macro_rules! plugin_counters {
-    ($($field:ident => $help:literal,)*) => {
-        #[derive(Default, Debug)]
+    ($($field:ident => $name:literal, $help:literal,)*) => {
+        /// The families of every plugin's counters. A default one is registered nowhere: the
+        /// stats it hands out count for nobody (a self-test instance's).
+        #[derive(Debug, Default)]
+        pub struct Families {
+            $($field: Family<Label, Counter>,)*
+            call_seconds: Family<Label, Seconds>,
+            custom: Family<CustomLabels, Counter>,
+        }
+
+        impl Families {
+            pub fn register(reg: &Registry) -> Self {
+                let f = Families::default();
+                $(reg.register($name, $help, f.$field.clone());)*
+                reg.register(
+                    "plugin_call_seconds",
+                    "Time spent in the plugin's process-batch calls",
+                    f.call_seconds.clone(),
+                );
+                reg.register(
+                    "plugin_custom",
+                    "Counters the plugins add themselves (host counter-add)",
+                    f.custom.clone(),
+                );
+                f
+            }
+
+            /// The counters of plugin `name`, created at 0 the first time.
+            pub fn stats(&self, name: &str) -> PluginStats {
+                let plugin: Arc<str> = name.into();
+                let label = [("plugin", plugin.clone())];
+                PluginStats {
+                    $($field: self.$field.get_or_create_owned(&label),)*
+                    call_seconds: self.call_seconds.get_or_create_owned(&label),
+                    custom: self.custom.clone(),
+                    plugin,
+                    custom_names: Mutex::default(),
+                    log_window: Mutex::default(),
+                }
+            }
+        }
+
+        #[derive(Debug)]
         pub struct PluginStats {
-            $(#[doc = $help] pub $field: AtomicU64,)*
+            $(#[doc = $help] pub $field: Counter,)*
             /// Time spent in the plugin's calls.
-            pub call_ns: AtomicU64,
-            custom: Mutex<Vec<(String, u64)>>,
+            pub call_seconds: Seconds,
+            custom: Family<CustomLabels, Counter>,
+            plugin: Arc<str>,
+            custom_names: Mutex<Vec<String>>,
             log_window: Mutex<(u64, u64)>,
         }
 
         impl PluginStats {
-            /// (metric name, help, value) of every counter.
-            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((concat!("tracer_plugin_", stringify!($field)), $help, self.$field.load(Relaxed)),)*]
+            /// (name, value) of every counter, as `/plugins` shows them.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((concat!(stringify!($field), "_total"), self.$field.get()),)*]
             }
         }
     };
 }
 
 plugin_counters! {
-    calls_total => "process-batch calls",
-    spans_in_total => "Spans given to the plugin",
-    spans_dropped_total => "Spans the plugin dropped (sampled out)",
-    spans_edited_total => "Spans the plugin changed (attributes set or removed, renamed)",
-    traps_total => "Calls that trapped (the batch went on unchanged, or was dropped when fail-closed)",
-    timeouts_total => "Calls stopped at their deadline",
-    memory_exceeded_total => "Calls stopped for using more than the memory cap",
-    invalid_results_total => "Calls whose result broke the contract (index out of range, oversized edits)",
-    restarts_total => "Fresh instances started after a failed call",
+    calls => "plugin_calls", "process-batch calls",
+    spans_in => "plugin_spans_in", "Spans given to the plugin",
+    spans_dropped => "plugin_spans_dropped", "Spans the plugin dropped (sampled out)",
+    spans_edited => "plugin_spans_edited", "Spans the plugin changed (attributes set or removed, renamed)",
+    traps => "plugin_traps", "Calls that trapped (the batch went on unchanged, or was dropped when fail-closed)",
+    timeouts => "plugin_timeouts", "Calls stopped at their deadline",
+    memory_exceeded => "plugin_memory_exceeded", "Calls stopped for using more than the memory cap",
+    invalid_results => "plugin_invalid_results", "Calls whose result broke the contract (index out of range, oversized edits)",
+    restarts => "plugin_restarts", "Fresh instances started after a failed call",
 }
 
 impl PluginStats {
     pub fn custom_add(&self, name: &str, delta: u64) {
-        let Ok(mut c) = self.custom.lock() else {
+        let Ok(mut names) = self.custom_names.lock() else {
             return;
         };
-        if let Some((_, v)) = c.iter_mut().find(|(n, _)| n == name) {
-            *v += delta;
-        } else if c.len() < MAX_CUSTOM && !name.is_empty() && name.len() <= 64 {
-            c.push((name.to_owned(), delta));
+        if !names.iter().any(|n| n == name) {
+            if names.len() >= MAX_CUSTOM || name.is_empty() || name.len() > 64 {
+                return;
+            }
+            names.push(name.to_owned());
         }
-    }
-
-    pub fn custom(&self) -> Vec<(String, u64)> {
-        self.custom.lock().map(|c| c.clone()).unwrap_or_default()
+        self.custom
+            .get_or_create(&[("plugin", self.plugin.clone()), ("name", name.into())])
+            .inc_by(delta);
     }
 
     /// A token bucket of one second: at most LOGS_PER_S lines.
@@ -73,58 +119,4 @@ impl PluginStats {
         w.1 += 1;
         w.1 <= LOGS_PER_S
     }
-
-    /// Prometheus lines for this plugin (`# HELP`/`# TYPE` are written once by the caller).
-    pub fn render(&self, plugin: &str, out: &mut Families) {
-        let label = escape(plugin);
-        for (name, help, v) in self.snapshot() {
-            out.add(name, help, format!("{{plugin=\"{label}\"}} {v}"));
-        }
-        out.add(
-            "tracer_plugin_call_seconds_total",
-            "Time spent in the plugin's process-batch calls",
-            format!(
-                "{{plugin=\"{label}\"}} {}",
-                self.call_ns.load(Relaxed) as f64 / 1e9
-            ),
-        );
-        for (n, v) in self.custom() {
-            out.add(
-                "tracer_plugin_custom_total",
-                "Counters the plugins add themselves (host counter-add)",
-                format!("{{plugin=\"{label}\",name=\"{}\"}} {v}", escape(&n)),
-            );
-        }
-    }
-}
-
-/// Metric families in first-seen order, so each gets one HELP/TYPE header.
-#[derive(Default)]
-pub struct Families(Vec<(String, String, Vec<String>)>);
-
-impl Families {
-    pub fn add(&mut self, name: &str, help: &str, sample: String) {
-        match self.0.iter_mut().find(|(n, _, _)| n == name) {
-            Some((_, _, s)) => s.push(sample),
-            None => self.0.push((name.into(), help.into(), vec![sample])),
-        }
-    }
-
-    pub fn render(&self, kind: &str) -> String {
-        let mut s = String::new();
-        for (name, help, samples) in &self.0 {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for x in samples {
-                let _ = writeln!(s, "{name}{x}");
-            }
-        }
-        s
-    }
-}
-
-/// Prometheus label value escaping.
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak, atomic::Ordering::Relaxed},
+    sync::{Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -23,7 +23,10 @@ use aya::{
     programs::uprobe::UProbeLinkId,
 };
 
-use crate::{metrics::Metrics, probes::Probes};
+use crate::{
+    metrics::{Counter, Gauge, Registry},
+    probes::Probes,
+};
 use elf::{Kind, Library};
 use maps::{FileId, Mapping};
 
@@ -53,15 +56,36 @@ enum FileState {
     Skipped,
 }
 
+/// What the TLS library tracker counts, and the libraries it probes.
+pub struct TlsMetrics {
+    pub probe_failures: Counter,
+    pub libraries_probed: Gauge,
+}
+
+impl TlsMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        TlsMetrics {
+            probe_failures: reg.counter(
+                "tls_probe_failures",
+                "TLS libraries found that the probes could not be attached to (the log says why)",
+            ),
+            libraries_probed: reg.gauge(
+                "tls_libraries_probed",
+                "Files with OpenSSL's API (libssl, binaries that link it in) the TLS probes are attached to",
+            ),
+        }
+    }
+}
+
 pub struct Tracker {
     probes: Weak<Mutex<Probes>>,
     proc_root: PathBuf,
     files: HashMap<FileId, FileState>,
-    metrics: Arc<Metrics>,
+    metrics: TlsMetrics,
 }
 
 impl Tracker {
-    pub fn new(probes: Weak<Mutex<Probes>>, proc_root: PathBuf, metrics: Arc<Metrics>) -> Self {
+    pub fn new(probes: Weak<Mutex<Probes>>, proc_root: PathBuf, metrics: TlsMetrics) -> Self {
         Tracker {
             probes,
             proc_root,
@@ -217,7 +241,7 @@ impl Tracker {
             match p.attach_uprobe(t.program, on_disk, t.offset) {
                 Ok(link) => links.push((t.program, link)),
                 Err(e) => {
-                    Metrics::add(&self.metrics.tls_probe_failures_total, 1);
+                    self.metrics.probe_failures.inc();
                     tracing::warn!(
                         "TLS: cannot probe {} ({}): {e}; its traffic is not traced",
                         m.path,
@@ -256,10 +280,7 @@ impl Tracker {
                 )
             })
             .count();
-        self.metrics
-            .health
-            .tls_libraries_probed
-            .store(n as u64, Relaxed);
+        self.metrics.libraries_probed.set(n as i64);
     }
 }
 
