@@ -148,6 +148,19 @@ pub struct TlsStep {
 #[map]
 pub static TLS_STEPS: LruHashMap<u64, TlsStep> = LruHashMap::with_max_entries(16384, 0);
 
+/// Key of `GO_CALLS`: a goroutine of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub g: u64,
+}
+
+/// Go TLS calls in flight, by goroutine (their return may run on another thread).
+#[map]
+pub static GO_CALLS: LruHashMap<GoKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
 /// Key of `TLS_SOCKETS`: a TLS connection object of a process.
 #[repr(C)]
 #[derive(Clone, Copy)]

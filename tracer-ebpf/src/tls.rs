@@ -20,8 +20,8 @@ use crate::{
     capture::{on_tls_data, read_user},
     capture::become_tls,
     maps::{
-        CONNS, NO_FD, SyscallArgs, TLS_ARGS, TLS_CALLS, TLS_SOCKETS, TLS_STEPS, TlsCall, TlsKey,
-        TlsStep, count,
+        CONNS, GO_CALLS, GoKey, NO_FD, SyscallArgs, TLS_ARGS, TLS_CALLS, TLS_SOCKETS, TLS_STEPS,
+        TlsCall, TlsKey, TlsStep, count,
     },
 };
 use tracer_common::{ConnKey, ConnState, protocol};
@@ -117,6 +117,12 @@ pub fn exit(ctx: &RetProbeContext, ret: i64) {
     if moved <= 0 {
         return;
     }
+    plaintext(fd, buf, ts_enter, dir, moved);
+}
+
+/// Emits `moved` bytes of plaintext at `buf` on the connection of socket `fd`.
+#[inline(always)]
+fn plaintext(fd: u32, buf: u64, ts_enter: u64, dir: u8, moved: i64) {
     let Some(args) = TLS_ARGS.get_ptr_mut(0) else {
         return;
     };
@@ -137,6 +143,64 @@ pub fn exit(ctx: &RetProbeContext, ret: i64) {
         _pad: [0; 6],
     };
     on_tls_data(args, moved);
+}
+
+/// Go: the fd under a `*tls.Conn`, read through its fields (`conn net.Conn` first: an
+/// interface whose data is a `*net.TCPConn`, whose `*netFD` starts with a `poll.FD`, whose
+/// `Sysfd` follows a 16-byte mutex). Only when the interface's type is `*net.TCPConn`: its
+/// itab holds the type's hash at offset 16, compared with `tcp_hash`.
+#[inline(always)]
+fn go_fd(conn: u64, tcp_hash: u32) -> Option<u32> {
+    let iface: [u64; 2] = read_user(conn)?;
+    let hash: u32 = read_user(iface[0] + 16)?;
+    if tcp_hash == 0 || hash != tcp_hash {
+        return None;
+    }
+    let netfd: u64 = read_user(iface[1])?;
+    let fd: i64 = read_user(netfd + 16)?;
+    (0..=i32::MAX as i64).contains(&fd).then_some(fd as u32)
+}
+
+/// A Go TLS call begins on goroutine `g`.
+#[inline(always)]
+pub fn go_enter(conn: u64, buf: u64, g: u64, tcp_hash: u32, direction: u8) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !crate::filter::traced(tgid) {
+        return;
+    }
+    let Some(fd) = go_fd(conn, tcp_hash) else {
+        count(counter::TLS_NO_SOCKET);
+        return;
+    };
+    let call = TlsCall {
+        ssl: conn,
+        buf,
+        count_out: 0,
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd,
+        direction,
+        _pad: [0; 3],
+    };
+    let _ = GO_CALLS.insert(&GoKey { tgid, _pad: 0, g }, &call, 0);
+}
+
+/// A Go TLS call of goroutine `g` returns `n` bytes.
+#[inline(always)]
+pub fn go_exit(g: u64, n: i64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = GoKey { tgid, _pad: 0, g };
+    let Some(call) = GO_CALLS.get_ptr(&key) else {
+        return;
+    };
+    // SAFETY: map value pointer; the fields are copied out before the entry is removed.
+    let (fd, buf, ts_enter, dir) = unsafe {
+        let c = &*call;
+        (c.fd, c.buf, c.ts_enter, c.direction)
+    };
+    let _ = GO_CALLS.remove(&key);
+    if n > 0 {
+        plaintext(fd, buf, ts_enter, dir, n);
+    }
 }
 
 /// A TLS call on an unbound connection object moved no bytes on a socket (a memory BIO). If

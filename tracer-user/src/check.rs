@@ -154,24 +154,24 @@ fn tls_findings(proc_root: &Path) -> Vec<Finding> {
     let survey = crate::tls::survey(proc_root);
     let mut out = vec![finding(
         true,
-        if survey.openssl.is_empty() {
+        if survey.probed.is_empty() {
             "TLS libraries: none mapped by a running process now (libssl files of the host and every library loaded later are probed when the tracer runs)".to_string()
         } else {
             format!(
                 "TLS libraries in running processes ({}): {}",
-                survey.openssl.len(),
-                survey.openssl.join(", ")
+                survey.probed.len(),
+                survey.probed.join(", ")
             )
         },
         "",
     )];
-    if !survey.go.is_empty() {
+    if !survey.unprobed.is_empty() {
         out.push(finding(
             true,
             format!(
-                "Go programs running ({}): {}; their crypto/tls is not probed yet, so their HTTPS is not traced (their plain HTTP is)",
-                survey.go.len(),
-                survey.go.join(", ")
+                "TLS not traced in ({}): {}",
+                survey.unprobed.len(),
+                survey.unprobed.join("; ")
             ),
             "",
         ));

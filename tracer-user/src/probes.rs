@@ -6,7 +6,10 @@ use crate::kernel_log::KernelLog;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
+    programs::{
+        RawTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
 };
 use tracer_common::{
     COMM_LEN, Config, ConnKey, ConnState, MAX_CAPTURE, counter, feature, filter, protocol, role,
@@ -64,6 +67,9 @@ pub const UPROBES: &[&str] = &[
     "ssl_return",
     "ssl_set_fd",
     "dl_debug_state",
+    "go_tls_read",
+    "go_tls_write",
+    "go_tls_return",
 ];
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -407,6 +413,7 @@ impl Probes {
         prog: &str,
         target: &Path,
         offset: u64,
+        cookie: Option<u64>,
     ) -> Result<UProbeLinkId, ProbeError> {
         let err = |what| {
             move |source| ProbeError::Program {
@@ -421,7 +428,11 @@ impl Probes {
             .ok_or_else(|| ProbeError::MissingProgram(prog.to_string()))?
             .try_into()
             .map_err(err("type check"))?;
-        p.attach(offset, target, UProbeScope::AllProcesses)
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie,
+        };
+        p.attach(point, target, UProbeScope::AllProcesses)
             .map_err(err("attaching"))
     }
 

@@ -1,7 +1,8 @@
 //! One file per hook family; each probe is a thin wrapper over `capture`. The daemon attaches
 //! either the socket hooks (`sock`) or, on kernels without them, the syscall hooks (`rw`,
-//! `socket`, `vectored`); `tls` and `code` follow TLS libraries, with either.
+//! `socket`, `vectored`); `tls`, `go_tls` and `code` follow TLS libraries, with either.
 mod code;
+mod go_tls;
 mod rw;
 mod sock;
 mod socket;

@@ -1,5 +1,5 @@
-//! Which TLS library (or dynamic linker) an ELF file is, and where the functions to probe
-//! start in it (file offsets, what a uprobe is attached at).
+//! Which TLS library (or dynamic linker) an ELF file is, and where to probe it: the file
+//! offsets of the functions' entries (and, for Go, of their RET instructions).
 use std::{fs::File, path::Path};
 
 use object::{Object, ObjectSection, ObjectSymbol, read::ReadCache};
@@ -13,6 +13,8 @@ pub enum Kind {
     /// The dynamic linker (or a static binary's copy of it): calls `_dl_debug_state` after it
     /// loads libraries.
     DynamicLinker,
+    /// A Go program (1.17+) with `crypto/tls` in it.
+    GoTls,
 }
 
 impl Kind {
@@ -20,15 +22,18 @@ impl Kind {
         match self {
             Kind::OpenSsl => "OpenSSL API",
             Kind::DynamicLinker => "dynamic linker",
+            Kind::GoTls => "Go crypto/tls",
         }
     }
 }
 
-/// One probe to attach: an eBPF program at a file offset.
+/// One probe to attach: an eBPF program at a file offset, with a value it reads back
+/// (`bpf_get_attach_cookie`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     pub program: &'static str,
     pub offset: u64,
+    pub cookie: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +51,8 @@ pub enum ElfError {
     },
     #[error("{path} is not an ELF file this tracer reads: {source}")]
     Parse { path: String, source: object::Error },
+    #[error("{path}: {why}")]
+    Go { path: String, why: String },
 }
 
 /// Each probed symbol and its programs: an entry probe, and the shared return probe for the
@@ -72,7 +79,10 @@ pub fn inspect(path: &Path) -> Result<Option<Library>, ElfError> {
         path: shown(),
         source,
     })?;
-    let offset_of = |name: &str| symbol_offset(&obj, name);
+    if obj.section_by_name(".go.buildinfo").is_some() {
+        return go_tls(&obj).map_err(|why| ElfError::Go { path: shown(), why });
+    }
+    let offset_of = |name: &str| symbol_offset(&obj, name).map(|(off, _)| off);
     let has_openssl = offset_of("SSL_read").is_some() && offset_of("SSL_write").is_some();
     let (kind, table) = if has_openssl {
         (Kind::OpenSsl, OPENSSL)
@@ -84,23 +94,140 @@ pub fn inspect(path: &Path) -> Result<Option<Library>, ElfError> {
     let targets = table
         .iter()
         .filter_map(|(sym, progs)| offset_of(sym).map(|off| (off, *progs)))
-        .flat_map(|(offset, progs)| progs.iter().map(move |&program| Target { program, offset }))
+        .flat_map(|(offset, progs)| {
+            progs.iter().map(move |&program| Target {
+                program,
+                offset,
+                cookie: None,
+            })
+        })
         .collect();
     Ok(Some(Library { kind, targets }))
 }
 
-/// Whether `path` is a Go program (it has Go's build-info section).
-pub fn is_go(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
+/// The Go TLS probes of a Go program: an entry probe at `crypto/tls.(*Conn).Read` and `Write`
+/// with the hash of `*net.TCPConn` as cookie, and a probe at every RET of both. `Ok(None)`:
+/// the program has no `crypto/tls`; `Err`: it has, but cannot be probed (and why).
+fn go_tls<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+) -> Result<Option<Library>, String> {
+    let (Some(read), Some(write)) = (
+        symbol_offset(obj, "crypto/tls.(*Conn).Read"),
+        symbol_offset(obj, "crypto/tls.(*Conn).Write"),
+    ) else {
+        return Ok(None);
     };
-    let cache = ReadCache::new(file);
-    object::File::parse(&cache).is_ok_and(|obj| obj.section_by_name(".go.buildinfo").is_some())
+    let version = go_version(obj).ok_or("Go build info without a version")?;
+    let minor = version
+        .strip_prefix("go1.")
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(|| format!("Go version {version:?} not understood"))?;
+    if minor < 17 {
+        return Err(format!(
+            "{version}: Go before 1.17 passes arguments on the stack, not probed"
+        ));
+    }
+    // Go 1.20 renamed the itab symbols from `go.itab.` to `go:itab.`.
+    let hash = [
+        "go:itab.*net.TCPConn,net.Conn",
+        "go.itab.*net.TCPConn,net.Conn",
+    ]
+    .into_iter()
+    .find_map(|name| itab_hash(obj, name))
+    .ok_or("no itab of *net.TCPConn as net.Conn (no TCP connections under its TLS)")?;
+    let mut targets = Vec::new();
+    for ((start, size), entry) in [(read, "go_tls_read"), (write, "go_tls_write")] {
+        targets.push(Target {
+            program: entry,
+            offset: start,
+            cookie: Some(u64::from(hash)),
+        });
+        let rets = ret_offsets(obj, start, size).ok_or("cannot read the functions' code")?;
+        if rets.is_empty() {
+            return Err(format!("no RET found in {entry}'s function"));
+        }
+        targets.extend(rets.into_iter().map(|offset| Target {
+            program: "go_tls_return",
+            offset,
+            cookie: None,
+        }));
+    }
+    Ok(Some(Library {
+        kind: Kind::GoTls,
+        targets,
+    }))
 }
 
-/// File offset of the function `name` defines (dynamic symbols first: a stripped library
-/// keeps only those).
-fn symbol_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<u64> {
+/// The Go version in `.go.buildinfo` (Go 1.18+ layout: a 32-byte header, then the version as
+/// a length-prefixed string).
+fn go_version<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<String> {
+    let data = obj.section_by_name(".go.buildinfo")?.data().ok()?;
+    if !data.starts_with(b"\xff Go buildinf:") || data.get(15)? & 2 == 0 {
+        return None;
+    }
+    let (len, n) = uvarint(data.get(32..)?)?;
+    let s = data.get(32 + n..32 + n + len as usize)?;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// The type hash an itab holds at offset 16 (`inter`, `_type`, then `hash uint32`): a
+/// constant of the build, so it can be checked without knowing where the binary is loaded.
+fn itab_hash<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<u32> {
+    let sym = obj.symbols().find(|s| s.name() == Ok(name))?;
+    let section = obj.section_by_index(sym.section_index()?).ok()?;
+    let data = section.data().ok()?;
+    let at = usize::try_from(sym.address().checked_sub(section.address())? + 16).ok()?;
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// File offsets of the RET instructions of the function at file offset `start`, `size` bytes
+/// long, decoded instruction by instruction (a 0xC3 byte inside another instruction is not one).
+fn ret_offsets<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    start: u64,
+    size: u64,
+) -> Option<Vec<u64>> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let section = obj.sections().find(|s| {
+        s.file_range()
+            .is_some_and(|(off, len)| start >= off && start + size <= off + len)
+    })?;
+    let (sec_off, _) = section.file_range()?;
+    let data = section.data().ok()?;
+    let from = usize::try_from(start - sec_off).ok()?;
+    let code = data.get(from..from + usize::try_from(size).ok()?)?;
+    let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+    let mut rets = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        if insn.mnemonic() == Mnemonic::Ret {
+            rets.push(insn.ip());
+        }
+    }
+    Some(rets)
+}
+
+/// File offset and size of the function `name` defines (dynamic symbols first: a stripped
+/// library keeps only those).
+fn symbol_offset<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    name: &str,
+) -> Option<(u64, u64)> {
     let sym = obj.dynamic_symbols().chain(obj.symbols()).find(|s| {
         s.name() == Ok(name) && s.is_definition() && s.kind() == object::SymbolKind::Text
     })?;
@@ -108,7 +235,7 @@ fn symbol_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &s
     let (file_start, _) = section.file_range()?;
     sym.address()
         .checked_sub(section.address())
-        .map(|d| d + file_start)
+        .map(|d| (d + file_start, sym.size()))
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ impl TlsMetrics {
             ),
             libraries_probed: reg.gauge(
                 "tls_libraries_probed",
-                "Files with OpenSSL's API (libssl, binaries that link it in) the TLS probes are attached to",
+                "Files with a TLS library the TLS probes are attached to: OpenSSL's API (libssl, binaries that link it in) or Go's crypto/tls",
             ),
         }
     }
@@ -219,6 +219,10 @@ impl Tracker {
         let state = match elf::inspect(&on_disk) {
             Ok(Some(lib)) => self.attach(m, &on_disk, lib),
             Ok(None) => FileState::Skipped,
+            Err(e @ elf::ElfError::Go { .. }) => {
+                tracing::info!("TLS: not probed: {e}; its HTTPS is not traced");
+                FileState::Skipped
+            }
             Err(e) => {
                 tracing::debug!("TLS: {e}");
                 FileState::Skipped
@@ -238,7 +242,7 @@ impl Tracker {
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = Vec::with_capacity(lib.targets.len());
         for t in &lib.targets {
-            match p.attach_uprobe(t.program, on_disk, t.offset) {
+            match p.attach_uprobe(t.program, on_disk, t.offset, t.cookie) {
                 Ok(link) => links.push((t.program, link)),
                 Err(e) => {
                     self.metrics.probe_failures.inc();
@@ -254,7 +258,7 @@ impl Tracker {
                 }
             }
         }
-        if lib.kind == Kind::OpenSsl {
+        if lib.kind != Kind::DynamicLinker {
             tracing::info!("TLS: probing {} ({})", m.path, lib.kind.describe());
         } else {
             tracing::debug!("TLS: probing {} ({})", m.path, lib.kind.describe());
@@ -270,26 +274,18 @@ impl Tracker {
         let n = self
             .files
             .values()
-            .filter(|f| {
-                matches!(
-                    f,
-                    FileState::Probed {
-                        kind: Kind::OpenSsl,
-                        ..
-                    }
-                )
-            })
+            .filter(|f| matches!(f, FileState::Probed { kind, .. } if *kind != Kind::DynamicLinker))
             .count();
         self.metrics.libraries_probed.set(n as i64);
     }
 }
 
-/// What `tracer check` reports: the files of the running processes the TLS probes attach to,
-/// and the Go programs, whose TLS they cannot see yet.
+/// What `tracer check` reports: the files of the running processes the TLS probes attach to
+/// (path and what they are), and the Go programs with TLS they cannot probe, and why.
 #[derive(Debug, Default)]
 pub struct Survey {
-    pub openssl: Vec<String>,
-    pub go: Vec<String>,
+    pub probed: Vec<String>,
+    pub unprobed: Vec<String>,
 }
 
 /// Looks at every executable file the running processes map; attaches nothing.
@@ -308,13 +304,16 @@ pub fn survey(proc_root: &Path) -> Survey {
                 .join(format!("{pid}/root"))
                 .join(m.path.trim_start_matches('/'));
             match elf::inspect(&on_disk) {
-                Ok(Some(lib)) if lib.kind == Kind::OpenSsl => out.openssl.push(m.path),
-                Ok(_) if elf::is_go(&on_disk) => out.go.push(m.path),
+                Ok(Some(lib)) if lib.kind != Kind::DynamicLinker => {
+                    out.probed
+                        .push(format!("{} ({})", m.path, lib.kind.describe()))
+                }
+                Err(e @ elf::ElfError::Go { .. }) => out.unprobed.push(e.to_string()),
                 _ => {}
             }
         }
     }
-    for v in [&mut out.openssl, &mut out.go] {
+    for v in [&mut out.probed, &mut out.unprobed] {
         v.sort();
         v.dedup();
     }

@@ -1,0 +1,3 @@
+module go_https
+
+go 1.19
