@@ -433,3 +433,69 @@ fn node_https_server_and_client() {
         assert_child_across_connection(s, c);
     }
 }
+
+/// Go's own crypto/tls (no OpenSSL): a net/http server and a keep-alive client, built here
+/// with the Go toolchain. Both started before and after the tracer: the server's binary is
+/// probed by the start-up scan, the client's at its exec.
+#[test]
+fn go_https_server_and_client() {
+    let Some(_g) = setup_tls() else { return };
+    if !require("go (golang-go)", which("go").is_some()) {
+        return;
+    }
+    let cert = Cert::new();
+    let bin_dir = TempDir::new("go-https");
+    let bin = bin_dir.join("go_https");
+    let out = Command::new("go")
+        .args(["build", "-o", bin.to_str().unwrap(), "."])
+        .current_dir(peer("go_https"))
+        .output()
+        .expect("go build");
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["server", &port.to_string(), &cert.cert(), &cert.key()]);
+    let server = Server::spawn(cmd, port);
+    let t = Tracer::start(&[]);
+    wait_probed(&t, "/go_https");
+    const N: usize = 10;
+    let client = Command::new(&bin)
+        .args(["client", &port.to_string(), &N.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("go client");
+    let cpid = client.id();
+    let out = client.wait_with_output().expect("go client");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {N}")
+    );
+    let Stopped { spans, stderr } = t.stop_full();
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    let clients = of_kind_pid(&spans, "CLIENT", cpid);
+    assert_eq!(
+        servers.len(),
+        N,
+        "{}\n{stderr}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
+    assert_eq!(
+        clients.len(),
+        N,
+        "{}\n{stderr}",
+        pretty(&of_pid(&spans, cpid))
+    );
+    eprintln!("{}", counters_line(&stderr).unwrap_or_default());
+    for i in 0..N {
+        let path = format!("/go/{i}");
+        let s = one_with_path(&servers, &path);
+        let c = one_with_path(&clients, &path);
+        assert_https(&[s, c], &path, 200);
+        assert_child_across_connection(s, c);
+    }
+}

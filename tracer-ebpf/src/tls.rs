@@ -161,9 +161,12 @@ fn go_fd(conn: u64, tcp_hash: u32) -> Option<u32> {
     (0..=i32::MAX as i64).contains(&fd).then_some(fd as u32)
 }
 
-/// A Go TLS call begins on goroutine `g`.
+/// A Go TLS call begins on goroutine `g`. A write is emitted at once, all of it: Go's
+/// `Write` writes the whole buffer or fails the connection, and at its return the peer's
+/// answer may already have been read by another goroutine (Go's HTTP client reads responses
+/// on one and writes requests on another), which would put the answer before the request.
 #[inline(always)]
-pub fn go_enter(conn: u64, buf: u64, g: u64, tcp_hash: u32, direction: u8) {
+pub fn go_enter(conn: u64, buf: u64, len: u64, g: u64, tcp_hash: u32, direction: u8) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !crate::filter::traced(tgid) {
         return;
@@ -172,11 +175,16 @@ pub fn go_enter(conn: u64, buf: u64, g: u64, tcp_hash: u32, direction: u8) {
         count(counter::TLS_NO_SOCKET);
         return;
     };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if direction == direction::EGRESS {
+        plaintext(fd, buf, now, direction, len as i64);
+        return;
+    }
     let call = TlsCall {
         ssl: conn,
         buf,
         count_out: 0,
-        ts_enter: unsafe { bpf_ktime_get_ns() },
+        ts_enter: now,
         fd,
         direction,
         _pad: [0; 3],

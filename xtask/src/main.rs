@@ -293,8 +293,9 @@ fn setup() -> anyhow::Result<()> {
         // The join tests: an event-loop frontend, and a Service-like DNAT between namespaces.
         ("node", "nodejs"),
         ("nft", "nftables"),
-        // The TLS tests make their certificates with it.
+        // The TLS tests make their certificates with it, and build a Go HTTPS peer.
         ("openssl", "openssl"),
+        ("go", "golang-go"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -302,7 +303,9 @@ fn setup() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        eprintln!("    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft, openssl: present");
+        eprintln!(
+            "    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft, openssl, go: present"
+        );
     } else if is_root() {
         apt_install(&missing)?;
     } else {

@@ -106,7 +106,7 @@ pub fn inspect(path: &Path) -> Result<Option<Library>, ElfError> {
 }
 
 /// The Go TLS probes of a Go program: an entry probe at `crypto/tls.(*Conn).Read` and `Write`
-/// with the hash of `*net.TCPConn` as cookie, and a probe at every RET of both. `Ok(None)`:
+/// with the hash of `*net.TCPConn` as cookie, and a probe at every RET of `Read`. `Ok(None)`:
 /// the program has no `crypto/tls`; `Err`: it has, but cannot be probed (and why).
 fn go_tls<'d, R: object::ReadRef<'d>>(
     obj: &object::File<'d, R>,
@@ -136,23 +136,30 @@ fn go_tls<'d, R: object::ReadRef<'d>>(
     .into_iter()
     .find_map(|name| itab_hash(obj, name))
     .ok_or("no itab of *net.TCPConn as net.Conn (no TCP connections under its TLS)")?;
-    let mut targets = Vec::new();
-    for ((start, size), entry) in [(read, "go_tls_read"), (write, "go_tls_write")] {
-        targets.push(Target {
-            program: entry,
-            offset: start,
-            cookie: Some(u64::from(hash)),
-        });
-        let rets = ret_offsets(obj, start, size).ok_or("cannot read the functions' code")?;
-        if rets.is_empty() {
-            return Err(format!("no RET found in {entry}'s function"));
-        }
-        targets.extend(rets.into_iter().map(|offset| Target {
-            program: "go_tls_return",
-            offset,
-            cookie: None,
-        }));
+    let cookie = Some(u64::from(hash));
+    // Writes are taken at their entry (all of the buffer), reads at each RET of `Read`.
+    let mut targets = vec![
+        Target {
+            program: "go_tls_read",
+            offset: read.0,
+            cookie,
+        },
+        Target {
+            program: "go_tls_write",
+            offset: write.0,
+            cookie,
+        },
+    ];
+    let rets =
+        ret_offsets(obj, read.0, read.1).ok_or("cannot read crypto/tls.(*Conn).Read's code")?;
+    if rets.is_empty() {
+        return Err("no RET found in crypto/tls.(*Conn).Read".into());
     }
+    targets.extend(rets.into_iter().map(|offset| Target {
+        program: "go_tls_return",
+        offset,
+        cookie: None,
+    }));
     Ok(Some(Library {
         kind: Kind::GoTls,
         targets,
