@@ -28,6 +28,9 @@ impl Cert {
                 "1",
                 "-subj",
                 "/CN=127.0.0.1",
+                // gRPC clients check the address against the subject alternative names.
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
                 "-keyout",
                 dir.join("key.pem").to_str().unwrap(),
                 "-out",
@@ -497,5 +500,93 @@ fn go_https_server_and_client() {
         let c = one_with_path(&clients, &path);
         assert_https(&[s, c], &path, 200);
         assert_child_across_connection(s, c);
+    }
+}
+
+/// `@grpc/grpc-js` (the gRPC most node services run), installed by `cargo xtask setup` under
+/// tests/peers/node_modules.
+fn grpc_js() -> Option<PathBuf> {
+    let dir = peer("node_modules");
+    dir.join("@grpc/grpc-js").is_dir().then_some(dir)
+}
+
+/// gRPC over TLS (ALPN h2) between a node server and a node client: every call one SERVER and
+/// one CLIENT span with the gRPC attributes and status, the server's under the client's.
+#[test]
+fn grpc_over_tls_node() {
+    let Some(_g) = setup_tls() else { return };
+    if !require("node", which("node").is_some())
+        || !require(
+            "@grpc/grpc-js in tests/peers/node_modules (cargo xtask setup)",
+            grpc_js().is_some(),
+        )
+    {
+        return;
+    }
+    let modules = grpc_js().unwrap();
+    let cert = Cert::new();
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg(peer("grpc_node.js"))
+        .args(["server", &port.to_string(), &cert.cert(), &cert.key()])
+        .env("NODE_PATH", &modules);
+    let server = Server::spawn(cmd, port);
+    let t = Tracer::start(&[]);
+    wait_probed(&t, "/node");
+    const N: usize = 5;
+    let client = Command::new("node")
+        .arg(peer("grpc_node.js"))
+        .args(["client", &port.to_string(), &cert.cert(), &N.to_string()])
+        .env("NODE_PATH", &modules)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node gRPC client");
+    let cpid = client.id();
+    let out = client.wait_with_output().expect("node gRPC client");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {N}")
+    );
+    let spans = t.stop();
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    let clients = of_kind_pid(&spans, "CLIENT", cpid);
+    assert_eq!(
+        servers.len(),
+        N + 1,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
+    assert_eq!(clients.len(), N + 1, "{}", pretty(&of_pid(&spans, cpid)));
+    let mut statuses = Vec::new();
+    for s in servers.iter().chain(clients.iter()) {
+        assert_well_formed_as(s, "https");
+        assert_eq!(attr_str(s, "rpc.system"), Some("grpc"), "{s}");
+        assert_eq!(attr_str(s, "rpc.service"), Some("tracer.test.Echo"), "{s}");
+        assert_eq!(attr_str(s, "rpc.method"), Some("Say"), "{s}");
+        assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+        statuses.push(attr_u64(s, "rpc.grpc.status_code"));
+    }
+    // N calls OK and one NOT_FOUND, seen from both ends.
+    assert_eq!(
+        statuses.iter().filter(|c| **c == Some(0)).count(),
+        2 * N,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|c| **c == Some(5)).count(),
+        2,
+        "{statuses:?}"
+    );
+    for s in &servers {
+        let parent = clients
+            .iter()
+            .find(|c| c["span_id"] == s["parent_span_id"])
+            .unwrap_or_else(|| panic!("no CLIENT span is the parent of {s}"));
+        assert_eq!(
+            attr_u64(parent, "rpc.grpc.status_code"),
+            attr_u64(s, "rpc.grpc.status_code"),
+            "{s}\n{parent}"
+        );
     }
 }

@@ -296,6 +296,7 @@ fn setup() -> anyhow::Result<()> {
         // The TLS tests make their certificates with it, and build a Go HTTPS peer.
         ("openssl", "openssl"),
         ("go", "golang-go"),
+        ("npm", "npm"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -343,6 +344,21 @@ fn setup() -> anyhow::Result<()> {
     .filter(|(module, _)| !python_has(module))
     .map(|(_, pkg)| *pkg)
     .collect();
+    // gRPC over TLS in node (the TLS tests): @grpc/grpc-js from npm, beside the peers.
+    let peers = root().join("tests/peers");
+    if peers.join("node_modules/@grpc/grpc-js").is_dir() {
+        eprintln!("    @grpc/grpc-js (npm): present");
+    } else {
+        step("installing from npm: @grpc/grpc-js (tests/peers/node_modules)");
+        run(Command::new("npm").arg("--prefix").arg(&peers).args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            "@grpc/grpc-js@1",
+        ]))?;
+    }
     if missing_py.is_empty() {
         eprintln!(
             "    rotel (OTLP collector), prometheus-client, kubernetes-validate, grpcio, hypercorn: present"
