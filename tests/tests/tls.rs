@@ -437,9 +437,9 @@ fn node_https_server_and_client() {
     }
 }
 
-/// Go's own crypto/tls (no OpenSSL): a net/http server and a keep-alive client, built here
-/// with the Go toolchain. Both started before and after the tracer: the server's binary is
-/// probed by the start-up scan, the client's at its exec.
+/// Go's own crypto/tls (no OpenSSL): a net/http server and keep-alive clients over HTTP/1.1
+/// and HTTP/2 (ALPN), built here with the Go toolchain. The server is started before the
+/// tracer (probed by the start-up scan), the clients after (the same binary: already probed).
 #[test]
 fn go_https_server_and_client() {
     let Some(_g) = setup_tls() else { return };
@@ -466,40 +466,59 @@ fn go_https_server_and_client() {
     let t = Tracer::start(&[]);
     wait_probed(&t, "/go_https");
     const N: usize = 10;
-    let client = Command::new(&bin)
-        .args(["client", &port.to_string(), &N.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("go client");
-    let cpid = client.id();
-    let out = client.wait_with_output().expect("go client");
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("done {N}")
-    );
+    let run_client = |h2: bool| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["client", &port.to_string(), &N.to_string()]);
+        if h2 {
+            cmd.arg("h2");
+        }
+        let client = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("go client");
+        let pid = client.id();
+        let out = client.wait_with_output().expect("go client");
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("done {N}")
+        );
+        pid
+    };
+    let (h1_pid, h2_pid) = (run_client(false), run_client(true));
     let Stopped { spans, stderr } = t.stop_full();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    let clients = of_kind_pid(&spans, "CLIENT", cpid);
     assert_eq!(
         servers.len(),
-        N,
+        2 * N,
         "{}\n{stderr}",
         pretty(&of_pid(&spans, server.pid()))
     );
-    assert_eq!(
-        clients.len(),
-        N,
-        "{}\n{stderr}",
-        pretty(&of_pid(&spans, cpid))
-    );
-    eprintln!("{}", counters_line(&stderr).unwrap_or_default());
-    for i in 0..N {
-        let path = format!("/go/{i}");
-        let s = one_with_path(&servers, &path);
-        let c = one_with_path(&clients, &path);
-        assert_https(&[s, c], &path, 200);
-        assert_child_across_connection(s, c);
+    for (cpid, prefix, version) in [(h1_pid, "/go/", "1.1"), (h2_pid, "/h2/", "2")] {
+        let clients = of_kind_pid(&spans, "CLIENT", cpid);
+        assert_eq!(
+            clients.len(),
+            N,
+            "{}\n{stderr}",
+            pretty(&of_pid(&spans, cpid))
+        );
+        for i in 0..N {
+            let path = format!("{prefix}{i}");
+            let s = one_with_path(&servers, &path);
+            let c = one_with_path(&clients, &path);
+            assert_https(&[s, c], &path, 200);
+            assert_eq!(
+                attr_str(s, "network.protocol.version"),
+                Some(version),
+                "{s}"
+            );
+            assert_eq!(
+                attr_str(c, "network.protocol.version"),
+                Some(version),
+                "{c}"
+            );
+            assert_child_across_connection(s, c);
+        }
     }
 }
 
