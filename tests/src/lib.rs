@@ -390,6 +390,51 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The kernel's own count of probe runs
+
+/// Where the kernel's per-program run counters are switched on.
+pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns the kernel's per-program run counters on for as long as it lives.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    pub fn on() -> BpfStats {
+        let was = fs::read_to_string(BPF_STATS).expect("read bpf_stats_enabled");
+        fs::write(BPF_STATS, "1").expect("enable bpf_stats_enabled");
+        BpfStats(was.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// Runs of the loaded BPF programs whose name starts with one of `prefixes` (names are cut
+/// to 15 characters by the kernel).
+pub fn bpf_runs(prefixes: &[&str]) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| prefixes.iter().any(|x| n.starts_with(x)))
+        })
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Servers and clients
 
 /// A port nobody listens on right now (the kernel picks it; it stays free in practice).

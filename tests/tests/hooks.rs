@@ -6,61 +6,21 @@ use std::{fs, path::Path, process::Command};
 
 use tracer_tests::*;
 
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// dd with bs=1: one read and one write per byte.
 const BYTES: u64 = 100_000;
-
-/// Turns the kernel's per-program run counters on for as long as it lives.
-struct BpfStats(String);
-
-impl BpfStats {
-    fn on() -> BpfStats {
-        let was = fs::read_to_string(STATS).expect("read bpf_stats_enabled");
-        fs::write(STATS, "1").expect("enable bpf_stats_enabled");
-        BpfStats(was.trim().to_string())
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(STATS, &self.0);
-    }
-}
-
-/// Runs of the loaded BPF programs whose name starts with one of `prefixes` (names are cut
-/// to 15 characters by the kernel).
-fn runs(prefixes: &[&str]) -> u64 {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("run bpftool");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .expect("a list of programs")
-        .iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| prefixes.iter().any(|x| n.starts_with(x)))
-        })
-        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
-        .sum()
-}
 
 /// Probe runs while a traced dd copies [`BYTES`] bytes one at a time, with `--hooks <hooks>`.
 fn probe_runs_during_dd(hooks: &str, prefixes: &[&str]) -> Option<u64> {
     let _g = setup()?;
     if !require("bpftool", which("bpftool").is_some())
         || !require("dd", which("dd").is_some())
-        || !require("kernel.bpf_stats_enabled", Path::new(STATS).exists())
+        || !require("kernel.bpf_stats_enabled", Path::new(BPF_STATS).exists())
     {
         return None;
     }
     let _stats = BpfStats::on();
     let tracer = Tracer::start(&["--hooks", hooks, "--comm", "dd"]);
-    let before = runs(prefixes);
+    let before = bpf_runs(prefixes);
     let st = Command::new("dd")
         .args([
             "if=/dev/zero",
@@ -72,7 +32,7 @@ fn probe_runs_during_dd(hooks: &str, prefixes: &[&str]) -> Option<u64> {
         .status()
         .expect("run dd");
     assert!(st.success());
-    let after = runs(prefixes);
+    let after = bpf_runs(prefixes);
     tracer.stop();
     Some(after - before)
 }

@@ -619,3 +619,74 @@ fn grpc_over_tls_node() {
         );
     }
 }
+
+/// Runs of the TLS probes while a process that is not traced calls into libssl 20,000 times
+/// (`SSL_read_ex` on a memory BIO), with these tracer arguments.
+fn tls_probe_runs_of_an_untraced_process(args: &[&str]) -> u64 {
+    let t = Tracer::start(args);
+    wait_probed(&t, SYSTEM_LIBSSL);
+    let before = bpf_runs(&["ssl_"]);
+    let out = Command::new(python().expect("python3"))
+        .args([
+            "-c",
+            "import ssl\n\
+             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+             obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())\n\
+             for _ in range(20000):\n    \
+                 try: obj.read(10)\n    \
+                 except ssl.SSLError: pass\n",
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = bpf_runs(&["ssl_"]);
+    t.stop();
+    after - before
+}
+
+/// With `--pid`, the TLS probes are attached for the traced processes only: the others get no
+/// breakpoint (a uprobe trap costs ~20 us on these machines, benches/README.md). Counted by the
+/// kernel (each program's run count), with every process traced as the control.
+#[test]
+fn with_pid_filters_untraced_processes_get_no_tls_breakpoints() {
+    let Some(_g) = setup_tls() else { return };
+    if !require("bpftool", which("bpftool").is_some())
+        || !require(
+            "kernel.bpf_stats_enabled",
+            std::path::Path::new(BPF_STATS).exists(),
+        )
+    {
+        return;
+    }
+    let _stats = BpfStats::on();
+    let everyone = tls_probe_runs_of_an_untraced_process(&[]);
+    // Entry and return probe of each call, at least.
+    assert!(everyone >= 40_000, "{everyone} probe runs for 20,000 calls");
+    let cert = Cert::new();
+    let server = https_server(&cert, &[]);
+    let pid = server.pid().to_string();
+    let filtered = tls_probe_runs_of_an_untraced_process(&["--pid", &pid]);
+    assert_eq!(filtered, 0, "probe runs in a process --pid leaves out");
+    // The traced process is still seen.
+    let t = Tracer::start(&["--pid", &pid]);
+    wait_probed(&t, SYSTEM_LIBSSL);
+    let c = curl(&[
+        "-k",
+        &format!("https://127.0.0.1:{}/status/200", server.port()),
+    ]);
+    assert_eq!(c.http_code, 200);
+    let spans = t.stop();
+    let servers = of_kind_pid(&spans, "SERVER", server.pid());
+    assert_eq!(
+        servers.len(),
+        1,
+        "{}",
+        pretty(&of_pid(&spans, server.pid()))
+    );
+    assert_https(&servers, "/status/200", 200);
+    assert!(of_pid(&spans, c.pid).is_empty(), "curl is not traced");
+}

@@ -1,6 +1,6 @@
 //! Kernel probes: load the embedded eBPF object, configure it, attach one set of hooks: the
 //! socket tracepoints where the kernel has them, else the syscall tracepoints.
-use std::path::Path;
+use std::{num::NonZeroU32, path::Path};
 
 use crate::kernel_log::KernelLog;
 use aya::{
@@ -268,6 +268,8 @@ pub struct Probes {
     hooks: Hooks,
     /// The TLS programs are loaded (why not, when they are not).
     tls: Result<(), String>,
+    /// `--pid`: the uprobes are attached for these processes only (empty: every process).
+    uprobe_pids: Vec<u32>,
     /// `struct sock` offsets for the socket hooks (protocol, IPv6 peer, IPv6 local).
     sock_offsets: SockOffsets,
 }
@@ -320,6 +322,7 @@ impl Probes {
             ebpf,
             hooks,
             tls: Err("switched off (--no-tls)".into()),
+            uprobe_pids: Vec::new(),
             sock_offsets,
         };
         let names: Vec<(&str, &str)> = match hooks {
@@ -406,14 +409,21 @@ impl Probes {
         self.tls.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
+    /// The processes the uprobes are for (`--pid`), empty for every process. A uprobe with a
+    /// process puts no breakpoint in the others' memory: they pay nothing for it.
+    pub fn uprobe_pids(&self) -> &[u32] {
+        &self.uprobe_pids
+    }
+
     /// Attaches uprobe program `prog` (one of [`UPROBES`]) at file offset `offset` of the
-    /// ELF file `target`, for every process that maps it.
+    /// ELF file `target`, for process `pid` or (0) every process that maps it.
     pub fn attach_uprobe(
         &mut self,
         prog: &str,
         target: &Path,
         offset: u64,
         cookie: Option<u64>,
+        pid: u32,
     ) -> Result<UProbeLinkId, ProbeError> {
         let err = |what| {
             move |source| ProbeError::Program {
@@ -432,8 +442,8 @@ impl Probes {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie,
         };
-        p.attach(point, target, UProbeScope::AllProcesses)
-            .map_err(err("attaching"))
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        p.attach(point, target, scope).map_err(err("attaching"))
     }
 
     pub fn detach_uprobe(&mut self, prog: &str, link: UProbeLinkId) {
@@ -485,6 +495,7 @@ impl Probes {
         if !opts.pids.is_empty() {
             cfg.flags |= filter::BY_PID;
         }
+        self.uprobe_pids = opts.pids.clone();
         let mut config: Array<_, Config> = Array::try_from(
             self.ebpf
                 .map_mut("CONFIG")

@@ -79,6 +79,8 @@ impl TlsMetrics {
 
 pub struct Tracker {
     probes: Weak<Mutex<Probes>>,
+    /// The `--pid` list the attached uprobes are for (empty: every process).
+    scoped: Vec<u32>,
     proc_root: PathBuf,
     files: HashMap<FileId, FileState>,
     metrics: TlsMetrics,
@@ -88,6 +90,7 @@ impl Tracker {
     pub fn new(probes: Weak<Mutex<Probes>>, proc_root: PathBuf, metrics: TlsMetrics) -> Self {
         Tracker {
             probes,
+            scoped: Vec::new(),
             proc_root,
             files: HashMap::new(),
             metrics,
@@ -100,6 +103,9 @@ impl Tracker {
         std::thread::Builder::new()
             .name("tls".into())
             .spawn(move || {
+                if let Some(pids) = self.pids_changed() {
+                    self.scoped = pids;
+                }
                 self.full_scan();
                 self.host_libraries();
                 self.follow(ring);
@@ -111,6 +117,14 @@ impl Tracker {
         let mut pids = HashSet::new();
         while self.probes.strong_count() > 0 {
             wait_readable(&ring, Duration::from_millis(200));
+            if let Some(pids) = self.pids_changed() {
+                // A reload changed --pid: every file again, with breakpoints where they belong.
+                self.scoped = pids;
+                self.release_all();
+                self.full_scan();
+                self.host_libraries();
+                last_full = Instant::now();
+            }
             while let Some(rec) = ring.next() {
                 match crate::events::code_loaded(&rec) {
                     Ok(pid) => {
@@ -125,6 +139,28 @@ impl Tracker {
             if last_full.elapsed() >= FULL_SCAN {
                 self.full_scan();
                 last_full = Instant::now();
+            }
+        }
+    }
+
+    /// The `--pid` list, when it changed since the probes were attached.
+    fn pids_changed(&self) -> Option<Vec<u32>> {
+        let p = self.probes.upgrade()?;
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        (p.uprobe_pids() != self.scoped.as_slice()).then(|| p.uprobe_pids().to_vec())
+    }
+
+    /// Detaches every probe and forgets every file.
+    fn release_all(&mut self) {
+        let files = std::mem::take(&mut self.files);
+        if let Some(p) = self.probes.upgrade() {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            for state in files.into_values() {
+                if let FileState::Probed { links, .. } = state {
+                    for (prog, link) in links {
+                        p.detach_uprobe(prog, link);
+                    }
+                }
             }
         }
     }
@@ -240,9 +276,19 @@ impl Tracker {
             return FileState::Skipped;
         };
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut links = Vec::with_capacity(lib.targets.len());
-        for t in &lib.targets {
-            match p.attach_uprobe(t.program, on_disk, t.offset, t.cookie) {
+        // With --pid, one attachment per traced process: no other process gets a breakpoint.
+        let pids = if self.scoped.is_empty() {
+            vec![0]
+        } else {
+            self.scoped.clone()
+        };
+        let mut links = Vec::with_capacity(lib.targets.len() * pids.len());
+        for (t, &pid) in lib
+            .targets
+            .iter()
+            .flat_map(|t| pids.iter().map(move |p| (t, p)))
+        {
+            match p.attach_uprobe(t.program, on_disk, t.offset, t.cookie, pid) {
                 Ok(link) => links.push((t.program, link)),
                 Err(e) => {
                     self.metrics.probe_failures.inc();
