@@ -96,6 +96,23 @@ fn wait_probed(t: &Tracer, suffix: &str) {
     );
 }
 
+/// Runs a client peer that prints `done N` when its N requests all got the right answer;
+/// returns its pid.
+fn run_client(cmd: &mut Command, n: usize) -> u32 {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for the client");
+    assert!(out.status.success(), "{cmd:?}: {}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {n}")
+    );
+    pid
+}
+
 const SYSTEM_LIBSSL: &str = "/libssl.so.3";
 
 #[test]
@@ -262,17 +279,12 @@ fn tls_that_is_not_http_makes_no_spans() {
     let echo = Server::spawn(cmd, port);
     let t = Tracer::start(&[]);
     wait_probed(&t, SYSTEM_LIBSSL);
-    let out = Command::new(python().expect("python3"))
-        .arg(peer("tls_echo.py"))
-        .args(["client", &port.to_string(), "20"])
-        .output()
-        .expect("run tls_echo.py client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let client = run_client(
+        Command::new(python().expect("python3"))
+            .arg(peer("tls_echo.py"))
+            .args(["client", &port.to_string(), "20"]),
+        20,
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done 20");
     // An HTTPS request after it, through the same tracer: it is seen, so the probes were live.
     let cert_server = https_server(&cert, &[]);
     let c = curl(&[
@@ -285,6 +297,11 @@ fn tls_that_is_not_http_makes_no_spans() {
         1,
         "{}",
         pretty(&of_pid(&spans, c.pid))
+    );
+    assert!(
+        of_pid(&spans, client).is_empty(),
+        "{}",
+        pretty(&of_pid(&spans, client))
     );
     assert!(
         of_pid(&spans, echo.pid()).is_empty(),
@@ -405,18 +422,14 @@ fn node_https_server_and_client() {
     let t = Tracer::start(&[]);
     wait_probed(&t, "/node");
     const N: usize = 40;
-    let client = Command::new("node")
-        .arg(peer("https_node.js"))
-        .args(["client", &port.to_string(), &N.to_string(), "4"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node client");
-    let cpid = client.id();
-    let out = client.wait_with_output().expect("node client");
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("done {N}")
+    let cpid = run_client(
+        Command::new("node").arg(peer("https_node.js")).args([
+            "client",
+            &port.to_string(),
+            &N.to_string(),
+            "4",
+        ]),
+        N,
     );
     let spans = t.stop();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
@@ -466,26 +479,15 @@ fn go_https_server_and_client() {
     let t = Tracer::start(&[]);
     wait_probed(&t, "/go_https");
     const N: usize = 10;
-    let run_client = |h2: bool| {
+    let go_client = |h2: bool| {
         let mut cmd = Command::new(&bin);
         cmd.args(["client", &port.to_string(), &N.to_string()]);
         if h2 {
             cmd.arg("h2");
         }
-        let client = cmd
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("go client");
-        let pid = client.id();
-        let out = client.wait_with_output().expect("go client");
-        assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            format!("done {N}")
-        );
-        pid
+        run_client(&mut cmd, N)
     };
-    let (h1_pid, h2_pid) = (run_client(false), run_client(true));
+    let (h1_pid, h2_pid) = (go_client(false), go_client(true));
     let Stopped { spans, stderr } = t.stop_full();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());
     assert_eq!(
@@ -553,21 +555,14 @@ fn grpc_over_tls_node() {
     let t = Tracer::start(&[]);
     wait_probed(&t, "/node");
     const N: usize = 5;
-    let client = Command::new("node")
-        .arg(peer("grpc_node.js"))
-        .args(["client", &port.to_string(), &cert.cert(), &N.to_string()])
-        .env("NODE_PATH", &modules)
-        // It warns that TLS SNI does not carry IP addresses: true, and not the point here.
-        .env("NODE_NO_WARNINGS", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node gRPC client");
-    let cpid = client.id();
-    let out = client.wait_with_output().expect("node gRPC client");
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("done {N}")
+    let cpid = run_client(
+        Command::new("node")
+            .arg(peer("grpc_node.js"))
+            .args(["client", &port.to_string(), &cert.cert(), &N.to_string()])
+            .env("NODE_PATH", &modules)
+            // It warns that TLS SNI does not carry IP addresses: true, and not the point here.
+            .env("NODE_NO_WARNINGS", "1"),
+        N,
     );
     let spans = t.stop();
     let servers = of_kind_pid(&spans, "SERVER", server.pid());

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, UProbe,
+        Program, ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -253,6 +253,23 @@ pub fn ensure_tracefs() -> Result<bool, ProbeError> {
     Ok(true)
 }
 
+/// Program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
+        .try_into()
+        .map_err(failed("type check", name))
+}
+
+/// The error of doing `what` to program `name`.
+fn failed(what: &'static str, name: &str) -> impl FnOnce(ProgramError) -> ProbeError + use<> {
+    let name = name.to_string();
+    move |source| ProbeError::Program { what, name, source }
+}
+
 /// Lets older kernels (before memcg accounting of BPF memory) load the maps.
 fn raise_memlock() {
     let r = libc::rlimit {
@@ -330,27 +347,17 @@ impl Probes {
             Hooks::Syscalls => TRACEPOINTS.iter().map(|n| ("syscalls", *n)).collect(),
         };
         for (group, name) in names {
-            let err = |what| {
-                move |source| ProbeError::Program {
-                    what,
-                    name: name.to_string(),
-                    source,
-                }
-            };
-            let prog = probes
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?;
             match hooks {
                 Hooks::Socket => {
-                    let prog: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
-                    prog.load().map_err(err("loading"))?;
-                    prog.attach(name).map_err(err("attaching"))?;
+                    let prog: &mut RawTracePoint = program(&mut probes.ebpf, name)?;
+                    prog.load().map_err(failed("loading", name))?;
+                    prog.attach(name).map_err(failed("attaching", name))?;
                 }
                 Hooks::Syscalls => {
-                    let prog: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
-                    prog.load().map_err(err("loading"))?;
-                    prog.attach(group, name).map_err(err("attaching"))?;
+                    let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
+                    prog.load().map_err(failed("loading", name))?;
+                    prog.attach(group, name)
+                        .map_err(failed("attaching", name))?;
                 }
             }
         }
@@ -370,37 +377,13 @@ impl Probes {
     /// Loads the uprobe programs and attaches the exec tracepoint.
     fn load_tls(&mut self) -> Result<(), ProbeError> {
         for name in UPROBES {
-            let err = |what| {
-                move |source| ProbeError::Program {
-                    what,
-                    name: name.to_string(),
-                    source,
-                }
-            };
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
-                .try_into()
-                .map_err(err("type check"))?;
-            prog.load().map_err(err("loading"))?;
+            let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+            prog.load().map_err(failed("loading", name))?;
         }
         let name = "sched_process_exec";
-        let err = |what| {
-            move |source| ProbeError::Program {
-                what,
-                name: name.to_string(),
-                source,
-            }
-        };
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| ProbeError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(err("type check"))?;
-        prog.load().map_err(err("loading"))?;
-        prog.attach(name).map_err(err("attaching"))?;
+        let prog: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+        prog.load().map_err(failed("loading", name))?;
+        prog.attach(name).map_err(failed("attaching", name))?;
         Ok(())
     }
 
@@ -425,25 +408,14 @@ impl Probes {
         cookie: Option<u64>,
         pid: u32,
     ) -> Result<UProbeLinkId, ProbeError> {
-        let err = |what| {
-            move |source| ProbeError::Program {
-                what,
-                name: prog.to_string(),
-                source,
-            }
-        };
-        let p: &mut UProbe = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| ProbeError::MissingProgram(prog.to_string()))?
-            .try_into()
-            .map_err(err("type check"))?;
+        let p: &mut UProbe = program(&mut self.ebpf, prog)?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie,
         };
         let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        p.attach(point, target, scope).map_err(err("attaching"))
+        p.attach(point, target, scope)
+            .map_err(failed("attaching", prog))
     }
 
     pub fn detach_uprobe(&mut self, prog: &str, link: UProbeLinkId) {
