@@ -310,15 +310,22 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
             found = None;
         }
     }
-    // A socket already seen carrying HTTP in the clear skips the TLS check: the common case
-    // pays nothing for it.
+    // Only a tracked socket not classified in the clear yet (unknown, TLS records, or TLS) is
+    // looked up in the TLS calls: HTTP, other protocols and the fds the syscall hooks see that
+    // are no sockets pay nothing for it. A fresh socket's first bytes inside a TLS call are
+    // TLS records: its next syscall in the call finds it.
     // SAFETY: as above.
-    let clear_http = found.is_some_and(|s| unsafe {
-        (*s).tls == 0 && ((*s).protocol == protocol::HTTP1 || (*s).protocol == protocol::HTTP2)
+    let unsettled = found.is_some_and(|s| unsafe {
+        (*s).tls != 0 || (*s).protocol == protocol::UNKNOWN || (*s).protocol == protocol::TLS
     });
-    if cfg.features & feature::TLS != 0 && !clear_http && crate::tls::in_call(args.fd) {
+    if cfg.features & feature::TLS != 0
+        && unsettled
+        && let Some(s) = found
+        && crate::tls::in_call(args.fd)
+    {
         // Encrypted bytes of a TLS call: the call's plaintext stands for them.
-        mark_tls(&key, found, args, cfg);
+        // SAFETY: as above.
+        become_tls(unsafe { &mut *s });
         return;
     }
     // SAFETY: as above.
@@ -415,30 +422,6 @@ pub(crate) fn become_tls(state: &mut ConnState) {
             state.protocol = protocol::UNKNOWN;
         }
     }
-}
-
-/// A syscall inside a TLS call moved bytes on this socket: it carries TLS.
-#[inline(never)]
-fn mark_tls(key: &ConnKey, found: Option<*mut ConnState>, args: &SyscallArgs, cfg: &Config) {
-    let state = match found {
-        // SAFETY: map value pointer, valid for this program run.
-        Some(s) => unsafe { &mut *s },
-        None => {
-            let mut ends = None;
-            let fresh = fresh_state(args, 0, cfg, &mut ends).unwrap_or(ConnState::new(
-                SockAddr::default(),
-                args.sk,
-                protocol::UNKNOWN,
-                role::UNKNOWN,
-                0,
-            ));
-            let Some(s) = track(key, &fresh, args.sk) else {
-                return;
-            };
-            s
-        }
-    };
-    become_tls(state);
 }
 
 /// Classifies a tracked connection from its bytes until it is known, announces it once it
