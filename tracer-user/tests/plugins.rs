@@ -684,3 +684,79 @@ fn fail_closed_drops_the_batch_and_counts_it() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A plugin whose config says `on-failure = "drop"` (a redactor) never lets a span out that it
+/// did not process: not when it fails on a batch, not once it is quarantined for failing
+/// repeatedly (it stays in the chain, dropping every batch), whatever `--plugins-fail-closed`
+/// says. `on-failure = "pass"` overrides a fail-closed host the other way.
+#[test]
+fn a_plugin_that_drops_on_failure_never_lets_an_unprocessed_span_out() {
+    let Some(hostile) = built("testing/hostile.wasm") else {
+        return;
+    };
+    let d = tmpdir("on-failure-drop");
+    write(&d, "10-h.wasm", &hostile);
+    // Behaves on the first batch of each instance, traps on the next.
+    write(
+        &d,
+        "10-h.toml",
+        b"mode = \"trap\"\nafter = 1\n\n[tracer]\non-failure = \"drop\"\n",
+    );
+    let reg = Registry::default();
+    let h = strict_host(&d, false, &reg);
+    let r = h.reload_dir();
+    assert!(r.rejected.is_empty(), "{r:?}");
+    let (mut sent, mut out) = (0, 0);
+    for i in 0..20 {
+        let mut batch = spans(i * 8, 8);
+        sent += 8;
+        h.process(&mut batch);
+        out += batch.len();
+        assert!(
+            batch.iter().all(|s| s.attr("hostile.ok").is_some()),
+            "batch {i}: a span the plugin did not process came out"
+        );
+    }
+    // Batches 1, 3, 5, 7, 9 behave, 2, 4, 6, 8, 10 trap (the fifth quarantines it); from then
+    // on every batch is dropped.
+    assert_eq!(out, 5 * 8);
+    assert_eq!(h.metrics.spans_failed.get(), (sent - out) as u64);
+    assert_eq!(h.chain().plugins.len(), 1, "it stays in the chain");
+    assert!(h.chain().plugins[0].is_quarantined());
+    // The host's table never reaches the plugin: it would refuse an unknown key.
+    let text = reg.prometheus();
+    assert!(
+        text.contains("tracer_plugin_traps_total{plugin=\"10-h\"} 5\n"),
+        "{text}"
+    );
+
+    // The other way: a fail-closed host, a plugin that says pass.
+    write(
+        &d,
+        "10-h.toml",
+        b"mode = \"trap-every\"\nevery = 2\n\n[tracer]\non-failure = \"pass\"\n",
+    );
+    let reg = Registry::default();
+    let h = strict_host(&d, true, &reg);
+    assert!(h.reload_dir().rejected.is_empty());
+    let mut out = 0;
+    for i in 0..6 {
+        let mut batch = spans(i * 10, 10);
+        h.process(&mut batch);
+        out += batch.len();
+    }
+    assert_eq!((out, h.metrics.spans_failed.get()), (60, 0));
+
+    // A bad [tracer] table refuses the plugin, with what to write.
+    write(
+        &d,
+        "10-h.toml",
+        b"mode = \"ok\"\n[tracer]\non-failure = \"maybe\"\n",
+    );
+    let reg = Registry::default();
+    let h = strict_host(&d, false, &reg);
+    let r = h.reload_dir();
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    assert!(format!("{r:?}").contains("on-failure"), "{r:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

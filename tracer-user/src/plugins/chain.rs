@@ -86,6 +86,17 @@ pub struct Loaded {
     max_failures: u32,
     quarantined: AtomicBool,
     pub last_error: Mutex<Option<String>>,
+    /// What its failures do to the batch it failed on.
+    pub on_failure: OnFailure,
+}
+
+/// What a plugin's failure (trap, timeout, bad result, quarantine) does to its batch: `Pass`
+/// lets the batch go on as it was (right for a sampler), `Drop` drops it, counted (right for
+/// a redactor: a span it did not process must not leave).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    Pass,
+    Drop,
 }
 
 impl Loaded {
@@ -101,6 +112,7 @@ impl Loaded {
         instance: Instance,
         interest: Interest,
         max_failures: u32,
+        on_failure: OnFailure,
     ) -> Self {
         Self {
             name,
@@ -119,6 +131,7 @@ impl Loaded {
             max_failures,
             quarantined: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            on_failure,
         }
     }
 
@@ -410,7 +423,7 @@ pub struct Chain {
 pub struct BatchReport {
     /// Spans the plugins dropped.
     pub dropped: u64,
-    /// Spans dropped because a plugin failed and the chain is fail-closed.
+    /// Spans dropped because a plugin that drops on failure failed (or is quarantined).
     pub failed_closed: u64,
     /// Some plugin reached its failure limit during this batch.
     pub quarantined: bool,
@@ -436,7 +449,7 @@ impl Chain {
 
     /// Runs every span through the chain, MAX_BATCH at a time, and marks each survivor with
     /// the versions that processed it (a plugin that failed on its batch is not named).
-    pub fn process(&self, spans: &mut Vec<Span>, fail_closed: bool) -> BatchReport {
+    pub fn process(&self, spans: &mut Vec<Span>) -> BatchReport {
         let mut report = BatchReport::default();
         if self.plugins.is_empty() {
             return report;
@@ -455,6 +468,10 @@ impl Chain {
                 }
                 if p.is_quarantined() {
                     all_ran = false;
+                    if p.on_failure == OnFailure::Drop {
+                        report.failed_closed += batch.len() as u64;
+                        batch.clear();
+                    }
                     continue;
                 }
                 let before = batch.len();
@@ -466,7 +483,7 @@ impl Chain {
                     Err(_) => {
                         all_ran = false;
                         report.quarantined |= p.is_quarantined();
-                        if fail_closed {
+                        if p.on_failure == OnFailure::Drop {
                             report.failed_closed += batch.len() as u64;
                             batch.clear();
                         }

@@ -25,7 +25,7 @@ use std::{
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded};
+pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded, OnFailure};
 use prometheus_client::metrics::family::Family;
 use runtime::{CONTRACT, Instance, Runtime};
 pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
@@ -83,6 +83,8 @@ pub enum PluginError {
     Owner { path: PathBuf, uid: u32 },
     #[error("not a WebAssembly file (no \\0asm header)")]
     NotWasm,
+    #[error("its config's [tracer] table: {0} (on-failure = \"pass\" or \"drop\")")]
+    HostSettings(String),
     #[error(
         "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
          (it wraps the module with wit-component for the {CONTRACT} contract)"
@@ -241,7 +243,7 @@ impl HostMetrics {
         );
         HostMetrics {
             spans_dropped: reg.counter("spans_plugin_dropped", "Spans plugins dropped (sampling decisions)"),
-            spans_failed: reg.counter("spans_plugin_failed", "Spans dropped because a plugin failed and --plugins-fail-closed is set"),
+            spans_failed: reg.counter("spans_plugin_failed", "Spans dropped because a plugin whose failure policy is drop failed on them or is quarantined (on-failure = \"drop\", or --plugins-fail-closed)"),
             reloads: reg.counter("plugin_reloads", "Plugin chain swaps"),
             reload_failures: reg.counter("plugin_reload_failures", "Plugin files refused (not wasm, wrong contract, failed init or self-test, unsafe permissions)"),
             chain_version: reg.gauge("plugin_chain_version", "Version of the running plugin chain (increases at every swap)"),
@@ -278,7 +280,7 @@ impl PluginHost {
         if chain.is_empty() || spans.is_empty() {
             return;
         }
-        let r = chain.process(spans, self.settings.fail_closed);
+        let r = chain.process(spans);
         self.metrics.spans_dropped.inc_by(r.dropped);
         self.metrics.spans_failed.inc_by(r.failed_closed);
         if r.quarantined {
@@ -294,6 +296,36 @@ impl PluginHost {
             .clone()
     }
 
+    /// What the host takes from a plugin's config: its `[tracer]` table (`on-failure`), which
+    /// the plugin never sees. Without one, `--plugins-fail-closed` decides.
+    fn host_settings(&self, config: &str) -> Result<(OnFailure, String), PluginError> {
+        let default = if self.settings.fail_closed {
+            OnFailure::Drop
+        } else {
+            OnFailure::Pass
+        };
+        // Not TOML, or no [tracer] table: the plugin's own business, handed over as it is.
+        let Ok(mut table) = config.parse::<toml::Table>() else {
+            return Ok((default, config.to_owned()));
+        };
+        let Some(host) = table.remove("tracer") else {
+            return Ok((default, config.to_owned()));
+        };
+        let bad = |why: &str| PluginError::HostSettings(why.to_owned());
+        let host = host.as_table().ok_or_else(|| bad("not a table"))?;
+        let mut on_failure = default;
+        for (k, v) in host {
+            match (k.as_str(), v.as_str()) {
+                ("on-failure", Some("pass")) => on_failure = OnFailure::Pass,
+                ("on-failure", Some("drop")) => on_failure = OnFailure::Drop,
+                ("on-failure", _) => return Err(bad(&format!("on-failure = {v}"))),
+                _ => return Err(bad(&format!("unknown key {k:?}"))),
+            }
+        }
+        let rest = toml::to_string(&table).map_err(|e| bad(&e.to_string()))?;
+        Ok((on_failure, rest))
+    }
+
     /// Compiles, instantiates and validates a plugin: the contract, `init(config)`, and a
     /// self-test batch of sample spans in a throwaway instance. Then starts the live instance.
     pub fn load(
@@ -304,10 +336,11 @@ impl PluginHost {
         config: &str,
     ) -> Result<Arc<Loaded>, PluginError> {
         let pre = self.runtime.compile_cached(wasm)?;
+        let (on_failure, plugin_config) = self.host_settings(config)?;
         let name: Arc<str> = name.into();
         let limits = &self.settings.limits;
         let start = |stats: Arc<PluginStats>, self_test: bool| {
-            Instance::start(&pre, name.clone(), stats, limits, config, self_test)
+            Instance::start(&pre, name.clone(), stats, limits, &plugin_config, self_test)
         };
         // Counted nowhere: the self-test is not the plugin's work.
         let test_stats = Arc::new(Families::default().stats(&name));
@@ -316,13 +349,14 @@ impl PluginHost {
             name.clone(),
             file.to_owned(),
             String::new(),
-            config.to_owned(),
+            plugin_config.clone(),
             pre.clone(),
             limits.clone(),
             test_stats,
             inst,
             interest,
             1,
+            on_failure,
         );
         let mut sample = samples();
         probe.run(&mut sample).map_err(PluginError::SelfTest)?;
@@ -332,13 +366,15 @@ impl PluginHost {
             name,
             file.to_owned(),
             content_hash(wasm, config),
-            config.to_owned(),
+            // What a restarted instance's init gets: the plugin's part only.
+            plugin_config.clone(),
             pre,
             limits.clone(),
             stats,
             inst,
             interest,
             self.settings.max_failures,
+            on_failure,
         )))
     }
 
@@ -378,11 +414,24 @@ impl PluginHost {
     fn remove_quarantined(&self) {
         let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.chain.load_full();
+        // A plugin that drops on failure stays in the chain while quarantined, dropping every
+        // batch: taking it out would let spans through unprocessed (a redactor's, unredacted).
         let (bad, good): (Vec<_>, Vec<_>) = cur
             .plugins
             .iter()
             .cloned()
-            .partition(|p| p.is_quarantined());
+            .partition(|p| p.is_quarantined() && p.on_failure == OnFailure::Pass);
+        for p in cur
+            .plugins
+            .iter()
+            .filter(|p| p.is_quarantined() && p.on_failure == OnFailure::Drop)
+        {
+            tracing::error!(
+                "plugin {} failed repeatedly: it stays in the chain and every batch is dropped \
+                 (on-failure = drop) until its file or config changes",
+                p.name
+            );
+        }
         if bad.is_empty() {
             return;
         }
