@@ -56,12 +56,14 @@ pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    // On bytes: a `%` before a multi-byte character must not slice the str inside it.
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2]))
         {
-            out.push(v);
+            out.push(hi << 4 | lo);
             i += 3;
             continue;
         }
@@ -453,6 +455,23 @@ mod tests {
         procs.sweep();
         assert!(!procs.cache.contains_key(&78));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn percent_decoding_never_slices_inside_a_character() {
+        // A `%` before a multi-byte character panicked at start-up (a str sliced inside it).
+        assert_eq!(percent_decode("a%é"), "a%é");
+        assert_eq!(percent_decode("%€x"), "%€x");
+        assert_eq!(percent_decode("café%20au%20lait"), "café au lait");
+        assert_eq!(percent_decode("%2C%2c%4"), ",,%4");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+        assert_eq!(
+            parse_resource_attributes("k=%é,j=ok"),
+            [
+                kv("k", Value::Str("%é".into())),
+                kv("j", Value::Str("ok".into()))
+            ]
+        );
     }
 
     #[test]
