@@ -37,17 +37,42 @@ pub struct State {
 pub async fn serve(listener: TcpListener, state: State) {
     let state = Arc::new(state);
     loop {
-        let Ok((sock, _)) = listener.accept().await else {
+        let Ok((sock, peer)) = listener.accept().await else {
             continue;
         };
         let st = state.clone();
+        let from = Origin::of(peer);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, st)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, st, from)).await;
         });
     }
 }
 
-async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
+/// Where a request comes from. Health and metrics are for anyone who can reach the port (the
+/// kubelet, Prometheus); changing state and reading plugin details are for this host only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    ThisHost,
+    Network,
+}
+
+impl Origin {
+    fn of(peer: std::net::SocketAddr) -> Self {
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            ip => ip,
+        };
+        if ip.is_loopback() {
+            Origin::ThisHost
+        } else {
+            Origin::Network
+        }
+    }
+}
+
+async fn handle(mut sock: TcpStream, st: Arc<State>, from: Origin) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -65,9 +90,10 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
         .map_or("", |(_, v)| v);
-    let (code, ctype, body) = route(method, path, accept, &st).await;
+    let (code, ctype, body) = route(method, path, accept, &st, from).await;
     let reason = match code {
         200 => "OK",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         422 => "Unprocessable Entity",
@@ -81,10 +107,24 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
     sock.shutdown().await
 }
 
-async fn route(method: &str, path: &str, accept: &str, st: &State) -> (u16, &'static str, String) {
+async fn route(
+    method: &str,
+    path: &str,
+    accept: &str,
+    st: &State,
+    from: Origin,
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let h = &st.health;
     match (method, path) {
+        ("POST", "/reload") | ("GET", "/plugins") if from == Origin::Network => (
+            403,
+            TEXT,
+            format!(
+                "{method} {path} is answered on this host only (loopback): run `tracer plugins list`, \
+                 or `kill -HUP` the daemon, on the node (in Kubernetes: kubectl exec)\n"
+            ),
+        ),
         ("GET", "/healthz") => match h.stalled(monotonic_s(), STALL_S) {
             None => (200, TEXT, "ok\n".into()),
             Some((stage, s)) => (
@@ -173,6 +213,35 @@ mod tests {
         sock.read_to_string(&mut resp).await.unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();
         (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn state_changes_and_plugin_details_are_for_this_host_only() {
+        let registry = Registry::default();
+        let st = State {
+            health: Arc::new(Health::new(&registry)),
+            plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
+            registry,
+            reload: mpsc::channel(1).0,
+        };
+        let net = Origin::of("10.1.2.3:5555".parse().unwrap());
+        assert_eq!(net, Origin::Network);
+        for (m, p) in [("POST", "/reload"), ("GET", "/plugins")] {
+            let (code, _, body) = route(m, p, "", &st, net).await;
+            assert_eq!(code, 403, "{m} {p}: {body}");
+            assert!(body.contains("this host only"), "{body}");
+        }
+        // Health and metrics stay open to the network (the kubelet, Prometheus).
+        assert_eq!(route("GET", "/metrics", "", &st, net).await.0, 200);
+        assert_ne!(route("GET", "/healthz", "", &st, net).await.0, 403);
+        // From this host, IPv4, IPv6 or IPv4 in IPv6: answered.
+        for peer in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            let here = Origin::of(peer.parse().unwrap());
+            assert_eq!(here, Origin::ThisHost, "{peer}");
+            assert_eq!(route("GET", "/plugins", "", &st, here).await.0, 200);
+            // No --config: a reload is refused for that reason, not for where it came from.
+            assert_eq!(route("POST", "/reload", "", &st, here).await.0, 503);
+        }
     }
 
     #[tokio::test]
