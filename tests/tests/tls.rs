@@ -113,6 +113,18 @@ fn run_client(cmd: &mut Command, n: usize) -> u32 {
     pid
 }
 
+/// The spans of this kind and process: exactly `n` of them.
+fn exactly<'a>(spans: &'a [Value], kind: &str, pid: u32, n: usize) -> Vec<&'a Value> {
+    let found = of_kind_pid(spans, kind, pid);
+    assert_eq!(
+        found.len(),
+        n,
+        "{kind} of {pid}: {}",
+        pretty(&of_pid(spans, pid))
+    );
+    found
+}
+
 const SYSTEM_LIBSSL: &str = "/libssl.so.3";
 
 #[test]
@@ -140,22 +152,10 @@ fn curl_to_a_python_https_server() {
         })
         .collect();
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(
-        servers.len(),
-        N,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
+    let servers = exactly(&spans, "SERVER", server.pid(), N);
     for (i, c) in curls.iter().enumerate() {
         assert_eq!(c.http_code, 200 + i as u16);
-        let client = of_kind_pid(&spans, "CLIENT", c.pid);
-        assert_eq!(
-            client.len(),
-            1,
-            "curl {i}: {}",
-            pretty(&of_pid(&spans, c.pid))
-        );
+        let client = exactly(&spans, "CLIENT", c.pid, 1);
         let path = format!("/status/20{i}");
         assert_https(&client, &path, 200 + i as u64);
         assert_eq!(
@@ -193,15 +193,8 @@ fn keep_alive_https_client_started_after_the_tracer() {
     let reqs = client.finish();
     assert_eq!(reqs.len(), N);
     let spans = t.stop();
-    let clients = of_kind_pid(&spans, "CLIENT", cpid);
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(clients.len(), N, "{}", pretty(&of_pid(&spans, cpid)));
-    assert_eq!(
-        servers.len(),
-        N,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
+    let clients = exactly(&spans, "CLIENT", cpid, N);
+    let servers = exactly(&spans, "SERVER", server.pid(), N);
     for (i, r) in reqs.iter().enumerate() {
         let path = format!("/status/20{i}");
         assert_eq!(r.path, path);
@@ -258,13 +251,8 @@ fn a_libssl_loaded_after_the_tracer_started_is_probed() {
     let client = KeepAliveClient::spawn(server.port(), N, &["/status/200", "--tls"]);
     assert_eq!(client.finish().len(), N);
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(
-        servers.len(),
-        N,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
+    let servers = exactly(&spans, "SERVER", server.pid(), N);
+
     assert_https(&servers, "/status/200", 200);
 }
 
@@ -380,19 +368,17 @@ fn nginx_https_over_http1_and_http2() {
     args.extend(h2_urls.iter().map(String::as_str));
     let h2 = curl(&args);
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", worker);
-    assert_eq!(servers.len(), 2 * N, "{}", pretty(&of_pid(&spans, worker)));
+    let servers = exactly(&spans, "SERVER", worker, 2 * N);
+
     for (i, c) in h1.iter().enumerate() {
         let path = format!("/h1/{i}");
         let s = one_with_path(&servers, &path);
         assert_https(&[s], &path, 200);
         assert_eq!(attr_str(s, "network.protocol.version"), Some("1.1"), "{s}");
-        let client = of_kind_pid(&spans, "CLIENT", c.pid);
-        assert_eq!(client.len(), 1, "{}", pretty(&of_pid(&spans, c.pid)));
+        let client = exactly(&spans, "CLIENT", c.pid, 1);
         assert_https(&client, &path, 200);
     }
-    let h2_clients = of_kind_pid(&spans, "CLIENT", h2.pid);
-    assert_eq!(h2_clients.len(), N, "{}", pretty(&of_pid(&spans, h2.pid)));
+    let h2_clients = exactly(&spans, "CLIENT", h2.pid, N);
     for i in 0..N {
         let path = format!("/h2/{i}");
         let s = one_with_path(&servers, &path);
@@ -432,15 +418,8 @@ fn node_https_server_and_client() {
         N,
     );
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    let clients = of_kind_pid(&spans, "CLIENT", cpid);
-    assert_eq!(
-        servers.len(),
-        N,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
-    assert_eq!(clients.len(), N, "{}", pretty(&of_pid(&spans, cpid)));
+    let servers = exactly(&spans, "SERVER", server.pid(), N);
+    let clients = exactly(&spans, "CLIENT", cpid, N);
     for i in 0..N {
         let path = format!("/n/{i}");
         let s = one_with_path(&servers, &path);
@@ -565,15 +544,8 @@ fn grpc_over_tls_node() {
         N,
     );
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    let clients = of_kind_pid(&spans, "CLIENT", cpid);
-    assert_eq!(
-        servers.len(),
-        N + 1,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
-    assert_eq!(clients.len(), N + 1, "{}", pretty(&of_pid(&spans, cpid)));
+    let servers = exactly(&spans, "SERVER", server.pid(), N + 1);
+    let clients = exactly(&spans, "CLIENT", cpid, N + 1);
     let mut statuses = Vec::new();
     for s in servers.iter().chain(clients.iter()) {
         assert_eq!(s["name"].as_str(), Some("tracer.test.Echo/Say"), "{s}");
@@ -675,13 +647,8 @@ fn with_pid_filters_untraced_processes_get_no_tls_breakpoints() {
     ]);
     assert_eq!(c.http_code, 200);
     let spans = t.stop();
-    let servers = of_kind_pid(&spans, "SERVER", server.pid());
-    assert_eq!(
-        servers.len(),
-        1,
-        "{}",
-        pretty(&of_pid(&spans, server.pid()))
-    );
+    let servers = exactly(&spans, "SERVER", server.pid(), 1);
+
     assert_https(&servers, "/status/200", 200);
     assert!(of_pid(&spans, c.pid).is_empty(), "curl is not traced");
 }

@@ -194,17 +194,22 @@ mod tests {
     use super::*;
     use crate::plugins::Settings;
 
-    /// One request to a fresh endpoint with the given Accept header: (head, body).
-    async fn get_metrics(accept: &str) -> (String, String) {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// An endpoint's state with no plugins and no reloads (`--config` not given).
+    fn state() -> State {
         let registry = Registry::default();
-        let state = State {
+        State {
             health: Arc::new(Health::new(&registry)),
             plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
             registry,
             reload: mpsc::channel(1).0,
-        };
+        }
+    }
+
+    /// One request to a fresh endpoint with the given Accept header: (head, body).
+    async fn get_metrics(accept: &str) -> (String, String) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = state();
         tokio::spawn(serve(listener, state));
         let mut sock = TcpStream::connect(addr).await.unwrap();
         let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n");
@@ -217,13 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_changes_and_plugin_details_are_for_this_host_only() {
-        let registry = Registry::default();
-        let st = State {
-            health: Arc::new(Health::new(&registry)),
-            plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
-            registry,
-            reload: mpsc::channel(1).0,
-        };
+        let st = state();
         let net = Origin::of("10.1.2.3:5555".parse().unwrap());
         assert_eq!(net, Origin::Network);
         for (m, p) in [("POST", "/reload"), ("GET", "/plugins")] {

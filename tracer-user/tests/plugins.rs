@@ -464,6 +464,17 @@ async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Spans that come out of six batches of ten.
+fn six_batches_of_ten(h: &PluginHost) -> usize {
+    (0..6)
+        .map(|i| {
+            let mut batch = spans(i * 10, 10);
+            h.process(&mut batch);
+            batch.len()
+        })
+        .sum()
+}
+
 fn strict_host(dir: &Path, fail_closed: bool, reg: &Registry) -> PluginHost {
     PluginHost::new(
         Settings {
@@ -662,12 +673,7 @@ fn fail_closed_drops_the_batch_and_counts_it() {
     let reg = Registry::default();
     let h = strict_host(&d, true, &reg);
     assert!(h.reload_dir().rejected.is_empty());
-    let mut out = 0;
-    for i in 0..6 {
-        let mut batch = spans(i * 10, 10);
-        h.process(&mut batch);
-        out += batch.len();
-    }
+    let out = six_batches_of_ten(&h);
     // Batches 2, 4 and 6 of the instance trap; a fresh instance starts after each trap, so
     // the plugin is never 5 failures in a row and stays in the chain.
     assert_eq!(h.metrics.spans_failed.get(), 30);
@@ -739,12 +745,7 @@ fn a_plugin_that_drops_on_failure_never_lets_an_unprocessed_span_out() {
     let reg = Registry::default();
     let h = strict_host(&d, true, &reg);
     assert!(h.reload_dir().rejected.is_empty());
-    let mut out = 0;
-    for i in 0..6 {
-        let mut batch = spans(i * 10, 10);
-        h.process(&mut batch);
-        out += batch.len();
-    }
+    let out = six_batches_of_ten(&h);
     assert_eq!((out, h.metrics.spans_failed.get()), (60, 0));
 
     // A bad [tracer] table refuses the plugin, with what to write.
