@@ -159,7 +159,7 @@ fn dropping_a_sampler_in_changes_spans_live_and_removing_it_changes_them_back() 
     let dropped = metric(&metrics, "tracer_spans_plugin_dropped_total").unwrap_or(0.0);
     assert!(dropped >= 6.0, "{metrics}");
     assert!(
-        metrics.contains("tracer_plugin_spans_dropped_total{plugin=\"20-sample\"}"),
+        metrics.contains("tracer_plugin_spans_dropped_total{plugin=\"20-sample\",version="),
         "{metrics}"
     );
 }

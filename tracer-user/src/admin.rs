@@ -1,5 +1,6 @@
 //! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text, or OpenMetrics when
-//! the scraper asks for it), /plugins (JSON), POST /reload.
+//! the scraper asks for it), /plugins and /config (JSON), POST /reload, and
+//! POST /plugins/NAME/rollback and /promote.
 //! Deliberately tiny (a few fixed routes, one request per connection): it must not need a web
 //! framework, and it binds to localhost unless the operator says otherwise.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -11,12 +12,17 @@ use tokio::{
 };
 
 use crate::{
+    changes::Trigger,
     metrics::{Health, Registry, monotonic_s},
     plugins::PluginHost,
 };
 
-/// A reload request; the answer says what was applied or why the file was rejected.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+/// A reload request: what asked for it, and where the answer goes (what was applied, or why
+/// something was refused).
+pub struct ReloadRequest {
+    pub trigger: Trigger,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
 
 /// A pipeline stage counts as alive if it made progress within this many seconds.
 const STALL_S: u64 = 10;
@@ -117,7 +123,7 @@ async fn route(
     const TEXT: &str = "text/plain; charset=utf-8";
     let h = &st.health;
     match (method, path) {
-        ("POST", "/reload") | ("GET", "/plugins") if from == Origin::Network => (
+        ("POST", _) | ("GET", "/plugins" | "/config") if from == Origin::Network => (
             403,
             TEXT,
             format!(
@@ -163,9 +169,43 @@ async fn route(
             "application/json",
             format!("{:#}\n", st.plugins.status()),
         ),
+        ("GET", "/config") => {
+            let c = &st.plugins.changes;
+            let body = serde_json::json!({
+                "effective": &*c.effective(),
+                "plugin_chain": st.plugins.chain().label(),
+                "recent_changes": c.recent(),
+            });
+            (200, "application/json", format!("{body:#}\n"))
+        }
+        ("POST", p) if p.starts_with("/plugins/") => {
+            let (name, action) = p["/plugins/".len()..].rsplit_once('/').unwrap_or(("", ""));
+            let host = st.plugins.clone();
+            let name = name.to_owned();
+            let result = match action {
+                "rollback" => tokio::task::spawn_blocking(move || host.rollback(&name)).await,
+                "promote" => tokio::task::spawn_blocking(move || host.promote(&name)).await,
+                _ => {
+                    return (
+                        404,
+                        TEXT,
+                        "not found: POST /plugins/NAME/rollback or /plugins/NAME/promote\n".into(),
+                    );
+                }
+            };
+            match result {
+                Ok(Ok(msg)) => (200, TEXT, format!("{msg}\n")),
+                Ok(Err(msg)) => (422, TEXT, format!("{msg}\n")),
+                Err(_) => (503, TEXT, "the plugin host stopped\n".into()),
+            }
+        }
         ("POST", "/reload") => {
-            let (tx, rx) = oneshot::channel();
-            if st.reload.send(tx).await.is_err() {
+            let (reply, rx) = oneshot::channel();
+            let req = ReloadRequest {
+                trigger: Trigger::admin,
+                reply,
+            };
+            if st.reload.send(req).await.is_err() {
                 return (
                     503,
                     TEXT,
@@ -178,13 +218,15 @@ async fn route(
                 Err(_) => (503, TEXT, "reload was dropped\n".into()),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/config" | "/reload") => {
             (405, TEXT, "method not allowed\n".into())
         }
         _ => (
             404,
             TEXT,
-            "not found: try /healthz, /readyz, /metrics, /plugins or POST /reload\n".into(),
+            "not found: try /healthz, /readyz, /metrics, /plugins, /config, POST /reload, \
+             POST /plugins/NAME/rollback or POST /plugins/NAME/promote\n"
+                .into(),
         ),
     }
 }

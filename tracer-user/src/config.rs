@@ -61,7 +61,7 @@ fn value_name(v: impl ValueEnum) -> String {
 ///
 /// Unset options are `None` (not clap defaults), so that a flag left out does not override
 /// the file; `--help` shows each default from the constant the code uses.
-#[derive(Args, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Args, Deserialize, serde::Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     mut_arg("capture_size", |a| default_in_help(a, tracer_common::DEFAULT_CAPTURE)),
@@ -378,6 +378,34 @@ impl RunOptions {
     }
 
     /// Options that differ between `self` and `new` and only take effect after a restart.
+    /// What runs once `self` was loaded live over the settings the daemon `started` with:
+    /// the options applied live are `self`'s, those read once at start stay `started`'s
+    /// (the same split as [`Self::needs_restart`]).
+    pub fn in_effect(&self, started: &RunOptions) -> RunOptions {
+        let RunOptions {
+            pid,
+            port,
+            comm,
+            capture_size,
+            keep_query_values,
+            trace_otlp_exports,
+            join_hold_ms,
+            export_unsampled,
+            ..
+        } = self.clone();
+        RunOptions {
+            pid,
+            port,
+            comm,
+            capture_size,
+            keep_query_values,
+            trace_otlp_exports,
+            join_hold_ms,
+            export_unsampled,
+            ..started.clone()
+        }
+    }
+
     pub fn needs_restart(&self, new: &RunOptions) -> Vec<&'static str> {
         // No `..`: a new option does not compile until it is put in one of these groups.
         let RunOptions {

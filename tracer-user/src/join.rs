@@ -791,7 +791,7 @@ mod tests {
         fn open_again(&mut self, r: Req, client: &str, ts: u64, context: Option<TraceContext>) {
             let role = match r.kind {
                 SpanKind::Server => Role::Server,
-                SpanKind::Client => Role::Client,
+                SpanKind::Client | SpanKind::Internal => Role::Client,
             };
             self.j.open(
                 Begin {

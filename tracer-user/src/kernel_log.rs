@@ -7,7 +7,17 @@ use std::{os::fd::AsRawFd, time::Duration};
 use aya::Ebpf;
 
 /// `--kernel-log`: which of the probes' messages to show.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelLog {
     #[default]

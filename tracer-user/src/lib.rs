@@ -10,9 +10,10 @@
 //! [`conntrack`] hands each span to [`join`], which puts it in its trace ([`context`]: the
 //! upstream's trace context). [`metrics`] counts everything; [`check`] explains what a host
 //! lacks; [`semconv`] names the attributes; [`config`] and [`reload`] are the settings and
-//! their live changes; [`cli`] holds the subcommands.
+//! their live changes, [`changes`] tells about each one; [`cli`] holds the subcommands.
 pub mod admin;
 pub mod btf;
+pub mod changes;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -52,6 +52,21 @@ enum PluginsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Go back: stop NAME's canary if one runs, else return to the version NAME ran before
+    /// (POST /plugins/NAME/rollback). The withdrawn file stays out until it changes.
+    Rollback {
+        /// The plugin, as its file is named without `.wasm` (e.g. `20-redactor`).
+        name: String,
+        #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_ADMIN_ADDR)]
+        admin_addr: String,
+    },
+    /// Give NAME's canary all traffic: `NAME.canary.wasm` (and `.toml`) are renamed over
+    /// `NAME.wasm`; the old version stays available to `rollback` (POST /plugins/NAME/promote).
+    Promote {
+        name: String,
+        #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_ADMIN_ADDR)]
+        admin_addr: String,
+    },
     /// Validate a plugin (contract, config, self-test) and show what it does to sample spans.
     /// Needs no daemon and no root.
     Check {
@@ -86,6 +101,19 @@ struct ReplayCmd {
     keep_query_values: bool,
 }
 
+/// `tracer plugins rollback|promote NAME`: the daemon's answer on stdout.
+fn plugin_action(addr: &str, name: &str, action: &str) -> anyhow::Result<()> {
+    let msg = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(cli::admin_client::post(
+            addr,
+            &format!("/plugins/{name}/{action}"),
+        ))?;
+    print!("{msg}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
     tracing_subscriber::fmt()
@@ -111,6 +139,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(cli::plugins::list(&admin_addr, json))?
+        }
+        Command::Plugins(PluginsCmd::Rollback { name, admin_addr }) => {
+            plugin_action(&admin_addr, &name, "rollback")?
+        }
+        Command::Plugins(PluginsCmd::Promote { name, admin_addr }) => {
+            plugin_action(&admin_addr, &name, "promote")?
         }
         Command::Plugins(PluginsCmd::Check { file, config }) => {
             if !cli::plugins::check(&file, config.as_deref())? {

@@ -134,7 +134,17 @@ impl Hooks {
 }
 
 /// `--hooks`: which hooks to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HookChoice {
     /// The socket tracepoints when the kernel has them (6.3+), else the syscall tracepoints.

@@ -58,6 +58,19 @@ pub fn kv(key: impl Into<Key>, value: Value) -> KeyValue {
 pub enum SpanKind {
     Server,
     Client,
+    /// The tracer's own work (a reload), never a request it saw.
+    Internal,
+}
+
+impl SpanKind {
+    /// The OTLP name, as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+            SpanKind::Internal => "INTERNAL",
+        }
+    }
 }
 
 impl From<Role> for SpanKind {
@@ -535,7 +548,7 @@ pub fn build_h2(
                 .push(kv(semconv::RPC_GRPC_STATUS_CODE, Value::Int(code as i64)));
             let failed = match kind {
                 SpanKind::Server => GRPC_SERVER_ERRORS.contains(&code),
-                SpanKind::Client => code != 0,
+                SpanKind::Client | SpanKind::Internal => code != 0,
             };
             if failed && span.status == Status::Unset {
                 span.status = Status::Error(

@@ -69,6 +69,14 @@ fn host(dir: &Path) -> PluginHost {
     host_in(dir, &Registry::default())
 }
 
+/// The labels of one plugin version's counters.
+fn series(name: &str, wasm: &[u8], cfg: &str) -> String {
+    format!(
+        "{{plugin=\"{name}\",version=\"{}\"}}",
+        content_hash(wasm, cfg)
+    )
+}
+
 fn attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
     match s.attr(k)? {
         Value::Str(v) => Some(v),
@@ -110,6 +118,13 @@ fn enricher_edits_spans_and_names_the_chain_version() {
         assert_eq!(attr(s, "deployment.environment"), Some("prod"));
         assert_eq!(attr(s, CHAIN_ATTRIBUTE), Some(label.as_str()));
     }
+    let text = reg.prometheus();
+    let series = series("10-enricher", &wasm, cfg);
+    assert!(
+        text.contains(&format!("tracer_plugin_spans_edited_total{series} 10\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("tracer_plugin_calls_total{series} 1\n")));
     // Nothing changed: a reload keeps the running instance and does not swap.
     assert_eq!(h.reload_dir().swapped_to, None);
     // Deleting the file unloads it: spans go through untouched.
@@ -123,12 +138,11 @@ fn enricher_edits_spans_and_names_the_chain_version() {
             |s| s.attr(CHAIN_ATTRIBUTE).is_none() && s.attr("deployment.environment").is_none()
         )
     );
-    let text = reg.prometheus();
+    // The unloaded version's counters are still served.
     assert!(
-        text.contains("tracer_plugin_spans_edited_total{plugin=\"10-enricher\"} 10\n"),
-        "{text}"
+        reg.prometheus()
+            .contains(&format!("tracer_plugin_calls_total{series} 1\n"))
     );
-    assert!(text.contains("tracer_plugin_calls_total{plugin=\"10-enricher\"} 1\n"));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -446,7 +460,7 @@ async fn the_watcher_loads_a_slowly_copied_file_once_whole() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += 1;
     }
-    assert_eq!(h.chain().plugins.len(), 1, "loaded after the copy ended");
+    assert_eq!(h.chain().slots.len(), 1, "loaded after the copy ended");
     assert_eq!(
         h.metrics.reload_failures.get(),
         0,
@@ -554,7 +568,7 @@ fn hostile_plugins_are_refused_at_load() {
             "{mode}"
         );
     }
-    assert_eq!(h.chain().plugins.len(), 1);
+    assert_eq!(h.chain().slots.len(), 1);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -593,7 +607,8 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
             "20-good@{}",
             content_hash(&enricher, "[attributes]\ngood = \"yes\"\n")
         );
-        let both = format!("10-hostile@{},{good}", content_hash(&hostile, &cfg));
+        let hostile_hash = content_hash(&hostile, &cfg);
+        let both = format!("10-hostile@{hostile_hash},{good}");
         // Batch 1 of the live instance behaves.
         let mut batch = spans(0, 8);
         h.process(&mut batch);
@@ -635,7 +650,7 @@ fn hostile_plugins_at_run_time_are_contained_then_taken_out() {
         let text = reg.prometheus();
         assert!(
             text.contains(&format!(
-                "tracer_plugin_{counter}{{plugin=\"10-hostile\"}} 5\n"
+                "tracer_plugin_{counter}{{plugin=\"10-hostile\",version=\"{hostile_hash}\"}} 5\n"
             )),
             "{mode}: {text}"
         );
@@ -678,14 +693,20 @@ fn fail_closed_drops_the_batch_and_counts_it() {
     // the plugin is never 5 failures in a row and stays in the chain.
     assert_eq!(h.metrics.spans_failed.get(), 30);
     assert_eq!(out, 30);
-    assert_eq!(h.chain().plugins.len(), 1);
+    assert_eq!(h.chain().slots.len(), 1);
     let text = reg.prometheus();
     assert!(
-        text.contains("tracer_plugin_traps_total{plugin=\"10-h\"} 3\n"),
+        text.contains(&format!(
+            "tracer_plugin_traps_total{} 3\n",
+            series("10-h", &hostile, "mode = \"trap-every\"\nevery = 2\n")
+        )),
         "{text}"
     );
     assert!(
-        text.contains("tracer_plugin_restarts_total{plugin=\"10-h\"} 2\n"),
+        text.contains(&format!(
+            "tracer_plugin_restarts_total{} 2\n",
+            series("10-h", &hostile, "mode = \"trap-every\"\nevery = 2\n")
+        )),
         "{text}"
     );
     std::fs::remove_dir_all(&d).unwrap();
@@ -727,12 +748,19 @@ fn a_plugin_that_drops_on_failure_never_lets_an_unprocessed_span_out() {
     // on every batch is dropped.
     assert_eq!(out, 5 * 8);
     assert_eq!(h.metrics.spans_failed.get(), (sent - out) as u64);
-    assert_eq!(h.chain().plugins.len(), 1, "it stays in the chain");
-    assert!(h.chain().plugins[0].is_quarantined());
+    assert_eq!(h.chain().slots.len(), 1, "it stays in the chain");
+    assert!(h.chain().slots[0].stable.is_quarantined());
     // The host's table never reaches the plugin: it would refuse an unknown key.
     let text = reg.prometheus();
     assert!(
-        text.contains("tracer_plugin_traps_total{plugin=\"10-h\"} 5\n"),
+        text.contains(&format!(
+            "tracer_plugin_traps_total{} 5\n",
+            series(
+                "10-h",
+                &hostile,
+                "mode = \"trap\"\nafter = 1\n\n[tracer]\non-failure = \"drop\"\n"
+            )
+        )),
         "{text}"
     );
 
@@ -759,5 +787,243 @@ fn a_plugin_that_drops_on_failure_never_lets_an_unprocessed_span_out() {
     let r = h.reload_dir();
     assert_eq!(r.rejected.len(), 1, "{r:?}");
     assert!(format!("{r:?}").contains("on-failure"), "{r:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `n` sample spans, each of its own random trace.
+fn traces(first: u64, n: usize) -> Vec<Span> {
+    let mut v = spans(first, n);
+    for s in &mut v {
+        s.trace_id = rand::random();
+    }
+    v
+}
+
+/// A new version that fails is quarantined and the host goes back to the version that ran
+/// before it, saying so: every span of the traffic around it comes out exactly once (the
+/// policy is pass), processed by the new version until it failed, then by the old one.
+#[test]
+fn quarantine_rolls_back_to_the_last_good_version() {
+    let Some(hostile) = built("testing/hostile.wasm") else {
+        return;
+    };
+    let d = tmpdir("rollback");
+    write(&d, "10-h.wasm", &hostile);
+    write(&d, "10-h.toml", b"mode = \"ok\"\n");
+    let good = format!("10-h@{}", content_hash(&hostile, "mode = \"ok\"\n"));
+    let reg = Registry::default();
+    let h = strict_host(&d, false, &reg);
+    assert!(h.reload_dir().rejected.is_empty());
+    assert!(
+        h.rollback("10-h")
+            .unwrap_err()
+            .contains("no earlier version")
+    );
+    let bad_cfg = "mode = \"trap\"\nafter = 1\n";
+    write(&d, "10-h.toml", bad_cfg.as_bytes());
+    let bad = format!("10-h@{}", content_hash(&hostile, bad_cfg));
+    let r = h.reload_dir();
+    assert_eq!(r.loaded, [bad.clone()], "{r:?}");
+    assert_eq!(h.status()["rollback_to"]["10-h"], good.as_str());
+    let mut seen = HashSet::new();
+    let mut by_label: HashMap<String, usize> = HashMap::new();
+    for i in 0..20 {
+        let mut batch = spans(i * 8, 8);
+        h.process(&mut batch);
+        assert_eq!(batch.len(), 8, "pass: every span comes out");
+        for s in &batch {
+            assert!(seen.insert(s.span_id), "a span came out twice");
+            *by_label
+                .entry(attr(s, CHAIN_ATTRIBUTE).unwrap_or("").to_owned())
+                .or_default() += 1;
+            if s.attr("hostile.ok").is_none() {
+                assert_eq!(attr(s, plugins::FAILED_ATTRIBUTE), Some(bad.as_str()));
+            }
+        }
+    }
+    assert_eq!(seen.len(), 160);
+    // Batches 1, 3, 5, 7, 9 of the new version behave, 2..10 fail; then the old one runs.
+    assert_eq!(by_label[&bad], 5 * 8, "{by_label:?}");
+    assert_eq!(by_label[""], 5 * 8, "{by_label:?}");
+    assert_eq!(by_label[&good], 10 * 8, "{by_label:?}");
+    assert_eq!(h.chain().label(), good);
+    let last = h.changes.recent().pop().unwrap();
+    assert_eq!(format!("{:?}", last.trigger), "quarantine");
+    assert!(
+        last.what[0].contains(&format!("rolled back to {good}")),
+        "{last:?}"
+    );
+    let text = reg.prometheus();
+    assert!(
+        text.contains(
+            "tracer_reload_duration_seconds_count{trigger=\"quarantine\",outcome=\"applied\"} 1"
+        ),
+        "{text}"
+    );
+    // The bad file stays out while it is unchanged.
+    assert_eq!(h.reload_dir().swapped_to, None);
+    assert_eq!(h.chain().label(), good);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A canary takes a consistent share of traces (the same traces in two hosts, as in two
+/// tracers on two nodes), with counters of its own; promote makes it the stable version on
+/// disk; rollback goes back; under traffic no span is lost or doubled.
+#[test]
+fn a_canary_takes_its_share_and_promote_and_rollback_lose_nothing() {
+    let Some(enricher) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("canary");
+    let a_cfg = "[attributes]\nv = \"a\"\n";
+    let b_cfg = "[attributes]\nv = \"b\"\n\n[tracer]\ncanary = 0.1\n";
+    write(&d, "10-e.wasm", &enricher);
+    write(&d, "10-e.toml", a_cfg.as_bytes());
+    write(&d, "10-e.canary.wasm", &enricher);
+    write(&d, "10-e.canary.toml", b_cfg.as_bytes());
+    let (a, b) = (
+        content_hash(&enricher, a_cfg),
+        content_hash(&enricher, b_cfg),
+    );
+    let reg = Registry::default();
+    let h = Arc::new(host_in(&d, &reg));
+    let r = h.reload_dir();
+    assert!(r.rejected.is_empty(), "{r:?}");
+    assert_eq!(
+        r.loaded,
+        [
+            format!("10-e@{a}"),
+            format!("10-e@{b} (canary, 10% of traces)")
+        ]
+    );
+    let other = host(&d);
+    assert!(other.reload_dir().rejected.is_empty());
+    let mut batch = traces(0, 10_000);
+    let mut copy = batch.clone();
+    h.process(&mut batch);
+    other.process(&mut copy);
+    let canary: HashSet<[u8; 16]> = batch
+        .iter()
+        .filter(|s| attr(s, "v") == Some("b"))
+        .map(|s| s.trace_id)
+        .collect();
+    assert!(
+        (800..1200).contains(&canary.len()),
+        "{} of 10000 traces",
+        canary.len()
+    );
+    let canary_other: HashSet<[u8; 16]> = copy
+        .iter()
+        .filter(|s| attr(s, "v") == Some("b"))
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(canary, canary_other, "both hosts pick the same traces");
+    for s in &batch {
+        let want = if canary.contains(&s.trace_id) { &b } else { &a };
+        assert_eq!(
+            attr(s, CHAIN_ATTRIBUTE),
+            Some(format!("10-e@{want}").as_str())
+        );
+    }
+    let text = reg.prometheus();
+    assert!(
+        text.contains(&format!(
+            "tracer_plugin_spans_in_total{{plugin=\"10-e\",version=\"{b}\"}} {}\n",
+            canary.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "tracer_plugin_active{{plugin=\"10-e\",version=\"{b}\",role=\"canary\"}} 1"
+    )));
+
+    // Promote and roll back while batches flow: every span once, with one version.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (h, stop) = (h.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut out) = (0u64, HashSet::new());
+            while !stop.load(Relaxed) {
+                let mut batch = traces(sent, 64);
+                sent += 64;
+                h.process(&mut batch);
+                for s in batch {
+                    assert!(s.attr(plugins::FAILED_ATTRIBUTE).is_none());
+                    assert!(out.insert(s.span_id), "a span came out twice");
+                }
+            }
+            (sent, out.len() as u64)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let msg = h.promote("10-e").unwrap();
+    assert!(msg.contains(&format!("promoted canary 10-e@{b}")), "{msg}");
+    assert!(!d.join("10-e.canary.wasm").exists());
+    assert_eq!(std::fs::read_to_string(d.join("10-e.toml")).unwrap(), b_cfg);
+    assert_eq!(h.chain().label(), format!("10-e@{b}"));
+    // The renamed files are what runs: a rescan changes nothing.
+    assert_eq!(h.reload_dir().swapped_to, None);
+    assert!(h.promote("10-e").unwrap_err().contains("no canary"));
+    std::thread::sleep(Duration::from_millis(50));
+    let msg = h.rollback("10-e").unwrap();
+    assert!(msg.contains(&format!("to 10-e@{a}")), "{msg}");
+    assert_eq!(h.chain().label(), format!("10-e@{a}"));
+    assert_eq!(
+        h.reload_dir().swapped_to,
+        None,
+        "the withdrawn file stays out"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Relaxed);
+    let (sent, out) = traffic.join().unwrap();
+    assert_eq!(sent, out, "no span lost");
+    let triggers: Vec<String> = h
+        .changes
+        .recent()
+        .iter()
+        .map(|c| format!("{:?}", c.trigger))
+        .collect();
+    assert_eq!(triggers, ["promote", "rollback"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A canary whose stable version is missing is refused with what to do; one that fails
+/// where its stable version does not is rolled back by itself.
+#[test]
+fn a_lone_canary_is_refused_and_a_failing_one_rolls_back() {
+    let (Some(hostile), Some(enricher)) = (built("testing/hostile.wasm"), built("enricher.wasm"))
+    else {
+        return;
+    };
+    let d = tmpdir("canary-bad");
+    write(&d, "10-h.canary.wasm", &hostile);
+    let h = strict_host(&d, false, &Registry::default());
+    let r = h.reload_dir();
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    let why = r.rejected[0].1.to_string();
+    assert!(why.contains("there is no 10-h.wasm"), "{why}");
+    write(&d, "10-h.wasm", &enricher);
+    write(&d, "10-h.toml", b"[attributes]\nv = \"a\"\n");
+    write(
+        &d,
+        "10-h.canary.toml",
+        b"mode = \"trap\"\nafter = 1\n[tracer]\ncanary = 1.0\n",
+    );
+    let r = h.reload_dir();
+    assert!(r.rejected.is_empty(), "{r:?}");
+    let stable = format!(
+        "10-h@{}",
+        content_hash(&enricher, "[attributes]\nv = \"a\"\n")
+    );
+    for i in 0..20 {
+        let mut batch = traces(i * 8, 8);
+        h.process(&mut batch);
+        assert_eq!(batch.len(), 8);
+    }
+    assert_eq!(h.chain().label(), stable);
+    assert!(h.chain().slots[0].canary.is_none(), "the canary is gone");
+    let last = h.changes.recent().pop().unwrap();
+    assert!(last.what[0].starts_with("canary 10-h@"), "{last:?}");
+    assert_eq!(h.status()["not_running"][0]["state"], "quarantined");
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -35,10 +35,7 @@ fn summary(sp: &Span) -> String {
     let a = |k: &str| sp.attr(k).map_or("-".to_string(), Value::to_string);
     format!(
         "{} {} {} {} {} status={} req_body={} resp_body={} error={} parent={} peer_port_known={}{}",
-        match sp.kind {
-            SpanKind::Server => "SERVER",
-            SpanKind::Client => "CLIENT",
-        },
+        sp.kind.as_str(),
         sp.resource.service_name,
         a("http.request.method"),
         a("url.path"),

@@ -8,6 +8,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GET path` on the admin endpoint at `addr` (HOST:PORT); the body of a successful answer.
 pub async fn get(addr: &str, path: &str) -> Result<String, CliError> {
+    request(reqwest::Method::GET, addr, path).await
+}
+
+/// `POST path`: the daemon's answer, or its refusal in its own words.
+pub async fn post(addr: &str, path: &str) -> Result<String, CliError> {
+    request(reqwest::Method::POST, addr, path).await
+}
+
+async fn request(method: reqwest::Method, addr: &str, path: &str) -> Result<String, CliError> {
     let unreachable = |source| CliError::AdminUnreachable {
         addr: addr.to_owned(),
         source,
@@ -17,11 +26,17 @@ pub async fn get(addr: &str, path: &str) -> Result<String, CliError> {
         .build()
         .map_err(unreachable)?;
     let resp = client
-        .get(format!("http://{addr}{path}"))
+        .request(method, format!("http://{addr}{path}"))
         .send()
         .await
         .map_err(unreachable)?;
     let status = resp.status();
+    if status == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        let message = resp.text().await.map_err(unreachable)?;
+        return Err(CliError::AdminRefused {
+            message: message.trim_end().to_owned(),
+        });
+    }
     if !status.is_success() {
         return Err(CliError::AdminAnswer {
             addr: addr.to_owned(),

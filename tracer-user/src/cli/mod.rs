@@ -45,6 +45,9 @@ pub enum CliError {
         addr: String,
         source: reqwest::Error,
     },
+    /// The daemon understood and said no (nothing to roll back, no canary...).
+    #[error("{message}")]
+    AdminRefused { message: String },
     #[error("unexpected answer from {addr}: {status}")]
     AdminAnswer {
         addr: String,
@@ -69,13 +72,18 @@ pub enum CliError {
     },
 }
 
-/// The connection table of this host: processes from /proc, with the daemon's
-/// OTEL_RESOURCE_ATTRIBUTES, and pod metadata when there is a pod cache.
-fn conn_table(opts: TableOptions, pods: Option<PodCache>, reg: &Registry) -> ConnTable {
+/// The processes of this host from /proc, with the daemon's OTEL_RESOURCE_ATTRIBUTES.
+fn processes() -> Processes {
     let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .map(|s| parse_resource_attributes(&s))
         .unwrap_or_default();
-    let mut procs = Processes::new("/proc", extra);
+    Processes::new("/proc", extra)
+}
+
+/// The connection table of this host: its [`processes`], with pod metadata when there is a
+/// pod cache.
+fn conn_table(opts: TableOptions, pods: Option<PodCache>, reg: &Registry) -> ConnTable {
+    let mut procs = processes();
     if let Some(p) = pods {
         procs = procs.with_pods(p);
     }

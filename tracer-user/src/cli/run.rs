@@ -9,9 +9,10 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CliError, conn_table};
+use super::{CliError, conn_table, processes};
 use crate::{
     admin::{self, ReloadRequest},
+    changes::Trigger,
     config::{self, RunOptions},
     export::{self, BatchConfig, Env, Exporters, Format, OtlpClient, Printer, Sink},
     metadata::k8s::{self, PodCache},
@@ -20,7 +21,7 @@ use crate::{
     plugins::{self, PluginHost},
     probes::{self, Probes},
     process,
-    reload::{ReloadMetrics, Reloader},
+    reload::{self, ReloadMetrics, Reloader},
     tls,
 };
 
@@ -36,10 +37,19 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let (sinks, batch) = sinks(&opts, &env)?;
     let registry = Registry::default();
     let health = Arc::new(Health::new(&registry));
-    let plugins = start_plugins(&opts, &registry).await?;
+    let plugins = Arc::new(PluginHost::new(opts.plugins(), &registry)?);
     // Whatever counts is built before the admin endpoint answers: /metrics has every metric
     // from its first scrape, while the probes are still attaching.
     let exporters = Exporters::spawn(sinks, batch, &registry, health.clone());
+    // Reloads are spans of the tracer's own service, beside the spans they change.
+    plugins.changes.export_to(
+        exporters.submitter(),
+        processes().resource(std::process::id(), "tracer"),
+    );
+    plugins
+        .changes
+        .set_effective(reload::effective(&opts, &opts, config.as_deref()));
+    start_plugins(&plugins).await;
     let mut t = conn_table(
         opts.table_options(),
         pod_cache(&opts.k8s_label).await,
@@ -112,6 +122,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let reloader = Reloader {
         config,
         flags,
+        started: opts.clone(),
         current: opts,
         control: control_tx,
         plugins: plugins.clone(),
@@ -172,12 +183,11 @@ fn sinks(opts: &RunOptions, env: Env) -> Result<(Vec<Sink>, BatchConfig), CliErr
     Ok((sinks, batch))
 }
 
-/// The plugin host, with the directory loaded (when it exists) and watched.
-async fn start_plugins(opts: &RunOptions, reg: &Registry) -> Result<Arc<PluginHost>, CliError> {
-    let plugins = Arc::new(PluginHost::new(opts.plugins(), reg)?);
+/// Loads the plugin directory (when it exists) and watches it.
+async fn start_plugins(plugins: &Arc<PluginHost>) {
     if let Some(dir) = &plugins.settings.dir {
         if dir.is_dir() {
-            plugins::reload(plugins.clone()).await;
+            plugins::reload(plugins.clone(), Some(Trigger::start)).await;
         } else {
             tracing::info!(
                 "no plugin directory at {} (--plugins-dir): every span is exported; a plugin dropped there later is loaded",
@@ -186,7 +196,6 @@ async fn start_plugins(opts: &RunOptions, reg: &Registry) -> Result<Arc<PluginHo
         }
         tokio::spawn(plugins::watch(plugins.clone(), plugins::WATCH_INTERVAL));
     }
-    Ok(plugins)
 }
 
 /// The start-up line that says what is traced.
@@ -255,8 +264,9 @@ fn spawn_signal_handlers(
                 Some(()) = usr1.recv() => tracing::info!("counters: {}", registry.summary()),
                 Some(()) = hup.recv() => {
                     // The outcome is logged by the reload loop.
-                    let (tx, _rx) = oneshot::channel();
-                    let _ = reload.send(tx).await;
+                    let (reply, _rx) = oneshot::channel();
+                    let req = ReloadRequest { trigger: Trigger::sighup, reply };
+                    let _ = reload.send(req).await;
                 }
                 else => break,
             }

@@ -162,8 +162,9 @@ fn put_span(buf: &mut Vec<u8>, sp: &Span) {
     }
     put_str(buf, 5, &sp.name);
     put_key(buf, 6, VARINT);
-    // SpanKind: SERVER 2, CLIENT 3.
+    // SpanKind: INTERNAL 1, SERVER 2, CLIENT 3.
     buf.push(match sp.kind {
+        SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
     });
@@ -497,6 +498,7 @@ mod tests {
                 flags: sp.flags as u32 | 0x100,
                 name: sp.name.clone(),
                 kind: match sp.kind {
+                    SpanKind::Internal => PbKind::Internal,
                     SpanKind::Server => PbKind::Server,
                     SpanKind::Client => PbKind::Client,
                 } as i32,

@@ -35,7 +35,7 @@ pub fn to_json(sp: &Span) -> Json {
         "span_id": hex(&sp.span_id),
         "parent_span_id": sp.parent_span_id.map(|p| hex(&p)),
         "trace_state": sp.trace_state,
-        "kind": match sp.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
+        "kind": sp.kind.as_str(),
         "name": sp.name,
         "start_unix_nano": sp.start_unix_ns,
         "end_unix_nano": sp.end_unix_ns,
@@ -66,6 +66,22 @@ fn line(sp: &Span, depth: usize) -> String {
     let ms = (sp.start_unix_ns / 1_000_000) % 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let get = |k: &str| sp.attr(k).map(|v| v.to_string());
+    let dur = fmt_duration(sp.end_unix_ns.saturating_sub(sp.start_unix_ns));
+    let err = if matches!(sp.status, Status::Error(_)) {
+        " ERROR"
+    } else {
+        ""
+    };
+    if sp.kind == SpanKind::Internal {
+        // The tracer's own work: what it did, not a request.
+        return format!(
+            "{h:02}:{m:02}:{s:02}.{ms:03} INTERNAL {svc}[{pid}] {name}: {what} {dur}{err}",
+            svc = sp.resource.service_name,
+            pid = sp.resource.pid,
+            name = sp.name,
+            what = get("tracer.reload.changes").unwrap_or_default(),
+        );
+    }
     let target = match (get(semconv::URL_PATH), get(semconv::URL_QUERY)) {
         (Some(p), Some(q)) => format!("{p}?{q}"),
         (Some(p), None) => p,
@@ -96,25 +112,18 @@ fn line(sp: &Span, depth: usize) -> String {
     };
     format!(
         "{h:02}:{m:02}:{s:02}.{ms:03} {indent}{kind} {svc}[{pid}] {method} {target} -> {status} {dur}{err}{peer}{ids}",
-        kind = match sp.kind {
-            SpanKind::Server => "SERVER",
-            SpanKind::Client => "CLIENT",
-        },
+        kind = sp.kind.as_str(),
         svc = sp.resource.service_name,
         pid = sp.resource.pid,
         method = get(semconv::HTTP_REQUEST_METHOD_ORIGINAL)
             .or_else(|| get(semconv::HTTP_REQUEST_METHOD))
             .unwrap_or_default(),
-        dur = fmt_duration(sp.end_unix_ns.saturating_sub(sp.start_unix_ns)),
-        err = if matches!(sp.status, Status::Error(_)) {
-            " ERROR"
-        } else {
-            ""
-        },
     )
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One readable line per span.

@@ -22,12 +22,13 @@ use super::{
     reader::{Handoff, ToDecode},
 };
 use crate::{
+    changes::CONFIG_VERSION_ATTRIBUTE,
     conntrack::ConnTable,
     export::Submitter,
     metrics::{Busy, Health, RecordDrops, SpanDrop, SpanDrops},
     plugins::{PluginHost, chain::MAX_BATCH},
     queue::{Limits, SpanQueue},
-    span::{Span, clock_ns},
+    span::{Span, Value, clock_ns, kv},
 };
 
 /// Batches of records the decode queue holds (each at most [`super::batch::BATCH_BYTES`]).
@@ -216,6 +217,15 @@ impl PluginStage {
             let _busy = Busy::new(&self.health.plugins_busy_since_s);
             // One chain version for the whole batch (a swap in between takes the next one).
             self.host.process(&mut spans);
+            let version = self.host.changes.version();
+            if !version.is_empty() {
+                for s in &mut spans {
+                    s.attributes.push(kv(
+                        CONFIG_VERSION_ATTRIBUTE,
+                        Value::Str(version.to_string()),
+                    ));
+                }
+            }
             self.export
                 .submit(std::mem::replace(&mut spans, Vec::with_capacity(MAX_BATCH)));
         }

@@ -88,6 +88,8 @@ pub struct Loaded {
     pub last_error: Mutex<Option<String>>,
     /// What its failures do to the batch it failed on.
     pub on_failure: OnFailure,
+    /// The share of traces its config asks for when it runs as a canary.
+    pub canary: Option<f64>,
 }
 
 /// What a plugin's failure (trap, timeout, bad result, quarantine) does to its batch: `Pass`
@@ -113,6 +115,7 @@ impl Loaded {
         interest: Interest,
         max_failures: u32,
         on_failure: OnFailure,
+        canary: Option<f64>,
     ) -> Self {
         Self {
             name,
@@ -132,6 +135,7 @@ impl Loaded {
             quarantined: AtomicBool::new(false),
             last_error: Mutex::new(None),
             on_failure,
+            canary,
         }
     }
 
@@ -233,10 +237,15 @@ impl Loaded {
             }
             f.len() as u32
         };
+        if self.max_failures == 0 {
+            // A candidate in validation: its refusal says why, there is nothing to quarantine.
+            return e;
+        }
         if n >= self.max_failures && !self.quarantined.swap(true, Relaxed) {
             tracing::error!(
                 plugin = &*self.name,
-                "failed {n} calls within {FAILURE_WINDOW:?} (last: {e}): taken out of the chain until its file changes"
+                version = &*self.hash,
+                "failed {n} calls within {FAILURE_WINDOW:?} (last: {e}): quarantined"
             );
         } else if n == 1 {
             tracing::warn!(plugin = &*self.name, "{e}");
@@ -313,6 +322,7 @@ fn to_wit(
                 kind: match s.kind {
                     SpanKind::Server => WitKind::Server,
                     SpanKind::Client => WitKind::Client,
+                    SpanKind::Internal => WitKind::Internal,
                 },
                 name: if span_name {
                     s.name.clone()
@@ -411,11 +421,85 @@ fn apply(batch: &mut Vec<Span>, verdicts: Vec<Verdict>) -> (u64, u64) {
     (dropped, edited)
 }
 
+/// A canary: a new version of a plugin trying its luck on a fraction of the traces, beside
+/// the stable version that takes the rest.
+pub struct Canary {
+    pub plugin: Arc<Loaded>,
+    /// Share of traces, 0..=1.
+    pub fraction: f64,
+}
+
+/// One place in the chain: the stable version of a plugin, and maybe its canary.
+pub struct Slot {
+    pub stable: Arc<Loaded>,
+    pub canary: Option<Canary>,
+}
+
+impl Slot {
+    pub fn new(stable: Arc<Loaded>) -> Self {
+        Self {
+            stable,
+            canary: None,
+        }
+    }
+
+    /// The version that processes the trace `trace_id`.
+    fn version_for(&self, trace_id: &[u8; 16]) -> &Arc<Loaded> {
+        match &self.canary {
+            Some(c) if canary_takes(trace_id, &c.plugin.name, c.fraction) => &c.plugin,
+            _ => &self.stable,
+        }
+    }
+
+    /// The same slot, for a new chain that changes another one.
+    pub fn copy(&self) -> Self {
+        Self {
+            stable: self.stable.clone(),
+            canary: self.canary.as_ref().map(|c| Canary {
+                plugin: c.plugin.clone(),
+                fraction: c.fraction,
+            }),
+        }
+    }
+
+    /// Runs the same versions with the same share.
+    pub fn same_as(&self, other: &Slot) -> bool {
+        Arc::ptr_eq(&self.stable, &other.stable)
+            && match (&self.canary, &other.canary) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.plugin, &b.plugin) && a.fraction == b.fraction,
+                _ => false,
+            }
+    }
+
+    /// Every version running in this slot.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Loaded>> {
+        std::iter::once(&self.stable).chain(self.canary.as_ref().map(|c| &c.plugin))
+    }
+}
+
+/// Whether the canary of plugin `name` takes the trace: a hash of the trace id and the name,
+/// so every node and every restart decides the same for one trace (its spans stay together),
+/// and canaries of different plugins take independent samples.
+pub fn canary_takes(trace_id: &[u8; 16], name: &str, fraction: f64) -> bool {
+    // FNV-1a, then the splitmix64 finalizer: fixed here, unlike std's hasher.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.as_bytes().iter().chain(trace_id) {
+        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
 /// One version of the whole chain. Batches load it once; a swap publishes a new one.
 pub struct Chain {
     pub version: u64,
-    pub plugins: Vec<Arc<Loaded>>,
+    pub slots: Vec<Slot>,
+    /// The stable versions' label (what most spans carry).
     label: Arc<str>,
+    canaries: bool,
 }
 
 /// What happened to a batch beyond the plugins' own counters.
@@ -429,12 +513,17 @@ pub struct BatchReport {
     pub quarantined: bool,
 }
 
+/// The attribute naming the plugin versions that failed on a span's batch and let it pass
+/// unprocessed (on-failure = pass).
+pub const FAILED_ATTRIBUTE: &str = "tracer.plugins.failed";
+
 impl Chain {
-    pub fn new(version: u64, plugins: Vec<Arc<Loaded>>) -> Self {
-        let label = label(plugins.iter().map(|p| &**p));
+    pub fn new(version: u64, slots: Vec<Slot>) -> Self {
+        let label = label(slots.iter().map(|s| &*s.stable));
         Self {
             version,
-            plugins,
+            canaries: slots.iter().any(|s| s.canary.is_some()),
+            slots,
             label: label.into(),
         }
     }
@@ -444,64 +533,108 @@ impl Chain {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
+        self.slots.is_empty()
     }
 
-    /// Runs every span through the chain, MAX_BATCH at a time, and marks each survivor with
-    /// the versions that processed it (a plugin that failed on its batch is not named).
+    /// The slot of plugin `name`.
+    pub fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| *s.stable.name == *name)
+    }
+
+    /// Runs every span through the chain and marks each survivor with the versions that
+    /// processed it. Without canaries the whole batch takes the stable versions; with one,
+    /// spans are grouped by the versions their trace gets, each group run on its own.
     pub fn process(&self, spans: &mut Vec<Span>) -> BatchReport {
         let mut report = BatchReport::default();
-        if self.plugins.is_empty() {
+        if self.slots.is_empty() {
             return report;
         }
-        let mut rest = std::mem::take(spans).into_iter();
-        loop {
-            let mut batch: Vec<Span> = rest.by_ref().take(MAX_BATCH).collect();
+        if !self.canaries {
+            let stable: Vec<&Arc<Loaded>> = self.slots.iter().map(|s| &s.stable).collect();
+            run_group(&stable, Some(&self.label), spans, &mut report);
+            return report;
+        }
+        let mut groups: Vec<(Vec<&Arc<Loaded>>, Vec<Span>)> = Vec::new();
+        for s in spans.drain(..) {
+            let versions: Vec<&Arc<Loaded>> = self
+                .slots
+                .iter()
+                .map(|slot| slot.version_for(&s.trace_id))
+                .collect();
+            match groups
+                .iter_mut()
+                .find(|(v, _)| v.iter().zip(&versions).all(|(a, b)| Arc::ptr_eq(a, b)))
+            {
+                Some((_, g)) => g.push(s),
+                None => groups.push((versions, vec![s])),
+            }
+        }
+        for (versions, mut group) in groups {
+            run_group(&versions, None, &mut group, &mut report);
+            spans.append(&mut group);
+        }
+        report
+    }
+}
+
+/// Runs `spans` through `plugins`, MAX_BATCH at a time; `label` is theirs when known.
+fn run_group(
+    plugins: &[&Arc<Loaded>],
+    label_all: Option<&Arc<str>>,
+    spans: &mut Vec<Span>,
+    report: &mut BatchReport,
+) {
+    let mut rest = std::mem::take(spans).into_iter();
+    loop {
+        let mut batch: Vec<Span> = rest.by_ref().take(MAX_BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let mut ran: Vec<&Loaded> = Vec::with_capacity(plugins.len());
+        let mut failed: Vec<&Loaded> = Vec::new();
+        for p in plugins {
             if batch.is_empty() {
                 break;
             }
-            let mut all_ran = true;
-            let mut ran: Vec<&Loaded> = Vec::with_capacity(self.plugins.len());
-            for p in &self.plugins {
-                if batch.is_empty() {
-                    break;
+            if p.is_quarantined() {
+                failed.push(p);
+                if p.on_failure == OnFailure::Drop {
+                    report.failed_closed += batch.len() as u64;
+                    batch.clear();
                 }
-                if p.is_quarantined() {
-                    all_ran = false;
+                continue;
+            }
+            let before = batch.len();
+            match p.run(&mut batch) {
+                Ok(()) => {
+                    report.dropped += (before - batch.len()) as u64;
+                    ran.push(p);
+                }
+                Err(_) => {
+                    failed.push(p);
+                    report.quarantined |= p.is_quarantined();
                     if p.on_failure == OnFailure::Drop {
                         report.failed_closed += batch.len() as u64;
                         batch.clear();
                     }
-                    continue;
-                }
-                let before = batch.len();
-                match p.run(&mut batch) {
-                    Ok(()) => {
-                        report.dropped += (before - batch.len()) as u64;
-                        ran.push(p);
-                    }
-                    Err(_) => {
-                        all_ran = false;
-                        report.quarantined |= p.is_quarantined();
-                        if p.on_failure == OnFailure::Drop {
-                            report.failed_closed += batch.len() as u64;
-                            batch.clear();
-                        }
-                    }
                 }
             }
-            let label: Arc<str> = if all_ran {
-                self.label.clone()
-            } else {
-                label(ran.into_iter()).into()
-            };
-            for s in &mut batch {
-                s.attributes
-                    .push(kv(CHAIN_ATTRIBUTE, Value::Str(label.to_string())));
-            }
-            spans.append(&mut batch);
         }
-        report
+        let chain: Arc<str> = match label_all {
+            Some(l) if failed.is_empty() => l.clone(),
+            _ => label(ran.into_iter()).into(),
+        };
+        let failed: Option<Arc<str>> =
+            (!failed.is_empty()).then(|| label(failed.into_iter()).into());
+        for s in &mut batch {
+            s.attributes
+                .push(kv(CHAIN_ATTRIBUTE, Value::Str(chain.to_string())));
+            if let Some(f) = &failed {
+                s.attributes
+                    .push(kv(FAILED_ATTRIBUTE, Value::Str(f.to_string())));
+            }
+        }
+        spans.append(&mut batch);
     }
 }
 

@@ -13,25 +13,26 @@ pub mod runtime;
 pub mod stats;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded, OnFailure};
+pub use chain::{CHAIN_ATTRIBUTE, Canary, Chain, FAILED_ATTRIBUTE, Loaded, OnFailure, Slot};
 use prometheus_client::metrics::family::Family;
 use runtime::{CONTRACT, Instance, Runtime};
 pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
 use stats::{Families, PluginStats};
 
 use crate::{
+    changes::{Change, Changes, Outcome as ChangeOutcome, Trigger},
     metrics::{Counter, Gauge, Registry},
     semconv,
     span::{Resource, Span, SpanKind, Status, Value, kv},
@@ -41,6 +42,13 @@ use crate::{
 pub const DEFAULT_DIR: &str = "/etc/tracer/plugins";
 /// How often the daemon looks at the plugin directory ([`watch`]).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `NAME.canary.wasm` runs beside `NAME.wasm` as its canary.
+pub const CANARY_SUFFIX: &str = ".canary";
+/// Versions no longer running whose counters /metrics keeps serving.
+const RETIRED_KEPT: usize = 16;
+/// Share of traces a canary takes unless its config says `[tracer] canary = F`.
+pub const DEFAULT_CANARY_FRACTION: f64 = 0.1;
 
 /// How an operator overrules the refusal of a file others could change.
 const ALLOW_WRITABLE: &str = "(or start the tracer with --plugins-allow-writable)";
@@ -83,8 +91,14 @@ pub enum PluginError {
     Owner { path: PathBuf, uid: u32 },
     #[error("not a WebAssembly file (no \\0asm header)")]
     NotWasm,
-    #[error("its config's [tracer] table: {0} (on-failure = \"pass\" or \"drop\")")]
+    #[error(
+        "its config's [tracer] table: {0} (on-failure = \"pass\" or \"drop\", canary = a share of traces from 0 to 1)"
+    )]
     HostSettings(String),
+    #[error(
+        "a canary needs the stable version it runs beside: there is no {stable}.wasm (rename the file to {stable}.wasm to run it on all traffic)"
+    )]
+    CanaryAlone { stable: String },
     #[error(
         "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
          (it wraps the module with wit-component for the {CONTRACT} contract)"
@@ -152,12 +166,34 @@ enum FileState {
     Rejected(String),
     /// Failed too often while running; stays out until its content changes.
     Quarantined(String),
+    /// Withdrawn by `tracer plugins rollback`; stays out until its content changes.
+    RolledBack(String),
+}
+
+impl FileState {
+    fn label(&self) -> Option<&'static str> {
+        match self {
+            FileState::Active => None,
+            FileState::Rejected(_) => Some("rejected"),
+            FileState::Quarantined(_) => Some("quarantined"),
+            FileState::RolledBack(_) => Some("rolled_back"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 struct FileRecord {
     hash: String,
     state: FileState,
+}
+
+/// What the host takes from a plugin's config (its `[tracer]` table), and the rest.
+struct HostSettings {
+    on_failure: OnFailure,
+    /// The share of traces, when this version runs as a canary.
+    canary: Option<f64>,
+    /// What the plugin's `init` gets.
+    plugin_config: String,
 }
 
 /// The outcome of one reload, for logs and the admin endpoint.
@@ -176,6 +212,28 @@ pub struct ReloadReport {
 }
 
 impl ReloadReport {
+    /// What changed, one item each, for the reload's event.
+    pub fn changes(&self) -> Vec<String> {
+        let mut what: Vec<String> = self.loaded.iter().map(|l| format!("loaded {l}")).collect();
+        what.extend(self.unloaded.iter().map(|u| format!("unloaded {u}")));
+        what.extend(
+            self.rejected
+                .iter()
+                .map(|(n, why)| format!("refused {n}: {why}")),
+        );
+        what
+    }
+
+    pub fn outcome(&self) -> ChangeOutcome {
+        if !self.rejected.is_empty() {
+            ChangeOutcome::rejected
+        } else if self.swapped_to.is_some() {
+            ChangeOutcome::applied
+        } else {
+            ChangeOutcome::unchanged
+        }
+    }
+
     pub fn summary(&self, chain: &Chain) -> String {
         let mut parts = vec![match self.swapped_to {
             Some(v) => format!(
@@ -206,13 +264,21 @@ pub struct PluginHost {
     pub settings: Settings,
     chain: ArcSwap<Chain>,
     next_version: AtomicU64,
+    /// By version (`name@hash`): each version counts on its own.
     stats: Mutex<HashMap<String, Arc<PluginStats>>>,
+    /// The version each plugin ran before its current one, while it worked: where a
+    /// quarantine or `tracer plugins rollback` goes back to.
+    previous: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Versions that stopped running, oldest first, whose counters are still served.
+    retired: Mutex<VecDeque<String>>,
     files: Mutex<BTreeMap<String, FileRecord>>,
     last_error: Mutex<Option<String>>,
     /// One reload at a time (watcher, SIGHUP and the admin endpoint may race).
     reloading: Mutex<()>,
     families: Families,
     pub metrics: HostMetrics,
+    /// Where every change of the chain is reported.
+    pub changes: Arc<Changes>,
 }
 
 /// What the host counts, and gauges of the chain and the files it runs.
@@ -223,7 +289,7 @@ pub struct HostMetrics {
     pub reloads: Counter,
     pub reload_failures: Counter,
     chain_version: Gauge,
-    active: Family<[(&'static str, String); 2], Gauge>,
+    active: Family<[(&'static str, String); 3], Gauge>,
     not_running: Family<[(&'static str, String); 2], Gauge>,
 }
 
@@ -232,7 +298,7 @@ impl HostMetrics {
         let active = Family::default();
         reg.register(
             "plugin_active",
-            "1 for each plugin in the running chain",
+            "1 for each plugin version in the running chain, by role (stable or canary)",
             active.clone(),
         );
         let not_running = Family::default();
@@ -261,11 +327,14 @@ impl PluginHost {
             chain: ArcSwap::from_pointee(Chain::new(0, Vec::new())),
             next_version: AtomicU64::new(1),
             stats: Mutex::default(),
+            previous: Mutex::default(),
+            retired: Mutex::default(),
             files: Mutex::default(),
             last_error: Mutex::default(),
             reloading: Mutex::default(),
             families: Families::register(reg),
             metrics: HostMetrics::new(reg),
+            changes: Arc::new(Changes::new(reg)),
         })
     }
 
@@ -285,45 +354,53 @@ impl PluginHost {
         self.metrics.spans_failed.inc_by(r.failed_closed);
         if r.quarantined {
             drop(chain);
-            self.remove_quarantined();
+            self.handle_quarantine();
         }
     }
 
-    fn stats_for(&self, name: &str) -> Arc<PluginStats> {
+    fn stats_for(&self, name: &str, hash: &str) -> Arc<PluginStats> {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        s.entry(name.to_owned())
-            .or_insert_with(|| Arc::new(self.families.stats(name)))
+        s.entry(format!("{name}@{hash}"))
+            .or_insert_with(|| Arc::new(self.families.stats(name, hash)))
             .clone()
     }
 
     /// What the host takes from a plugin's config: its `[tracer]` table (`on-failure`), which
     /// the plugin never sees. Without one, `--plugins-fail-closed` decides.
-    fn host_settings(&self, config: &str) -> Result<(OnFailure, String), PluginError> {
+    fn host_settings(&self, config: &str) -> Result<HostSettings, PluginError> {
         let default = if self.settings.fail_closed {
             OnFailure::Drop
         } else {
             OnFailure::Pass
         };
+        let mut out = HostSettings {
+            on_failure: default,
+            canary: None,
+            plugin_config: config.to_owned(),
+        };
         // Not TOML, or no [tracer] table: the plugin's own business, handed over as it is.
         let Ok(mut table) = config.parse::<toml::Table>() else {
-            return Ok((default, config.to_owned()));
+            return Ok(out);
         };
         let Some(host) = table.remove("tracer") else {
-            return Ok((default, config.to_owned()));
+            return Ok(out);
         };
         let bad = |why: &str| PluginError::HostSettings(why.to_owned());
         let host = host.as_table().ok_or_else(|| bad("not a table"))?;
-        let mut on_failure = default;
         for (k, v) in host {
             match (k.as_str(), v.as_str()) {
-                ("on-failure", Some("pass")) => on_failure = OnFailure::Pass,
-                ("on-failure", Some("drop")) => on_failure = OnFailure::Drop,
+                ("on-failure", Some("pass")) => out.on_failure = OnFailure::Pass,
+                ("on-failure", Some("drop")) => out.on_failure = OnFailure::Drop,
                 ("on-failure", _) => return Err(bad(&format!("on-failure = {v}"))),
+                ("canary", _) => match v.as_float().or(v.as_integer().map(|i| i as f64)) {
+                    Some(f) if (0.0..=1.0).contains(&f) => out.canary = Some(f),
+                    _ => return Err(bad(&format!("canary = {v}"))),
+                },
                 _ => return Err(bad(&format!("unknown key {k:?}"))),
             }
         }
-        let rest = toml::to_string(&table).map_err(|e| bad(&e.to_string()))?;
-        Ok((on_failure, rest))
+        out.plugin_config = toml::to_string(&table).map_err(|e| bad(&e.to_string()))?;
+        Ok(out)
     }
 
     /// Compiles, instantiates and validates a plugin: the contract, `init(config)`, and a
@@ -336,14 +413,19 @@ impl PluginHost {
         config: &str,
     ) -> Result<Arc<Loaded>, PluginError> {
         let pre = self.runtime.compile_cached(wasm)?;
-        let (on_failure, plugin_config) = self.host_settings(config)?;
+        let HostSettings {
+            on_failure,
+            canary,
+            plugin_config,
+        } = self.host_settings(config)?;
+        let hash = content_hash(wasm, config);
         let name: Arc<str> = name.into();
         let limits = &self.settings.limits;
         let start = |stats: Arc<PluginStats>, self_test: bool| {
             Instance::start(&pre, name.clone(), stats, limits, &plugin_config, self_test)
         };
         // Counted nowhere: the self-test is not the plugin's work.
-        let test_stats = Arc::new(Families::default().stats(&name));
+        let test_stats = Arc::new(Families::default().stats(&name, &hash));
         let (inst, interest) = start(test_stats.clone(), true)?;
         let probe = Loaded::new(
             name.clone(),
@@ -355,17 +437,19 @@ impl PluginHost {
             test_stats,
             inst,
             interest,
-            1,
+            // A candidate: its failure refuses it, it has no quarantine to go to.
+            0,
             on_failure,
+            None,
         );
         let mut sample = samples();
         probe.run(&mut sample).map_err(PluginError::SelfTest)?;
-        let stats = self.stats_for(&name);
+        let stats = self.stats_for(&name, &hash);
         let (inst, interest) = start(stats.clone(), false)?;
         Ok(Arc::new(Loaded::new(
             name,
             file.to_owned(),
-            content_hash(wasm, config),
+            hash,
             // What a restarted instance's init gets: the plugin's part only.
             plugin_config.clone(),
             pre,
@@ -375,14 +459,20 @@ impl PluginHost {
             interest,
             self.settings.max_failures,
             on_failure,
+            canary,
         )))
     }
 
-    /// Publishes a new chain; returns its version.
+    /// Publishes a chain of these plugins, each alone in its slot; returns its version.
     pub fn install(&self, plugins: Vec<Arc<Loaded>>) -> u64 {
+        self.install_slots(plugins.into_iter().map(Slot::new).collect())
+    }
+
+    fn install_slots(&self, slots: Vec<Slot>) -> u64 {
         let v = self.next_version.fetch_add(1, Relaxed);
-        self.chain.store(Arc::new(Chain::new(v, plugins)));
+        self.chain.store(Arc::new(Chain::new(v, slots)));
         self.publish();
+        self.forget_unused_stats();
         v
     }
 
@@ -392,75 +482,305 @@ impl PluginHost {
         let chain = self.chain.load_full();
         m.chain_version.set(chain.version as i64);
         m.active.clear();
-        for p in &chain.plugins {
-            m.active
-                .get_or_create(&[("plugin", p.name.to_string()), ("hash", p.hash.clone())])
-                .set(1);
+        for slot in &chain.slots {
+            for p in slot.versions() {
+                let role = if Arc::ptr_eq(p, &slot.stable) {
+                    "stable"
+                } else {
+                    "canary"
+                };
+                m.active
+                    .get_or_create(&[
+                        ("plugin", p.name.to_string()),
+                        ("version", p.hash.clone()),
+                        ("role", role.to_string()),
+                    ])
+                    .set(1);
+            }
         }
         let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
         m.not_running.clear();
         for (n, r) in files {
-            let state = match r.state {
-                FileState::Active => continue,
-                FileState::Rejected(_) => "rejected",
-                FileState::Quarantined(_) => "quarantined",
-            };
-            m.not_running
-                .get_or_create(&[("plugin", n), ("state", state.to_string())])
-                .set(1);
+            if let Some(state) = r.state.label() {
+                m.not_running
+                    .get_or_create(&[("plugin", n), ("state", state.to_string())])
+                    .set(1);
+            }
         }
     }
 
-    fn remove_quarantined(&self) {
-        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.chain.load_full();
-        // A plugin that drops on failure stays in the chain while quarantined, dropping every
-        // batch: taking it out would let spans through unprocessed (a redactor's, unredacted).
-        let (bad, good): (Vec<_>, Vec<_>) = cur
-            .plugins
+    /// Keeps the counters of versions that no longer run for a while (they say what a removed
+    /// or quarantined version did), then forgets the oldest: /metrics stays bounded however
+    /// often plugins change.
+    fn forget_unused_stats(&self) {
+        let chain = self.chain.load_full();
+        let previous = self.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let live: Vec<String> = chain
+            .slots
             .iter()
-            .cloned()
-            .partition(|p| p.is_quarantined() && p.on_failure == OnFailure::Pass);
-        for p in cur
-            .plugins
-            .iter()
-            .filter(|p| p.is_quarantined() && p.on_failure == OnFailure::Drop)
-        {
-            tracing::error!(
-                "plugin {} failed repeatedly: it stays in the chain and every batch is dropped \
-                 (on-failure = drop) until its file or config changes",
-                p.name
-            );
+            .flat_map(Slot::versions)
+            .chain(previous.values())
+            .map(|p| p.id())
+            .collect();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|id| !live.contains(id));
+        for id in stats.keys() {
+            if !live.contains(id) && !retired.contains(id) {
+                retired.push_back(id.clone());
+            }
         }
-        if bad.is_empty() {
+        while retired.len() > RETIRED_KEPT {
+            if let Some(st) = retired.pop_front().and_then(|id| stats.remove(&id)) {
+                self.families.forget(&st);
+            }
+        }
+    }
+
+    /// Reports a change of the chain (a reload's, a quarantine's, a rollback's...).
+    pub fn report(
+        &self,
+        trigger: Trigger,
+        started: (SystemTime, Instant),
+        what: Vec<String>,
+        outcome: ChangeOutcome,
+    ) {
+        self.changes.record(Change {
+            trigger,
+            outcome,
+            started: started.0,
+            duration: started.1.elapsed(),
+            what,
+            chain: self.chain.load().label().to_owned(),
+        });
+    }
+
+    /// After a plugin reached its failure limit: a canary goes (its stable version takes all
+    /// traffic again), a stable version goes back to the version before it when there is
+    /// one. Without one, a plugin that drops on failure stays, dropping every batch (taking it
+    /// out would let spans through unprocessed: a redactor's, unredacted); one that passes
+    /// on failure is taken out.
+    fn handle_quarantine(&self) {
+        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let t0 = (SystemTime::now(), Instant::now());
+        let cur = self.chain.load_full();
+        let mut what = Vec::new();
+        let mut out = Vec::new();
+        let mut slots = Vec::new();
+        for slot in &cur.slots {
+            let mut next = Slot {
+                stable: slot.stable.clone(),
+                canary: None,
+            };
+            match &slot.canary {
+                Some(c) if c.plugin.is_quarantined() => {
+                    what.push(format!(
+                        "canary {} failed repeatedly: rolled back, {} takes all traffic",
+                        c.plugin.id(),
+                        slot.stable.id()
+                    ));
+                    out.push((
+                        format!("{}{CANARY_SUFFIX}", c.plugin.name),
+                        c.plugin.clone(),
+                    ));
+                }
+                Some(c) => {
+                    next.canary = Some(Canary {
+                        plugin: c.plugin.clone(),
+                        fraction: c.fraction,
+                    })
+                }
+                None => {}
+            }
+            if slot.stable.is_quarantined() {
+                let prev = self
+                    .previous
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&*slot.stable.name));
+                out.push((slot.stable.name.to_string(), slot.stable.clone()));
+                match prev {
+                    Some(p) => {
+                        what.push(format!(
+                            "{} failed repeatedly: rolled back to {}",
+                            slot.stable.id(),
+                            p.id()
+                        ));
+                        next.stable = p;
+                    }
+                    None if slot.stable.on_failure == OnFailure::Drop => {
+                        what.push(format!(
+                            "{} failed repeatedly and has no earlier version: it stays in the \
+                             chain and every batch is dropped (on-failure = drop) until its file \
+                             or config changes",
+                            slot.stable.id()
+                        ));
+                    }
+                    None => {
+                        what.push(format!(
+                            "{} failed repeatedly and has no earlier version: taken out of the \
+                             chain until its file or config changes",
+                            slot.stable.id()
+                        ));
+                        continue;
+                    }
+                }
+            }
+            slots.push(next);
+        }
+        if what.is_empty() {
             return;
         }
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        for p in &bad {
-            let why = p
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or_default();
-            files.insert(
-                p.name.to_string(),
-                FileRecord {
-                    hash: p.hash.clone(),
-                    state: FileState::Quarantined(why),
-                },
-            );
+        {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            for (file, p) in &out {
+                let why = p
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_default();
+                files.insert(
+                    file.clone(),
+                    FileRecord {
+                        hash: p.hash.clone(),
+                        state: FileState::Quarantined(why),
+                    },
+                );
+            }
         }
-        drop(files);
-        let v = self.install(good);
-        tracing::error!(
-            "plugin chain v{v}: took out {} after repeated failures",
-            bad.iter().map(|p| p.id()).collect::<Vec<_>>().join(", ")
+        let v = self.install_slots(slots);
+        for w in &what {
+            tracing::error!("plugin chain v{v}: {w}");
+        }
+        self.report(Trigger::quarantine, t0, what, ChangeOutcome::applied);
+    }
+
+    /// `tracer plugins rollback NAME`: stops the canary of `name` when one runs, otherwise
+    /// goes back to the version that ran before the current one. The withdrawn file stays
+    /// out until its content changes (a restart loads the directory as it is).
+    pub fn rollback(&self, name: &str) -> Result<String, String> {
+        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let t0 = (SystemTime::now(), Instant::now());
+        let cur = self.chain.load_full();
+        let Some(i) = cur.slots.iter().position(|s| *s.stable.name == *name) else {
+            return Err(self.not_in_chain(name, &cur));
+        };
+        let slot = &cur.slots[i];
+        let (file, withdrawn, next, msg) = match &slot.canary {
+            Some(c) => (
+                format!("{name}{CANARY_SUFFIX}"),
+                c.plugin.clone(),
+                Slot::new(slot.stable.clone()),
+                format!(
+                    "stopped canary {}: {} takes all traffic",
+                    c.plugin.id(),
+                    slot.stable.id()
+                ),
+            ),
+            None => {
+                let prev = self.previous.lock().ok().and_then(|mut p| p.remove(name));
+                let Some(prev) = prev else {
+                    return Err(format!(
+                        "{name}: no earlier version ran since the tracer started, nothing to go \
+                         back to (put the old file back in the plugin directory instead)"
+                    ));
+                };
+                let msg = format!(
+                    "rolled back {} to {}; {}.wasm stays out until it changes",
+                    slot.stable.id(),
+                    prev.id(),
+                    name
+                );
+                (name.to_owned(), slot.stable.clone(), Slot::new(prev), msg)
+            }
+        };
+        self.record(
+            &file,
+            withdrawn.hash.clone(),
+            FileState::RolledBack(format!("withdrawn by rollback ({})", withdrawn.id())),
         );
+        let mut slots: Vec<Slot> = cur.slots.iter().map(Slot::copy).collect();
+        slots[i] = next;
+        let v = self.install_slots(slots);
+        tracing::warn!("plugin chain v{v}: {msg}");
+        self.report(
+            Trigger::rollback,
+            t0,
+            vec![msg.clone()],
+            ChangeOutcome::applied,
+        );
+        Ok(msg)
+    }
+
+    /// `tracer plugins promote NAME`: the canary becomes the stable version, on disk too
+    /// (`NAME.canary.wasm` and its config are renamed over `NAME.wasm`'s), so a restart
+    /// runs it as well. The old stable version is kept to roll back to.
+    pub fn promote(&self, name: &str) -> Result<String, String> {
+        let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let t0 = (SystemTime::now(), Instant::now());
+        let cur = self.chain.load_full();
+        let Some(i) = cur.slots.iter().position(|s| *s.stable.name == *name) else {
+            return Err(self.not_in_chain(name, &cur));
+        };
+        let slot = &cur.slots[i];
+        let Some(c) = &slot.canary else {
+            return Err(format!("{name} has no canary running: nothing to promote"));
+        };
+        let Some(dir) = &self.settings.dir else {
+            return Err("plugins are off".into());
+        };
+        let path = |suffix: &str, ext: &str| dir.join(format!("{name}{suffix}.{ext}"));
+        // The config first: the watcher, which waits for this lock, never sees the new module
+        // with the old config.
+        let canary_toml = path(CANARY_SUFFIX, "toml");
+        if canary_toml.exists() {
+            std::fs::rename(&canary_toml, path("", "toml"))
+                .map_err(|e| format!("cannot rename {}: {e}", canary_toml.display()))?;
+        }
+        let canary_wasm = path(CANARY_SUFFIX, "wasm");
+        std::fs::rename(&canary_wasm, path("", "wasm"))
+            .map_err(|e| format!("cannot rename {}: {e}", canary_wasm.display()))?;
+        if let Ok(mut p) = self.previous.lock() {
+            p.insert(name.to_owned(), slot.stable.clone());
+        }
+        if let Ok(mut f) = self.files.lock() {
+            f.remove(&format!("{name}{CANARY_SUFFIX}"));
+        }
+        self.record(name, c.plugin.hash.clone(), FileState::Active);
+        let msg = format!(
+            "promoted canary {} to all traffic (was {}); `tracer plugins rollback {name}` goes back",
+            c.plugin.id(),
+            slot.stable.id()
+        );
+        let mut slots: Vec<Slot> = cur.slots.iter().map(Slot::copy).collect();
+        slots[i] = Slot::new(c.plugin.clone());
+        let v = self.install_slots(slots);
+        tracing::info!("plugin chain v{v}: {msg}");
+        self.report(
+            Trigger::promote,
+            t0,
+            vec![msg.clone()],
+            ChangeOutcome::applied,
+        );
+        Ok(msg)
+    }
+
+    fn not_in_chain(&self, name: &str, chain: &Chain) -> String {
+        let names: Vec<&str> = chain.slots.iter().map(|s| &*s.stable.name).collect();
+        format!(
+            "no plugin {name:?} in the chain (running: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
     }
 
     /// Re-reads the plugin directory and swaps in what changed. Unchanged files keep their
     /// running instance; a file that fails keeps the last good version of that plugin.
+    /// `NAME.canary.wasm` runs beside `NAME.wasm` on a share of the traces.
     pub fn reload_dir(&self) -> ReloadReport {
         let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = ReloadReport::default();
@@ -479,35 +799,66 @@ impl PluginHost {
                 return report;
             }
         };
+        let (canaries, stables): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .partition(|e| e.name.ends_with(CANARY_SUFFIX));
         let current = self.chain.load_full();
-        let by_name: HashMap<&str, &Arc<Loaded>> =
-            current.plugins.iter().map(|p| (&*p.name, p)).collect();
         let mut next = Vec::new();
         let mut last_validated = None;
-        for e in &entries {
-            let old = by_name.get(e.name.as_str()).copied();
-            match self.load_entry(e, old) {
-                Ok(Some(p)) => {
-                    if old.is_none_or(|o| !Arc::ptr_eq(o, &p)) {
-                        report.loaded.push(p.id());
+        for e in &stables {
+            let old = current.slot(&e.name);
+            let Some(stable) = self.load_slot_part(e, &e.name, old.map(|s| &s.stable), &mut report)
+            else {
+                continue;
+            };
+            let old_stable = old.map(|s| &s.stable);
+            if old_stable.is_none_or(|o| !Arc::ptr_eq(o, &stable)) {
+                last_validated = Some(Instant::now());
+            }
+            if let Some(o) = old_stable
+                && !Arc::ptr_eq(o, &stable)
+                && !o.is_quarantined()
+                && let Ok(mut p) = self.previous.lock()
+            {
+                p.insert(e.name.clone(), o.clone());
+            }
+            let mut slot = Slot::new(stable);
+            let canary_file = format!("{}{CANARY_SUFFIX}", e.name);
+            if let Some(c) = canaries.iter().find(|c| c.name == canary_file) {
+                // A canary's config is its own .canary.toml, else its stable version's.
+                let c = dir::Entry {
+                    config: c.config.clone().or_else(|| e.config.clone()),
+                    ..(*c).clone()
+                };
+                let old_c = old.and_then(|s| s.canary.as_ref()).map(|c| &c.plugin);
+                if let Some(p) = self.load_slot_part(&c, &e.name, old_c, &mut report) {
+                    if old_c.is_none_or(|o| !Arc::ptr_eq(o, &p)) {
                         last_validated = Some(Instant::now());
                     }
-                    next.push(p);
+                    slot.canary = Some(Canary {
+                        fraction: p.canary.unwrap_or(DEFAULT_CANARY_FRACTION),
+                        plugin: p,
+                    });
                 }
-                Ok(None) => {}
-                Err(Outcome::Pending) => {
-                    report.pending.push(e.name.clone());
-                    next.extend(old.cloned());
-                }
-                Err(Outcome::Rejected(why)) => {
-                    report.rejected.push((e.name.clone(), why));
-                    next.extend(old.cloned());
-                }
-                Err(Outcome::Unchanged) => next.extend(old.cloned()),
+            }
+            next.push(slot);
+        }
+        for c in &canaries {
+            let stable = c.name.trim_end_matches(CANARY_SUFFIX);
+            if !stables.iter().any(|e| e.name == stable) {
+                let why = PluginError::CanaryAlone {
+                    stable: stable.to_owned(),
+                };
+                self.refused(&c.name, String::new(), &why);
+                report.rejected.push((c.name.clone(), why));
             }
         }
-        for p in &current.plugins {
-            if !entries.iter().any(|e| *e.name == *p.name) {
+        for p in current.slots.iter().flat_map(Slot::versions) {
+            if !next
+                .iter()
+                .flat_map(Slot::versions)
+                .any(|n| Arc::ptr_eq(n, p))
+            {
                 report.unloaded.push(p.id());
             }
         }
@@ -515,13 +866,13 @@ impl PluginHost {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             files.retain(|n, _| entries.iter().any(|e| &e.name == n));
         }
-        let same = next.len() == current.plugins.len()
-            && next
-                .iter()
-                .zip(&current.plugins)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if let Ok(mut p) = self.previous.lock() {
+            p.retain(|n, _| stables.iter().any(|e| &e.name == n));
+        }
+        let same = next.len() == current.slots.len()
+            && next.iter().zip(&current.slots).all(|(a, b)| a.same_as(b));
         if !same {
-            let v = self.install(next);
+            let v = self.install_slots(next);
             report.swapped_to = Some(v);
             report.swap_time = last_validated.map(|t| t.elapsed());
             self.metrics.reloads.inc();
@@ -530,13 +881,50 @@ impl PluginHost {
         report
     }
 
-    /// Loads one directory entry unless its content is what already runs (or was already
-    /// refused). Ok(None): quarantined and unchanged, so it stays out.
+    /// One version of a slot from its file: the new one, the one running when the file is
+    /// unchanged or refused, or None when there is neither.
+    fn load_slot_part(
+        &self,
+        e: &dir::Entry,
+        plugin: &str,
+        old: Option<&Arc<Loaded>>,
+        report: &mut ReloadReport,
+    ) -> Option<Arc<Loaded>> {
+        match self.load_entry(e, plugin, old) {
+            Ok(p) => {
+                if old.is_none_or(|o| !Arc::ptr_eq(o, &p)) {
+                    let role = if e.name.ends_with(CANARY_SUFFIX) {
+                        format!(
+                            " (canary, {:.0}% of traces)",
+                            100.0 * p.canary.unwrap_or(DEFAULT_CANARY_FRACTION)
+                        )
+                    } else {
+                        String::new()
+                    };
+                    report.loaded.push(format!("{}{role}", p.id()));
+                }
+                Some(p)
+            }
+            Err(Outcome::Pending) => {
+                report.pending.push(e.name.clone());
+                old.cloned()
+            }
+            Err(Outcome::Rejected(why)) => {
+                report.rejected.push((e.name.clone(), why));
+                old.cloned()
+            }
+            Err(Outcome::Unchanged) => old.cloned(),
+        }
+    }
+
+    /// Loads one directory entry unless its content is what already runs, or was already
+    /// refused, quarantined or rolled back (then what runs stays).
     fn load_entry(
         &self,
         e: &dir::Entry,
+        plugin: &str,
         old: Option<&Arc<Loaded>>,
-    ) -> Result<Option<Arc<Loaded>>, Outcome> {
+    ) -> Result<Arc<Loaded>, Outcome> {
         let allow = self.settings.allow_writable;
         let read = |p: &Path| {
             dir::read_settled(p, allow).map_err(|err| match err {
@@ -565,22 +953,19 @@ impl PluginHost {
         if let Some(o) = old
             && o.hash == hash
         {
-            return Ok(Some(o.clone()));
+            return Ok(o.clone());
         }
         let prev = self.files.lock().ok().and_then(|f| f.get(&e.name).cloned());
         if let Some(r) = prev
             && r.hash == hash
+            && r.state.label().is_some()
         {
-            match r.state {
-                FileState::Quarantined(_) => return Ok(None),
-                FileState::Rejected(_) => return Err(Outcome::Unchanged),
-                FileState::Active => {}
-            }
+            return Err(Outcome::Unchanged);
         }
-        match self.load(&e.name, &e.wasm, &wasm, &config) {
+        match self.load(plugin, &e.wasm, &wasm, &config) {
             Ok(p) => {
                 self.record(&e.name, hash, FileState::Active);
-                Ok(Some(p))
+                Ok(p)
             }
             Err(why) => {
                 self.refused(&e.name, hash, &why);
@@ -614,39 +999,49 @@ impl PluginHost {
         use serde_json::json;
         let chain = self.chain.load_full();
         let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
-        let plugins: Vec<_> = chain
-            .plugins
-            .iter()
-            .map(|p| {
-                let (attrs, res, name) = p.interest();
-                let counters: serde_json::Map<_, _> = p
-                    .stats
-                    .snapshot()
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), json!(v)))
-                    .collect();
-                json!({
-                    "name": &*p.name,
-                    "hash": p.hash,
-                    "file": p.file.display().to_string(),
-                    "state": "active",
-                    "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                    "interest": {"attributes": attrs, "resource_attributes": res, "span_name": name},
-                    "counters": counters,
-                    "call_seconds": p.stats.call_seconds.get(),
-                    "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
-                })
+        let describe = |p: &Arc<Loaded>, role: &str, fraction: Option<f64>| {
+            let (attrs, res, name) = p.interest();
+            let counters: serde_json::Map<_, _> = p
+                .stats
+                .snapshot()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), json!(v)))
+                .collect();
+            json!({
+                "name": &*p.name,
+                "hash": p.hash,
+                "role": role,
+                "canary_fraction": fraction,
+                "file": p.file.display().to_string(),
+                "state": if p.is_quarantined() { "quarantined" } else { "active" },
+                "on_failure": match p.on_failure { OnFailure::Pass => "pass", OnFailure::Drop => "drop" },
+                "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "interest": {"attributes": attrs, "resource_attributes": res, "span_name": name},
+                "counters": counters,
+                "call_seconds": p.stats.call_seconds.get(),
+                "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
             })
+        };
+        let previous = self.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut plugins = Vec::new();
+        for slot in &chain.slots {
+            plugins.push(describe(&slot.stable, "stable", None));
+            if let Some(c) = &slot.canary {
+                plugins.push(describe(&c.plugin, "canary", Some(c.fraction)));
+            }
+        }
+        let rollback_to: serde_json::Map<_, _> = previous
+            .iter()
+            .map(|(n, p)| (n.clone(), json!(p.id())))
             .collect();
         let others: Vec<_> = files
             .iter()
             .filter_map(|(n, r)| match &r.state {
                 FileState::Active => None,
-                FileState::Rejected(why) => {
-                    Some(json!({"name": n, "state": "rejected", "error": why}))
-                }
-                FileState::Quarantined(why) => {
-                    Some(json!({"name": n, "state": "quarantined", "error": why}))
+                FileState::Rejected(why)
+                | FileState::Quarantined(why)
+                | FileState::RolledBack(why) => {
+                    Some(json!({"name": n, "state": r.state.label(), "error": why}))
                 }
             })
             .collect();
@@ -655,6 +1050,8 @@ impl PluginHost {
             "chain": {"version": chain.version, "label": chain.label()},
             "plugins": plugins,
             "not_running": others,
+            "rollback_to": rollback_to,
+            "recent_changes": self.changes.recent(),
             "reloads": self.metrics.reloads.get(),
             "reload_failures": self.metrics.reload_failures.get(),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
@@ -803,7 +1200,7 @@ pub async fn watch(host: Arc<PluginHost>, every: Duration) {
             .await
             .unwrap_or_default();
         if now != applied && now == last {
-            let (r, _) = reload(host.clone()).await;
+            let (r, _) = reload(host.clone(), Some(Trigger::file_watch)).await;
             if r.pending.is_empty() {
                 applied = now.clone();
             }
@@ -813,11 +1210,16 @@ pub async fn watch(host: Arc<PluginHost>, every: Duration) {
 }
 
 /// Reloads the directory off the async threads (compiling takes milliseconds per plugin) and
-/// logs one line: info when all went well, warn when a file was refused.
-pub async fn reload(host: Arc<PluginHost>) -> (ReloadReport, String) {
+/// logs one line: info when all went well, warn when a file was refused. With a trigger, the
+/// reload is also reported as a change (without, the caller reports it with its own).
+pub async fn reload(host: Arc<PluginHost>, trigger: Option<Trigger>) -> (ReloadReport, String) {
     let (r, msg) = tokio::task::spawn_blocking(move || {
+        let t0 = (SystemTime::now(), Instant::now());
         let r = host.reload_dir();
         let msg = r.summary(&host.chain());
+        if let Some(t) = trigger {
+            host.report(t, t0, r.changes(), r.outcome());
+        }
         (r, msg)
     })
     .await

@@ -1,5 +1,6 @@
-//! Per-plugin counters: one family per counter, labelled by plugin. A plugin's members live
-//! as long as its name, across reloads, so the counters stay monotonic when it is swapped.
+//! Per-version counters: one family per counter, labelled by plugin and version (the content
+//! hash), so a canary and its stable version, or a new version and the one it replaced, are
+//! told apart. A version's series live while it runs or can be rolled back to.
 use std::sync::{Arc, Mutex, atomic::AtomicU64};
 
 use prometheus_client::metrics::family::Family;
@@ -11,8 +12,8 @@ const MAX_CUSTOM: usize = 32;
 /// Log lines one plugin may write per second.
 const LOGS_PER_S: u64 = 20;
 
-type Label = [(&'static str, Arc<str>); 1];
-type CustomLabels = [(&'static str, Arc<str>); 2];
+type Label = [(&'static str, Arc<str>); 2];
+type CustomLabels = [(&'static str, Arc<str>); 3];
 /// Seconds, counted in f64 (an atomic u64 holding the bits).
 pub type Seconds = Counter<f64, AtomicU64>;
 
@@ -44,17 +45,25 @@ macro_rules! plugin_counters {
                 f
             }
 
-            /// The counters of plugin `name`, created at 0 the first time.
-            pub fn stats(&self, name: &str) -> PluginStats {
-                let plugin: Arc<str> = name.into();
-                let label = [("plugin", plugin.clone())];
+            /// The counters of version `hash` of plugin `name`, created at 0 the first time.
+            pub fn stats(&self, name: &str, hash: &str) -> PluginStats {
+                let label: Label = [("plugin", name.into()), ("version", hash.into())];
                 PluginStats {
                     $($field: self.$field.get_or_create_owned(&label),)*
                     call_seconds: self.call_seconds.get_or_create_owned(&label),
                     custom: self.custom.clone(),
-                    plugin,
                     custom_names: Mutex::default(),
                     log_window: Mutex::default(),
+                    label,
+                }
+            }
+
+            /// Removes a version's series from /metrics.
+            pub fn forget(&self, st: &PluginStats) {
+                $(self.$field.remove(&st.label);)*
+                self.call_seconds.remove(&st.label);
+                for n in st.custom_names.lock().map(|n| n.clone()).unwrap_or_default() {
+                    self.custom.remove(&st.custom_label(&n));
                 }
             }
         }
@@ -65,7 +74,7 @@ macro_rules! plugin_counters {
             /// Time spent in the plugin's calls.
             pub call_seconds: Seconds,
             custom: Family<CustomLabels, Counter>,
-            plugin: Arc<str>,
+            label: Label,
             custom_names: Mutex<Vec<String>>,
             log_window: Mutex<(u64, u64)>,
         }
@@ -103,8 +112,13 @@ impl PluginStats {
             names.push(name.to_owned());
         }
         self.custom
-            .get_or_create(&[("plugin", self.plugin.clone()), ("name", name.into())])
+            .get_or_create(&self.custom_label(name))
             .inc_by(delta);
+    }
+
+    fn custom_label(&self, name: &str) -> CustomLabels {
+        let [plugin, version] = self.label.clone();
+        [plugin, version, ("name", name.into())]
     }
 
     /// A token bucket of one second: at most LOGS_PER_S lines.
