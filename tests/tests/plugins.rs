@@ -163,3 +163,195 @@ fn dropping_a_sampler_in_changes_spans_live_and_removing_it_changes_them_back() 
         "{metrics}"
     );
 }
+
+/// The chain label and the whole answer of `GET /plugins`.
+fn plugin_status(tracer: &Tracer) -> Value {
+    let (code, body) = tracer.admin("GET", "/plugins");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("GET /plugins is JSON")
+}
+
+/// Policy changes reach the backend: a plugin dropped in, its config changed, and a rollback
+/// by hand are spans of the tracer's own service at a real collector (rotel), and the request
+/// spans name the chain and the settings version that produced them.
+#[test]
+fn policy_changes_arrive_at_the_collector_as_spans_of_the_tracer() {
+    let Some(_g) = setup_with_curl() else { return };
+    let agent = rotel_agent();
+    if !require("rotel (pip install rotel)", agent.is_some()) {
+        return;
+    }
+    let Some(enricher) = component("enricher.wasm") else {
+        return;
+    };
+    let collector = Collector::start(&agent.unwrap());
+    let server = Server::test_server();
+    let dir = TempDir::new("policy-otlp");
+    let endpoint = format!("http://127.0.0.1:{}", collector.http_port);
+    let tracer = Tracer::start_with(
+        &[
+            "--port",
+            &server.port().to_string(),
+            "--plugins-dir",
+            &dir.path().display().to_string(),
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+        false,
+    );
+    fs::write(dir.join("10-e.toml"), "[attributes]\nv = \"a\"\n").unwrap();
+    fs::write(dir.join("10-e.wasm"), &enricher).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || chain_label(&tracer)
+        .starts_with("10-e@")));
+    let first = chain_label(&tracer);
+    fs::write(dir.join("10-e.toml"), "[attributes]\nv = \"b\"\n").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = chain_label(&tracer);
+        l.starts_with("10-e@") && l != first
+    }));
+    assert_eq!(
+        plugin_status(&tracer)["rollback_to"]["10-e"],
+        first.as_str()
+    );
+    let (code, body) = tracer.admin("POST", "/plugins/10-e/rollback");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("to {first}")), "{body}");
+    assert_eq!(chain_label(&tracer), first);
+    let (code, body) = tracer.admin("POST", "/plugins/10-e/rollback");
+    assert_eq!(code, 422, "nothing left to go back to: {body}");
+    assert_eq!(curl(&[&server.url("/status/200")]).http_code, 200);
+
+    let (code, config) = tracer.admin("GET", "/config");
+    assert_eq!(code, 200, "{config}");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let version = config["effective"]["version"].as_str().unwrap().to_string();
+    assert_eq!(version.len(), 12, "{config:#}");
+    assert_eq!(config["plugin_chain"], first.as_str());
+
+    let want = [
+        "tracer.reload.trigger: Str(file_watch)".to_string(),
+        "tracer.reload.trigger: Str(rollback)".to_string(),
+        "Kind           : SPAN_KIND_INTERNAL".to_string(),
+        "-> url.path: Str(/status/200)".to_string(),
+        format!("tracer.config.version: Str({version})"),
+        format!("tracer.plugins.chain: Str({first})"),
+    ];
+    let arrived = wait_until(Duration::from_secs(15), || {
+        let out = collector.output();
+        want.iter().all(|w| out.contains(w.as_str()))
+    });
+    let out = collector.output();
+    assert!(
+        arrived,
+        "missing at the collector: {:?}\n{out}",
+        want.iter()
+            .filter(|w| !out.contains(w.as_str()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        out.matches("tracer.reload.trigger: Str(file_watch)")
+            .count(),
+        2,
+        "one span per reload: {out}"
+    );
+    let (_, metrics) = tracer.admin("GET", "/metrics");
+    for (trigger, n) in [("file_watch", 2.0), ("rollback", 1.0)] {
+        let name = format!(
+            "tracer_reload_duration_seconds_count{{trigger=\"{trigger}\",outcome=\"applied\"}}"
+        );
+        assert_eq!(metric(&metrics, &name), Some(n), "{name}:\n{metrics}");
+    }
+    assert!(metric(&metrics, "tracer_reload_last_success_timestamp_seconds").unwrap_or(0.0) > 1e9);
+    tracer.stop();
+}
+
+/// Two tracers on one host (as on two nodes) with the same canary at 30 % pick the same
+/// traces for it: each request's spans carry the same version in both.
+#[test]
+fn a_canary_picks_the_same_traces_in_two_tracers() {
+    let Some(_g) = setup_with_curl() else { return };
+    let Some(enricher) = component("enricher.wasm") else {
+        return;
+    };
+    let server = Server::test_server();
+    let dir = TempDir::new("canary-two");
+    fs::write(dir.join("10-e.wasm"), &enricher).unwrap();
+    fs::write(dir.join("10-e.toml"), "[attributes]\nv = \"stable\"\n").unwrap();
+    fs::write(dir.join("10-e.canary.wasm"), &enricher).unwrap();
+    fs::write(
+        dir.join("10-e.canary.toml"),
+        "[attributes]\nv = \"canary\"\n\n[tracer]\ncanary = 0.3\n",
+    )
+    .unwrap();
+    let args = [
+        "--port",
+        &server.port().to_string(),
+        "--plugins-dir",
+        &dir.path().display().to_string(),
+        "--no-tls",
+    ];
+    let (a, b) = (Tracer::start(&args), Tracer::start(&args));
+    for t in [&a, &b] {
+        let s = plugin_status(t);
+        let roles: Vec<&str> = s["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["role"].as_str())
+            .collect();
+        assert_eq!(roles, ["stable", "canary"], "{s:#}");
+    }
+    const N: usize = 100;
+    for i in 0..N {
+        let tp = format!(
+            "00-{:032x}-00f067aa0ba902b7-01",
+            0xabc0_0000 + i as u128 * 7919
+        );
+        let c = curl(&[
+            "-H",
+            &format!("traceparent: {tp}"),
+            &server.url("/status/200"),
+        ]);
+        assert_eq!(c.http_code, 200);
+    }
+    let servers = |t: &Tracer| -> Vec<Value> {
+        t.printed()
+            .into_iter()
+            .filter(|s| kind(s) == "SERVER")
+            .collect()
+    };
+    for t in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(15), || servers(t).len() >= N),
+            "{} server spans:\n{}",
+            servers(t).len(),
+            t.stderr()
+        );
+    }
+    let by_trace = |spans: Vec<Value>| -> std::collections::BTreeMap<String, String> {
+        spans
+            .iter()
+            .map(|s| {
+                (
+                    s["trace_id"].as_str().unwrap().to_string(),
+                    attr_str(s, "v").unwrap_or("none").to_string(),
+                )
+            })
+            .collect()
+    };
+    let (va, vb) = (by_trace(servers(&a)), by_trace(servers(&b)));
+    assert_eq!(va.len(), N);
+    assert_eq!(
+        va, vb,
+        "the two tracers disagree on which traces the canary takes"
+    );
+    let canary = va.values().filter(|v| *v == "canary").count();
+    assert!(
+        (10..=50).contains(&canary),
+        "{canary} of {N} traces took the canary"
+    );
+    assert_eq!(va.values().filter(|v| *v == "stable").count(), N - canary);
+    a.stop();
+    b.stop();
+}

@@ -267,7 +267,13 @@ mod tests {
         let st = state();
         let net = Origin::of("10.1.2.3:5555".parse().unwrap());
         assert_eq!(net, Origin::Network);
-        for (m, p) in [("POST", "/reload"), ("GET", "/plugins")] {
+        for (m, p) in [
+            ("POST", "/reload"),
+            ("GET", "/plugins"),
+            ("GET", "/config"),
+            ("POST", "/plugins/10-x/rollback"),
+            ("POST", "/plugins/10-x/promote"),
+        ] {
             let (code, _, body) = route(m, p, "", &st, net).await;
             assert_eq!(code, 403, "{m} {p}: {body}");
             assert!(body.contains("this host only"), "{body}");
@@ -282,6 +288,13 @@ mod tests {
             assert_eq!(route("GET", "/plugins", "", &st, here).await.0, 200);
             // No --config: a reload is refused for that reason, not for where it came from.
             assert_eq!(route("POST", "/reload", "", &st, here).await.0, 503);
+            let (code, _, body) = route("POST", "/plugins/10-x/rollback", "", &st, here).await;
+            assert_eq!(code, 422, "{body}");
+            assert!(body.contains("no plugin \"10-x\" in the chain"), "{body}");
+            let (code, _, body) = route("GET", "/config", "", &st, here).await;
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(v["effective"]["pending_restart"].is_array(), "{v:#}");
         }
     }
 
