@@ -379,14 +379,16 @@ fn check_runs_the_plugin_on_spans_from_a_file() {
         2,
         "{text}"
     );
-    std::fs::write(d.join("bad.json"), format!("{}\n{{\"span_id\": 1}}\n", to_json(&mine[0]))).unwrap();
+    let mut bad = to_json(&mine[1]);
+    bad["span_id"] = serde_json::json!(1);
+    std::fs::write(d.join("bad.json"), format!("{}\n{bad}\n", to_json(&mine[0]))).unwrap();
     let e = plugins::check::check(&d.join("s.wasm"), None, Some(&d.join("bad.json")))
         .err()
         .expect("a bad line is an error");
     assert_eq!(
         e.to_string(),
         format!(
-            "{}: line 2: span_id: expected 16 hex digits (one span per line, as `tracer run --output json` prints them)",
+            "{}: line 2: span_id: expected a string (one span per line, as `tracer run --output json` prints them)",
             d.join("bad.json").display()
         )
     );

@@ -19,11 +19,9 @@ use crate::{
 pub enum CheckError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    #[error("{}: {source} (one span per line, as `tracer run --output json` prints them)", path.display())]
-    Spans {
-        path: PathBuf,
-        source: JsonLineError,
-    },
+    /// The cause is part of the message, which is all a report shows.
+    #[error("{}: {error} (one span per line, as `tracer run --output json` prints them)", path.display())]
+    Spans { path: PathBuf, error: JsonLineError },
 }
 
 /// What the check found.
@@ -69,9 +67,9 @@ pub fn check(
     };
     let input = match spans {
         Some(p) => from_json_lines(&std::fs::read_to_string(p).map_err(read_error(p))?)
-            .map_err(|source| CheckError::Spans {
+            .map_err(|error| CheckError::Spans {
                 path: p.to_owned(),
-                source,
+                error,
             })?,
         None => samples(),
     };
