@@ -293,8 +293,8 @@ fn every_shipped_plugin_accepts_the_example_beside_it() {
     for n in names {
         let example = dir.join(format!("{n}.example.toml"));
         assert!(example.is_file(), "{n}: no {}", example.display());
-        let r = plugins::check::check(&dir.join(format!("{n}.wasm")), Some(&example), None)
-            .unwrap();
+        let r =
+            plugins::check::check(&dir.join(format!("{n}.wasm")), Some(&example), None).unwrap();
         assert!(r.verdict.is_ok(), "{n}: {r}");
     }
 }
@@ -313,7 +313,11 @@ fn check_without_config_says_what_is_needed_and_where_the_example_is() {
         ("ratio-sampler", "no ratio: set `ratio`"),
         ("keep-errors-sampler", "no ratio: set `ratio`"),
     ] {
-        write(&d, &format!("10-{plugin}.wasm"), &std::fs::read(src.join(format!("{plugin}.wasm"))).unwrap());
+        write(
+            &d,
+            &format!("10-{plugin}.wasm"),
+            &std::fs::read(src.join(format!("{plugin}.wasm"))).unwrap(),
+        );
         let example = format!("{plugin}.example.toml");
         write(&d, &example, &std::fs::read(src.join(&example)).unwrap());
         let wasm = d.join(format!("10-{plugin}.wasm"));
@@ -370,18 +374,26 @@ fn check_runs_the_plugin_on_spans_from_a_file() {
     assert_eq!(kept, [false, true, false, false, false, true]);
     let text = r.to_string();
     assert!(
-        text.contains(&format!("\non 6 spans from {}:\n", d.join("spans.json").display())),
+        text.contains(&format!(
+            "\non 6 spans from {}:\n",
+            d.join("spans.json").display()
+        )),
         "{text}"
     );
     assert_eq!(text.matches("  out:  DROPPED\n").count(), 4, "{text}");
     assert_eq!(
-        text.matches("  out:  kept, +sampling.kept_by=error\n").count(),
+        text.matches("  out:  kept, +sampling.kept_by=error\n")
+            .count(),
         2,
         "{text}"
     );
     let mut bad = to_json(&mine[1]);
     bad["span_id"] = serde_json::json!(1);
-    std::fs::write(d.join("bad.json"), format!("{}\n{bad}\n", to_json(&mine[0]))).unwrap();
+    std::fs::write(
+        d.join("bad.json"),
+        format!("{}\n{bad}\n", to_json(&mine[0])),
+    )
+    .unwrap();
     let e = plugins::check::check(&d.join("s.wasm"), None, Some(&d.join("bad.json")))
         .err()
         .expect("a bad line is an error");
@@ -437,10 +449,16 @@ fn a_closed_stdout_ends_the_output_quietly() {
             body.len()
         );
     });
-    let out = closed_early(&["plugins", "list", "--json", "--admin-addr", &addr].map(std::ffi::OsStr::new));
+    let out = closed_early(
+        &["plugins", "list", "--json", "--admin-addr", &addr].map(std::ffi::OsStr::new),
+    );
     server.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{:?}: {stderr}",
+        out.status
+    );
 
     let Some(wasm) = built("enricher.wasm") else {
         return;
@@ -465,7 +483,11 @@ fn a_closed_stdout_ends_the_output_quietly() {
         s.as_os_str(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{:?}: {stderr}",
+        out.status
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -260,8 +260,9 @@ fn build_plugins() -> anyhow::Result<Vec<PathBuf>> {
         let example = src.join("example.toml");
         if example.is_file() {
             let to = dest.join(format!("{name}.example.toml"));
-            std::fs::copy(&example, &to)
-                .with_context(|| format!("cannot copy {} to {}", example.display(), to.display()))?;
+            std::fs::copy(&example, &to).with_context(|| {
+                format!("cannot copy {} to {}", example.display(), to.display())
+            })?;
             eprintln!("    {}", to.display());
         }
         built.push(out);

@@ -101,7 +101,12 @@ impl Settings {
         );
         if remove.is_none() && mask.is_none() && params.is_none() && userinfo.is_none() {
             let owned = |p: &[&str]| p.iter().map(|s| s.to_string()).collect();
-            return (Vec::new(), owned(&CREDENTIAL_KEYS), owned(&CREDENTIAL_PARAMS), true);
+            return (
+                Vec::new(),
+                owned(&CREDENTIAL_KEYS),
+                owned(&CREDENTIAL_PARAMS),
+                true,
+            );
         }
         (
             remove.unwrap_or_default(),
@@ -235,9 +240,11 @@ impl Plugin for Redactor {
         let (remove, mask, query_params, userinfo) = s.rules();
         let err = |e: String| format!("invalid config: {e}");
         if remove.is_empty() && mask.is_empty() && query_params.is_empty() && !userinfo {
-            return Err("nothing to redact: set remove, mask, query_params or userinfo = true \
+            return Err(
+                "nothing to redact: set remove, mask, query_params or userinfo = true \
                         (or none of them, for the credential defaults)"
-                .into());
+                    .into(),
+            );
         }
         if s.mask_with.len() > 256 {
             return Err("invalid config: mask_with is longer than 256 bytes".into());
@@ -380,14 +387,21 @@ mask = ["user.email", "*token*", "enduser.*"]
                     set("db.password", "REDACTED"),
                     set("x.api_key", "REDACTED"),
                     set("url.query", "Access_Token=REDACTED&page=2&sig=REDACTED"),
-                    set("url.full", "https://REDACTED:REDACTED@h/p?apiKey=REDACTED&q=x"),
+                    set(
+                        "url.full",
+                        "https://REDACTED:REDACTED@h/p?apiKey=REDACTED&q=x"
+                    ),
                 ]
             )]
         );
         // Any rule set replaces the defaults.
         let only = testing::run::<Redactor>(
             "mask = [\"user.id\"]",
-            vec![testing::span().with("db.password", "p").with("user.id", "u")],
+            vec![
+                testing::span()
+                    .with("db.password", "p")
+                    .with("user.id", "u"),
+            ],
         )
         .unwrap();
         assert_eq!(only[0].edits, vec![set("user.id", "REDACTED")]);

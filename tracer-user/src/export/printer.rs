@@ -176,9 +176,16 @@ fn attributes_of(field: &str, v: Option<&Json>) -> Result<Vec<KeyValue>, String>
                 Json::Bool(b) => Value::Bool(*b),
                 Json::Number(n) => match n.as_i64() {
                     Some(i) => Value::Int(i),
-                    None => Value::Float(n.as_f64().ok_or_else(|| format!("{field}: {k}: out of range"))?),
+                    None => Value::Float(
+                        n.as_f64()
+                            .ok_or_else(|| format!("{field}: {k}: out of range"))?,
+                    ),
                 },
-                _ => return Err(format!("{field}: {k}: expected a string, number or boolean")),
+                _ => {
+                    return Err(format!(
+                        "{field}: {k}: expected a string, number or boolean"
+                    ));
+                }
             };
             Ok(kv(k.clone(), value))
         })
@@ -414,15 +421,36 @@ mod tests {
         for (line, want) in [
             ("{\"trace_id\": ".to_string(), "not JSON: "),
             ("[1]".into(), "not a JSON object"),
-            (with("trace_id", json!("abc")), "trace_id: expected 32 hex digits"),
+            (
+                with("trace_id", json!("abc")),
+                "trace_id: expected 32 hex digits",
+            ),
             (with("span_id", Json::Null), "span_id: missing"),
-            (with("kind", json!("INTERNAL")), "kind: expected \"SERVER\" or \"CLIENT\""),
+            (
+                with("kind", json!("INTERNAL")),
+                "kind: expected \"SERVER\" or \"CLIENT\"",
+            ),
             (with("name", json!(3)), "name: expected a string"),
-            (with("start_unix_nano", json!(-1)), "start_unix_nano: expected nanoseconds"),
-            (with("end_unix_nano", json!(0)), "end_unix_nano: before start_unix_nano"),
-            (with("status", json!({"code": "OK"})), "status: expected {\"code\": \"UNSET\"}"),
-            (with("attributes", json!({"a": [1]})), "attributes: a: expected a string, number or boolean"),
-            (with("resource", json!(1)), "resource: expected an object of attributes"),
+            (
+                with("start_unix_nano", json!(-1)),
+                "start_unix_nano: expected nanoseconds",
+            ),
+            (
+                with("end_unix_nano", json!(0)),
+                "end_unix_nano: before start_unix_nano",
+            ),
+            (
+                with("status", json!({"code": "OK"})),
+                "status: expected {\"code\": \"UNSET\"}",
+            ),
+            (
+                with("attributes", json!({"a": [1]})),
+                "attributes: a: expected a string, number or boolean",
+            ),
+            (
+                with("resource", json!(1)),
+                "resource: expected an object of attributes",
+            ),
             (good.to_string(), "the span of line 1 again"),
         ] {
             let text = format!("{good}\n{line}\n");

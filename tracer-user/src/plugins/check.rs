@@ -66,11 +66,12 @@ pub fn check(
         None => String::new(),
     };
     let input = match spans {
-        Some(p) => from_json_lines(&std::fs::read_to_string(p).map_err(read_error(p))?)
-            .map_err(|error| CheckError::Spans {
+        Some(p) => from_json_lines(&std::fs::read_to_string(p).map_err(read_error(p))?).map_err(
+            |error| CheckError::Spans {
                 path: p.to_owned(),
                 error,
-            })?,
+            },
+        )?,
         None => samples(),
     };
     let warnings = std::iter::once(file)

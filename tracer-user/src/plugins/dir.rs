@@ -49,7 +49,9 @@ pub fn example_beside(wasm: &Path) -> Option<PathBuf> {
     let stem = wasm.file_stem()?.to_str()?;
     let unprefixed = stem
         .split_once('-')
-        .filter(|(n, rest)| !n.is_empty() && !rest.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|(n, rest)| {
+            !n.is_empty() && !rest.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
         .map(|(_, rest)| rest);
     std::iter::once(stem)
         .chain(unprefixed)
@@ -216,10 +218,19 @@ mod tests {
             std::fs::write(d.join(f), b"x").unwrap();
         }
         let before = fingerprint(&d);
-        for f in ["10-a.example.toml", "a.example.toml", "b.example.toml", "c.example.toml"] {
+        for f in [
+            "10-a.example.toml",
+            "a.example.toml",
+            "b.example.toml",
+            "c.example.toml",
+        ] {
             std::fs::write(d.join(f), b"k = 1").unwrap();
         }
-        assert_eq!(before, fingerprint(&d), "an example is not a change to reload");
+        assert_eq!(
+            before,
+            fingerprint(&d),
+            "an example is not a change to reload"
+        );
         let e = scan(&d).unwrap();
         let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["10-a", "b", "c.example"]);
@@ -234,7 +245,10 @@ mod tests {
             Some(d.join("a.example.toml")),
             "the example of the plugin installed under an order prefix"
         );
-        assert_eq!(example_beside(&d.join("b.wasm")), Some(d.join("b.example.toml")));
+        assert_eq!(
+            example_beside(&d.join("b.wasm")),
+            Some(d.join("b.example.toml"))
+        );
         assert_eq!(example_beside(&d.join("20-z.wasm")), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
