@@ -100,16 +100,13 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
             if file.starts_with('.') || !e.path().is_file() {
                 return None;
             }
-            // `x.example.wasm` would make `x.example.toml`, an example, its config.
             let config = dir.join(format!("{name}.toml"));
-            let config = config
-                .to_str()
-                .is_some_and(|c| !c.ends_with(EXAMPLE_SUFFIX))
-                .then_some(config);
+            // Not for `x.example.wasm`: `x.example.toml` is an example.
+            let is_config = !format!("{name}.toml").ends_with(EXAMPLE_SUFFIX) && config.is_file();
             Some(Entry {
                 name: name.to_owned(),
                 wasm: e.path(),
-                config: config.filter(|c| c.is_file()),
+                config: is_config.then_some(config),
             })
         })
         .collect();
