@@ -75,14 +75,17 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     /out/tracer --version
 
 # The shipped plugins, as examples under /usr/share/tracer/plugins (not in /etc/tracer/plugins:
-# in Kubernetes that is a volume, which would hide them). `cargo xtask build-plugins` adds the
-# wasm32-unknown-unknown target and wraps each module in a component.
+# in Kubernetes that is a volume, which would hide them), each with its NAME.example.toml.
+# `cargo xtask build-plugins` adds the wasm32-unknown-unknown target and wraps each module in a
+# component; every plugin must accept its example.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
     cargo xtask build-plugins; \
-    install -D -m 0644 -t /out/plugins target/plugins/*.wasm; \
-    /out/tracer plugins check /out/plugins/route-normalizer.wasm
+    install -D -m 0644 -t /out/plugins target/plugins/*.wasm target/plugins/*.example.toml; \
+    for p in /out/plugins/*.wasm; do \
+        /out/tracer plugins check "$p" --config "${p%.wasm}.example.toml" > /dev/null; \
+    done
 
 # ---------------------------------------------------------------------------------------------
 # Runtime: the binary and CA certificates (for https:// OTLP endpoints), nothing else.

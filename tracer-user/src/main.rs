@@ -72,9 +72,15 @@ enum PluginsCmd {
     Check {
         /// The plugin component (.wasm).
         file: PathBuf,
-        /// Its config (the .toml that would sit beside it in the plugin directory).
+        /// Its config (the .toml that would sit beside it in the plugin directory). Without
+        /// one, a plugin that needs a config says what; shipped plugins have a
+        /// NAME.example.toml beside them.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Run it on these spans instead of the built-in samples: JSON lines as
+        /// `tracer run --output json` prints them, one span per line.
+        #[arg(long, value_name = "FILE")]
+        spans: Option<PathBuf>,
     },
 }
 
@@ -110,7 +116,7 @@ fn plugin_action(addr: &str, name: &str, action: &str) -> anyhow::Result<()> {
             addr,
             &format!("/plugins/{name}/{action}"),
         ))?;
-    print!("{msg}");
+    cli::print(&msg)?;
     Ok(())
 }
 
@@ -146,8 +152,12 @@ fn main() -> anyhow::Result<()> {
         Command::Plugins(PluginsCmd::Promote { name, admin_addr }) => {
             plugin_action(&admin_addr, &name, "promote")?
         }
-        Command::Plugins(PluginsCmd::Check { file, config }) => {
-            if !cli::plugins::check(&file, config.as_deref())? {
+        Command::Plugins(PluginsCmd::Check {
+            file,
+            config,
+            spans,
+        }) => {
+            if !cli::plugins::check(&file, config.as_deref(), spans.as_deref())? {
                 std::process::exit(1);
             }
         }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use tracer_user::{
+    export::printer::to_json,
     metrics::Registry,
     plugins::{self, CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, content_hash, samples},
     span::{Span, Value},
@@ -255,6 +256,7 @@ fn check_shows_what_a_plugin_does_to_the_samples() {
     let r = plugins::check::check(
         &d.join("10-enricher.wasm"),
         Some(&d.join("10-enricher.toml")),
+        None,
     )
     .unwrap();
     assert!(r.warnings.is_empty());
@@ -273,6 +275,232 @@ fn check_shows_what_a_plugin_does_to_the_samples() {
         text.matches("  out:  kept, +team=shop\n").count(),
         samples().len(),
         "{text}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The shipped plugins in target/plugins, by name (None, with the reason printed, outside CI).
+fn shipped() -> Option<Vec<String>> {
+    // Any one shipped plugin tells whether they were built.
+    built("enricher.wasm")?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            f.strip_suffix(".wasm").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// Every shipped plugin has an example config beside it (NAME.example.toml) and accepts it.
+#[test]
+fn every_shipped_plugin_accepts_the_example_beside_it() {
+    let Some(names) = shipped() else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(names.len() >= 5, "{names:?}");
+    for n in names {
+        let example = dir.join(format!("{n}.example.toml"));
+        assert!(example.is_file(), "{n}: no {}", example.display());
+        let r =
+            plugins::check::check(&dir.join(format!("{n}.wasm")), Some(&example), None).unwrap();
+        assert!(r.verdict.is_ok(), "{n}: {r}");
+    }
+}
+
+/// Without a config, a plugin that needs one says what it needs, and the check points at the
+/// example beside it (also once installed as NN-name.wasm); defaults run as they are.
+#[test]
+fn check_without_config_says_what_is_needed_and_where_the_example_is() {
+    if shipped().is_none() {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let d = tmpdir("check-noconfig");
+    for (plugin, needs) in [
+        ("enricher", "nothing to add: set [attributes]"),
+        ("ratio-sampler", "no ratio: set `ratio`"),
+        ("keep-errors-sampler", "no ratio: set `ratio`"),
+    ] {
+        write(
+            &d,
+            &format!("10-{plugin}.wasm"),
+            &std::fs::read(src.join(format!("{plugin}.wasm"))).unwrap(),
+        );
+        let example = format!("{plugin}.example.toml");
+        write(&d, &example, &std::fs::read(src.join(&example)).unwrap());
+        let wasm = d.join(format!("10-{plugin}.wasm"));
+        let r = plugins::check::check(&wasm, None, None).unwrap();
+        assert!(
+            matches!(&r.verdict, Err(PluginError::ConfigRefused(why)) if why.starts_with(needs)),
+            "{plugin}: {r}"
+        );
+        let example = d.join(example);
+        assert_eq!(r.example.as_deref(), Some(example.as_path()));
+        assert!(
+            r.to_string().ends_with(&format!(
+                "\n  see {e} beside it, a config it accepts: `tracer plugins check {w} --config {e}`\n",
+                e = example.display(),
+                w = wasm.display()
+            )),
+            "{r}"
+        );
+    }
+    for plugin in ["redactor", "route-normalizer"] {
+        let r = plugins::check::check(&src.join(format!("{plugin}.wasm")), None, None).unwrap();
+        assert!(r.verdict.is_ok() && r.example.is_none(), "{plugin}: {r}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `--spans FILE`: the plugin runs on the author's spans (JSON lines as `tracer run --output
+/// json` prints them) and the report says what happened to each; a bad line is named.
+#[test]
+fn check_runs_the_plugin_on_spans_from_a_file() {
+    let Some(wasm) = built("keep-errors-sampler.wasm") else {
+        return;
+    };
+    let d = tmpdir("check-spans");
+    write(&d, "s.wasm", &wasm);
+    write(&d, "s.toml", b"ratio = 0\nrecord = true\n");
+    let mut mine = samples();
+    // Two of the samples again as other spans: unique span ids, the same trace.
+    mine.extend(samples().into_iter().take(2).map(|mut s| {
+        s.span_id[0] += 100;
+        s
+    }));
+    let lines: String = mine.iter().map(|s| format!("{}\n", to_json(s))).collect();
+    std::fs::write(d.join("spans.json"), &lines).unwrap();
+    let r = plugins::check::check(
+        &d.join("s.wasm"),
+        Some(&d.join("s.toml")),
+        Some(&d.join("spans.json")),
+    )
+    .unwrap();
+    let p = r.verdict.as_ref().unwrap();
+    let kept: Vec<bool> = p.samples.iter().map(|(_, a)| a.is_some()).collect();
+    // ratio 0 and no slow_ms: only the failed call (the second sample) is kept, both times.
+    assert_eq!(kept, [false, true, false, false, false, true]);
+    let text = r.to_string();
+    assert!(
+        text.contains(&format!(
+            "\non 6 spans from {}:\n",
+            d.join("spans.json").display()
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("  out:  DROPPED\n").count(), 4, "{text}");
+    assert_eq!(
+        text.matches("  out:  kept, +sampling.kept_by=error\n")
+            .count(),
+        2,
+        "{text}"
+    );
+    let mut bad = to_json(&mine[1]);
+    bad["span_id"] = serde_json::json!(1);
+    std::fs::write(
+        d.join("bad.json"),
+        format!("{}\n{bad}\n", to_json(&mine[0])),
+    )
+    .unwrap();
+    let e = plugins::check::check(&d.join("s.wasm"), None, Some(&d.join("bad.json")))
+        .err()
+        .expect("a bad line is an error");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: line 2: span_id: expected a string (one span per line, as `tracer run --output json` prints them)",
+            d.join("bad.json").display()
+        )
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Runs the tracer binary with its stdout read for a moment and then closed (`| head -c`):
+/// what it says on stderr, and how it ended.
+fn closed_early(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    use std::{io::Read, process::Stdio};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is closed here: the tracer's next write fails with EPIPE.
+    child.wait_with_output().unwrap()
+}
+
+/// `tracer plugins list | head` and `tracer plugins check ... | head` end quietly (no panic,
+/// no error) when the reader goes away.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        net::TcpListener,
+    };
+    // An admin endpoint whose /plugins answer is far more than a pipe holds.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(conn);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let body = format!("{{\"pad\": \"{}\"}}", "x".repeat(4 << 20));
+        let mut conn = r.into_inner();
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let out = closed_early(
+        &["plugins", "list", "--json", "--admin-addr", &addr].map(std::ffi::OsStr::new),
+    );
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{:?}: {stderr}",
+        out.status
+    );
+
+    let Some(wasm) = built("enricher.wasm") else {
+        return;
+    };
+    let d = tmpdir("check-pipe");
+    write(&d, "e.wasm", &wasm);
+    write(&d, "e.toml", b"[attributes]\nteam = \"shop\"\n");
+    let lines: String = spans(0, 2_000)
+        .iter()
+        .map(|s| format!("{}\n", to_json(s)))
+        .collect();
+    std::fs::write(d.join("spans.json"), lines).unwrap();
+    let arg = |f: &str| d.join(f).into_os_string();
+    let (w, c, s) = (arg("e.wasm"), arg("e.toml"), arg("spans.json"));
+    let out = closed_early(&[
+        "plugins".as_ref(),
+        "check".as_ref(),
+        w.as_os_str(),
+        "--config".as_ref(),
+        c.as_os_str(),
+        "--spans".as_ref(),
+        s.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{:?}: {stderr}",
+        out.status
     );
     std::fs::remove_dir_all(&d).unwrap();
 }

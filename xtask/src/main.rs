@@ -20,8 +20,9 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (installs rust-src and bpf-linker first when missing).
     BuildEbpf,
-    /// Build every plugin under plugins/ to a WebAssembly component in target/plugins/
-    /// (test-only plugins from plugins/testing/ go to target/plugins/testing/).
+    /// Build every plugin under plugins/ to a WebAssembly component in target/plugins/, with
+    /// its example config beside it as NAME.example.toml (test-only plugins from
+    /// plugins/testing/ go to target/plugins/testing/).
     BuildPlugins,
     /// Build the `tracer` binary (release) with the eBPF object embedded.
     Build,
@@ -178,8 +179,14 @@ fn build_ebpf() -> anyhow::Result<()> {
         .args(["build", "--release"]))
 }
 
-/// Plugin crates: `plugins/<name>/` and `plugins/testing/<name>/` (all but the SDK).
-fn plugin_crates() -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, else `target/` (relative to the root).
+fn cargo_target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
+}
+
+/// Plugin crates: `plugins/<name>/` and `plugins/testing/<name>/` (all but the SDK), each with
+/// where its component goes.
+fn plugin_crates() -> anyhow::Result<Vec<(String, PathBuf, PathBuf)>> {
     let mut out = Vec::new();
     for (dir, dest) in [
         ("plugins", "target/plugins"),
@@ -192,7 +199,7 @@ fn plugin_crates() -> anyhow::Result<Vec<(String, PathBuf)>> {
             let path = entry?.path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if name != "sdk" && path.join("Cargo.toml").exists() {
-                out.push((name, root().join(dest)));
+                out.push((name, path, root().join(dest)));
             }
         }
     }
@@ -226,15 +233,15 @@ fn build_plugins() -> anyhow::Result<Vec<PathBuf>> {
         "--target",
         "wasm32-unknown-unknown",
     ]);
-    for (name, _) in &crates {
+    for (name, _, _) in &crates {
         cmd.args(["-p", name]);
     }
     run(&mut cmd)?;
     step("wrapping each module in a component (wit-component)");
     let mut built = Vec::new();
-    for (name, dest) in crates {
-        let module = root().join(format!(
-            "target/wasm32-unknown-unknown/plugin/{}.wasm",
+    for (name, src, dest) in crates {
+        let module = cargo_target_dir().join(format!(
+            "wasm32-unknown-unknown/plugin/{}.wasm",
             name.replace('-', "_")
         ));
         let bytes =
@@ -248,6 +255,16 @@ fn build_plugins() -> anyhow::Result<Vec<PathBuf>> {
         let out = dest.join(format!("{name}.wasm"));
         std::fs::write(&out, &component)?;
         eprintln!("    {} ({} KiB)", out.display(), component.len() / 1024);
+        // `NAME.example.toml`, never `NAME.toml`: the daemon must not take an example for
+        // the config of a plugin installed from this directory.
+        let example = src.join("example.toml");
+        if example.is_file() {
+            let to = dest.join(format!("{name}.example.toml"));
+            std::fs::copy(&example, &to).with_context(|| {
+                format!("cannot copy {} to {}", example.display(), to.display())
+            })?;
+            eprintln!("    {}", to.display());
+        }
         built.push(out);
     }
     Ok(built)

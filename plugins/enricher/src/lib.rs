@@ -79,7 +79,11 @@ impl Plugin for Enricher {
     fn init(config: &Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
         if s.attributes.is_empty() && s.rule.is_empty() {
-            return Err("nothing to add: set [attributes] or [[rule]]".into());
+            return Err(
+                "nothing to add: set [attributes] (added to every span) or [[rule]] \
+                        (service = \"...\" and the attributes added to that service's spans)"
+                    .into(),
+            );
         }
         Ok(Self {
             all: pairs(s.attributes)?,

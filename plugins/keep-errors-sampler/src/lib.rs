@@ -35,7 +35,7 @@ const GRPC_STATUS: &str = "rpc.grpc.status_code";
 #[derive(Deserialize)]
 #[serde(crate = "tracer_plugin_sdk::serde", deny_unknown_fields)]
 struct Settings {
-    ratio: f64,
+    ratio: Option<f64>,
     slow_ms: Option<u64>,
     http_status_min: Option<i64>,
     #[serde(default)]
@@ -105,7 +105,12 @@ impl KeepErrorsSampler {
 impl Plugin for KeepErrorsSampler {
     fn init(config: &Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
-        let threshold = Threshold::new(s.ratio).map_err(|e| format!("invalid config: {e}"))?;
+        // How much to drop is the operator's call: no default.
+        let ratio = s.ratio.ok_or(
+            "no ratio: set `ratio`, the share of the other traces kept, 0..=1 (errors and slow \
+             spans are kept whatever it is; ratio = 0.1 keeps one other trace in ten)",
+        )?;
+        let threshold = Threshold::new(ratio).map_err(|e| format!("invalid config: {e}"))?;
         if let Some(c) = s.http_status_min
             && !(100..=599).contains(&c)
         {
@@ -332,7 +337,8 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         for (cfg, word) in [
-            ("", "ratio"),
+            ("", "no ratio: set `ratio`"),
+            ("slow_ms = 500", "no ratio: set `ratio`"),
             ("ratio = 2", "ratio"),
             ("ratio = 0.1\nslow_ms = -5", "slow_ms"),
             ("ratio = 0.1\nslow_ms = \"1s\"", "slow_ms"),

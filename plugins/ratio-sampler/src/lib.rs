@@ -23,7 +23,7 @@ use tracer_plugin_sdk::{
 #[derive(Deserialize)]
 #[serde(crate = "tracer_plugin_sdk::serde", deny_unknown_fields)]
 struct Settings {
-    ratio: f64,
+    ratio: Option<f64>,
     #[serde(default)]
     record: bool,
 }
@@ -37,7 +37,11 @@ pub struct RatioSampler {
 impl Plugin for RatioSampler {
     fn init(config: &Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
-        let threshold = Threshold::new(s.ratio).map_err(|e| format!("invalid config: {e}"))?;
+        // How much to drop is the operator's call: no default.
+        let ratio = s.ratio.ok_or(
+            "no ratio: set `ratio`, the share of traces kept, 0..=1 (ratio = 0.1 keeps one in ten)",
+        )?;
+        let threshold = Threshold::new(ratio).map_err(|e| format!("invalid config: {e}"))?;
         Ok(Self {
             threshold,
             record: s.record,
@@ -203,7 +207,9 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         let e = testing::init::<RatioSampler>("").unwrap_err();
-        assert!(e.contains("ratio"), "{e}");
+        assert!(e.starts_with("no ratio: set `ratio`"), "{e}");
+        let e = testing::init::<RatioSampler>("record = true").unwrap_err();
+        assert!(e.starts_with("no ratio: set `ratio`"), "{e}");
         let e = testing::init::<RatioSampler>("ratio = 1.5").unwrap_err();
         assert!(e.contains("ratio") && e.contains("1.5"), "{e}");
         let e = testing::init::<RatioSampler>("ratio = -0.1").unwrap_err();

@@ -10,6 +10,12 @@
 //!                                             #   `https://REDACTED:REDACTED@host`
 //! ```
 //!
+//! Without any of `remove`, `mask`, `query_params` and `userinfo` (an empty config), it masks
+//! what looks like a credential: attributes whose keys match [`CREDENTIAL_KEYS`] (`*token*`,
+//! `*password*`, `*authorization*`, `*cookie*`...), the values of query parameters whose names
+//! match [`CREDENTIAL_PARAMS`] (`*token*`, `*key*`, `*sig*`, `*auth*`...) and userinfo in
+//! `url.full`. Setting any of the four replaces these defaults with exactly what is set.
+//!
 //! Key patterns are the host's: `*` matches any run of characters (`*token*`, `http.request.header.*`),
 //! case-sensitive (attribute keys are lower case by convention). Query parameter names are
 //! matched the same way but ignoring ASCII case (`sig*` matches `Signature`); only the value of
@@ -32,27 +38,82 @@ use tracer_plugin_sdk::{
 
 const URL_FULL: &str = "url.full";
 
+/// Attribute keys masked by default: what names a credential (keys are lower case).
+pub const CREDENTIAL_KEYS: [&str; 9] = [
+    "*token*",
+    "*password*",
+    "*passwd*",
+    "*secret*",
+    "*api_key*",
+    "*apikey*",
+    "*authorization*",
+    "*cookie*",
+    "*credential*",
+];
+/// Query parameters whose values are masked by default (names matched ignoring case).
+pub const CREDENTIAL_PARAMS: [&str; 9] = [
+    "*token*",
+    "*key*",
+    "*secret*",
+    "*password*",
+    "*passwd*",
+    "*sig*",
+    "*auth*",
+    "*session*",
+    "*credential*",
+];
+
 #[derive(Deserialize)]
 #[serde(crate = "tracer_plugin_sdk::serde", default, deny_unknown_fields)]
 struct Settings {
-    remove: Vec<String>,
-    mask: Vec<String>,
+    remove: Option<Vec<String>>,
+    mask: Option<Vec<String>>,
     mask_with: String,
-    query_params: Vec<String>,
+    query_params: Option<Vec<String>>,
     query_attributes: Vec<String>,
-    userinfo: bool,
+    userinfo: Option<bool>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            remove: Vec::new(),
-            mask: Vec::new(),
+            remove: None,
+            mask: None,
             mask_with: "REDACTED".into(),
-            query_params: Vec::new(),
+            query_params: None,
             query_attributes: vec!["url.query".into(), URL_FULL.into()],
-            userinfo: false,
+            userinfo: None,
         }
+    }
+}
+
+/// What to redact: `remove`, `mask`, `query_params`, `userinfo`.
+type Rules = (Vec<String>, Vec<String>, Vec<String>, bool);
+
+impl Settings {
+    /// The rules set, or the credential defaults when none is.
+    fn rules(&mut self) -> Rules {
+        let (remove, mask, params, userinfo) = (
+            self.remove.take(),
+            self.mask.take(),
+            self.query_params.take(),
+            self.userinfo.take(),
+        );
+        if remove.is_none() && mask.is_none() && params.is_none() && userinfo.is_none() {
+            let owned = |p: &[&str]| p.iter().map(|s| s.to_string()).collect();
+            return (
+                Vec::new(),
+                owned(&CREDENTIAL_KEYS),
+                owned(&CREDENTIAL_PARAMS),
+                true,
+            );
+        }
+        (
+            remove.unwrap_or_default(),
+            mask.unwrap_or_default(),
+            params.unwrap_or_default(),
+            userinfo.unwrap_or_default(),
+        )
     }
 }
 
@@ -175,32 +236,35 @@ impl Redactor {
 
 impl Plugin for Redactor {
     fn init(config: &Config) -> Result<Self, String> {
-        let s: Settings = config.parse()?;
+        let mut s: Settings = config.parse()?;
+        let (remove, mask, query_params, userinfo) = s.rules();
         let err = |e: String| format!("invalid config: {e}");
-        if s.remove.is_empty() && s.mask.is_empty() && s.query_params.is_empty() && !s.userinfo {
+        if remove.is_empty() && mask.is_empty() && query_params.is_empty() && !userinfo {
             return Err(
-                "nothing to redact: set remove, mask, query_params or userinfo = true".into(),
+                "nothing to redact: set remove, mask, query_params or userinfo = true \
+                        (or none of them, for the credential defaults)"
+                    .into(),
             );
         }
         if s.mask_with.len() > 256 {
             return Err("invalid config: mask_with is longer than 256 bytes".into());
         }
-        if !s.query_params.is_empty() && s.mask_with.contains(['&', '#', '=']) {
+        if !query_params.is_empty() && s.mask_with.contains(['&', '#', '=']) {
             return Err(format!(
                 "invalid config: mask_with = {:?} cannot contain '&', '=' or '#' when query_params is set",
                 s.mask_with
             ));
         }
-        if !s.query_params.is_empty() && s.query_attributes.is_empty() {
+        if !query_params.is_empty() && s.query_attributes.is_empty() {
             return Err("invalid config: query_params is set but query_attributes is empty".into());
         }
         Ok(Self {
-            remove: Patterns::new("remove", s.remove).map_err(err)?,
-            mask: Patterns::new("mask", s.mask).map_err(err)?,
+            remove: Patterns::new("remove", remove).map_err(err)?,
+            mask: Patterns::new("mask", mask).map_err(err)?,
             mask_with: s.mask_with,
-            query_params: Patterns::new("query_params", s.query_params).map_err(err)?,
+            query_params: Patterns::new("query_params", query_params).map_err(err)?,
             query_attributes: Patterns::new("query_attributes", s.query_attributes).map_err(err)?,
-            userinfo: s.userinfo,
+            userinfo,
         })
     }
 
@@ -297,6 +361,54 @@ mask = ["user.email", "*token*", "enduser.*"]
                 set("user.email", "REDACTED"),
                 set("enduser.id", "REDACTED"),
             ]
+        );
+    }
+
+    #[test]
+    fn an_empty_config_masks_credentials() {
+        let spans = vec![
+            testing::span()
+                .with("http.request.header.authorization", "Bearer x")
+                .with("db.password", "hunter2")
+                .with("x.api_key", "k")
+                .with("url.query", "Access_Token=abc&page=2&sig=s")
+                .with("url.full", "https://me:pw@h/p?apiKey=1&q=x")
+                .with("user.id", "u1"),
+            testing::span().with("url.query", "page=2"),
+        ];
+        let v = testing::run::<Redactor>("", spans).unwrap();
+        let got: Vec<_> = v.iter().map(|v| (v.span, v.edits.clone())).collect();
+        assert_eq!(
+            got,
+            vec![(
+                0,
+                vec![
+                    set("http.request.header.authorization", "REDACTED"),
+                    set("db.password", "REDACTED"),
+                    set("x.api_key", "REDACTED"),
+                    set("url.query", "Access_Token=REDACTED&page=2&sig=REDACTED"),
+                    set(
+                        "url.full",
+                        "https://REDACTED:REDACTED@h/p?apiKey=REDACTED&q=x"
+                    ),
+                ]
+            )]
+        );
+        // Any rule set replaces the defaults.
+        let only = testing::run::<Redactor>(
+            "mask = [\"user.id\"]",
+            vec![
+                testing::span()
+                    .with("db.password", "p")
+                    .with("user.id", "u"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(only[0].edits, vec![set("user.id", "REDACTED")]);
+        assert_eq!(
+            testing::init::<Redactor>("mask_with = \"***\"").unwrap(),
+            testing::init::<Redactor>("").unwrap(),
+            "mask_with is not a rule: the defaults stay"
         );
     }
 
@@ -410,7 +522,8 @@ mask = ["b", "a"]"#,
     #[test]
     fn config_errors_name_the_key() {
         for (cfg, word) in [
-            ("", "nothing to redact"),
+            ("remove = []", "nothing to redact"),
+            ("userinfo = false", "nothing to redact"),
             (r#"remove = ["a", ""]"#, "remove[1]"),
             (r#"mask = [""]"#, "mask[0]"),
             (r#"query_params = ["token", ""]"#, "query_params[1]"),

@@ -5,7 +5,11 @@ pub mod plugins;
 pub mod replay;
 pub mod run;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    io::{ErrorKind, Write},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 use crate::{
     config::ConfigError,
@@ -13,7 +17,7 @@ use crate::{
     export::ExportError,
     metadata::k8s::PodCache,
     metrics::Registry,
-    plugins::PluginError,
+    plugins::{PluginError, check::CheckError},
     probes::ProbeError,
     process::{Processes, parse_resource_attributes},
     span::Clock,
@@ -29,6 +33,8 @@ pub enum CliError {
     Export(#[from] ExportError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error(transparent)]
@@ -65,11 +71,28 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
     #[error("cannot create {}", path.display())]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A write to stdout, where a reader that went away (`tracer plugins check ... | head`) is
+/// no failure: the output just ends there, quietly.
+fn stdout_ok(written: std::io::Result<()>) -> Result<(), CliError> {
+    match written {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(CliError::Stdout),
+    }
+}
+
+/// Prints `text` on stdout (see [`stdout_ok`]).
+pub fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    stdout_ok(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
 }
 
 /// The processes of this host from /proc, with the daemon's OTEL_RESOURCE_ATTRIBUTES.

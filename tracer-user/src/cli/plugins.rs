@@ -3,23 +3,21 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{CliError, admin_client};
+use super::{CliError, admin_client, print};
 
 /// `tracer plugins list`: the running tracer's chain, per-plugin counters and refused files,
 /// from `GET /plugins` on its admin endpoint; `json` prints the endpoint's answer as is.
 pub async fn list(addr: &str, json: bool) -> Result<(), CliError> {
     let body = admin_client::get(addr, "/plugins").await?;
     if json {
-        print!("{body}");
-        return Ok(());
+        return print(&body);
     }
     let v: Value = serde_json::from_str(&body).map_err(|e| CliError::AdminAnswer {
         addr: addr.to_owned(),
         status: reqwest::StatusCode::OK,
         source: Some(e),
     })?;
-    print!("{}", render_list(&v));
-    Ok(())
+    print(&render_list(&v))
 }
 
 /// The table `tracer plugins list` prints for the JSON of `GET /plugins`
@@ -86,9 +84,9 @@ pub fn render_list(v: &Value) -> String {
 }
 
 /// `tracer plugins check`: prints the report; Ok(false) when the plugin was refused.
-pub fn check(file: &Path, config: Option<&Path>) -> Result<bool, CliError> {
-    let report = crate::plugins::check::check(file, config)?;
-    print!("{report}");
+pub fn check(file: &Path, config: Option<&Path>, spans: Option<&Path>) -> Result<bool, CliError> {
+    let report = crate::plugins::check::check(file, config, spans)?;
+    print(&report.to_string())?;
     Ok(report.verdict.is_ok())
 }
 

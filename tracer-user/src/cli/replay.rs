@@ -2,7 +2,7 @@
 //! records, its spans printed.
 use std::{io::Write, path::Path};
 
-use super::{CliError, conn_table};
+use super::{CliError, conn_table, stdout_ok};
 use crate::{
     config::RunOptions,
     export::{Format, Printer},
@@ -10,7 +10,8 @@ use crate::{
     pipeline,
 };
 
-/// Prints the spans of the recording at `file` to `out`.
+/// Prints the spans of the recording at `file` to `out` (stdout: a reader that goes away
+/// ends the output quietly).
 pub fn replay(
     file: &Path,
     format: Format,
@@ -38,7 +39,7 @@ pub fn replay(
     };
     let mut t = conn_table(opts.table_options(), None, &registry);
     let spans = pipeline::replay(&records, &mut t);
-    Printer { format, out }.write(&spans)?;
+    stdout_ok(Printer { format, out }.write(&spans))?;
     tracing::info!("counters: {}", registry.summary());
     Ok(())
 }

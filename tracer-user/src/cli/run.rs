@@ -35,6 +35,8 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let opts = config::effective(config.as_deref(), &flags)?;
     let env = |k: &str| std::env::var(k).ok();
     let (sinks, batch) = sinks(&opts, &env)?;
+    // `tracer run | head`: once the reader is gone, a daemon that only prints is done.
+    let only_prints = sinks.iter().all(|s| matches!(s, Sink::Print(_)));
     let registry = Registry::default();
     let health = Arc::new(Health::new(&registry));
     let plugins = Arc::new(PluginHost::new(opts.plugins(), &registry)?);
@@ -102,6 +104,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         snapshot.len()
     );
     tracing::info!("{}", what_is_traced(&opts));
+    let stdout_closed = exporters.stdout_closed();
 
     let recorder = match &opts.record {
         Some(p) => Some(Recorder(Box::new(std::io::BufWriter::new(
@@ -144,7 +147,12 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         exporters.submitter(),
         registry.clone(),
         health,
-        shutdown_signal(),
+        async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = stdout_closed, if only_prints => {}
+            }
+        },
     )
     .await?;
     tracing::info!("detached; flushing spans");

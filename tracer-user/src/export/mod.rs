@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::task::JoinSet;
+use tokio::{sync::Notify, task::JoinSet};
 
 use crate::{
     metrics::{Counter, Health, Registry, SpanDrop, SpanDrops},
@@ -269,6 +269,8 @@ impl ExportMetrics {
 pub struct Exporters {
     queues: Vec<(Arc<SinkQueue>, tokio::task::JoinHandle<()>)>,
     metrics: Arc<ExportMetrics>,
+    /// Told when the reader of the printed spans has gone away (`tracer run | head`).
+    stdout_closed: Arc<Notify>,
 }
 
 /// Hands spans to every sink; cheap to clone, usable from any thread, never blocks.
@@ -287,6 +289,7 @@ impl Exporters {
         health: Arc<Health>,
     ) -> Self {
         let metrics = Arc::new(ExportMetrics::new(reg, health));
+        let stdout_closed = Arc::new(Notify::new());
         let limits = Limits {
             max_bytes: batch.max_queue_bytes,
             max_spans: batch.max_queue_spans,
@@ -299,7 +302,12 @@ impl Exporters {
                     settled: AtomicU64::new(0),
                 });
                 let task = match sink {
-                    Sink::Print(p) => tokio::spawn(print_loop(p, q.clone(), metrics.clone())),
+                    Sink::Print(p) => tokio::spawn(print_loop(
+                        p,
+                        q.clone(),
+                        metrics.clone(),
+                        stdout_closed.clone(),
+                    )),
                     Sink::Otlp(c) => {
                         tokio::spawn(otlp_loop(c, q.clone(), batch.clone(), metrics.clone()))
                     }
@@ -307,7 +315,17 @@ impl Exporters {
                 (q, task)
             })
             .collect();
-        Exporters { queues, metrics }
+        Exporters {
+            queues,
+            metrics,
+            stdout_closed,
+        }
+    }
+
+    /// Resolves once the printed spans' reader has gone away (stdout is a closed pipe).
+    pub fn stdout_closed(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let n = self.stdout_closed.clone();
+        async move { n.notified().await }
     }
 
     pub fn submitter(&self) -> Submitter {
@@ -366,19 +384,37 @@ impl Submitter {
     }
 }
 
-async fn print_loop(mut p: Printer, q: Arc<SinkQueue>, metrics: Arc<ExportMetrics>) {
+async fn print_loop(
+    mut p: Printer,
+    q: Arc<SinkQueue>,
+    metrics: Arc<ExportMetrics>,
+    closed: Arc<Notify>,
+) {
     let mut buf = Vec::with_capacity(256);
+    let mut reader_gone = false;
     while q.spans.recv_many(&mut buf, 256).await > 0 {
-        match p.write(&buf) {
+        let written = if reader_gone {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        } else {
+            p.write(&buf)
+        };
+        match written {
             Ok(()) => {
                 metrics.exported.inc_by(buf.len() as u64);
             }
             Err(e) => {
-                // stdout closed (e.g. piped into `head`): count, keep draining.
+                // Counted, and the queue kept draining.
                 metrics
                     .dropped
                     .add(SpanDrop::ExportFailed, buf.len() as u64);
-                warn_throttled(&format!("cannot write spans: {e}"));
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    warn_throttled(&format!("cannot write spans: {e}"));
+                } else if !reader_gone {
+                    // Piped into `head` or the like: no more printing, said once.
+                    reader_gone = true;
+                    tracing::info!("stdout was closed: spans are no longer printed");
+                    closed.notify_one();
+                }
             }
         }
         q.settle(buf.len());
@@ -720,6 +756,21 @@ mod tests {
             dropped(&metrics),
             [("export_queue_full", 4), ("export_failed", 3)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_stdout_stops_the_printing_and_says_so() {
+        let ex = spawn(vec![printer(&SharedBuf::failing())], BatchConfig::default());
+        let closed = ex.stdout_closed();
+        let metrics = ex.metrics.clone();
+        ex.submitter().submit((0..5).map(span).collect());
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the closed stdout is told");
+        ex.submitter().submit((5..7).map(span).collect());
+        ex.shutdown(Duration::from_secs(60)).await;
+        assert_eq!(metrics.exported.get(), 0);
+        assert_eq!(dropped(&metrics), [("export_failed", 7)]);
     }
 
     #[tokio::test]

@@ -1,10 +1,28 @@
 //! `tracer plugins check`: a plugin file validated the way the daemon would load it (the
 //! permissions of the file and its config, the contract, `init` with that config, the self-test
-//! batch), and what it does to the sample spans. Needs no daemon and no root.
-use std::{fmt, path::Path};
+//! batch), and what it does to the sample spans, or to the author's own spans (JSON lines as
+//! `tracer run --output json` prints them). Needs no daemon and no root.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, runtime::CONTRACT, samples};
-use crate::{export::printer::to_line, metrics::Registry, span::Span};
+use crate::{
+    export::printer::{JsonLineError, from_json_lines, to_line},
+    metrics::Registry,
+    span::Span,
+};
+
+/// Why the check could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The cause is part of the message, which is all a report shows.
+    #[error("{}: {error} (one span per line, as `tracer run --output json` prints them)", path.display())]
+    Spans { path: PathBuf, error: JsonLineError },
+}
 
 /// What the check found.
 pub struct CheckReport {
@@ -13,6 +31,10 @@ pub struct CheckReport {
     pub warnings: Vec<PluginError>,
     /// The plugin as loaded, or why it was refused.
     pub verdict: Result<Accepted, PluginError>,
+    /// For a config `init` refused: the example config shipped beside the file.
+    pub example: Option<PathBuf>,
+    /// Where the spans shown came from: None for the built-in samples.
+    pub spans_from: Option<String>,
 }
 
 /// A plugin that passed validation.
@@ -22,13 +44,18 @@ pub struct Accepted {
     pub attributes: Vec<String>,
     pub resource_attributes: Vec<String>,
     pub span_name: bool,
-    /// Each sample span, and what came out of the plugin for it (None: dropped).
+    /// Each span, and what came out of the plugin for it (None: dropped).
     pub samples: Vec<(Span, Option<Span>)>,
 }
 
-/// Loads `file` (with the config at `config`, if any) in a host of its own and runs the sample
-/// spans through it. Err: a file cannot be read, or the runtime does not start.
-pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginError> {
+/// Loads `file` (with the config at `config`, if any) in a host of its own and runs the spans
+/// of the file `spans` through it, or the built-in samples. Err: a file cannot be read or is
+/// not spans, or the runtime does not start.
+pub fn check(
+    file: &Path,
+    config: Option<&Path>,
+    spans: Option<&Path>,
+) -> Result<CheckReport, CheckError> {
     let read_error = |path: &Path| {
         let path = path.to_owned();
         move |error| PluginError::Read { path, error }
@@ -37,6 +64,15 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
     let cfg = match config {
         Some(c) => std::fs::read_to_string(c).map_err(read_error(c))?,
         None => String::new(),
+    };
+    let input = match spans {
+        Some(p) => from_json_lines(&std::fs::read_to_string(p).map_err(read_error(p))?).map_err(
+            |error| CheckError::Spans {
+                path: p.to_owned(),
+                error,
+            },
+        )?,
+        None => samples(),
     };
     let warnings = std::iter::once(file)
         .chain(config)
@@ -56,13 +92,14 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
         let (attributes, resource_attributes, span_name) = p.interest();
         let id = p.id();
         host.install(vec![p]);
-        let before = samples();
-        let mut after = before.clone();
+        let mut after = input.clone();
         host.process(&mut after);
-        let samples = before
+        // The chain keeps the order of the spans it keeps, and no span is there twice.
+        let mut out = after.into_iter().peekable();
+        let samples = input
             .into_iter()
             .map(|b| {
-                let a = after.iter().find(|a| a.span_id == b.span_id).cloned();
+                let a = out.next_if(|a| (a.trace_id, a.span_id) == (b.trace_id, b.span_id));
                 (b, a)
             })
             .collect();
@@ -74,10 +111,16 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
             samples,
         }
     });
+    let example = match &verdict {
+        Err(PluginError::ConfigRefused(_)) => dir::example_beside(file),
+        _ => None,
+    };
     Ok(CheckReport {
         file: file.display().to_string(),
         warnings,
         verdict,
+        example,
+        spans_from: spans.map(|p| p.display().to_string()),
     })
 }
 
@@ -114,7 +157,18 @@ impl fmt::Display for CheckReport {
         }
         let p = match &self.verdict {
             Ok(p) => p,
-            Err(why) => return writeln!(f, "REFUSED {}: {why}", self.file),
+            Err(why) => {
+                writeln!(f, "REFUSED {}: {why}", self.file)?;
+                if let Some(e) = &self.example {
+                    writeln!(
+                        f,
+                        "  see {e} beside it, a config it accepts: `tracer plugins check {} --config {e}`",
+                        self.file,
+                        e = e.display()
+                    )?;
+                }
+                return Ok(());
+            }
         };
         writeln!(
             f,
@@ -124,7 +178,10 @@ impl fmt::Display for CheckReport {
             p.resource_attributes,
             if p.span_name { ", span names" } else { "" }
         )?;
-        writeln!(f, "\non {} sample spans:", p.samples.len())?;
+        match &self.spans_from {
+            Some(file) => writeln!(f, "\non {} spans from {file}:", p.samples.len())?,
+            None => writeln!(f, "\non {} sample spans:", p.samples.len())?,
+        }
         for (before, after) in &p.samples {
             writeln!(f, "  in:   {}", to_line(before))?;
             match after.as_ref().map(|a| changes(before, a)) {
@@ -184,7 +241,7 @@ mod tests {
         let f = d.join("10-x.wasm");
         std::fs::write(&f, b"not wasm").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let r = check(&f, None).unwrap();
+        let r = check(&f, None, None).unwrap();
         assert!(r.warnings.is_empty());
         assert!(matches!(r.verdict, Err(PluginError::NotWasm)));
         assert_eq!(
@@ -195,7 +252,7 @@ mod tests {
             )
         );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let text = check(&f, None).unwrap().to_string();
+        let text = check(&f, None, None).unwrap().to_string();
         assert!(
             text.starts_with("WARNING: the daemon would refuse this file: ")
                 && text.contains("writable by everyone")
@@ -203,12 +260,12 @@ mod tests {
             "{text}"
         );
         assert!(matches!(
-            check(&d.join("missing.wasm"), None),
-            Err(PluginError::Read { .. })
+            check(&d.join("missing.wasm"), None, None),
+            Err(CheckError::Plugin(PluginError::Read { .. }))
         ));
         assert!(matches!(
-            check(&f, Some(&d.join("missing.toml"))),
-            Err(PluginError::Read { .. })
+            check(&f, Some(&d.join("missing.toml")), None),
+            Err(CheckError::Plugin(PluginError::Read { .. }))
         ));
         std::fs::remove_dir_all(&d).unwrap();
     }

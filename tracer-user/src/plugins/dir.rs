@@ -1,6 +1,8 @@
 //! The plugin directory: `NN-name.wasm` files run in file-name order, `NN-name.toml` beside one
 //! is its config. Hidden entries (kubelet's `..data` and timestamped dirs of a ConfigMap mount)
 //! are ignored; symlinks are followed, so a ConfigMap update shows up as changed files.
+//! `name.example.toml` files (the example configs shipped beside the plugins) are never a
+//! config and never trigger a reload.
 use std::{
     fs::Metadata,
     os::unix::fs::MetadataExt,
@@ -33,8 +35,28 @@ struct Seen {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fingerprint(Option<Vec<Seen>>);
 
+/// How the example config shipped beside `name.wasm` is named: `name.example.toml`.
+pub const EXAMPLE_SUFFIX: &str = ".example.toml";
+
 fn relevant(name: &str) -> bool {
-    !name.starts_with('.') && (name.ends_with(".wasm") || name.ends_with(".toml"))
+    !name.starts_with('.')
+        && (name.ends_with(".wasm") || (name.ends_with(".toml") && !name.ends_with(EXAMPLE_SUFFIX)))
+}
+
+/// The example config shipped beside the plugin file `wasm`: `name.example.toml` for
+/// `name.wasm`, or for `NN-name.wasm` once installed under an order prefix.
+pub fn example_beside(wasm: &Path) -> Option<PathBuf> {
+    let stem = wasm.file_stem()?.to_str()?;
+    let unprefixed = stem
+        .split_once('-')
+        .filter(|(n, rest)| {
+            !n.is_empty() && !rest.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|(_, rest)| rest);
+    std::iter::once(stem)
+        .chain(unprefixed)
+        .map(|n| wasm.with_file_name(format!("{n}{EXAMPLE_SUFFIX}")))
+        .find(|p| p.is_file())
 }
 
 pub fn fingerprint(dir: &Path) -> Fingerprint {
@@ -79,10 +101,12 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
                 return None;
             }
             let config = dir.join(format!("{name}.toml"));
+            // Not for `x.example.wasm`: `x.example.toml` is an example.
+            let is_config = !format!("{name}.toml").ends_with(EXAMPLE_SUFFIX) && config.is_file();
             Some(Entry {
                 name: name.to_owned(),
                 wasm: e.path(),
-                config: config.is_file().then_some(config),
+                config: is_config.then_some(config),
             })
         })
         .collect();
@@ -181,6 +205,48 @@ mod tests {
         assert_eq!(e[0].config.as_deref(), Some(d.join("10-a.toml").as_path()));
         assert_eq!(e[1].config, None);
         assert!(scan(&d.join("missing")).unwrap().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_example_config_is_never_a_config_nor_a_change() {
+        let d = tmp("example");
+        for f in ["10-a.wasm", "b.wasm", "c.example.wasm"] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        let before = fingerprint(&d);
+        for f in [
+            "10-a.example.toml",
+            "a.example.toml",
+            "b.example.toml",
+            "c.example.toml",
+        ] {
+            std::fs::write(d.join(f), b"k = 1").unwrap();
+        }
+        assert_eq!(
+            before,
+            fingerprint(&d),
+            "an example is not a change to reload"
+        );
+        let e = scan(&d).unwrap();
+        let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["10-a", "b", "c.example"]);
+        assert!(e.iter().all(|e| e.config.is_none()), "{e:?}");
+        assert_eq!(
+            example_beside(&d.join("10-a.wasm")),
+            Some(d.join("10-a.example.toml"))
+        );
+        std::fs::remove_file(d.join("10-a.example.toml")).unwrap();
+        assert_eq!(
+            example_beside(&d.join("10-a.wasm")),
+            Some(d.join("a.example.toml")),
+            "the example of the plugin installed under an order prefix"
+        );
+        assert_eq!(
+            example_beside(&d.join("b.wasm")),
+            Some(d.join("b.example.toml"))
+        );
+        assert_eq!(example_beside(&d.join("20-z.wasm")), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
