@@ -233,8 +233,11 @@ fn build_plugins() -> anyhow::Result<Vec<PathBuf>> {
     step("wrapping each module in a component (wit-component)");
     let mut built = Vec::new();
     for (name, dest) in crates {
-        let module = root().join(format!(
-            "target/wasm32-unknown-unknown/plugin/{}.wasm",
+        // Where cargo put it: CARGO_TARGET_DIR when set (the components still go to target/).
+        let target =
+            env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+        let module = target.join(format!(
+            "wasm32-unknown-unknown/plugin/{}.wasm",
             name.replace('-', "_")
         ));
         let bytes =

@@ -3,7 +3,7 @@
 //! batch), and what it does to the sample spans. Needs no daemon and no root.
 use std::{fmt, path::Path};
 
-use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, runtime::CONTRACT, samples};
+use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, samples};
 use crate::{export::printer::to_line, metrics::Registry, span::Span};
 
 /// What the check found.
@@ -19,6 +19,8 @@ pub struct CheckReport {
 pub struct Accepted {
     /// `name@hash`, as spans would name it.
     pub id: String,
+    /// The contract version it was built for.
+    pub contract: &'static str,
     pub attributes: Vec<String>,
     pub resource_attributes: Vec<String>,
     pub span_name: bool,
@@ -55,6 +57,7 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
     let verdict = host.load(&name, file, &wasm, &cfg).map(|p| {
         let (attributes, resource_attributes, span_name) = p.interest();
         let id = p.id();
+        let contract = p.contract;
         host.install(vec![p]);
         let before = samples();
         let mut after = before.clone();
@@ -68,6 +71,7 @@ pub fn check(file: &Path, config: Option<&Path>) -> Result<CheckReport, PluginEr
             .collect();
         Accepted {
             id,
+            contract,
             attributes,
             resource_attributes,
             span_name,
@@ -118,8 +122,9 @@ impl fmt::Display for CheckReport {
         };
         writeln!(
             f,
-            "OK {}: implements {CONTRACT}; sees span attributes {:?}, resource attributes {:?}{}",
+            "OK {}: implements {}; sees span attributes {:?}, resource attributes {:?}{}",
             p.id,
+            p.contract,
             p.attributes,
             p.resource_attributes,
             if p.span_name { ", span names" } else { "" }

@@ -6,6 +6,7 @@
 //! then the whole chain is replaced with one atomic pointer swap. Each batch loads the chain
 //! once, so it is processed by exactly one version; the old chain is dropped when the batch
 //! holding it ends. A bad file is refused with the reason and the last good version stays.
+pub mod abi;
 pub mod chain;
 pub mod check;
 pub mod dir;
@@ -25,10 +26,11 @@ use std::{
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
+use abi::SUPPORTED;
 pub use chain::{CHAIN_ATTRIBUTE, Chain, Loaded, OnFailure};
 use prometheus_client::metrics::family::Family;
-use runtime::{CONTRACT, Instance, Runtime};
 pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
+use runtime::{Instance, Runtime};
 use stats::{Families, PluginStats};
 
 use crate::{
@@ -87,27 +89,27 @@ pub enum PluginError {
     HostSettings(String),
     #[error(
         "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
-         (it wraps the module with wit-component for the {CONTRACT} contract)"
+         (it wraps the module with wit-component for the contract the plugin was built against)"
     )]
     CoreModule,
     #[error("not a valid component (truncated or corrupt?): {0:#}")]
     Corrupt(wasmtime::Error),
     #[error(
-        "built for another contract version ({found}); this tracer implements {CONTRACT}: \
+        "built for another contract version ({found}); this tracer implements {SUPPORTED}: \
          rebuild the plugin with the SDK that matches this tracer"
     )]
     OtherContract { found: String },
     #[error(
-        "does not implement the {CONTRACT} contract (its interfaces: {interfaces}); a plugin exports \
+        "does not implement the plugin contract, {SUPPORTED} (its interfaces: {interfaces}); a plugin exports \
          tracer:plugin/plugin and imports only tracer:plugin/host"
     )]
     NotAPlugin {
         /// Comma-separated, or `none`.
         interfaces: String,
     },
-    #[error("cannot be linked against the {CONTRACT} host: {0:#}")]
+    #[error("cannot be linked against the tracer's host interface: {0:#}")]
     Link(wasmtime::Error),
-    #[error("does not export the {CONTRACT} plugin interface as expected: {0:#}")]
+    #[error("does not export the plugin interface as its contract version says: {0:#}")]
     Exports(wasmtime::Error),
     /// `init` answered with an error: the plugin's own words about its config.
     #[error("init refused the config: {0}")]
@@ -297,27 +299,22 @@ impl PluginHost {
     }
 
     /// What the host takes from a plugin's config: its `[tracer]` table (`on-failure`), which
-    /// the plugin never sees. Without one, `--plugins-fail-closed` decides.
-    fn host_settings(&self, config: &str) -> Result<(OnFailure, String), PluginError> {
-        let default = if self.settings.fail_closed {
-            OnFailure::Drop
-        } else {
-            OnFailure::Pass
-        };
+    /// the plugin never sees. None: the config does not say.
+    fn host_settings(&self, config: &str) -> Result<(Option<OnFailure>, String), PluginError> {
         // Not TOML, or no [tracer] table: the plugin's own business, handed over as it is.
         let Ok(mut table) = config.parse::<toml::Table>() else {
-            return Ok((default, config.to_owned()));
+            return Ok((None, config.to_owned()));
         };
         let Some(host) = table.remove("tracer") else {
-            return Ok((default, config.to_owned()));
+            return Ok((None, config.to_owned()));
         };
         let bad = |why: &str| PluginError::HostSettings(why.to_owned());
         let host = host.as_table().ok_or_else(|| bad("not a table"))?;
-        let mut on_failure = default;
+        let mut on_failure = None;
         for (k, v) in host {
             match (k.as_str(), v.as_str()) {
-                ("on-failure", Some("pass")) => on_failure = OnFailure::Pass,
-                ("on-failure", Some("drop")) => on_failure = OnFailure::Drop,
+                ("on-failure", Some("pass")) => on_failure = Some(OnFailure::Pass),
+                ("on-failure", Some("drop")) => on_failure = Some(OnFailure::Drop),
                 ("on-failure", _) => return Err(bad(&format!("on-failure = {v}"))),
                 _ => return Err(bad(&format!("unknown key {k:?}"))),
             }
@@ -336,7 +333,7 @@ impl PluginHost {
         config: &str,
     ) -> Result<Arc<Loaded>, PluginError> {
         let pre = self.runtime.compile_cached(wasm)?;
-        let (on_failure, plugin_config) = self.host_settings(config)?;
+        let (configured, plugin_config) = self.host_settings(config)?;
         let name: Arc<str> = name.into();
         let limits = &self.settings.limits;
         let start = |stats: Arc<PluginStats>, self_test: bool| {
@@ -345,6 +342,15 @@ impl PluginHost {
         // Counted nowhere: the self-test is not the plugin's work.
         let test_stats = Arc::new(Families::default().stats(&name));
         let (inst, interest) = start(test_stats.clone(), true)?;
+        // The operator's word, then the plugin's, then the tracer's default.
+        let on_failure =
+            configured
+                .or(interest.on_failure)
+                .unwrap_or(if self.settings.fail_closed {
+                    OnFailure::Drop
+                } else {
+                    OnFailure::Pass
+                });
         let probe = Loaded::new(
             name.clone(),
             file.to_owned(),
@@ -628,6 +634,11 @@ impl PluginHost {
                 json!({
                     "name": &*p.name,
                     "hash": p.hash,
+                    "contract": p.contract,
+                    "on_failure": match p.on_failure {
+                        OnFailure::Pass => "pass",
+                        OnFailure::Drop => "drop",
+                    },
                     "file": p.file.display().to_string(),
                     "state": "active",
                     "loaded_at_unix": p.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
