@@ -13,7 +13,9 @@ use std::{
 
 use tracer_user::{
     metrics::Registry,
-    plugins::{self, CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, content_hash, samples},
+    plugins::{
+        self, CHAIN_ATTRIBUTE, OnFailure, PluginError, PluginHost, Settings, content_hash, samples,
+    },
     span::{Span, Value},
 };
 
@@ -307,6 +309,35 @@ team = \"shop\"\n",
     );
     assert_eq!(text.matches("  out:  DROPPED\n").count(), 1, "{text}");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The failure policy: the operator's `[tracer] on-failure`, else what the plugin declares (the
+/// redactor: drop), else the tracer's default.
+#[test]
+fn the_failure_policy_is_the_configs_then_the_plugins_then_the_default() {
+    let (Some(redactor), Some(enricher)) = (built("redactor.wasm"), built("enricher.wasm")) else {
+        return;
+    };
+    let redact = "remove = [\"*token*\"]\n";
+    let enrich = "[attributes]\nteam = \"shop\"\n";
+    let pass = "[tracer]\non-failure = \"pass\"\n";
+    for (fail_closed, wasm, cfg, want) in [
+        (false, &redactor, redact.to_string(), OnFailure::Drop),
+        (false, &redactor, format!("{redact}{pass}"), OnFailure::Pass),
+        (false, &enricher, enrich.to_string(), OnFailure::Pass),
+        (true, &enricher, enrich.to_string(), OnFailure::Drop),
+    ] {
+        let h = PluginHost::new(
+            Settings {
+                fail_closed,
+                ..Default::default()
+            },
+            &Registry::default(),
+        )
+        .unwrap();
+        let p = h.load("p", Path::new("p"), wasm, &cfg).unwrap();
+        assert_eq!(p.on_failure, want, "{cfg} (fail closed: {fail_closed})");
+    }
 }
 
 /// A component built for a WIT world (with dummy function bodies).

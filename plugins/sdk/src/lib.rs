@@ -116,6 +116,16 @@ pub enum Edit {
     Rename(String),
 }
 
+impl Edit {
+    /// `Set` of an attribute, without spelling out the [`Attribute`].
+    pub fn set(key: impl Into<String>, value: impl Into<Value>) -> Self {
+        Edit::Set(Attribute {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+}
+
 /// The decision for one span of the batch. Spans without a verdict are kept unchanged.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
@@ -203,10 +213,7 @@ impl Action {
 
     /// Sets an attribute (replacing the value of an existing one).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.edits.push(Edit::Set(Attribute {
-            key: key.into(),
-            value: value.into(),
-        }));
+        self.edits.push(Edit::set(key, value));
         self
     }
 
@@ -239,6 +246,18 @@ impl Action {
                 edits: self.edits,
             });
         }
+    }
+}
+
+impl AsRef<[Edit]> for Action {
+    fn as_ref(&self) -> &[Edit] {
+        &self.edits
+    }
+}
+
+impl AsRef<[Edit]> for Verdict {
+    fn as_ref(&self) -> &[Edit] {
+        &self.edits
     }
 }
 
@@ -818,6 +837,77 @@ pub mod testing {
         __rt::process::<P>(spans, resources)
     }
 
+    /// Panics (showing the edits) unless they set `key` to `value`. Takes an [`Action`], a
+    /// [`Verdict`] or its edits.
+    #[track_caller]
+    pub fn assert_set(edits: &impl AsRef<[Edit]>, key: &str, value: impl Into<Value>) {
+        let (edits, value) = (edits.as_ref(), value.into());
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Set(a) if a.key == key && a.value == value)),
+            "no edit sets {key} = {value:?}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the edits) unless they remove `key`.
+    #[track_caller]
+    pub fn assert_removed(edits: &impl AsRef<[Edit]>, key: &str) {
+        let edits = edits.as_ref();
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Remove(k) if k == key)),
+            "no edit removes {key}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the edits) unless they rename the span to `name`.
+    #[track_caller]
+    pub fn assert_renamed(edits: &impl AsRef<[Edit]>, name: &str) {
+        let edits = edits.as_ref();
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Rename(n) if n == name)),
+            "no edit renames the span to {name:?}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the verdicts) unless span `index` of the batch is dropped.
+    #[track_caller]
+    pub fn assert_dropped(verdicts: &[Verdict], index: u32) {
+        assert!(
+            verdicts.iter().any(|v| v.span == index && !v.keep),
+            "span {index} is not dropped: {verdicts:?}"
+        );
+    }
+
+    /// What the host makes of `spans` with these verdicts: each span edited, or None if dropped.
+    pub fn apply(spans: &[Span], verdicts: &[Verdict]) -> Vec<Option<Span>> {
+        let mut out: Vec<Option<Span>> = spans.iter().cloned().map(Some).collect();
+        for v in verdicts {
+            let Some(slot) = out.get_mut(v.span as usize) else {
+                continue;
+            };
+            let Some(span) = slot.as_mut().filter(|_| v.keep) else {
+                *slot = None;
+                continue;
+            };
+            for e in &v.edits {
+                match e {
+                    Edit::Set(a) => match span.attributes.iter_mut().find(|x| x.key == a.key) {
+                        Some(x) => x.value = a.value.clone(),
+                        None => span.attributes.push(a.clone()),
+                    },
+                    Edit::Remove(k) => span.attributes.retain(|x| x.key != *k),
+                    Edit::Rename(n) => span.name = n.clone(),
+                }
+            }
+        }
+        out
+    }
+
     /// Runs `P` as the host would: `init(config)`, then one batch with one empty resource.
     pub fn run<P: Plugin>(config: &str, spans: Vec<Span>) -> Result<Vec<Verdict>, String> {
         __rt::init::<P>(config.to_owned())?;
@@ -832,7 +922,32 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::{pattern, sampling::*};
+    use super::{Action, Verdict, pattern, sampling::*, testing};
+
+    #[test]
+    fn the_test_kit_applies_and_asserts_edits() {
+        let a = Action::keep().set("k", 1i64).remove("r").rename("n");
+        testing::assert_set(&a, "k", 1i64);
+        testing::assert_removed(&a, "r");
+        testing::assert_renamed(&a, "n");
+        let spans = [
+            testing::span().with("r", true),
+            testing::span().with("k", 0i64),
+        ];
+        let mut v = Vec::new();
+        Action::drop().push_to(0, &mut v);
+        a.push_to(1, &mut v);
+        Action::keep().push_to(2, &mut v);
+        assert_eq!(v.len(), 2, "a keep without edits sends nothing");
+        testing::assert_dropped(&v, 0);
+        let out = testing::apply(&spans, &v);
+        let s = out[1].as_ref().unwrap();
+        assert!(out[0].is_none());
+        assert_eq!((s.int_attr("k"), s.name.as_str()), (Some(1), "n"));
+        assert_eq!(s.attributes.len(), 1);
+        let unchanged = testing::apply(&spans, &[] as &[Verdict]);
+        assert_eq!(unchanged[0].as_ref(), Some(&spans[0]));
+    }
 
     #[test]
     fn thresholds_follow_the_opentelemetry_rule() {
