@@ -14,7 +14,9 @@ use std::{
 use tracer_user::{
     export::printer::to_json,
     metrics::Registry,
-    plugins::{self, CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, content_hash, samples},
+    plugins::{
+        self, CHAIN_ATTRIBUTE, OnFailure, PluginError, PluginHost, Settings, content_hash, samples,
+    },
     span::{Span, Value},
 };
 
@@ -266,7 +268,7 @@ fn check_shows_what_a_plugin_does_to_the_samples() {
     let text = r.to_string();
     assert!(
         text.starts_with(&format!(
-            "OK {}: implements tracer:plugin@0.1.0; sees span attributes",
+            "OK {}: implements tracer:plugin@0.2.0; sees span attributes",
             p.id
         )),
         "{text}"
@@ -505,6 +507,82 @@ fn a_closed_stdout_ends_the_output_quietly() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+
+/// A plugin built for contract 0.1.0 (before the packed batch) loads and runs next to 0.2.0
+/// ones, and `check` and `/plugins` name the version each was built for.
+#[test]
+fn plugins_built_for_contract_0_1_0_still_run() {
+    let (Some(old), Some(new)) = (built("testing/v01-sampler.wasm"), built("enricher.wasm")) else {
+        return;
+    };
+    let d = tmpdir("v01");
+    write(&d, "10-old.wasm", &old);
+    write(&d, "20-new.wasm", &new);
+    write(
+        &d,
+        "20-new.toml",
+        b"[attributes]
+team = \"shop\"\n",
+    );
+    let h = host(&d);
+    let r = h.reload_dir();
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let mut batch = samples();
+    h.process(&mut batch);
+    // The samples are two server spans, a client span and another server span.
+    assert_eq!(batch.len(), samples().len() - 1);
+    for s in &batch {
+        assert_eq!(attr(s, "v01.name"), Some(s.name.as_str()), "{s:?}");
+        assert_eq!(attr(s, "team"), Some("shop"));
+    }
+    let status = h.status();
+    let contracts: Vec<_> = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["contract"].as_str().unwrap())
+        .collect();
+    assert_eq!(contracts, ["tracer:plugin@0.1.0", "tracer:plugin@0.2.0"]);
+    let text = plugins::check::check(&d.join("10-old.wasm"), None, None)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(": implements tracer:plugin@0.1.0; sees span attributes [], resource attributes [], span names\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("  out:  DROPPED\n").count(), 1, "{text}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The failure policy: the operator's `[tracer] on-failure`, else what the plugin declares (the
+/// redactor: drop), else the tracer's default.
+#[test]
+fn the_failure_policy_is_the_configs_then_the_plugins_then_the_default() {
+    let (Some(redactor), Some(enricher)) = (built("redactor.wasm"), built("enricher.wasm")) else {
+        return;
+    };
+    let redact = "remove = [\"*token*\"]\n";
+    let enrich = "[attributes]\nteam = \"shop\"\n";
+    let pass = "[tracer]\non-failure = \"pass\"\n";
+    for (fail_closed, wasm, cfg, want) in [
+        (false, &redactor, redact.to_string(), OnFailure::Drop),
+        (false, &redactor, format!("{redact}{pass}"), OnFailure::Pass),
+        (false, &enricher, enrich.to_string(), OnFailure::Pass),
+        (true, &enricher, enrich.to_string(), OnFailure::Drop),
+    ] {
+        let h = PluginHost::new(
+            Settings {
+                fail_closed,
+                ..Default::default()
+            },
+            &Registry::default(),
+        )
+        .unwrap();
+        let p = h.load("p", Path::new("p"), wasm, &cfg).unwrap();
+        assert_eq!(p.on_failure, want, "{cfg} (fail closed: {fail_closed})");
+    }
+}
+
 /// A component built for a WIT world (with dummy function bodies).
 fn component_for(wit: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
@@ -566,14 +644,15 @@ fn bad_files_are_refused_and_the_last_good_chain_stays() {
         ),
         (
             "newer-contract",
-            component_for(&ours.replace("@0.1.0", "@0.2.0")),
-            "another contract version (tracer:plugin/",
+            component_for(&ours.replace("@0.2.0", "@0.3.0")),
+            "another contract version (tracer:plugin/host@0.3.0); this tracer implements \
+             tracer:plugin@0.2.0 and tracer:plugin@0.1.0",
             |e| matches!(e, PluginError::OtherContract { .. }),
         ),
         (
             "other-world",
             component_for("package other:thing;\nworld w { export run: func(); }\n"),
-            "does not implement the tracer:plugin@0.1.0 contract",
+            "does not implement the plugin contract, tracer:plugin@0.2.0 and tracer:plugin@0.1.0",
             |e| matches!(e, PluginError::NotAPlugin { .. }),
         ),
     ];

@@ -136,7 +136,7 @@ tracer_plugin_sdk::export_plugin!(Enricher);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_plugin_sdk::{Edit, testing};
+    use tracer_plugin_sdk::testing;
 
     #[test]
     fn adds_configured_attributes_without_overwriting() {
@@ -155,7 +155,7 @@ mod tests {
             "replicas already set: {:?}",
             v[1].edits
         );
-        assert!(matches!(&v[1].edits[0], Edit::Set(a) if a.key == "deployment.environment"));
+        testing::assert_set(&v[1], "deployment.environment", "prod");
     }
 
     #[test]

@@ -190,10 +190,8 @@ mod tests {
         let v = testing::run::<RatioSampler>("ratio = 0.25\nrecord = true", spans).unwrap();
         assert_eq!(v.len(), 2);
         assert!(v[0].keep);
-        assert!(
-            matches!(&v[0].edits[..], [Edit::Set(a)] if a.key == "sampling.ratio" && a.value == Value::Float(0.25))
-        );
-        assert!(!v[1].keep);
+        testing::assert_set(&v[0], "sampling.ratio", 0.25);
+        testing::assert_dropped(&v, 1);
         assert_eq!(
             testing::take_counts()
                 .into_iter()

@@ -32,8 +32,8 @@
 //! `query_attributes` when `query_params` is set and `url.full` when `userinfo` is on. A verdict
 //! is sent only for spans that change (a value already masked is left alone).
 use tracer_plugin_sdk::{
-    Attribute, Batch, Config, Edit, Interest, Plugin, Span, Value, Verdict, count, limits,
-    pattern::Patterns, serde::Deserialize,
+    Attribute, Batch, Config, Edit, FailurePolicy, Interest, Plugin, Span, Value, Verdict, count,
+    limits, pattern::Patterns, serde::Deserialize,
 };
 
 const URL_FULL: &str = "url.full";
@@ -282,7 +282,10 @@ impl Plugin for Redactor {
                 keys.push(k);
             }
         }
-        Interest::none().attributes(keys)
+        // A span this plugin did not process must not leave unredacted.
+        Interest::none()
+            .attributes(keys)
+            .on_failure(FailurePolicy::Drop)
     }
 
     fn on_batch(&mut self, batch: &Batch<'_>, out: &mut Vec<Verdict>) {
@@ -327,13 +330,6 @@ mod tests {
         Redactor::init(&Config::new(config)).unwrap()
     }
 
-    fn set(k: &str, v: &str) -> Edit {
-        Edit::Set(Attribute {
-            key: k.into(),
-            value: Value::Str(v.into()),
-        })
-    }
-
     #[test]
     fn removes_and_masks_by_key_pattern() {
         let cfg = r#"
@@ -358,8 +354,8 @@ mask = ["user.email", "*token*", "enduser.*"]
             vec![
                 Edit::Remove("http.request.header.authorization".into()),
                 Edit::Remove("session.token.id".into()),
-                set("user.email", "REDACTED"),
-                set("enduser.id", "REDACTED"),
+                Edit::set("user.email", "REDACTED"),
+                Edit::set("enduser.id", "REDACTED"),
             ]
         );
     }
@@ -419,16 +415,23 @@ mask = ["user.email", "*token*", "enduser.*"]
 mask = ["b", "a"]"#,
         )
         .unwrap();
-        assert_eq!(i, Interest::none().attributes(["a", "*token*", "b"]));
+        let drop = |i: Interest| i.on_failure(FailurePolicy::Drop);
+        assert_eq!(i, drop(Interest::none().attributes(["a", "*token*", "b"])));
         let i = testing::init::<Redactor>(r#"query_params = ["token"]"#).unwrap();
-        assert_eq!(i, Interest::none().attributes(["url.query", "url.full"]));
+        assert_eq!(
+            i,
+            drop(Interest::none().attributes(["url.query", "url.full"]))
+        );
         let i = testing::init::<Redactor>(
             "query_params = [\"token\"]\nquery_attributes = [\"url.query\"]\nuserinfo = true",
         )
         .unwrap();
-        assert_eq!(i, Interest::none().attributes(["url.query", "url.full"]));
+        assert_eq!(
+            i,
+            drop(Interest::none().attributes(["url.query", "url.full"]))
+        );
         let i = testing::init::<Redactor>("userinfo = true").unwrap();
-        assert_eq!(i, Interest::none().attributes(["url.full"]));
+        assert_eq!(i, drop(Interest::none().attributes(["url.full"])));
         assert!(!i.span_name && i.resource_attributes.is_empty());
     }
 
@@ -485,11 +488,11 @@ mask = ["b", "a"]"#,
                 (
                     0,
                     vec![
-                        set("url.query", "token=xxx"),
-                        set("url.full", "https://xxx:xxx@h:8/p?token=xxx")
+                        Edit::set("url.query", "token=xxx"),
+                        Edit::set("url.full", "https://xxx:xxx@h:8/p?token=xxx")
                     ]
                 ),
-                (3, vec![set("url.full", "https://xxx@h/")]),
+                (3, vec![Edit::set("url.full", "https://xxx@h/")]),
             ]
         );
         let counts = testing::take_counts();
@@ -506,7 +509,7 @@ mask = ["b", "a"]"#,
         let span = testing::span().with("url.full", long.as_str());
         assert_eq!(
             p.edits(&span),
-            vec![set("url.full", "MASKED-VALUE-THAT-IS-LONG")]
+            vec![Edit::set("url.full", "MASKED-VALUE-THAT-IS-LONG")]
         );
         let wide = (0..70).fold(testing::span(), |s, i| s.with(&format!("k{i}"), 1i64));
         let v = testing::run::<Redactor>(

@@ -370,32 +370,24 @@ mod tests {
                 .with_name("GET /users/{id}")
                 .with(HTTP_ROUTE, "/users/{id}"),
         ];
-        let v = testing::run::<RouteNormalizer>("", spans).unwrap();
-        let set = |r: &str| {
-            Edit::Set(Attribute {
-                key: HTTP_ROUTE.into(),
-                value: Value::Str(r.into()),
-            })
-        };
-        let got: Vec<_> = v
+        let v = testing::run::<RouteNormalizer>("", spans.clone()).unwrap();
+        // Verdicts only for the spans that change.
+        assert_eq!(v.iter().map(|v| v.span).collect::<Vec<_>>(), [0, 1, 2, 4]);
+        let out: Vec<_> = testing::apply(&spans, &v).into_iter().flatten().collect();
+        let got: Vec<_> = out
             .iter()
-            .map(|v| (v.span, v.keep, v.edits.clone()))
+            .map(|s| (s.str_attr(HTTP_ROUTE), s.name.as_str()))
             .collect();
         assert_eq!(
             got,
-            vec![
-                (
-                    0,
-                    true,
-                    vec![set("/users/{id}"), Edit::Rename("GET /users/{id}".into())]
-                ),
-                (
-                    1,
-                    true,
-                    vec![set("/users/{id}"), Edit::Rename("HTTP /users/{id}".into())]
-                ),
-                (2, true, vec![Edit::Rename("GET /users/:uid".into())]),
-                (4, true, vec![set("/pkg.Svc/Call")]),
+            [
+                (Some("/users/{id}"), "GET /users/{id}"),
+                (Some("/users/{id}"), "HTTP /users/{id}"),
+                (Some("/users/:uid"), "GET /users/:uid"),
+                (None, "GET"),
+                (Some("/pkg.Svc/Call"), "pkg.Svc/Call"),
+                (None, "GET"),
+                (Some("/users/{id}"), "GET /users/{id}"),
             ]
         );
     }

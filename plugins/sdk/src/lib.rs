@@ -46,10 +46,106 @@ pub mod bindings {
 use std::{any::Any, cell::RefCell, fmt};
 
 use bindings::tracer::plugin::host;
-pub use bindings::tracer::plugin::types::{
-    Attribute, Edit, Interest, Resource, Span, SpanKind, Status, Value, Verdict,
-};
+pub use bindings::tracer::plugin::types::{FailurePolicy, SpanKind};
 pub use host::Level;
+
+mod packed;
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribute {
+    pub key: String,
+    pub value: Value,
+}
+
+/// OpenTelemetry span status; `Error` carries its description.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Status {
+    Unset,
+    Ok,
+    Error(String),
+}
+
+/// The attributes of one process (an OpenTelemetry resource), shared by its spans.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Resource {
+    /// Only the keys matching [`Interest::resource_attributes`].
+    pub attributes: Vec<Attribute>,
+}
+
+/// One finished span, as much of it as the plugin's [`Interest`] asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    /// The 16 bytes of the trace id as two big-endian halves: (bytes 0..8, bytes 8..16).
+    pub trace_id: (u64, u64),
+    /// The 8 bytes of the span id, big-endian.
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+    /// W3C trace flags (see [`Span::sampled`]).
+    pub trace_flags: u8,
+    /// W3C `tracestate`; None unless [`Interest::trace_state`] asked for it.
+    pub trace_state: Option<String>,
+    pub kind: SpanKind,
+    /// Empty unless [`Interest::span_name`] asked for it.
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub status: Status,
+    /// Only the keys matching [`Interest::attributes`].
+    pub attributes: Vec<Attribute>,
+    /// Index into the batch's resources (see [`Batch::resource`]).
+    pub resource: u32,
+}
+
+/// A change to one span.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Add the attribute, or replace the value of the one with that key.
+    Set(Attribute),
+    /// Remove the attribute with this key (nothing happens if there is none).
+    Remove(String),
+    /// Rename the span.
+    Rename(String),
+}
+
+impl Edit {
+    /// `Set` of an attribute, without spelling out the [`Attribute`].
+    pub fn set(key: impl Into<String>, value: impl Into<Value>) -> Self {
+        Edit::Set(Attribute {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+}
+
+/// The decision for one span of the batch. Spans without a verdict are kept unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Index of the span in the batch.
+    pub span: u32,
+    /// False drops the span; edits are then ignored.
+    pub keep: bool,
+    pub edits: Vec<Edit>,
+}
+
+/// What a plugin needs to see ([`Interest::none`] and its builder methods), and what the
+/// tracer does with a batch the plugin fails on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interest {
+    pub attributes: Vec<String>,
+    pub resource_attributes: Vec<String>,
+    pub span_name: bool,
+    pub trace_state: bool,
+    pub on_failure: FailurePolicy,
+}
 
 /// A span plugin. Only `init` is required.
 pub trait Plugin: Sized + 'static {
@@ -117,10 +213,7 @@ impl Action {
 
     /// Sets an attribute (replacing the value of an existing one).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.edits.push(Edit::Set(Attribute {
-            key: key.into(),
-            value: value.into(),
-        }));
+        self.edits.push(Edit::set(key, value));
         self
     }
 
@@ -156,13 +249,28 @@ impl Action {
     }
 }
 
+impl AsRef<[Edit]> for Action {
+    fn as_ref(&self) -> &[Edit] {
+        &self.edits
+    }
+}
+
+impl AsRef<[Edit]> for Verdict {
+    fn as_ref(&self) -> &[Edit] {
+        &self.edits
+    }
+}
+
 impl Interest {
-    /// Nothing beyond ids, kind, times and status.
+    /// Nothing beyond ids, trace flags, kind, times and status; failures handled as the
+    /// tracer is configured to.
     pub fn none() -> Self {
         Self {
             attributes: Vec::new(),
             resource_attributes: Vec::new(),
             span_name: false,
+            trace_state: false,
+            on_failure: FailurePolicy::HostDefault,
         }
     }
 
@@ -185,6 +293,21 @@ impl Interest {
     /// Receive the span name too.
     pub fn span_name(mut self) -> Self {
         self.span_name = true;
+        self
+    }
+
+    /// Receive the W3C `tracestate` too.
+    pub fn trace_state(mut self) -> Self {
+        self.trace_state = true;
+        self
+    }
+
+    /// What the tracer does with a batch when this plugin fails on it (a trap, its deadline,
+    /// a result it refuses) or is out of the chain for failing: `Pass` lets it go on as it
+    /// was, `Drop` drops it. A redactor says `Drop`: a span it did not see must not leave.
+    /// An operator's `[tracer] on-failure` in the plugin's config overrules this.
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
         self
     }
 }
@@ -227,6 +350,22 @@ impl Span {
 
     pub fn is_error(&self) -> bool {
         matches!(self.status, Status::Error(_))
+    }
+
+    /// The W3C trace flags the trace arrived with (or the tracer decided on).
+    pub fn trace_flags(&self) -> u8 {
+        self.trace_flags
+    }
+
+    /// Whether the `sampled` trace flag is set: someone upstream chose to record the trace.
+    pub fn sampled(&self) -> bool {
+        self.trace_flags & 1 != 0
+    }
+
+    /// The W3C `tracestate` (None unless [`Interest::trace_state`] asked for it, or if the
+    /// trace has none).
+    pub fn trace_state(&self) -> Option<&str> {
+        self.trace_state.as_deref()
     }
 }
 
@@ -372,6 +511,40 @@ fn flush_counts() {
 #[doc(hidden)]
 pub mod __rt {
     use super::*;
+    use bindings::tracer::plugin::types as wit;
+
+    /// What `init` answers the host.
+    pub fn init_export<P: Plugin>(config: String) -> Result<wit::Interest, String> {
+        #[cfg(target_arch = "wasm32")]
+        panic_to_log();
+        init::<P>(config).map(packed::interest)
+    }
+
+    /// What `process-batch` answers the host.
+    pub fn process_export<P: Plugin>(batch: wit::Batch) -> wit::Verdicts {
+        let (spans, resources) = packed::unpack(&batch);
+        drop(batch);
+        packed::pack(process::<P>(spans, resources))
+    }
+
+    /// Sends a panic's message and location to the tracer's log before the trap that
+    /// follows it, which on its own only says "unreachable" at some wasm offset.
+    #[cfg(target_arch = "wasm32")]
+    fn panic_to_log() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let msg = info
+                    .payload_as_str()
+                    .unwrap_or("(a panic payload that is not a string)");
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+                    .unwrap_or_default();
+                host::log(Level::Error, &format!("panicked{at}: {msg}"));
+            }))
+        });
+    }
 
     pub fn init<P: Plugin>(config: String) -> Result<Interest, String> {
         let plugin = P::init(&Config::new(config))?;
@@ -409,14 +582,15 @@ macro_rules! export_plugin {
         pub struct __TracerPluginExport;
 
         impl $crate::bindings::exports::tracer::plugin::plugin::Guest for __TracerPluginExport {
-            fn init(config: String) -> Result<$crate::Interest, String> {
-                $crate::__rt::init::<$plugin>(config)
+            fn init(
+                config: String,
+            ) -> Result<$crate::bindings::tracer::plugin::types::Interest, String> {
+                $crate::__rt::init_export::<$plugin>(config)
             }
             fn process_batch(
-                spans: Vec<$crate::Span>,
-                resources: Vec<$crate::Resource>,
-            ) -> Vec<$crate::Verdict> {
-                $crate::__rt::process::<$plugin>(spans, resources)
+                batch: $crate::bindings::tracer::plugin::types::Batch,
+            ) -> $crate::bindings::tracer::plugin::types::Verdicts {
+                $crate::__rt::process_export::<$plugin>(batch)
             }
         }
 
@@ -590,6 +764,8 @@ pub mod testing {
             trace_id: (1, 2),
             span_id: 3,
             parent_span_id: None,
+            trace_flags: 1,
+            trace_state: None,
             kind: SpanKind::Server,
             name: "GET".into(),
             start_unix_nano: 1_000_000_000,
@@ -661,6 +837,77 @@ pub mod testing {
         __rt::process::<P>(spans, resources)
     }
 
+    /// Panics (showing the edits) unless they set `key` to `value`. Takes an [`Action`], a
+    /// [`Verdict`] or its edits.
+    #[track_caller]
+    pub fn assert_set(edits: &impl AsRef<[Edit]>, key: &str, value: impl Into<Value>) {
+        let (edits, value) = (edits.as_ref(), value.into());
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Set(a) if a.key == key && a.value == value)),
+            "no edit sets {key} = {value:?}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the edits) unless they remove `key`.
+    #[track_caller]
+    pub fn assert_removed(edits: &impl AsRef<[Edit]>, key: &str) {
+        let edits = edits.as_ref();
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Remove(k) if k == key)),
+            "no edit removes {key}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the edits) unless they rename the span to `name`.
+    #[track_caller]
+    pub fn assert_renamed(edits: &impl AsRef<[Edit]>, name: &str) {
+        let edits = edits.as_ref();
+        assert!(
+            edits
+                .iter()
+                .any(|e| matches!(e, Edit::Rename(n) if n == name)),
+            "no edit renames the span to {name:?}: {edits:?}"
+        );
+    }
+
+    /// Panics (showing the verdicts) unless span `index` of the batch is dropped.
+    #[track_caller]
+    pub fn assert_dropped(verdicts: &[Verdict], index: u32) {
+        assert!(
+            verdicts.iter().any(|v| v.span == index && !v.keep),
+            "span {index} is not dropped: {verdicts:?}"
+        );
+    }
+
+    /// What the host makes of `spans` with these verdicts: each span edited, or None if dropped.
+    pub fn apply(spans: &[Span], verdicts: &[Verdict]) -> Vec<Option<Span>> {
+        let mut out: Vec<Option<Span>> = spans.iter().cloned().map(Some).collect();
+        for v in verdicts {
+            let Some(slot) = out.get_mut(v.span as usize) else {
+                continue;
+            };
+            let Some(span) = slot.as_mut().filter(|_| v.keep) else {
+                *slot = None;
+                continue;
+            };
+            for e in &v.edits {
+                match e {
+                    Edit::Set(a) => match span.attributes.iter_mut().find(|x| x.key == a.key) {
+                        Some(x) => x.value = a.value.clone(),
+                        None => span.attributes.push(a.clone()),
+                    },
+                    Edit::Remove(k) => span.attributes.retain(|x| x.key != *k),
+                    Edit::Rename(n) => span.name = n.clone(),
+                }
+            }
+        }
+        out
+    }
+
     /// Runs `P` as the host would: `init(config)`, then one batch with one empty resource.
     pub fn run<P: Plugin>(config: &str, spans: Vec<Span>) -> Result<Vec<Verdict>, String> {
         __rt::init::<P>(config.to_owned())?;
@@ -675,7 +922,32 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::{pattern, sampling::*};
+    use super::{Action, Verdict, pattern, sampling::*, testing};
+
+    #[test]
+    fn the_test_kit_applies_and_asserts_edits() {
+        let a = Action::keep().set("k", 1i64).remove("r").rename("n");
+        testing::assert_set(&a, "k", 1i64);
+        testing::assert_removed(&a, "r");
+        testing::assert_renamed(&a, "n");
+        let spans = [
+            testing::span().with("r", true),
+            testing::span().with("k", 0i64),
+        ];
+        let mut v = Vec::new();
+        Action::drop().push_to(0, &mut v);
+        a.push_to(1, &mut v);
+        Action::keep().push_to(2, &mut v);
+        assert_eq!(v.len(), 2, "a keep without edits sends nothing");
+        testing::assert_dropped(&v, 0);
+        let out = testing::apply(&spans, &v);
+        let s = out[1].as_ref().unwrap();
+        assert!(out[0].is_none());
+        assert_eq!((s.int_attr("k"), s.name.as_str()), (Some(1), "n"));
+        assert_eq!(s.attributes.len(), 1);
+        let unchanged = testing::apply(&spans, &[] as &[Verdict]);
+        assert_eq!(unchanged[0].as_ref(), Some(&spans[0]));
+    }
 
     #[test]
     fn thresholds_follow_the_opentelemetry_rule() {

@@ -14,13 +14,11 @@ use std::{
 
 use super::{
     PluginError,
-    runtime::{
-        Attribute, CallError, Edit, HostState, Instance, Interest, Limits, SpanPluginPre, Verdict,
-        WitKind, WitResource, WitSpan, WitStatus, WitValue,
-    },
+    abi::{Compiled, HostEdit, HostVerdict, Interest, View},
+    runtime::{CallError, Instance, Limits},
     stats::PluginStats,
 };
-use crate::span::{Resource, Span, SpanKind, Status, Value, clock_ns, kv};
+use crate::span::{Span, Value, clock_ns, kv};
 
 /// The attribute naming the plugin versions that processed a span.
 pub const CHAIN_ATTRIBUTE: &str = "tracer.plugins.chain";
@@ -32,38 +30,6 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 4096;
 
-/// Attribute key patterns; `*` matches any run of characters.
-#[derive(Clone, Debug, Default)]
-pub struct KeyMatcher {
-    all: bool,
-    patterns: Vec<String>,
-}
-
-impl KeyMatcher {
-    pub fn new(patterns: &[String]) -> Self {
-        Self {
-            all: patterns.iter().any(|p| p == "*"),
-            patterns: patterns.to_vec(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.patterns.is_empty()
-    }
-
-    pub fn matches(&self, key: &str) -> bool {
-        self.all
-            || self
-                .patterns
-                .iter()
-                .any(|p| glob(p.as_bytes(), key.as_bytes()))
-    }
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    tracer_common::glob_match(p, s, |a, b| a == b)
-}
-
 /// A plugin that passed validation: its compiled code, config, interest and live instance.
 pub struct Loaded {
     /// File name without `.wasm`, e.g. `10-sampler`.
@@ -74,11 +40,11 @@ pub struct Loaded {
     pub config: String,
     pub loaded_at: SystemTime,
     pub stats: Arc<PluginStats>,
-    pre: SpanPluginPre<HostState>,
+    pre: Compiled,
+    /// The contract version it was built for (`tracer:plugin@0.2.0`).
+    pub contract: &'static str,
     limits: Limits,
-    attributes: KeyMatcher,
-    resource_attributes: KeyMatcher,
-    span_name: bool,
+    view: View,
     /// None after a failed call: a trapped instance cannot be re-entered.
     instance: Mutex<Option<Instance>>,
     /// When the recent failed calls happened (CLOCK_MONOTONIC ns), oldest first.
@@ -108,7 +74,7 @@ impl Loaded {
         file: PathBuf,
         hash: String,
         config: String,
-        pre: SpanPluginPre<HostState>,
+        pre: Compiled,
         limits: Limits,
         stats: Arc<PluginStats>,
         instance: Instance,
@@ -124,11 +90,10 @@ impl Loaded {
             config,
             loaded_at: SystemTime::now(),
             stats,
+            contract: pre.contract(),
             pre,
             limits,
-            attributes: KeyMatcher::new(&interest.attributes),
-            resource_attributes: KeyMatcher::new(&interest.resource_attributes),
-            span_name: interest.span_name,
+            view: View::new(&interest),
             instance: Mutex::new(Some(instance)),
             failures: Mutex::default(),
             max_failures,
@@ -145,10 +110,11 @@ impl Loaded {
     }
 
     pub fn interest(&self) -> (Vec<String>, Vec<String>, bool) {
+        let v = &self.view;
         (
-            self.attributes.patterns.clone(),
-            self.resource_attributes.patterns.clone(),
-            self.span_name,
+            v.attributes.patterns().to_vec(),
+            v.resource_attributes.patterns().to_vec(),
+            v.span_name,
         )
     }
 
@@ -159,12 +125,6 @@ impl Loaded {
     /// Runs the plugin on `batch` (at most MAX_BATCH spans) and applies its verdicts.
     /// On error nothing was applied.
     pub fn run(&self, batch: &mut Vec<Span>) -> Result<(), CallError> {
-        let (spans, resources) = to_wit(
-            batch,
-            &self.attributes,
-            &self.resource_attributes,
-            self.span_name,
-        );
         let st = &self.stats;
         let mut guard = self.instance.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -188,7 +148,7 @@ impl Loaded {
             unreachable!("instance started above")
         };
         let t0 = Instant::now();
-        let result = inst.process(&spans, &resources);
+        let result = inst.process(batch, &self.view);
         st.call_seconds.inc_by(t0.elapsed().as_secs_f64());
         st.calls.inc();
         st.spans_in.inc_by(batch.len() as u64);
@@ -254,103 +214,17 @@ impl Loaded {
     }
 }
 
-fn value_to_wit(v: &Value) -> WitValue {
-    match v {
-        Value::Str(s) => WitValue::Str(s.clone()),
-        Value::Int(i) => WitValue::Int(*i),
-        Value::Float(x) => WitValue::Float(*x),
-        Value::Bool(b) => WitValue::Boolean(*b),
-    }
-}
-
-fn value_from_wit(v: WitValue) -> Value {
-    match v {
-        WitValue::Str(s) => Value::Str(s),
-        WitValue::Int(i) => Value::Int(i),
-        WitValue::Float(x) => Value::Float(x),
-        WitValue::Boolean(b) => Value::Bool(b),
-    }
-}
-
-fn filtered<'a>(
-    attrs: impl Iterator<Item = (&'a str, &'a Value)>,
-    m: &KeyMatcher,
-) -> Vec<Attribute> {
-    if m.is_empty() {
-        return Vec::new();
-    }
-    attrs
-        .filter(|(k, _)| m.matches(k))
-        .map(|(k, v)| Attribute {
-            key: k.to_owned(),
-            value: value_to_wit(v),
-        })
-        .collect()
-}
-
-/// The batch as the plugin sees it: resources once each, only the attributes it asked for.
-fn to_wit(
-    batch: &[Span],
-    attrs: &KeyMatcher,
-    res_attrs: &KeyMatcher,
-    span_name: bool,
-) -> (Vec<WitSpan>, Vec<WitResource>) {
-    let mut seen: Vec<*const Resource> = Vec::new();
-    let mut resources = Vec::new();
-    let spans = batch
-        .iter()
-        .map(|s| {
-            let ptr = Arc::as_ptr(&s.resource);
-            let idx = match seen.iter().position(|&p| p == ptr) {
-                Some(i) => i,
-                None => {
-                    seen.push(ptr);
-                    resources.push(WitResource {
-                        attributes: filtered(
-                            s.resource.attributes.iter().map(|a| (&*a.key, &a.value)),
-                            res_attrs,
-                        ),
-                    });
-                    seen.len() - 1
-                }
-            };
-            let half = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
-            WitSpan {
-                trace_id: (half(&s.trace_id[..8]), half(&s.trace_id[8..])),
-                span_id: u64::from_be_bytes(s.span_id),
-                parent_span_id: s.parent_span_id.map(u64::from_be_bytes),
-                kind: match s.kind {
-                    SpanKind::Server => WitKind::Server,
-                    SpanKind::Client => WitKind::Client,
-                    SpanKind::Internal => WitKind::Internal,
-                },
-                name: if span_name {
-                    s.name.clone()
-                } else {
-                    String::new()
-                },
-                start_unix_nano: s.start_unix_ns,
-                end_unix_nano: s.end_unix_ns,
-                status: match &s.status {
-                    Status::Unset => WitStatus::Unset,
-                    Status::Error(m) => WitStatus::Error(m.clone()),
-                },
-                attributes: filtered(s.attributes.iter().map(|a| (&*a.key, &a.value)), attrs),
-                resource: idx as u32,
-            }
-        })
-        .collect();
-    (spans, resources)
-}
-
 /// The contract's limits on a result, checked before anything is applied.
-fn check(verdicts: &[Verdict], n: usize) -> Result<(), CallError> {
+fn check(verdicts: &[HostVerdict], n: usize) -> Result<(), CallError> {
     let invalid = |why: String| Err(CallError::Invalid(why));
     if verdicts.len() > n {
         return invalid(format!("{} verdicts for {n} spans", verdicts.len()));
     }
     let mut seen = HashSet::with_capacity(verdicts.len());
-    let key_ok = |k: &str| !k.is_empty() && k.len() <= MAX_KEY && k != CHAIN_ATTRIBUTE;
+    // The host's own attributes say what ran: no plugin forges them.
+    let key_ok = |k: &str| {
+        !k.is_empty() && k.len() <= MAX_KEY && k != CHAIN_ATTRIBUTE && k != FAILED_ATTRIBUTE
+    };
     for v in verdicts {
         if v.span as usize >= n {
             return invalid(format!("verdict for span {} of a batch of {n}", v.span));
@@ -366,15 +240,15 @@ fn check(verdicts: &[Verdict], n: usize) -> Result<(), CallError> {
         }
         for e in &v.edits {
             let ok = match e {
-                Edit::Set(a) => {
-                    key_ok(&a.key) && !matches!(&a.value, WitValue::Str(s) if s.len() > MAX_VALUE)
+                HostEdit::Set(k, v) => {
+                    key_ok(k) && !matches!(v, Value::Str(s) if s.len() > MAX_VALUE)
                 }
-                Edit::Remove(k) => key_ok(k),
-                Edit::Rename(name) => !name.is_empty() && name.len() <= MAX_KEY,
+                HostEdit::Remove(k) => key_ok(k),
+                HostEdit::Rename(name) => !name.is_empty() && name.len() <= MAX_KEY,
             };
             if !ok {
                 return invalid(format!(
-                    "an edit breaks the limits (keys 1..={MAX_KEY} bytes and not {CHAIN_ATTRIBUTE}, \
+                    "an edit breaks the limits (keys 1..={MAX_KEY} bytes, not {CHAIN_ATTRIBUTE} nor {FAILED_ATTRIBUTE}, \
                      string values up to {MAX_VALUE} bytes, names 1..={MAX_KEY} bytes): {}",
                     format!("{e:?}").chars().take(200).collect::<String>()
                 ));
@@ -385,7 +259,7 @@ fn check(verdicts: &[Verdict], n: usize) -> Result<(), CallError> {
 }
 
 /// Applies checked verdicts; returns (dropped, edited).
-fn apply(batch: &mut Vec<Span>, verdicts: Vec<Verdict>) -> (u64, u64) {
+fn apply(batch: &mut Vec<Span>, verdicts: Vec<HostVerdict>) -> (u64, u64) {
     let (mut dropped, mut edited) = (0, 0);
     let mut keep = vec![true; batch.len()];
     for v in verdicts {
@@ -402,15 +276,14 @@ fn apply(batch: &mut Vec<Span>, verdicts: Vec<Verdict>) -> (u64, u64) {
         let span = &mut batch[i];
         for e in v.edits {
             match e {
-                Edit::Set(a) => {
-                    let value = value_from_wit(a.value);
-                    match span.attributes.iter_mut().find(|x| x.key == a.key) {
+                HostEdit::Set(key, value) => {
+                    match span.attributes.iter_mut().find(|x| x.key == key) {
                         Some(x) => x.value = value,
-                        None => span.attributes.push(kv(a.key, value)),
+                        None => span.attributes.push(kv(key, value)),
                     }
                 }
-                Edit::Remove(k) => span.attributes.retain(|x| x.key != k),
-                Edit::Rename(name) => span.name = name,
+                HostEdit::Remove(k) => span.attributes.retain(|x| x.key != k),
+                HostEdit::Rename(name) => span.name = name,
             }
         }
     }
@@ -646,86 +519,15 @@ fn label<'a>(plugins: impl Iterator<Item = &'a Loaded>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn glob_patterns() {
-        for (p, k, want) in [
-            ("*", "anything", true),
-            ("url.path", "url.path", true),
-            ("url.path", "url.paths", false),
-            ("http.*", "http.request.method", true),
-            ("http.*", "url.path", false),
-            ("*token*", "x.api_token.value", true),
-            ("*token*", "tok", false),
-            ("a*b*c", "aXbYbZc", true),
-            ("a*b*c", "aXbYc_", false),
-            ("", "", true),
-            ("", "a", false),
-        ] {
-            assert_eq!(glob(p.as_bytes(), k.as_bytes()), want, "{p} vs {k}");
-        }
-        let m = KeyMatcher::new(&["url.*".into(), "http.route".into()]);
-        assert!(m.matches("url.query") && m.matches("http.route") && !m.matches("http.method"));
-        assert!(KeyMatcher::new(&[]).is_empty());
-    }
+    use crate::plugins::abi::tests::span;
 
-    fn span(i: u8) -> Span {
-        Span {
-            trace_id: [i; 16],
-            span_id: [i; 8],
-            parent_span_id: None,
-            flags: 1,
-            trace_state: None,
-            kind: SpanKind::Server,
-            name: "GET".into(),
-            start_unix_ns: 1,
-            end_unix_ns: 2,
-            status: Status::Unset,
-            attributes: vec![kv("url.path", Value::Str(format!("/u/{i}")))],
-            resource: Arc::new(Resource {
-                pid: 1,
-                service_name: "svc".into(),
-                attributes: vec![kv("service.name", Value::Str("svc".into()))],
-            }),
-        }
-    }
-
-    #[test]
-    fn conversion_sends_only_what_was_asked() {
-        let shared = span(1).resource;
-        let mut batch = vec![span(1), span(2), span(3)];
-        batch[1].resource = shared.clone();
-        batch[2].resource = shared;
-        let (s, r) = to_wit(&batch, &KeyMatcher::new(&[]), &KeyMatcher::new(&[]), false);
-        assert!(
-            s.iter()
-                .all(|s| s.attributes.is_empty() && s.name.is_empty())
-        );
-        assert_eq!(r.len(), 2, "two distinct resources");
-        assert_eq!((s[0].resource, s[1].resource, s[2].resource), (0, 1, 1));
-        assert_eq!(s[0].trace_id, (0x0101010101010101, 0x0101010101010101));
-        let (s, r) = to_wit(
-            &batch,
-            &KeyMatcher::new(&["url.*".into()]),
-            &KeyMatcher::new(&["service.name".into()]),
-            true,
-        );
-        assert_eq!(s[2].attributes[0].key, "url.path");
-        assert_eq!(s[2].name, "GET");
-        assert_eq!(r[1].attributes.len(), 1);
-    }
-
-    fn verdict(span: u32, keep: bool, edits: Vec<Edit>) -> Verdict {
-        Verdict { span, keep, edits }
+    fn verdict(span: u32, keep: bool, edits: Vec<HostEdit>) -> HostVerdict {
+        HostVerdict { span, keep, edits }
     }
 
     #[test]
     fn results_breaking_the_contract_are_refused() {
-        let set = |k: &str, v: WitValue| {
-            Edit::Set(Attribute {
-                key: k.into(),
-                value: v,
-            })
-        };
+        let set = |k: &str, v: Value| HostEdit::Set(k.into(), v);
         assert!(check(&[verdict(0, false, vec![])], 1).is_ok());
         for (bad, n, what) in [
             (vec![verdict(1, true, vec![])], 1, "of a batch of 1"),
@@ -735,25 +537,21 @@ mod tests {
                 "two verdicts",
             ),
             (
+                vec![verdict(0, true, vec![set(CHAIN_ATTRIBUTE, Value::Int(1))])],
+                1,
+                "limits",
+            ),
+            (
                 vec![verdict(
                     0,
                     true,
-                    vec![set(CHAIN_ATTRIBUTE, WitValue::Int(1))],
+                    vec![set("k", Value::Str("x".repeat(MAX_VALUE + 1)))],
                 )],
                 1,
                 "limits",
             ),
             (
-                vec![verdict(
-                    0,
-                    true,
-                    vec![set("k", WitValue::Str("x".repeat(MAX_VALUE + 1)))],
-                )],
-                1,
-                "limits",
-            ),
-            (
-                vec![verdict(0, true, vec![Edit::Remove(String::new())])],
+                vec![verdict(0, true, vec![HostEdit::Remove(String::new())])],
                 1,
                 "limits",
             ),
@@ -761,7 +559,7 @@ mod tests {
                 vec![verdict(
                     0,
                     true,
-                    vec![Edit::Remove("k".into()); MAX_EDITS + 1],
+                    vec![HostEdit::Remove("k".into()); MAX_EDITS + 1],
                 )],
                 1,
                 "edits for one span",
@@ -789,16 +587,10 @@ mod tests {
                     2,
                     true,
                     vec![
-                        Edit::Set(Attribute {
-                            key: "url.path".into(),
-                            value: WitValue::Str("/u/{id}".into()),
-                        }),
-                        Edit::Set(Attribute {
-                            key: "team".into(),
-                            value: WitValue::Float(1.5),
-                        }),
-                        Edit::Rename("GET /u/{id}".into()),
-                        Edit::Remove("nothing.here".into()),
+                        HostEdit::Set("url.path".into(), Value::Str("/u/{id}".into())),
+                        HostEdit::Set("team".into(), Value::Float(1.5)),
+                        HostEdit::Rename("GET /u/{id}".into()),
+                        HostEdit::Remove("nothing.here".into()),
                     ],
                 ),
             ],

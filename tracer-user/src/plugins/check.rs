@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, runtime::CONTRACT, samples};
+use super::{CHAIN_ATTRIBUTE, PluginError, PluginHost, Settings, dir, samples};
 use crate::{
     export::printer::{JsonLineError, from_json_lines, to_line},
     metrics::Registry,
@@ -41,6 +41,8 @@ pub struct CheckReport {
 pub struct Accepted {
     /// `name@hash`, as spans would name it.
     pub id: String,
+    /// The contract version it was built for.
+    pub contract: &'static str,
     pub attributes: Vec<String>,
     pub resource_attributes: Vec<String>,
     pub span_name: bool,
@@ -91,6 +93,7 @@ pub fn check(
     let verdict = host.load(&name, file, &wasm, &cfg).map(|p| {
         let (attributes, resource_attributes, span_name) = p.interest();
         let id = p.id();
+        let contract = p.contract;
         host.install(vec![p]);
         let mut after = input.clone();
         host.process(&mut after);
@@ -105,6 +108,7 @@ pub fn check(
             .collect();
         Accepted {
             id,
+            contract,
             attributes,
             resource_attributes,
             span_name,
@@ -172,8 +176,9 @@ impl fmt::Display for CheckReport {
         };
         writeln!(
             f,
-            "OK {}: implements {CONTRACT}; sees span attributes {:?}, resource attributes {:?}{}",
+            "OK {}: implements {}; sees span attributes {:?}, resource attributes {:?}{}",
             p.id,
+            p.contract,
             p.attributes,
             p.resource_attributes,
             if p.span_name { ", span names" } else { "" }

@@ -6,6 +6,7 @@
 //! then the whole chain is replaced with one atomic pointer swap. Each batch loads the chain
 //! once, so it is processed by exactly one version; the old chain is dropped when the batch
 //! holding it ends. A bad file is refused with the reason and the last good version stays.
+pub mod abi;
 pub mod chain;
 pub mod check;
 pub mod dir;
@@ -25,10 +26,11 @@ use std::{
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
+use abi::SUPPORTED;
 pub use chain::{CHAIN_ATTRIBUTE, Canary, Chain, FAILED_ATTRIBUTE, Loaded, OnFailure, Slot};
 use prometheus_client::metrics::family::Family;
-use runtime::{CONTRACT, Instance, Runtime};
 pub use runtime::{CallError, DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_MIB, Limits};
+use runtime::{Instance, Runtime};
 use stats::{Families, PluginStats};
 
 use crate::{
@@ -101,27 +103,27 @@ pub enum PluginError {
     CanaryAlone { stable: String },
     #[error(
         "a core WebAssembly module, not a component: build it with `cargo xtask build-plugins` \
-         (it wraps the module with wit-component for the {CONTRACT} contract)"
+         (it wraps the module with wit-component for the contract the plugin was built against)"
     )]
     CoreModule,
     #[error("not a valid component (truncated or corrupt?): {0:#}")]
     Corrupt(wasmtime::Error),
     #[error(
-        "built for another contract version ({found}); this tracer implements {CONTRACT}: \
+        "built for another contract version ({found}); this tracer implements {SUPPORTED}: \
          rebuild the plugin with the SDK that matches this tracer"
     )]
     OtherContract { found: String },
     #[error(
-        "does not implement the {CONTRACT} contract (its interfaces: {interfaces}); a plugin exports \
+        "does not implement the plugin contract, {SUPPORTED} (its interfaces: {interfaces}); a plugin exports \
          tracer:plugin/plugin and imports only tracer:plugin/host"
     )]
     NotAPlugin {
         /// Comma-separated, or `none`.
         interfaces: String,
     },
-    #[error("cannot be linked against the {CONTRACT} host: {0:#}")]
+    #[error("cannot be linked against the tracer's host interface: {0:#}")]
     Link(wasmtime::Error),
-    #[error("does not export the {CONTRACT} plugin interface as expected: {0:#}")]
+    #[error("does not export the plugin interface as its contract version says: {0:#}")]
     Exports(wasmtime::Error),
     /// `init` answered with an error: the plugin's own words about its config.
     #[error("init refused the config: {0}")]
@@ -189,7 +191,8 @@ struct FileRecord {
 
 /// What the host takes from a plugin's config (its `[tracer]` table), and the rest.
 struct HostSettings {
-    on_failure: OnFailure,
+    /// None when the config does not say.
+    on_failure: Option<OnFailure>,
     /// The share of traces, when this version runs as a canary.
     canary: Option<f64>,
     /// What the plugin's `init` gets.
@@ -366,15 +369,10 @@ impl PluginHost {
     }
 
     /// What the host takes from a plugin's config: its `[tracer]` table (`on-failure`), which
-    /// the plugin never sees. Without one, `--plugins-fail-closed` decides.
+    /// the plugin never sees. An unset on-failure is None: the plugin or the default decides.
     fn host_settings(&self, config: &str) -> Result<HostSettings, PluginError> {
-        let default = if self.settings.fail_closed {
-            OnFailure::Drop
-        } else {
-            OnFailure::Pass
-        };
         let mut out = HostSettings {
-            on_failure: default,
+            on_failure: None,
             canary: None,
             plugin_config: config.to_owned(),
         };
@@ -389,8 +387,8 @@ impl PluginHost {
         let host = host.as_table().ok_or_else(|| bad("not a table"))?;
         for (k, v) in host {
             match (k.as_str(), v.as_str()) {
-                ("on-failure", Some("pass")) => out.on_failure = OnFailure::Pass,
-                ("on-failure", Some("drop")) => out.on_failure = OnFailure::Drop,
+                ("on-failure", Some("pass")) => out.on_failure = Some(OnFailure::Pass),
+                ("on-failure", Some("drop")) => out.on_failure = Some(OnFailure::Drop),
                 ("on-failure", _) => return Err(bad(&format!("on-failure = {v}"))),
                 ("canary", _) => match v.as_float().or(v.as_integer().map(|i| i as f64)) {
                     Some(f) if (0.0..=1.0).contains(&f) => out.canary = Some(f),
@@ -414,7 +412,7 @@ impl PluginHost {
     ) -> Result<Arc<Loaded>, PluginError> {
         let pre = self.runtime.compile_cached(wasm)?;
         let HostSettings {
-            on_failure,
+            on_failure: configured,
             canary,
             plugin_config,
         } = self.host_settings(config)?;
@@ -427,6 +425,15 @@ impl PluginHost {
         // Counted nowhere: the self-test is not the plugin's work.
         let test_stats = Arc::new(Families::default().stats(&name, &hash));
         let (inst, interest) = start(test_stats.clone(), true)?;
+        // The operator's word, then the plugin's, then the tracer's default.
+        let on_failure =
+            configured
+                .or(interest.on_failure)
+                .unwrap_or(if self.settings.fail_closed {
+                    OnFailure::Drop
+                } else {
+                    OnFailure::Pass
+                });
         let probe = Loaded::new(
             name.clone(),
             file.to_owned(),
@@ -1011,6 +1018,7 @@ impl PluginHost {
                 "name": &*p.name,
                 "hash": p.hash,
                 "role": role,
+                "contract": p.contract,
                 "canary_fraction": fraction,
                 "file": p.file.display().to_string(),
                 "state": if p.is_quarantined() { "quarantined" } else { "active" },

@@ -13,24 +13,17 @@ use std::{
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, ResourceLimiter, Store, Trap,
-    component::{Component, HasSelf, Linker},
+    component::{Component, Linker},
 };
 
-use super::{PluginError, stats::PluginStats};
-
-wasmtime::component::bindgen!({
-    path: "../plugins/wit",
-    world: "span-plugin",
-});
-
-pub use exports::tracer::plugin::plugin::{Interest, Verdict};
-pub use tracer::plugin::types::{
-    Attribute, Edit, Resource as WitResource, Span as WitSpan, SpanKind as WitKind,
-    Status as WitStatus, Value as WitValue,
+use super::{
+    PluginError,
+    abi::{
+        self, Bindings, CONTRACTS, Compiled, HostVerdict, Interest, View, v2::tracer::plugin::host,
+    },
+    stats::PluginStats,
 };
-
-/// The contract version the host implements, as it appears in import and export names.
-pub const CONTRACT: &str = "tracer:plugin@0.1.0";
+use crate::span::Span;
 
 /// One epoch tick; deadlines are whole ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -108,9 +101,9 @@ impl ResourceLimiter for HostState {
     }
 }
 
-impl tracer::plugin::host::Host for HostState {
-    fn log(&mut self, level: tracer::plugin::host::Level, message: String) {
-        use tracer::plugin::host::Level;
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) {
+        use host::Level;
         // A chatty plugin must not flood the daemon's log.
         if !self.stats.log_allowed() {
             return;
@@ -144,8 +137,6 @@ impl tracer::plugin::host::Host for HostState {
     }
 }
 
-impl tracer::plugin::types::Host for HostState {}
-
 /// Compiled components kept for reuse: a config-only change or a swap back to a previous
 /// version skips the compiler.
 const CACHED: usize = 16;
@@ -155,7 +146,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     stop: Arc<AtomicBool>,
-    cache: Mutex<Vec<([u8; 32], SpanPluginPre<HostState>)>>,
+    cache: Mutex<Vec<([u8; 32], Compiled)>>,
 }
 
 impl Runtime {
@@ -164,7 +155,7 @@ impl Runtime {
         cfg.epoch_interruption(true);
         let engine = Engine::new(&cfg)?;
         let mut linker = Linker::new(&engine);
-        SpanPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        abi::add_to_linker(&mut linker)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         thread::Builder::new()
@@ -184,7 +175,7 @@ impl Runtime {
     }
 
     /// [`Self::compile`] through a small most-recently-used cache keyed by the file's SHA-256.
-    pub fn compile_cached(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, PluginError> {
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let key: [u8; 32] = Sha256::digest(bytes).into();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
@@ -204,7 +195,7 @@ impl Runtime {
     }
 
     /// Compiles and links a component (tens of milliseconds: never on the hot path).
-    pub fn compile(&self, bytes: &[u8]) -> Result<SpanPluginPre<HostState>, PluginError> {
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(PluginError::NotWasm);
         }
@@ -214,12 +205,12 @@ impl Runtime {
         }
         let component =
             Component::from_binary(&self.engine, bytes).map_err(PluginError::Corrupt)?;
-        contract_check(&self.engine, &component)?;
+        let contract = contract_check(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(PluginError::Link)?;
-        SpanPluginPre::new(pre).map_err(PluginError::Exports)
+        Compiled::new(contract, pre).map_err(PluginError::Exports)
     }
 }
 
@@ -229,20 +220,20 @@ impl Drop for Runtime {
     }
 }
 
-/// Names the contract version a component was built for when it is not ours.
-fn contract_check(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The contract version a component exports its plugin interface for, or what it was built
+/// for instead.
+fn contract_check(engine: &Engine, component: &Component) -> Result<&'static str, PluginError> {
     let ty = component.component_type();
     let names: Vec<String> = ty
         .imports(engine)
         .map(|(n, _)| n.to_string())
         .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
         .collect();
-    let ours = format!(
-        "tracer:plugin/plugin@{}",
-        &CONTRACT["tracer:plugin@".len()..]
-    );
-    if names.contains(&ours) {
-        return Ok(());
+    for contract in CONTRACTS {
+        let version = &contract["tracer:plugin@".len()..];
+        if names.contains(&format!("tracer:plugin/plugin@{version}")) {
+            return Ok(contract);
+        }
     }
     Err(
         match names.iter().find(|n| n.starts_with("tracer:plugin/")) {
@@ -263,14 +254,14 @@ fn contract_check(engine: &Engine, component: &Component) -> Result<(), PluginEr
 /// A live instance: its store and the handles of its exports.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: SpanPlugin,
+    bindings: Bindings,
     limits: Limits,
 }
 
 impl Instance {
     /// Instantiates and runs `init(config)` within the init deadline.
     pub fn start(
-        pre: &SpanPluginPre<HostState>,
+        pre: &Compiled,
         plugin: Arc<str>,
         stats: Arc<PluginStats>,
         limits: &Limits,
@@ -307,36 +298,30 @@ impl Instance {
             limits: limits.clone(),
         };
         let interest = inst
-            .call(limits.init_timeout, |b, s| {
-                b.tracer_plugin_plugin().call_init(s, config)
-            })
+            .call(limits.init_timeout, |b, s| b.init(s, config))
             .map_err(PluginError::Init)?;
         let interest =
             interest.map_err(|msg| PluginError::ConfigRefused(msg.chars().take(512).collect()))?;
         Ok((inst, interest))
     }
 
-    pub fn process(
-        &mut self,
-        spans: &[WitSpan],
-        resources: &[WitResource],
-    ) -> Result<Vec<Verdict>, CallError> {
+    /// Sends `batch` as `view` allows; the verdicts come back in host types, not yet checked
+    /// against the contract's limits.
+    pub fn process(&mut self, batch: &[Span], view: &View) -> Result<Vec<HostVerdict>, CallError> {
         let timeout = self.limits.call_timeout;
-        self.call(timeout, |b, s| {
-            b.tracer_plugin_plugin()
-                .call_process_batch(s, spans, resources)
-        })
+        self.call(timeout, |b, s| b.process(s, batch, view))?
+            .map_err(CallError::Invalid)
     }
 
     fn call<R>(
         &mut self,
         timeout: Duration,
-        f: impl FnOnce(&SpanPlugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         // Deadlines count from now: re-armed before every call.
         self.store.set_epoch_deadline(ticks(timeout));
         self.store.data_mut().memory_denied = false;
-        f(&self.bindings, &mut self.store)
+        f(&mut self.bindings, &mut self.store)
             .map_err(|e| classify(e, &self.store, timeout, &self.limits))
     }
 }

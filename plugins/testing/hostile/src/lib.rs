@@ -218,13 +218,7 @@ mod tests {
         for (i, v) in v.iter().enumerate() {
             assert_eq!(v.span, i as u32);
             assert!(v.keep);
-            assert_eq!(
-                v.edits,
-                vec![Edit::Set(Attribute {
-                    key: "hostile.ok".into(),
-                    value: Value::Boolean(true)
-                })]
-            );
+            assert_eq!(v.edits, [Edit::set("hostile.ok", true)]);
         }
         assert_eq!(
             testing::init::<Hostile>("mode = \"ok\"").unwrap(),
