@@ -437,8 +437,8 @@ mod tests {
             ),
             (with("span_id", Json::Null), "span_id: missing"),
             (
-                with("kind", json!("INTERNAL")),
-                "kind: expected \"SERVER\" or \"CLIENT\"",
+                with("kind", json!("PRODUCER")),
+                "kind: expected \"SERVER\", \"CLIENT\" or \"INTERNAL\"",
             ),
             (with("name", json!(3)), "name: expected a string"),
             (
