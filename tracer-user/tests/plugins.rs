@@ -1334,3 +1334,29 @@ fn a_lone_canary_is_refused_and_a_failing_one_rolls_back() {
     assert_eq!(h.status()["not_running"][0]["state"], "quarantined");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A plugin that panics is reported in its own words (the SDK's panic hook, through the
+/// host's log), not as a wasm backtrace: in the error of the call and in `/plugins`.
+#[test]
+fn a_panic_is_reported_with_its_message() {
+    let Some(hostile) = built("testing/hostile.wasm") else {
+        return;
+    };
+    let d = tmpdir("panic");
+    write(&d, "10-h.wasm", &hostile);
+    write(&d, "10-h.toml", b"mode = \"trap\"\nafter = 1\n");
+    let h = strict_host(&d, false, &Registry::default());
+    assert!(h.reload_dir().rejected.is_empty());
+    for i in 0..2 {
+        let mut batch = spans(i * 4, 4);
+        h.process(&mut batch);
+    }
+    let status = h.status();
+    let err = status["plugins"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("trapped: panicked at ") && err.ends_with(": trap on purpose"),
+        "{status:#}"
+    );
+    assert!(!err.contains("wasm backtrace"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -73,6 +73,9 @@ pub struct HostState {
     stats: Arc<PluginStats>,
     memory_bytes: usize,
     memory_denied: bool,
+    /// What the SDK's panic hook said during the current call: the trap that follows is
+    /// reported with it rather than as a wasm backtrace.
+    panic: Option<String>,
     /// Validation runs: counters and logs are not the live plugin's.
     self_test: bool,
 }
@@ -104,11 +107,14 @@ impl ResourceLimiter for HostState {
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String) {
         use host::Level;
+        let message: String = message.chars().take(1024).collect();
+        if matches!(level, Level::Error) && message.starts_with("panicked") {
+            self.panic = Some(message.clone());
+        }
         // A chatty plugin must not flood the daemon's log.
         if !self.stats.log_allowed() {
             return;
         }
-        let message: String = message.chars().take(1024).collect();
         let p = &*self.plugin;
         let test = if self.self_test { " (self-test)" } else { "" };
         match level {
@@ -275,6 +281,7 @@ impl Instance {
                 stats,
                 memory_bytes: limits.memory_bytes,
                 memory_denied: false,
+                panic: None,
                 self_test,
             },
         );
@@ -321,6 +328,7 @@ impl Instance {
         // Deadlines count from now: re-armed before every call.
         self.store.set_epoch_deadline(ticks(timeout));
         self.store.data_mut().memory_denied = false;
+        self.store.data_mut().panic = None;
         f(&mut self.bindings, &mut self.store)
             .map_err(|e| classify(e, &self.store, timeout, &self.limits))
     }
@@ -339,8 +347,10 @@ fn classify(
     if store.data().memory_denied {
         return CallError::Memory(limits.memory_bytes >> 20);
     }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => CallError::Timeout(timeout),
+    match (e.downcast_ref::<Trap>(), &store.data().panic) {
+        (Some(Trap::Interrupt), _) => CallError::Timeout(timeout),
+        // The plugin's own words; the wasm backtrace says nothing to its author.
+        (_, Some(panic)) => CallError::Trap(panic.clone()),
         _ => CallError::Trap(format!("{e:#}").chars().take(512).collect()),
     }
 }
