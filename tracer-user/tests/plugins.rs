@@ -507,7 +507,6 @@ fn a_closed_stdout_ends_the_output_quietly() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-
 /// A plugin built for contract 0.1.0 (before the packed batch) loads and runs next to 0.2.0
 /// ones, and `check` and `/plugins` name the version each was built for.
 #[test]
@@ -1352,7 +1351,9 @@ fn a_panic_is_reported_with_its_message() {
         h.process(&mut batch);
     }
     let status = h.status();
-    let err = status["plugins"][0]["last_error"].as_str().unwrap_or_default();
+    let err = status["plugins"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         err.starts_with("trapped: panicked at ") && err.ends_with(": trap on purpose"),
         "{status:#}"

@@ -42,8 +42,17 @@ pub fn render_list(v: &Value) -> String {
     let plugins = v["plugins"].as_array().unwrap_or(&empty);
     if !plugins.is_empty() {
         line(format!(
-            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9}",
-            "PLUGIN", "HASH", "CALLS", "SPANS IN", "DROPPED", "EDITED", "FAILED", "TIME"
+            "{:<24} {:<12} {:<11} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>8}",
+            "PLUGIN",
+            "VERSION",
+            "ROLE",
+            "CALLS",
+            "SPANS IN",
+            "DROPPED",
+            "EDITED",
+            "FAILED",
+            "TIME",
+            "US/SPAN"
         ));
     }
     for p in plugins {
@@ -53,16 +62,28 @@ pub fn render_list(v: &Value) -> String {
             + n("timeouts_total")
             + n("memory_exceeded_total")
             + n("invalid_results_total");
+        let role = match (p["role"].as_str(), p["canary_fraction"].as_f64()) {
+            _ if p["state"] == "quarantined" => "QUARANTINED".to_string(),
+            (Some("canary"), Some(f)) => format!("canary {:.0}%", f * 100.0),
+            (r, _) => r.unwrap_or("stable").to_string(),
+        };
+        let seconds = p["call_seconds"].as_f64().unwrap_or(0.0);
+        let per_span = match n("spans_in_total") {
+            0 => "-".to_string(),
+            spans => format!("{:.2}", seconds * 1e6 / spans as f64),
+        };
         line(format!(
-            "{:<24} {:<12} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.3}s",
+            "{:<24} {:<12} {:<11} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.3}s {:>8}",
             p["name"].as_str().unwrap_or("?"),
             p["hash"].as_str().unwrap_or("?"),
+            role,
             n("calls_total"),
             n("spans_in_total"),
             n("spans_dropped_total"),
             n("spans_edited_total"),
             failed,
-            p["call_seconds"].as_f64().unwrap_or(0.0),
+            seconds,
+            per_span,
         ));
         if let Some(e) = p["last_error"].as_str() {
             line(format!("    last error: {e}"));
@@ -75,6 +96,14 @@ pub fn render_list(v: &Value) -> String {
             p["state"].as_str().unwrap_or("?").to_uppercase(),
             p["error"].as_str().unwrap_or("")
         ));
+    }
+    if let Some(back) = v["rollback_to"].as_object() {
+        for (name, id) in back {
+            line(format!(
+                "{name}: `tracer plugins rollback {name}` goes back to {}",
+                id.as_str().unwrap_or("?")
+            ));
+        }
     }
     line(format!(
         "reloads: {}, refused files: {}",
@@ -117,7 +146,8 @@ mod tests {
             "directory": "/etc/tracer/plugins",
             "chain": {"version": 3, "label": "10-s@abc"},
             "plugins": [{
-                "name": "10-s", "hash": "abc", "call_seconds": 0.25,
+                "name": "10-s", "hash": "abc", "call_seconds": 0.25, "role": "canary",
+                "canary_fraction": 0.1,
                 "last_error": "trapped: unreachable",
                 "counters": {"calls_total": 7, "spans_in_total": 70, "spans_dropped_total": 35,
                              "spans_edited_total": 1, "traps_total": 1, "timeouts_total": 2},
@@ -134,9 +164,14 @@ mod tests {
                 "chain v3: 10-s@abc"
             ]
         );
-        assert!(lines[2].starts_with("PLUGIN ") && lines[2].ends_with("TIME"));
+        assert!(lines[2].starts_with("PLUGIN ") && lines[2].ends_with("US/SPAN"));
         let row: Vec<&str> = lines[3].split_whitespace().collect();
-        assert_eq!(row, ["10-s", "abc", "7", "70", "35", "1", "3", "0.250s"]);
+        assert_eq!(
+            row,
+            [
+                "10-s", "abc", "canary", "10%", "7", "70", "35", "1", "3", "0.250s", "3571.43"
+            ]
+        );
         assert_eq!(
             lines[4..],
             [
