@@ -2,7 +2,7 @@
 //! read/write syscalls on files and pipes never enters one, even when it is traced; with the
 //! syscall hooks (the fallback for old kernels) every one of them does. Counted by the
 //! kernel itself (`kernel.bpf_stats_enabled`, each program's run count), not timed.
-use std::{fs, path::Path, process::Command};
+use std::{path::Path, process::Command};
 
 use tracer_tests::*;
 

@@ -1129,7 +1129,7 @@ fn quarantine_rolls_back_to_the_last_good_version() {
     write(&d, "10-h.toml", bad_cfg.as_bytes());
     let bad = format!("10-h@{}", content_hash(&hostile, bad_cfg));
     let r = h.reload_dir();
-    assert_eq!(r.loaded, [bad.clone()], "{r:?}");
+    assert_eq!(r.loaded, std::slice::from_ref(&bad), "{r:?}");
     assert_eq!(h.status()["rollback_to"]["10-h"], good.as_str());
     let mut seen = HashSet::new();
     let mut by_label: HashMap<String, usize> = HashMap::new();

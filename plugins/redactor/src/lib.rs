@@ -379,11 +379,11 @@ mask = ["user.email", "*token*", "enduser.*"]
             vec![(
                 0,
                 vec![
-                    set("http.request.header.authorization", "REDACTED"),
-                    set("db.password", "REDACTED"),
-                    set("x.api_key", "REDACTED"),
-                    set("url.query", "Access_Token=REDACTED&page=2&sig=REDACTED"),
-                    set(
+                    Edit::set("http.request.header.authorization", "REDACTED"),
+                    Edit::set("db.password", "REDACTED"),
+                    Edit::set("x.api_key", "REDACTED"),
+                    Edit::set("url.query", "Access_Token=REDACTED&page=2&sig=REDACTED"),
+                    Edit::set(
                         "url.full",
                         "https://REDACTED:REDACTED@h/p?apiKey=REDACTED&q=x"
                     ),
@@ -400,7 +400,7 @@ mask = ["user.email", "*token*", "enduser.*"]
             ],
         )
         .unwrap();
-        assert_eq!(only[0].edits, vec![set("user.id", "REDACTED")]);
+        assert_eq!(only[0].edits, vec![Edit::set("user.id", "REDACTED")]);
         assert_eq!(
             testing::init::<Redactor>("mask_with = \"***\"").unwrap(),
             testing::init::<Redactor>("").unwrap(),
