@@ -670,9 +670,7 @@ impl PluginHost {
         let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let t0 = (SystemTime::now(), Instant::now());
         let cur = self.chain.load_full();
-        let Some(i) = cur.slots.iter().position(|s| *s.stable.name == *name) else {
-            return Err(self.not_in_chain(name, &cur));
-        };
+        let i = slot_index(name, &cur)?;
         let slot = &cur.slots[i];
         let (file, withdrawn, next, msg) = match &slot.canary {
             Some(c) => (
@@ -727,9 +725,7 @@ impl PluginHost {
         let _g = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let t0 = (SystemTime::now(), Instant::now());
         let cur = self.chain.load_full();
-        let Some(i) = cur.slots.iter().position(|s| *s.stable.name == *name) else {
-            return Err(self.not_in_chain(name, &cur));
-        };
+        let i = slot_index(name, &cur)?;
         let slot = &cur.slots[i];
         let Some(c) = &slot.canary else {
             return Err(format!("{name} has no canary running: nothing to promote"));
@@ -771,18 +767,6 @@ impl PluginHost {
             ChangeOutcome::applied,
         );
         Ok(msg)
-    }
-
-    fn not_in_chain(&self, name: &str, chain: &Chain) -> String {
-        let names: Vec<&str> = chain.slots.iter().map(|s| &*s.stable.name).collect();
-        format!(
-            "no plugin {name:?} in the chain (running: {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )
     }
 
     /// Re-reads the plugin directory and swaps in what changed. Unchanged files keep their
@@ -1070,6 +1054,25 @@ impl PluginHost {
             },
         })
     }
+}
+
+/// Where plugin `name` sits in `chain`, or what runs instead.
+fn slot_index(name: &str, chain: &Chain) -> Result<usize, String> {
+    chain
+        .slots
+        .iter()
+        .position(|s| *s.stable.name == *name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = chain.slots.iter().map(|s| &*s.stable.name).collect();
+            format!(
+                "no plugin {name:?} in the chain (running: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })
 }
 
 enum Outcome {
