@@ -705,17 +705,7 @@ impl PluginHost {
             withdrawn.hash.clone(),
             FileState::RolledBack(format!("withdrawn by rollback ({})", withdrawn.id())),
         );
-        let mut slots: Vec<Slot> = cur.slots.iter().map(Slot::copy).collect();
-        slots[i] = next;
-        let v = self.install_slots(slots);
-        tracing::warn!("plugin chain v{v}: {msg}");
-        self.report(
-            Trigger::rollback,
-            t0,
-            vec![msg.clone()],
-            ChangeOutcome::applied,
-        );
-        Ok(msg)
+        Ok(self.replace_slot(&cur, i, next, Trigger::rollback, t0, msg))
     }
 
     /// `tracer plugins promote NAME`: the canary becomes the stable version, on disk too
@@ -756,17 +746,26 @@ impl PluginHost {
             c.plugin.id(),
             slot.stable.id()
         );
-        let mut slots: Vec<Slot> = cur.slots.iter().map(Slot::copy).collect();
-        slots[i] = Slot::new(c.plugin.clone());
+        let next = Slot::new(c.plugin.clone());
+        Ok(self.replace_slot(&cur, i, next, Trigger::promote, t0, msg))
+    }
+
+    /// Installs `chain` with slot `i` replaced by `next`, and reports it as `msg`.
+    fn replace_slot(
+        &self,
+        chain: &Chain,
+        i: usize,
+        next: Slot,
+        trigger: Trigger,
+        t0: (SystemTime, Instant),
+        msg: String,
+    ) -> String {
+        let mut slots: Vec<Slot> = chain.slots.iter().map(Slot::copy).collect();
+        slots[i] = next;
         let v = self.install_slots(slots);
-        tracing::info!("plugin chain v{v}: {msg}");
-        self.report(
-            Trigger::promote,
-            t0,
-            vec![msg.clone()],
-            ChangeOutcome::applied,
-        );
-        Ok(msg)
+        tracing::warn!("plugin chain v{v}: {msg}");
+        self.report(trigger, t0, vec![msg.clone()], ChangeOutcome::applied);
+        msg
     }
 
     /// Re-reads the plugin directory and swaps in what changed. Unchanged files keep their
