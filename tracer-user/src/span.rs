@@ -41,6 +41,10 @@ impl fmt::Display for Value {
 
 pub type Key = Cow<'static, str>;
 
+/// Room for the attributes a span is built with and those added later (plugin edits, the
+/// chain and config attributes), so adding them does not move the span's attributes.
+pub const ATTRIBUTE_CAPACITY: usize = 16;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyValue {
     pub key: Key,
@@ -571,7 +575,7 @@ fn build_call(
     opts: &SpanOptions,
 ) -> Span {
     let kind = call.kind;
-    let mut attrs = Vec::with_capacity(16);
+    let mut attrs = Vec::with_capacity(ATTRIBUTE_CAPACITY);
     // The span name is the method (the route is not known here); "HTTP" when even that is not.
     let has_method = call.method.is_some();
     let name = match call.method {

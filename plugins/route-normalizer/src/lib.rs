@@ -202,35 +202,44 @@ impl RouteNormalizer {
     }
 
     fn edits(&self, span: &Span) -> Vec<Edit> {
-        let mut edits = Vec::new();
         if span.kind != SpanKind::Server {
-            return edits;
+            return Vec::new();
         }
-        let route = match span.str_attr(HTTP_ROUTE) {
-            Some(r) => r.to_string(),
-            None => {
-                let Some(route) = span.str_attr(URL_PATH).and_then(|p| self.route(p)) else {
-                    return edits;
-                };
-                edits.push(Edit::Set(Attribute {
-                    key: HTTP_ROUTE.into(),
-                    value: Value::Str(route.clone()),
-                }));
-                route
-            }
+        if let Some(known) = span.str_attr(HTTP_ROUTE) {
+            return self.rename(span, known).map(Edit::Rename).into_iter().collect();
+        }
+        let Some(route) = span.str_attr(URL_PATH).and_then(|p| self.route(p)) else {
+            return Vec::new();
         };
-        if self.rename && METHODS.contains(&span.name.as_str()) {
-            let method = if span.name == "_OTHER" {
-                "HTTP"
-            } else {
-                &span.name
-            };
-            let name = format!("{method} {route}");
-            if name.len() <= limits::MAX_KEY {
-                edits.push(Edit::Rename(name));
-            }
-        }
+        let rename = self.rename(span, &route);
+        let mut edits = Vec::with_capacity(2);
+        edits.push(Edit::Set(Attribute {
+            key: HTTP_ROUTE.into(),
+            value: Value::Str(route),
+        }));
+        edits.extend(rename.map(Edit::Rename));
         edits
+    }
+
+    /// "{method} {route}" for a span still named after its method (built by hand: this runs
+    /// for every server span, and `format!` costs more than the pushes).
+    fn rename(&self, span: &Span, route: &str) -> Option<String> {
+        if !self.rename || !METHODS.contains(&span.name.as_str()) {
+            return None;
+        }
+        let method = if span.name == "_OTHER" {
+            "HTTP"
+        } else {
+            &span.name
+        };
+        let len = method.len() + 1 + route.len();
+        (len <= limits::MAX_KEY).then(|| {
+            let mut name = String::with_capacity(len);
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(route);
+            name
+        })
     }
 }
 

@@ -450,64 +450,76 @@ impl Chain {
     }
 }
 
-/// Runs `spans` through `plugins`, MAX_BATCH at a time; `label` is theirs when known.
+/// Runs `spans` through `plugins`, MAX_BATCH at a time; `label` is theirs when known. A batch
+/// that fits (the pipeline's always do) is processed where it is, without moving its spans.
 fn run_group(
     plugins: &[&Arc<Loaded>],
     label_all: Option<&Arc<str>>,
     spans: &mut Vec<Span>,
     report: &mut BatchReport,
 ) {
+    if spans.len() <= MAX_BATCH {
+        return run_batch(plugins, label_all, spans, report);
+    }
     let mut rest = std::mem::take(spans).into_iter();
     loop {
         let mut batch: Vec<Span> = rest.by_ref().take(MAX_BATCH).collect();
         if batch.is_empty() {
             break;
         }
-        let mut ran: Vec<&Loaded> = Vec::with_capacity(plugins.len());
-        let mut failed: Vec<&Loaded> = Vec::new();
-        for p in plugins {
-            if batch.is_empty() {
-                break;
+        run_batch(plugins, label_all, &mut batch, report);
+        spans.append(&mut batch);
+    }
+}
+
+fn run_batch(
+    plugins: &[&Arc<Loaded>],
+    label_all: Option<&Arc<str>>,
+    batch: &mut Vec<Span>,
+    report: &mut BatchReport,
+) {
+    let mut ran: Vec<&Loaded> = Vec::with_capacity(plugins.len());
+    let mut failed: Vec<&Loaded> = Vec::new();
+    for p in plugins {
+        if batch.is_empty() {
+            break;
+        }
+        if p.is_quarantined() {
+            failed.push(p);
+            if p.on_failure == OnFailure::Drop {
+                report.failed_closed += batch.len() as u64;
+                batch.clear();
             }
-            if p.is_quarantined() {
+            continue;
+        }
+        let before = batch.len();
+        match p.run(batch) {
+            Ok(()) => {
+                report.dropped += (before - batch.len()) as u64;
+                ran.push(p);
+            }
+            Err(_) => {
                 failed.push(p);
+                report.quarantined |= p.is_quarantined();
                 if p.on_failure == OnFailure::Drop {
                     report.failed_closed += batch.len() as u64;
                     batch.clear();
                 }
-                continue;
-            }
-            let before = batch.len();
-            match p.run(&mut batch) {
-                Ok(()) => {
-                    report.dropped += (before - batch.len()) as u64;
-                    ran.push(p);
-                }
-                Err(_) => {
-                    failed.push(p);
-                    report.quarantined |= p.is_quarantined();
-                    if p.on_failure == OnFailure::Drop {
-                        report.failed_closed += batch.len() as u64;
-                        batch.clear();
-                    }
-                }
             }
         }
-        let chain: Arc<str> = match label_all {
-            Some(l) if failed.is_empty() => l.clone(),
-            _ => label(ran.into_iter()).into(),
-        };
-        let failed: Option<Arc<str>> =
-            (!failed.is_empty()).then(|| label(failed.into_iter()).into());
-        for s in &mut batch {
+    }
+    let chain: Arc<str> = match label_all {
+        Some(l) if failed.is_empty() => l.clone(),
+        _ => label(ran.into_iter()).into(),
+    };
+    let failed: Option<Arc<str>> = (!failed.is_empty()).then(|| label(failed.into_iter()).into());
+    for s in batch.iter_mut() {
+        s.attributes
+            .push(kv(CHAIN_ATTRIBUTE, Value::Str(chain.to_string())));
+        if let Some(f) = &failed {
             s.attributes
-                .push(kv(CHAIN_ATTRIBUTE, Value::Str(chain.to_string())));
-            if let Some(f) = &failed {
-                s.attributes
-                    .push(kv(FAILED_ATTRIBUTE, Value::Str(f.to_string())));
-            }
+                .push(kv(FAILED_ATTRIBUTE, Value::Str(f.to_string())));
         }
-        spans.append(&mut batch);
     }
 }
 

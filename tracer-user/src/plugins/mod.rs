@@ -1106,23 +1106,22 @@ pub fn samples() -> Vec<Span> {
         ],
     });
     let t0 = 1_700_000_000_000_000_000u64;
-    let s = |i: u8, kind, name: &str, dur_ms: u64, status, attrs: Vec<(&str, Value)>| Span {
-        trace_id: [i.wrapping_mul(37); 16],
-        span_id: [i; 8],
-        parent_span_id: None,
-        flags: 1,
-        trace_state: None,
-        kind,
-        name: name.into(),
-        start_unix_ns: t0,
-        end_unix_ns: t0 + dur_ms * 1_000_000,
-        status,
-        attributes: attrs
-            .into_iter()
-            .map(|(k, v)| kv(k.to_owned(), v))
-            .collect(),
-        resource: res.clone(),
-    };
+    // Keys are static, as the span builder's are (semconv constants).
+    let s =
+        |i: u8, kind, name: &str, dur_ms: u64, status, attrs: Vec<(&'static str, Value)>| Span {
+            trace_id: [i.wrapping_mul(37); 16],
+            span_id: [i; 8],
+            parent_span_id: None,
+            flags: 1,
+            trace_state: None,
+            kind,
+            name: name.into(),
+            start_unix_ns: t0,
+            end_unix_ns: t0 + dur_ms * 1_000_000,
+            status,
+            attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            resource: res.clone(),
+        };
     let str = |v: &str| Value::Str(v.into());
     vec![
         s(

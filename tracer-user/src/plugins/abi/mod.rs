@@ -25,6 +25,45 @@ pub const SUPPORTED: &str = "tracer:plugin@0.2.0 and tracer:plugin@0.1.0";
 pub struct KeyMatcher {
     all: bool,
     patterns: Vec<String>,
+    /// The same patterns sorted by shape: every key of every span is tried against them, and
+    /// most patterns are a plain key or a prefix.
+    shapes: Vec<Shape>,
+}
+
+#[derive(Clone, Debug)]
+enum Shape {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Glob(String),
+}
+
+impl Shape {
+    fn of(p: &str) -> Self {
+        let inner = p.trim_matches('*');
+        let (lead, trail) = (p.starts_with('*'), p.ends_with('*'));
+        if inner.contains('*') || inner.is_empty() {
+            return Self::Glob(p.to_owned());
+        }
+        match (lead, trail) {
+            (false, false) => Self::Exact(p.to_owned()),
+            (false, true) if p.len() == inner.len() + 1 => Self::Prefix(inner.to_owned()),
+            (true, false) if p.len() == inner.len() + 1 => Self::Suffix(inner.to_owned()),
+            (true, true) if p.len() == inner.len() + 2 => Self::Contains(inner.to_owned()),
+            _ => Self::Glob(p.to_owned()),
+        }
+    }
+
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            Self::Exact(p) => key == p,
+            Self::Prefix(p) => key.starts_with(p.as_str()),
+            Self::Suffix(p) => key.ends_with(p.as_str()),
+            Self::Contains(p) => key.contains(p.as_str()),
+            Self::Glob(p) => glob(p.as_bytes(), key.as_bytes()),
+        }
+    }
 }
 
 impl KeyMatcher {
@@ -32,6 +71,7 @@ impl KeyMatcher {
         Self {
             all: patterns.iter().any(|p| p == "*"),
             patterns: patterns.to_vec(),
+            shapes: patterns.iter().map(|p| Shape::of(p)).collect(),
         }
     }
 
@@ -40,11 +80,7 @@ impl KeyMatcher {
     }
 
     pub fn matches(&self, key: &str) -> bool {
-        self.all
-            || self
-                .patterns
-                .iter()
-                .any(|p| glob(p.as_bytes(), key.as_bytes()))
+        self.all || self.shapes.iter().any(|p| p.matches(key))
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -234,8 +270,16 @@ pub(super) mod tests {
             ("a*b*c", "aXbYc_", false),
             ("", "", true),
             ("", "a", false),
+            ("**", "", true),
+            ("*a", "ba", true),
+            ("*a", "ab", false),
+            ("a*", "ab", true),
+            ("*.id*", "user.id", true),
+            ("*.id*", "userid", false),
+            ("*a*b", "xaxb", true),
         ] {
             assert_eq!(glob(p.as_bytes(), k.as_bytes()), want, "{p} vs {k}");
+            assert_eq!(Shape::of(p).matches(k), want, "{p} vs {k} by shape");
         }
         let m = KeyMatcher::new(&["url.*".into(), "http.route".into()]);
         assert!(m.matches("url.query") && m.matches("http.route") && !m.matches("http.method"));
