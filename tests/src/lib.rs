@@ -384,6 +384,27 @@ pub fn counter(line: &str, name: &str) -> u64 {
 }
 
 /// A sample without labels in `/metrics` text.
+/// The sum of the samples of `name` (Prometheus text) whose labels include every one of
+/// `labels`: a subset selects all the series it matches.
+pub fn series_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(text, name, labels).iter().map(|(_, v)| v).sum()
+}
+
+/// The samples of `name` whose labels include `labels`: (label text, value).
+pub fn series<'a>(text: &'a str, name: &str, labels: &[(&str, &str)]) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (sample, value) = l.rsplit_once(' ')?;
+            let (n, rest) = sample.split_once('{').unwrap_or((sample, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| Some((rest, value.parse::<f64>().ok()?)))?
+        })
+        .collect()
+}
+
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -993,7 +1014,13 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// rotel printing the spans it receives.
     pub fn start(agent: &Path) -> Collector {
+        Collector::start_logging(agent, &["traces"])
+    }
+
+    /// rotel printing what it receives of each signal in `what` (`traces`, `metrics`).
+    pub fn start_logging(agent: &Path, what: &[&str]) -> Collector {
         let dir = TempDir::new("rotel");
         let grpc_port = free_port();
         let mut http_port = free_port();
@@ -1002,7 +1029,8 @@ impl Collector {
         }
         let mut cmd = Command::new(agent);
         cmd.args(["start", "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(what.iter().flat_map(|w| ["--debug-log", w]))
+            .args(["--debug-log-verbosity", "detailed"])
             .arg("--otlp-grpc-endpoint")
             .arg(format!("127.0.0.1:{grpc_port}"))
             .arg("--otlp-http-endpoint")

@@ -1,5 +1,6 @@
-//! Admin HTTP endpoint: /healthz, /readyz, /metrics (Prometheus text, or OpenMetrics when
-//! the scraper asks for it), /plugins and /config (JSON), POST /reload, and
+//! Admin HTTP endpoint: /healthz, /readyz, /metrics (the tracer's own and the request
+//! metrics, Prometheus text, or OpenMetrics when the scraper asks for it), /requests (the
+//! request metrics as JSON, for `tracer top`), /plugins and /config (JSON), POST /reload, and
 //! POST /plugins/NAME/rollback and /promote.
 //! Deliberately tiny (a few fixed routes, one request per connection): it must not need a web
 //! framework, and it binds to localhost unless the operator says otherwise.
@@ -15,6 +16,7 @@ use crate::{
     changes::Trigger,
     metrics::{Health, Registry, monotonic_s},
     plugins::PluginHost,
+    spanmetrics::{self, SpanMetrics, prometheus::Format, view},
 };
 
 /// A reload request: what asked for it, and where the answer goes (what was applied, or why
@@ -37,6 +39,7 @@ pub struct State {
     pub registry: Registry,
     pub health: Arc<Health>,
     pub plugins: Arc<PluginHost>,
+    pub requests: Arc<SpanMetrics>,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
 
@@ -154,15 +157,34 @@ async fn route(
             }
         }
         // Prometheus asks for OpenMetrics first; curl and older scrapers get the classic text.
-        ("GET", "/metrics") if accept.contains("application/openmetrics-text") => (
+        // The tracer's own metrics, then the requests' (RED, service graph).
+        ("GET", "/metrics") if accept.contains("application/openmetrics-text") => {
+            let own = st.registry.openmetrics();
+            let mut body = own.strip_suffix("# EOF\n").unwrap_or(&own).to_string();
+            let snap = st.requests.snapshot();
+            spanmetrics::prometheus::render(&snap, Format::OpenMetrics, &mut body);
+            body.push_str("# EOF\n");
+            (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        }
+        ("GET", "/metrics") => {
+            let mut body = st.registry.prometheus();
+            let snap = st.requests.snapshot();
+            spanmetrics::prometheus::render(&snap, Format::Text, &mut body);
+            (
+                200,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body,
+            )
+        }
+        ("GET", "/requests") => (
             200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            st.registry.openmetrics(),
-        ),
-        ("GET", "/metrics") => (
-            200,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            st.registry.prometheus(),
+            "application/json",
+            serde_json::to_string(&view::Requests::from(&st.requests.snapshot()))
+                .unwrap_or_default(),
         ),
         ("GET", "/plugins") => (
             200,
@@ -218,9 +240,10 @@ async fn route(
                 Err(_) => (503, TEXT, "reload was dropped\n".into()),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/config" | "/reload") => {
-            (405, TEXT, "method not allowed\n".into())
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/requests" | "/plugins" | "/config" | "/reload",
+        ) => (405, TEXT, "method not allowed\n".into()),
         _ => (
             404,
             TEXT,
@@ -234,18 +257,7 @@ async fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::Settings;
-
-    /// An endpoint's state with no plugins and no reloads (`--config` not given).
-    fn state() -> State {
-        let registry = Registry::default();
-        State {
-            health: Arc::new(Health::new(&registry)),
-            plugins: Arc::new(PluginHost::new(Settings::default(), &registry).unwrap()),
-            registry,
-            reload: mpsc::channel(1).0,
-        }
-    }
+    use crate::testing::admin_state as state;
 
     /// One request to a fresh endpoint with the given Accept header: (head, body).
     async fn get_metrics(accept: &str) -> (String, String) {

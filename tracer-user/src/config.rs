@@ -70,6 +70,7 @@ fn value_name(v: impl ValueEnum) -> String {
     mut_arg("ring_buffer_mib", |a| default_in_help(a, crate::probes::DEFAULT_RING_MIB)),
     mut_arg("join_hold_ms", |a| default_in_help(a, crate::join::DEFAULT_HOLD_MS)),
     mut_arg("export_queue_mib", |a| default_in_help(a, crate::export::DEFAULT_QUEUE_MIB)),
+    mut_arg("metrics_series_limit", |a| default_in_help(a, crate::spanmetrics::DEFAULT_SERIES_LIMIT)),
     mut_arg("admin_addr", |a| default_in_help(a, DEFAULT_ADMIN_ADDR)),
     mut_arg("plugins_dir", |a| default_in_help(a, crate::plugins::DEFAULT_DIR)),
     mut_arg("plugin_timeout_ms", |a| {
@@ -143,6 +144,11 @@ pub struct RunOptions {
     /// OTEL_BSP_MAX_QUEUE_SIZE, when set, also caps the number of spans.
     #[arg(long, value_name = "MIB")]
     pub export_queue_mib: Option<u32>,
+    /// Request metrics: the series (attribute sets) one service may hold over its duration
+    /// histograms; past it, new attribute sets go to one series marked
+    /// otel.metric.overflow=true (counted in span_metrics_overflowed_points_total).
+    #[arg(long, value_name = "N")]
+    pub metrics_series_limit: Option<usize>,
     /// Log the counters every N seconds (0: only at exit and on SIGUSR1) [default: 0]
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<u64>,
@@ -201,6 +207,7 @@ impl RunOptions {
             export_unsampled,
             record,
             export_queue_mib,
+            metrics_series_limit,
             stats_interval,
             admin_addr,
             k8s_label,
@@ -228,6 +235,7 @@ impl RunOptions {
             export_unsampled: export_unsampled || file.export_unsampled,
             record: record.or(file.record),
             export_queue_mib: export_queue_mib.or(file.export_queue_mib),
+            metrics_series_limit: metrics_series_limit.or(file.metrics_series_limit),
             stats_interval: stats_interval.or(file.stats_interval),
             admin_addr: admin_addr.or(file.admin_addr),
             k8s_label: list(k8s_label, file.k8s_label),
@@ -254,7 +262,6 @@ impl RunOptions {
                 .join_hold_ms
                 .unwrap_or(crate::join::DEFAULT_HOLD_MS)
                 .saturating_mul(1_000_000),
-            export_unsampled: self.export_unsampled,
         }
     }
 
@@ -263,6 +270,11 @@ impl RunOptions {
             .export_queue_mib
             .unwrap_or(crate::export::DEFAULT_QUEUE_MIB) as usize)
             << 20
+    }
+
+    pub fn metrics_series_limit(&self) -> usize {
+        self.metrics_series_limit
+            .unwrap_or(crate::spanmetrics::DEFAULT_SERIES_LIMIT)
     }
 
     /// The plugin settings; no directory when plugins are switched off.
@@ -433,6 +445,7 @@ impl RunOptions {
             // Read once at start, compared by what they resolve to (unset means the default).
             ring_buffer_mib: _,
             export_queue_mib: _,
+            metrics_series_limit: _,
             plugins_dir: _,
             plugin_timeout_ms: _,
             plugin_memory_mib: _,
@@ -453,6 +466,10 @@ impl RunOptions {
             (
                 self.export_queue_bytes() != new.export_queue_bytes(),
                 "export-queue-mib",
+            ),
+            (
+                self.metrics_series_limit() != new.metrics_series_limit(),
+                "metrics-series-limit",
             ),
             (*record != new.record, "record"),
             (*stats_interval != new.stats_interval, "stats-interval"),
@@ -614,6 +631,7 @@ mod tests {
             export_unsampled: true,
             record: Some("/tmp/r.bin".into()),
             export_queue_mib: Some(8),
+            metrics_series_limit: Some(7),
             stats_interval: Some(10),
             admin_addr: Some("127.0.0.1:1".into()),
             k8s_label: vec!["team".into()],
@@ -655,7 +673,7 @@ mod tests {
         for (i, f) in live.into_iter().enumerate() {
             assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
         }
-        let restart: [(Set, &str); 17] = [
+        let restart: [(Set, &str); 18] = [
             (|o, a| o.hooks = a.hooks, "hooks"),
             (|o, a| o.no_tls = a.no_tls, "no-tls"),
             (|o, a| o.kernel_log = a.kernel_log, "kernel-log"),
@@ -676,6 +694,10 @@ mod tests {
             (
                 |o, a| o.export_queue_mib = a.export_queue_mib,
                 "export-queue-mib",
+            ),
+            (
+                |o, a| o.metrics_series_limit = a.metrics_series_limit,
+                "metrics-series-limit",
             ),
             (|o, a| o.stats_interval = a.stats_interval, "stats-interval"),
             (|o, a| o.admin_addr = a.admin_addr.clone(), "admin-addr"),
@@ -705,6 +727,7 @@ mod tests {
         let same = RunOptions {
             ring_buffer_mib: Some(crate::probes::DEFAULT_RING_MIB),
             export_queue_mib: Some(crate::export::DEFAULT_QUEUE_MIB),
+            metrics_series_limit: Some(crate::spanmetrics::DEFAULT_SERIES_LIMIT),
             plugin_timeout_ms: Some(crate::plugins::DEFAULT_CALL_TIMEOUT.as_millis() as u64),
             plugin_memory_mib: Some(crate::plugins::DEFAULT_MEMORY_MIB as u64),
             ..RunOptions::default()
@@ -729,6 +752,10 @@ mod tests {
             (
                 "--export-queue-mib",
                 crate::export::DEFAULT_QUEUE_MIB.to_string(),
+            ),
+            (
+                "--metrics-series-limit",
+                crate::spanmetrics::DEFAULT_SERIES_LIMIT.to_string(),
             ),
             ("--admin-addr", DEFAULT_ADMIN_ADDR.to_string()),
             ("--plugins-dir", crate::plugins::DEFAULT_DIR.to_string()),

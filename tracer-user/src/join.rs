@@ -35,7 +35,6 @@ pub struct JoinMetrics {
     pub links_ambiguous: Counter,
     pub links_timed_out: Counter,
     pub join_table_full: Counter,
-    pub spans_unsampled: Counter,
     pub spans_held: Gauge,
     pub requests_tracked: Gauge,
 }
@@ -48,7 +47,6 @@ impl JoinMetrics {
             links_ambiguous: reg.counter("links_ambiguous", "CLIENT spans left unjoined because their thread served several requests at once, or its process answers requests from other threads than the ones that read them"),
             links_timed_out: reg.counter("links_timed_out", "Spans exported before their join was decided (they waited longer than --join-hold)"),
             join_table_full: reg.counter("join_table_full", "Requests not joined because the join table was full"),
-            spans_unsampled: reg.counter("spans_unsampled", "Spans not exported because the upstream's trace context said not sampled (--export-unsampled keeps them)"),
             spans_held: reg.gauge("join_spans_held", "Finished spans waiting to be joined into their trace (at most --join-hold-ms)"),
             requests_tracked: reg.gauge("join_requests_tracked", "Requests the trace joiner remembers: running, or ended within two holds"),
         }
@@ -59,15 +57,12 @@ impl JoinMetrics {
 pub struct JoinOptions {
     /// How long a finished span waits for its parent's decision and its trace's root.
     pub hold_ns: u64,
-    /// Export spans whose upstream context said "not sampled" (dropped by default).
-    pub export_unsampled: bool,
 }
 
 impl Default for JoinOptions {
     fn default() -> Self {
         JoinOptions {
             hold_ns: DEFAULT_HOLD_MS * 1_000_000,
-            export_unsampled: false,
         }
     }
 }
@@ -515,7 +510,7 @@ impl Joiner {
         n.held = e.span;
         self.schedule(Due::Release(id));
         self.try_release(id, m);
-        self.release_ready(m, out);
+        self.release_ready(out);
     }
 
     /// The node of a running request, which stops running.
@@ -573,14 +568,14 @@ impl Joiner {
         }
     }
 
-    fn release_ready(&mut self, m: &JoinMetrics, out: &mut Vec<Span>) {
+    fn release_ready(&mut self, out: &mut Vec<Span>) {
         while let Some(root) = self.ready.pop() {
-            self.release_tree(root, m, out);
+            self.release_tree(root, out);
         }
     }
 
     /// Sends every finished span of the tree under `root` whose link is decided, parents first.
-    fn release_tree(&mut self, root: NodeId, m: &JoinMetrics, out: &mut Vec<Span>) {
+    fn release_tree(&mut self, root: NodeId, out: &mut Vec<Span>) {
         // The walk's stack is kept between calls: most trees are one span, released per span.
         let mut stack = std::mem::take(&mut self.walk);
         stack.push(root);
@@ -596,14 +591,14 @@ impl Joiner {
                 stack.extend(n.children.iter().rev().copied());
             }
             if n.held.is_some() {
-                self.release(id, m, out);
+                self.release(id, out);
             }
         }
         self.walk = stack;
     }
 
     /// The span of `id` leaves with its final ids.
-    fn release(&mut self, id: NodeId, m: &JoinMetrics, out: &mut Vec<Span>) {
+    fn release(&mut self, id: NodeId, out: &mut Vec<Span>) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -619,11 +614,9 @@ impl Joiner {
         };
         sp.flags = n.flags;
         sp.trace_state.clone_from(&n.trace_state);
-        if sp.flags & SAMPLED == 0 && !self.opts.export_unsampled {
-            m.spans_unsampled.inc();
-        } else {
-            out.push(sp);
-        }
+        // Unsampled or not, it is a request: the plugin stage counts it in the request
+        // metrics before deciding about its export.
+        out.push(sp);
         self.schedule(Due::Forget(id));
     }
 
@@ -637,9 +630,9 @@ impl Joiner {
             self.due.pop_front();
             self.expire(what, m, out);
             // A decision may free a whole tree: it leaves before what is due next.
-            self.release_ready(m, out);
+            self.release_ready(out);
         }
-        self.release_ready(m, out);
+        self.release_ready(out);
     }
 
     fn expire(&mut self, what: Due, m: &JoinMetrics, out: &mut Vec<Span>) {
@@ -658,7 +651,7 @@ impl Joiner {
                     m.links_timed_out.inc();
                     self.freeze(id);
                 }
-                self.release(id, m, out);
+                self.release(id, out);
             }
             Due::Forget(id) => self.forget(id),
         }
@@ -1088,35 +1081,24 @@ mod tests {
     }
 
     #[test]
-    fn unsampled_upstreams_are_not_exported_unless_asked() {
-        for keep in [false, true] {
-            let mut r = Run::new();
-            r.j.set_options(JoinOptions {
-                export_unsampled: keep,
-                ..Default::default()
-            });
-            let srv = r.open_with(
-                SpanKind::Server,
-                20,
-                20,
-                "192.0.2.1:1",
-                MS,
-                Some(upstream(false)),
-            );
-            let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
-            let back = r.open(SpanKind::Server, 30, 30, "127.0.0.1:50000", 2 * MS + 5);
-            r.end(back, "back", 3 * MS);
-            r.end(call, "call", 3 * MS + 5);
-            r.end(srv, "srv", 4 * MS);
-            r.flush();
-            if keep {
-                assert_eq!(r.names(), ["srv", "call", "back"]);
-                assert!(r.out.iter().all(|s| s.flags == 0));
-            } else {
-                assert!(r.out.is_empty(), "{:?}", r.names());
-                assert_eq!(r.count(&r.m.spans_unsampled), 3);
-            }
-        }
+    fn an_unsampled_upstream_leaves_its_flags_on_the_whole_trace() {
+        let mut r = Run::new();
+        let srv = r.open_with(
+            SpanKind::Server,
+            20,
+            20,
+            "192.0.2.1:1",
+            MS,
+            Some(upstream(false)),
+        );
+        let call = r.open(SpanKind::Client, 20, 20, "127.0.0.1:50000", 2 * MS);
+        let back = r.open(SpanKind::Server, 30, 30, "127.0.0.1:50000", 2 * MS + 5);
+        r.end(back, "back", 3 * MS);
+        r.end(call, "call", 3 * MS + 5);
+        r.end(srv, "srv", 4 * MS);
+        r.flush();
+        assert_eq!(r.names(), ["srv", "call", "back"]);
+        assert!(r.out.iter().all(|s| s.flags & SAMPLED == 0));
     }
 
     #[test]

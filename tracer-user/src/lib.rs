@@ -4,7 +4,8 @@
 //! [`probes`] (kernel side, loaded and attached) -> [`events`] (ring-buffer records) ->
 //! [`conntrack`] (per-connection state) -> [`decode`] (protocols) -> [`span`] (OTel spans,
 //! with [`process`] metadata) -> [`plugins`] (Wasm sampling and enrichment) -> [`export`]
-//! (OTLP, terminal). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
+//! (OTLP, terminal); [`spanmetrics`] takes every span as it leaves the plugins, exported or
+//! not (RED metrics, service graph). [`pipeline`] wires them, one thread per stage, with [`queue`]s bounded
 //! by memory between the span stages;
 //! [`tls`] finds TLS libraries as processes load them and has the probes attached to each;
 //! [`conntrack`] hands each span to [`join`], which puts it in its trace ([`context`]: the
@@ -34,6 +35,7 @@ pub mod queue;
 pub mod reload;
 pub mod semconv;
 pub mod span;
+pub mod spanmetrics;
 #[cfg(test)]
 mod testing;
 pub mod tls;

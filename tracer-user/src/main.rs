@@ -38,6 +38,22 @@ enum Command {
     /// WebAssembly plugins: what a running tracer has loaded, or check a file before deploying it.
     #[command(subcommand)]
     Plugins(PluginsCmd),
+    /// Live view of the running tracer's requests: per service (or route) the rate, error
+    /// share and p50/p99 of the last interval, hottest first (asks GET /requests).
+    /// Keys: r shows or hides routes, q quits.
+    Top {
+        #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_ADMIN_ADDR)]
+        admin_addr: String,
+        /// Refresh every this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+        /// One line per route (http.route, or rpc.service/rpc.method) from the start.
+        #[arg(long)]
+        routes: bool,
+        /// Print the table once (after one interval) as text, instead of the live view.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +176,26 @@ fn main() -> anyhow::Result<()> {
             if !cli::plugins::check(&file, config.as_deref(), spans.as_deref())? {
                 std::process::exit(1);
             }
+        }
+        Command::Top {
+            admin_addr,
+            interval,
+            routes,
+            once,
+        } => {
+            anyhow::ensure!(
+                interval.is_finite() && interval >= 0.1,
+                "--interval must be at least 0.1 seconds"
+            );
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(cli::top::top(
+                    &admin_addr,
+                    std::time::Duration::from_secs_f64(interval),
+                    routes,
+                    once,
+                ))?
         }
         Command::Run(cmd) => {
             let RunCmd { config, opts } = *cmd;

@@ -155,6 +155,9 @@ impl Reloader {
             .await
             .map_err(|_| STOPPING.to_string())?;
         done.await.unwrap_or_else(|_| Err(STOPPING.into()))?;
+        self.plugins
+            .export_unsampled
+            .store(new.export_unsampled, std::sync::atomic::Ordering::Relaxed);
         self.current = new;
         self.metrics.applied.inc();
         let changes = &self.plugins.changes;

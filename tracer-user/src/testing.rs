@@ -110,3 +110,18 @@ pub fn traffic(conns: u32, per_conn: u32) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// An admin endpoint's state with no plugins and no reloads (`--config` not given).
+pub fn admin_state() -> crate::admin::State {
+    let registry = crate::metrics::Registry::default();
+    crate::admin::State {
+        health: Arc::new(crate::metrics::Health::new(&registry)),
+        plugins: Arc::new(
+            crate::plugins::PluginHost::new(crate::plugins::Settings::default(), &registry)
+                .unwrap(),
+        ),
+        requests: Arc::new(crate::spanmetrics::SpanMetrics::new(10, &registry)),
+        registry,
+        reload: tokio::sync::mpsc::channel(1).0,
+    }
+}

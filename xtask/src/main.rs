@@ -314,6 +314,8 @@ fn setup() -> anyhow::Result<()> {
         ("openssl", "openssl"),
         ("go", "golang-go"),
         ("npm", "npm"),
+        // `tracer top` is driven in a terminal.
+        ("tmux", "tmux"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -206,7 +206,11 @@ impl RouteNormalizer {
             return Vec::new();
         }
         if let Some(known) = span.str_attr(HTTP_ROUTE) {
-            return self.rename(span, known).map(Edit::Rename).into_iter().collect();
+            return self
+                .rename(span, known)
+                .map(Edit::Rename)
+                .into_iter()
+                .collect();
         }
         let Some(route) = span.str_attr(URL_PATH).and_then(|p| self.route(p)) else {
             return Vec::new();

@@ -49,31 +49,14 @@ async fn request(method: reqwest::Method, addr: &str, path: &str) -> Result<Stri
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::mpsc;
-
     use super::*;
-    use crate::{
-        admin,
-        metrics::{Health, Registry},
-        plugins::{PluginHost, Settings},
-    };
+    use crate::admin;
 
     /// The admin endpoint of a daemon with no plugins, on a free port.
     async fn endpoint() -> String {
         let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (reload, _) = mpsc::channel(1);
-        let registry = Registry::default();
-        let plugins = Arc::new(PluginHost::new(Settings::default(), &registry).unwrap());
-        let state = admin::State {
-            health: Arc::new(Health::new(&registry)),
-            registry,
-            plugins,
-            reload,
-        };
-        tokio::spawn(admin::serve(listener, state));
+        tokio::spawn(admin::serve(listener, crate::testing::admin_state()));
         addr
     }
 

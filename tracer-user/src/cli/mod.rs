@@ -4,6 +4,7 @@ pub mod admin_client;
 pub mod plugins;
 pub mod replay;
 pub mod run;
+pub mod top;
 
 use std::{
     io::{ErrorKind, Write},

@@ -14,7 +14,10 @@ use crate::{
     admin::{self, ReloadRequest},
     changes::Trigger,
     config::{self, RunOptions},
-    export::{self, BatchConfig, Env, Exporters, Format, OtlpClient, Printer, Sink},
+    export::{
+        self, BatchConfig, Env, Exporters, Format, OtlpClient, Printer, Sink,
+        metrics::MetricsExporter,
+    },
     metadata::k8s::{self, PodCache},
     metrics::{Health, Registry},
     pipeline::{self, Live, Recorder, reader::ReaderMetrics},
@@ -22,6 +25,7 @@ use crate::{
     probes::{self, Probes},
     process,
     reload::{self, ReloadMetrics, Reloader},
+    spanmetrics::SpanMetrics,
     tls,
 };
 
@@ -40,14 +44,40 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     let registry = Registry::default();
     let health = Arc::new(Health::new(&registry));
     let plugins = Arc::new(PluginHost::new(opts.plugins(), &registry)?);
+    plugins
+        .export_unsampled
+        .store(opts.export_unsampled, std::sync::atomic::Ordering::Relaxed);
     // Whatever counts is built before the admin endpoint answers: /metrics has every metric
     // from its first scrape, while the probes are still attaching.
     let exporters = Exporters::spawn(sinks, batch, &registry, health.clone());
     // Reloads are spans of the tracer's own service, beside the spans they change.
-    plugins.changes.export_to(
-        exporters.submitter(),
-        processes().resource(std::process::id(), "tracer"),
-    );
+    let own = processes().resource(std::process::id(), "tracer");
+    plugins
+        .changes
+        .export_to(exporters.submitter(), own.clone());
+    let requests = Arc::new(SpanMetrics::new(opts.metrics_series_limit(), &registry));
+    let metrics_export = match export::metrics::metrics_config(
+        opts.otlp_endpoint.as_deref(),
+        opts.otlp_protocol.as_deref(),
+        &env,
+    )? {
+        Some(cfg) => {
+            tracing::info!(
+                "exporting request metrics over OTLP ({:?}, {:?}) to {} every {:?}",
+                cfg.otlp.protocol,
+                cfg.temporality,
+                cfg.otlp.endpoint,
+                cfg.interval
+            );
+            Some(MetricsExporter::spawn(
+                &cfg,
+                requests.clone(),
+                &own.attributes,
+                &registry,
+            )?)
+        }
+        None => None,
+    };
     plugins
         .changes
         .set_effective(reload::effective(&opts, &opts, config.as_deref()));
@@ -74,6 +104,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
                 registry: registry.clone(),
                 health: health.clone(),
                 plugins: plugins.clone(),
+                requests: requests.clone(),
                 reload: reload_tx.clone(),
             },
         ));
@@ -144,6 +175,7 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
         live,
         t,
         plugins,
+        requests,
         exporters.submitter(),
         registry.clone(),
         health,
@@ -157,6 +189,9 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     .await?;
     tracing::info!("detached; flushing spans");
     exporters.shutdown(SHUTDOWN_DEADLINE).await;
+    if let Some(m) = metrics_export {
+        m.shutdown(SHUTDOWN_DEADLINE).await;
+    }
     tracing::info!("counters: {}", registry.summary());
     Ok(())
 }

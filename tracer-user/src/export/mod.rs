@@ -1,6 +1,7 @@
 //! Exporters: where finished spans go. Each sink has a queue bounded by memory (and by a span
 //! count if OTEL_BSP_MAX_QUEUE_SIZE is set) and its own task, so a slow or dead endpoint never
 //! blocks decoding; what cannot be queued or delivered is counted by reason.
+pub mod metrics;
 pub mod otlp;
 pub mod printer;
 
@@ -19,7 +20,7 @@ use crate::{
     queue::{Limits, Refused, SpanQueue},
     span::Span,
 };
-pub use otlp::{OtlpClient, OtlpConfig, Protocol};
+pub use otlp::{OtlpClient, OtlpConfig, Protocol, Signal};
 pub use printer::{Format, Printer};
 
 /// What goes wrong in the export subsystem: settings (flags and OTEL_* variables) refused at
@@ -30,6 +31,12 @@ pub enum ExportError {
     Protocol { var: String, value: String },
     #[error("{var}={value:?} is not a number of milliseconds")]
     Millis { var: String, value: String },
+    #[error("{var}={value:?}: supported temporalities are cumulative, delta or lowmemory")]
+    Temporality { var: String, value: String },
+    #[error(
+        "{var}={value:?}: supported exporters are otlp, prometheus (the admin /metrics) and none"
+    )]
+    Exporter { var: String, value: String },
     #[error("{var}={value:?} is not a positive number")]
     Count { var: String, value: String },
     #[error("{var}={value:?}: supported compressions are gzip and none")]
@@ -147,25 +154,34 @@ fn parse_headers(var: &str, s: &str, out: &mut Vec<(String, String)>) -> Result<
     Ok(())
 }
 
-/// Resolves the OTLP settings from flags and the OTEL_EXPORTER_OTLP_* variables, with the
-/// specification's precedence (signal-specific over generic, flags over both).
-/// `None` when no endpoint is configured anywhere.
+/// Resolves the trace exporter's OTLP settings from flags and the OTEL_EXPORTER_OTLP_*
+/// variables; `None` when no endpoint is configured anywhere.
 pub fn otlp_config(
     endpoint_flag: Option<&str>,
     protocol_flag: Option<&str>,
     env: Env,
 ) -> Result<Option<OtlpConfig>, ExportError> {
+    signal_config(Signal::Traces, endpoint_flag, protocol_flag, env)
+}
+
+/// The OTLP settings of one signal, with the specification's precedence (signal-specific
+/// over generic, flags over both). `None` when no endpoint is configured anywhere.
+pub fn signal_config(
+    signal: Signal,
+    endpoint_flag: Option<&str>,
+    protocol_flag: Option<&str>,
+    env: Env,
+) -> Result<Option<OtlpConfig>, ExportError> {
+    let var = |what: &str| signal.var(what);
+    let vars = |what: &str| [var(what), format!("OTEL_EXPORTER_OTLP_{what}")];
+    let pick = |what: &str| {
+        let v = vars(what);
+        first(env, &[v[0].as_str(), v[1].as_str()])
+    };
     let protocol = match protocol_flag
         .map(|p| ("--otlp-protocol".to_string(), p.to_string()))
-        .or_else(|| {
-            first(
-                env,
-                &[
-                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                ],
-            )
-        }) {
+        .or_else(|| pick("PROTOCOL"))
+    {
         None => Protocol::HttpProtobuf,
         Some((_, p)) if p == "grpc" => Protocol::Grpc,
         Some((_, p)) if p == "http/protobuf" => Protocol::HttpProtobuf,
@@ -174,44 +190,30 @@ pub fn otlp_config(
     // The signal-specific variable is a full URL; the generic one is a base URL to which HTTP
     // appends the signal path.
     let endpoint = if let Some(e) = endpoint_flag.filter(|e| !e.is_empty()) {
-        base_to_signal(e, protocol)
-    } else if let Some((_, e)) = first(env, &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) {
+        base_to_signal(e, protocol, signal)
+    } else if let Some((_, e)) = first(env, &[var("ENDPOINT").as_str()]) {
         e
     } else if let Some((_, e)) = first(env, &["OTEL_EXPORTER_OTLP_ENDPOINT"]) {
-        base_to_signal(&e, protocol)
+        base_to_signal(&e, protocol, signal)
     } else {
         return Ok(None);
     };
     let mut headers = Vec::new();
-    for var in [
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    ] {
-        if let Some(h) = env(var) {
-            parse_headers(var, &h, &mut headers)?;
+    for v in vars("HEADERS").iter().rev() {
+        if let Some(h) = env(v) {
+            parse_headers(v, &h, &mut headers)?;
         }
     }
-    let timeout = millis(
-        env,
-        &[
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        ],
-    )?
-    .unwrap_or(Duration::from_secs(10));
-    let gzip = match first(
-        env,
-        &[
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-        ],
-    ) {
+    let v = vars("TIMEOUT");
+    let timeout = millis(env, &[v[0].as_str(), v[1].as_str()])?.unwrap_or(Duration::from_secs(10));
+    let gzip = match pick("COMPRESSION") {
         None => false,
         Some((_, c)) if c == "gzip" => true,
         Some((_, c)) if c == "none" => false,
         Some((var, value)) => return Err(ExportError::Compression { var, value }),
     };
     Ok(Some(OtlpConfig {
+        signal,
         protocol,
         endpoint,
         headers,
@@ -220,10 +222,10 @@ pub fn otlp_config(
     }))
 }
 
-fn base_to_signal(base: &str, protocol: Protocol) -> String {
+fn base_to_signal(base: &str, protocol: Protocol, signal: Signal) -> String {
     match protocol {
         Protocol::Grpc => base.to_string(),
-        Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        Protocol::HttpProtobuf => format!("{}{}", base.trim_end_matches('/'), signal.http_path()),
     }
 }
 
@@ -468,15 +470,39 @@ async fn send_with_retry(
 ) {
     let n = batch.len() as u64;
     let body = client.encode(&batch);
+    match deliver(&client, body, budget).await {
+        Ok(()) => {
+            metrics.exported.inc_by(n);
+            metrics.health.export_failing.set(false);
+        }
+        Err(e) => {
+            let why = if e.retryable() {
+                SpanDrop::ExportFailed
+            } else {
+                SpanDrop::ExportRejected
+            };
+            metrics.dropped.add(why, n);
+            metrics.health.export_failing.set(true);
+            if let Ok(mut last) = metrics.health.last_export_error.lock() {
+                *last = e.to_string();
+            }
+            warn_throttled(&format!("dropped {n} spans: {e}"));
+        }
+    }
+    q.settle(n as usize);
+}
+
+/// Sends `body`, retrying what is worth retrying with exponential backoff and jitter
+/// (100 ms doubling to 5 s) while `budget` allows.
+pub(crate) async fn deliver(
+    client: &OtlpClient,
+    body: bytes::Bytes,
+    budget: Duration,
+) -> Result<(), ExportError> {
     let start = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
         match client.export(body.clone()).await {
-            Ok(()) => {
-                metrics.exported.inc_by(n);
-                metrics.health.export_failing.set(false);
-                break;
-            }
             Err(e) if e.retryable() && start.elapsed() + backoff < budget => {
                 let jitter = Duration::from_millis(
                     rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
@@ -484,27 +510,13 @@ async fn send_with_retry(
                 tokio::time::sleep(backoff + jitter).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                let why = if e.retryable() {
-                    SpanDrop::ExportFailed
-                } else {
-                    SpanDrop::ExportRejected
-                };
-                metrics.dropped.add(why, n);
-                metrics.health.export_failing.set(true);
-                if let Ok(mut last) = metrics.health.last_export_error.lock() {
-                    *last = e.to_string();
-                }
-                warn_throttled(&format!("dropped {n} spans: {e}"));
-                break;
-            }
+            r => return r,
         }
     }
-    q.settle(n as usize);
 }
 
 /// Logs at most one warning every 10 s: a dead endpoint must not flood the log.
-fn warn_throttled(msg: &str) {
+pub(crate) fn warn_throttled(msg: &str) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = crate::span::clock_ns(libc::CLOCK_MONOTONIC) / 1_000_000_000;
     let last = LAST.load(Relaxed);
@@ -777,6 +789,7 @@ mod tests {
     async fn dead_endpoint_counts_failures_and_never_blocks() {
         // Nothing listens on port 9 of localhost: every attempt is refused.
         let cfg = OtlpConfig {
+            signal: Signal::Traces,
             protocol: Protocol::HttpProtobuf,
             endpoint: "http://127.0.0.1:9/v1/traces".into(),
             headers: vec![],
@@ -866,6 +879,7 @@ mod tests {
     async fn export_requests_overlap_up_to_max_in_flight() {
         let (port, peak) = endpoint_answering_in_groups_of(4).await;
         let cfg = OtlpConfig {
+            signal: Signal::Traces,
             protocol: Protocol::HttpProtobuf,
             endpoint: format!("http://127.0.0.1:{port}/v1/traces"),
             headers: vec![],

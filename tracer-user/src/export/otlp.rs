@@ -14,10 +14,43 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// What an OTLP endpoint receives: its variables (`OTEL_EXPORTER_OTLP_<SIGNAL>_*`), HTTP path
+/// and gRPC method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    pub fn var(self, what: &str) -> String {
+        let s = match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        };
+        format!("OTEL_EXPORTER_OTLP_{s}_{what}")
+    }
+
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpConfig {
+    pub signal: Signal,
     pub protocol: Protocol,
-    /// Full URL: for HTTP it includes `/v1/traces`.
+    /// Full URL: for HTTP it includes the signal's path (`/v1/traces`).
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
@@ -248,10 +281,7 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
     buf
 }
 
-/// The gRPC method OTLP receivers serve.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
-/// Sends an already-encoded ExportTraceServiceRequest: each batch is encoded once, and a retry
+/// Sends an already-encoded export request: each batch is encoded once, and a retry
 /// resends the same bytes. The response (partial-success details) is not needed.
 #[derive(Clone, Copy, Default)]
 struct RawCodec;
@@ -301,6 +331,7 @@ impl tonic::codec::Decoder for RawCodec {
 pub enum OtlpClient {
     Grpc {
         channel: tonic::transport::Channel,
+        path: &'static str,
         metadata: tonic::metadata::MetadataMap,
         timeout: Duration,
         gzip: bool,
@@ -332,6 +363,7 @@ impl OtlpClient {
                 }
                 Ok(OtlpClient::Grpc {
                     channel: endpoint.connect_lazy(),
+                    path: cfg.signal.grpc_path(),
                     metadata,
                     timeout: cfg.timeout,
                     gzip: cfg.gzip,
@@ -361,7 +393,11 @@ impl OtlpClient {
 
     /// Encodes a batch once, in the form this client sends (gzip applied for HTTP).
     pub fn encode(&self, spans: &[Span]) -> Bytes {
-        let raw = encode_request(spans);
+        self.body(encode_request(spans))
+    }
+
+    /// An encoded request in the form this client sends.
+    pub fn body(&self, raw: Vec<u8>) -> Bytes {
         match self {
             OtlpClient::Http { gzip: true, .. } => {
                 use std::io::Write;
@@ -382,6 +418,7 @@ impl OtlpClient {
         match self {
             OtlpClient::Grpc {
                 channel,
+                path,
                 metadata,
                 timeout,
                 gzip,
@@ -393,7 +430,7 @@ impl OtlpClient {
                 let mut request = tonic::Request::new(body);
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(*timeout);
-                let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
                 let result = match grpc.ready().await {
                     Ok(()) => grpc
                         .unary::<_, (), _>(request, path, RawCodec)

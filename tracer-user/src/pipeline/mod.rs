@@ -28,6 +28,7 @@ use crate::{
     plugins::PluginHost,
     probes::{ProbeOptions, Probes},
     span::Span,
+    spanmetrics::SpanMetrics,
 };
 use batch::{Batch, Records};
 use reader::Reader;
@@ -96,6 +97,7 @@ pub async fn run(
     live: Live,
     table: ConnTable,
     plugins: Arc<PluginHost>,
+    requests: Arc<SpanMetrics>,
     export: Submitter,
     reg: Registry,
     health: Arc<Health>,
@@ -115,6 +117,7 @@ pub async fn run(
         table,
         recorder,
         plugins,
+        requests,
         export,
         metrics.records_dropped,
         health.clone(),

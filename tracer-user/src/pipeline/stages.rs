@@ -1,6 +1,6 @@
 //! The stages after the reader, each on its own thread: decode (connection table, decoders,
-//! span building with its /proc reads, the recording) and plugins (the Wasm chain, then the
-//! exporters' queues). Each one only waits for its input; a full queue ahead drops what does
+//! span building with its /proc reads, the recording) and plugins (the Wasm chain, the
+//! request metrics, then the exporters' queues). Each one only waits for its input; a full queue ahead drops what does
 //! not fit, counted, except at shutdown, when nothing is dropped.
 use std::{
     io,
@@ -29,6 +29,7 @@ use crate::{
     plugins::{PluginHost, chain::MAX_BATCH},
     queue::{Limits, SpanQueue},
     span::{Span, Value, clock_ns, kv},
+    spanmetrics::SpanMetrics,
 };
 
 /// Batches of records the decode queue holds (each at most [`super::batch::BATCH_BYTES`]).
@@ -57,6 +58,7 @@ pub fn start(
     table: ConnTable,
     recorder: Option<Recorder>,
     plugins: Arc<PluginHost>,
+    requests: Arc<SpanMetrics>,
     export: Submitter,
     records_dropped: RecordDrops,
     health: Arc<Health>,
@@ -81,6 +83,7 @@ pub fn start(
     let stage = PluginStage {
         input: to_plugins,
         host: plugins,
+        requests,
         export,
         health,
     };
@@ -205,6 +208,8 @@ impl Decode {
 struct PluginStage {
     input: Arc<SpanQueue>,
     host: Arc<PluginHost>,
+    /// Every span once, as it leaves the chain: exported or not, it was a request.
+    requests: Arc<SpanMetrics>,
     export: Submitter,
     health: Arc<Health>,
 }
@@ -213,10 +218,14 @@ impl PluginStage {
     fn run(self) -> io::Result<()> {
         let _close = CloseOnDrop(self.input.clone());
         let mut spans = Vec::with_capacity(MAX_BATCH);
+        let mut dropped = Vec::new();
         while block_on(self.input.recv_many(&mut spans, MAX_BATCH)) > 0 {
             let _busy = Busy::new(&self.health.plugins_busy_since_s);
             // One chain version for the whole batch (a swap in between takes the next one).
-            self.host.process(&mut spans);
+            self.host.process_keeping_dropped(&mut spans, &mut dropped);
+            self.requests.record(&dropped);
+            dropped.clear();
+            self.requests.record(&spans);
             let version = self.host.changes.version();
             if !version.is_empty() {
                 for s in &mut spans {
@@ -274,6 +283,7 @@ mod tests {
             table(&reg),
             Some(recorder),
             host,
+            Arc::new(SpanMetrics::new(100, &reg)),
             ex.submitter(),
             RecordDrops::new(&reg),
             health,

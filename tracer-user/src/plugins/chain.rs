@@ -122,9 +122,9 @@ impl Loaded {
         self.quarantined.load(Relaxed)
     }
 
-    /// Runs the plugin on `batch` (at most MAX_BATCH spans) and applies its verdicts.
-    /// On error nothing was applied.
-    pub fn run(&self, batch: &mut Vec<Span>) -> Result<(), CallError> {
+    /// Runs the plugin on `batch` (at most MAX_BATCH spans) and applies its verdicts; the
+    /// spans it drops move to `dropped`. On error nothing was applied.
+    pub fn run(&self, batch: &mut Vec<Span>, dropped: &mut Vec<Span>) -> Result<(), CallError> {
         let st = &self.stats;
         let mut guard = self.instance.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -165,8 +165,8 @@ impl Loaded {
             return Err(self.failed(e));
         }
         drop(guard);
-        let (dropped, edited) = apply(batch, verdicts);
-        st.spans_dropped.inc_by(dropped);
+        let (n_dropped, edited) = apply(batch, verdicts, dropped);
+        st.spans_dropped.inc_by(n_dropped);
         st.spans_edited.inc_by(edited);
         Ok(())
     }
@@ -258,8 +258,8 @@ fn check(verdicts: &[HostVerdict], n: usize) -> Result<(), CallError> {
     Ok(())
 }
 
-/// Applies checked verdicts; returns (dropped, edited).
-fn apply(batch: &mut Vec<Span>, verdicts: Vec<HostVerdict>) -> (u64, u64) {
+/// Applies checked verdicts, moving the spans dropped to `out`; returns (dropped, edited).
+fn apply(batch: &mut Vec<Span>, verdicts: Vec<HostVerdict>, out: &mut Vec<Span>) -> (u64, u64) {
     let (mut dropped, mut edited) = (0, 0);
     let mut keep = vec![true; batch.len()];
     for v in verdicts {
@@ -288,8 +288,11 @@ fn apply(batch: &mut Vec<Span>, verdicts: Vec<HostVerdict>) -> (u64, u64) {
         }
     }
     if dropped > 0 {
-        let mut it = keep.iter();
-        batch.retain(|_| *it.next().unwrap_or(&true));
+        let mut i = 0;
+        out.extend(batch.extract_if(.., |_| {
+            i += 1;
+            !keep[i - 1]
+        }));
     }
     (dropped, edited)
 }
@@ -415,16 +418,17 @@ impl Chain {
     }
 
     /// Runs every span through the chain and marks each survivor with the versions that
-    /// processed it. Without canaries the whole batch takes the stable versions; with one,
-    /// spans are grouped by the versions their trace gets, each group run on its own.
-    pub fn process(&self, spans: &mut Vec<Span>) -> BatchReport {
+    /// processed it; the dropped ones move to `dropped`, as they were when dropped. Without
+    /// canaries the whole batch takes the stable versions; with one, spans are grouped by the
+    /// versions their trace gets, each group run on its own.
+    pub fn process(&self, spans: &mut Vec<Span>, dropped: &mut Vec<Span>) -> BatchReport {
         let mut report = BatchReport::default();
         if self.slots.is_empty() {
             return report;
         }
         if !self.canaries {
             let stable: Vec<&Arc<Loaded>> = self.slots.iter().map(|s| &s.stable).collect();
-            run_group(&stable, Some(&self.label), spans, &mut report);
+            run_group(&stable, Some(&self.label), spans, dropped, &mut report);
             return report;
         }
         let mut groups: Vec<(Vec<&Arc<Loaded>>, Vec<Span>)> = Vec::new();
@@ -443,7 +447,7 @@ impl Chain {
             }
         }
         for (versions, mut group) in groups {
-            run_group(&versions, None, &mut group, &mut report);
+            run_group(&versions, None, &mut group, dropped, &mut report);
             spans.append(&mut group);
         }
         report
@@ -456,10 +460,11 @@ fn run_group(
     plugins: &[&Arc<Loaded>],
     label_all: Option<&Arc<str>>,
     spans: &mut Vec<Span>,
+    dropped: &mut Vec<Span>,
     report: &mut BatchReport,
 ) {
     if spans.len() <= MAX_BATCH {
-        return run_batch(plugins, label_all, spans, report);
+        return run_batch(plugins, label_all, spans, dropped, report);
     }
     let mut rest = std::mem::take(spans).into_iter();
     loop {
@@ -467,7 +472,7 @@ fn run_group(
         if batch.is_empty() {
             break;
         }
-        run_batch(plugins, label_all, &mut batch, report);
+        run_batch(plugins, label_all, &mut batch, dropped, report);
         spans.append(&mut batch);
     }
 }
@@ -476,6 +481,7 @@ fn run_batch(
     plugins: &[&Arc<Loaded>],
     label_all: Option<&Arc<str>>,
     batch: &mut Vec<Span>,
+    dropped: &mut Vec<Span>,
     report: &mut BatchReport,
 ) {
     let mut ran: Vec<&Loaded> = Vec::with_capacity(plugins.len());
@@ -488,12 +494,12 @@ fn run_batch(
             failed.push(p);
             if p.on_failure == OnFailure::Drop {
                 report.failed_closed += batch.len() as u64;
-                batch.clear();
+                dropped.append(batch);
             }
             continue;
         }
         let before = batch.len();
-        match p.run(batch) {
+        match p.run(batch, dropped) {
             Ok(()) => {
                 report.dropped += (before - batch.len()) as u64;
                 ran.push(p);
@@ -503,7 +509,7 @@ fn run_batch(
                 report.quarantined |= p.is_quarantined();
                 if p.on_failure == OnFailure::Drop {
                     report.failed_closed += batch.len() as u64;
-                    batch.clear();
+                    dropped.append(batch);
                 }
             }
         }
@@ -591,6 +597,7 @@ mod tests {
     #[test]
     fn verdicts_apply_drops_sets_removes_and_renames() {
         let mut batch = vec![span(1), span(2), span(3)];
+        let mut out = Vec::new();
         let (dropped, edited) = apply(
             &mut batch,
             vec![
@@ -606,8 +613,11 @@ mod tests {
                     ],
                 ),
             ],
+            &mut out,
         );
         assert_eq!((dropped, edited), (1, 1));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].span_id, [1; 8], "the dropped span is handed back");
         assert_eq!(batch.len(), 2);
         assert_eq!(batch[0].span_id, [2; 8]);
         let s = &batch[1];

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -35,6 +35,7 @@ use stats::{Families, PluginStats};
 
 use crate::{
     changes::{Change, Changes, Outcome as ChangeOutcome, Trigger},
+    context::SAMPLED,
     metrics::{Counter, Gauge, Registry},
     semconv,
     span::{Resource, Span, SpanKind, Status, Value, kv},
@@ -282,12 +283,15 @@ pub struct PluginHost {
     pub metrics: HostMetrics,
     /// Where every change of the chain is reported.
     pub changes: Arc<Changes>,
+    /// Export spans whose upstream's context said "not sampled" (`--export-unsampled`).
+    pub export_unsampled: AtomicBool,
 }
 
 /// What the host counts, and gauges of the chain and the files it runs.
 #[derive(Debug)]
 pub struct HostMetrics {
     pub spans_dropped: Counter,
+    pub spans_unsampled: Counter,
     pub spans_failed: Counter,
     pub reloads: Counter,
     pub reload_failures: Counter,
@@ -312,6 +316,7 @@ impl HostMetrics {
         );
         HostMetrics {
             spans_dropped: reg.counter("spans_plugin_dropped", "Spans plugins dropped (sampling decisions)"),
+            spans_unsampled: reg.counter("spans_unsampled", "Spans not exported because the upstream's trace context said not sampled (--export-unsampled keeps them); the request metrics count them"),
             spans_failed: reg.counter("spans_plugin_failed", "Spans dropped because a plugin whose failure policy is drop failed on them or is quarantined (on-failure = \"drop\", or --plugins-fail-closed)"),
             reloads: reg.counter("plugin_reloads", "Plugin chain swaps"),
             reload_failures: reg.counter("plugin_reload_failures", "Plugin files refused (not wasm, wrong contract, failed init or self-test, unsafe permissions)"),
@@ -338,6 +343,7 @@ impl PluginHost {
             families: Families::register(reg),
             metrics: HostMetrics::new(reg),
             changes: Arc::new(Changes::new(reg)),
+            export_unsampled: AtomicBool::new(false),
         })
     }
 
@@ -348,11 +354,29 @@ impl PluginHost {
 
     /// Runs a batch through the current chain (loaded once: one version per batch).
     pub fn process(&self, spans: &mut Vec<Span>) {
+        self.process_keeping_dropped(spans, &mut Vec::new());
+    }
+
+    /// [`PluginHost::process`], moving the spans that are not to be exported to `dropped`
+    /// (as they were when dropped): those a plugin dropped, then those whose upstream said
+    /// "not sampled" unless `export_unsampled`. Both are requests the metrics count.
+    pub fn process_keeping_dropped(&self, spans: &mut Vec<Span>, dropped: &mut Vec<Span>) {
+        self.run_chain(spans, dropped);
+        if !self.export_unsampled.load(Relaxed) {
+            let before = dropped.len();
+            dropped.extend(spans.extract_if(.., |s| s.flags & SAMPLED == 0));
+            self.metrics
+                .spans_unsampled
+                .inc_by((dropped.len() - before) as u64);
+        }
+    }
+
+    fn run_chain(&self, spans: &mut Vec<Span>, dropped: &mut Vec<Span>) {
         let chain = self.chain.load();
         if chain.is_empty() || spans.is_empty() {
             return;
         }
-        let r = chain.process(spans);
+        let r = chain.process(spans, dropped);
         self.metrics.spans_dropped.inc_by(r.dropped);
         self.metrics.spans_failed.inc_by(r.failed_closed);
         if r.quarantined {
@@ -450,7 +474,9 @@ impl PluginHost {
             None,
         );
         let mut sample = samples();
-        probe.run(&mut sample).map_err(PluginError::SelfTest)?;
+        probe
+            .run(&mut sample, &mut Vec::new())
+            .map_err(PluginError::SelfTest)?;
         let stats = self.stats_for(&name, &hash);
         let (inst, interest) = start(stats.clone(), false)?;
         Ok(Arc::new(Loaded::new(
