@@ -14,6 +14,7 @@
 //!
 //! Spans of other processes on the host show up too: always select spans by the pid of a
 //! process the test started and/or by the test server's port.
+use std::os::unix::process::CommandExt;
 use std::{
     collections::HashMap,
     ffi::OsStr,
@@ -470,7 +471,8 @@ pub fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// A background process listening on a TCP port. Killed on drop.
+/// A background process listening on a TCP port. Killed on drop, with the processes it
+/// started (nginx workers outlive a killed master).
 pub struct Server {
     child: Child,
     port: u16,
@@ -487,6 +489,7 @@ impl Server {
             .stderr(fs::File::create(dir.join("stderr")).expect("server stderr file"));
         let what = format!("{cmd:?}");
         let child = cmd
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let mut s = Server { child, port, dir };
@@ -542,7 +545,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the group this server leads; no memory is involved.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }

@@ -419,6 +419,7 @@ impl SpanMetrics {
         if now.saturating_sub(st.swept_ns) >= SWEEP_NS {
             self.sweep(st, now);
         }
+        self.counters.services.set(st.services.len() as i64);
     }
 
     fn record_one(
@@ -490,7 +491,6 @@ impl SpanMetrics {
         });
         st.by_resource.retain(|_, (w, _)| w.strong_count() > 0);
         st.graph.sweep(now, IDLE_NS);
-        self.counters.services.set(st.services.len() as i64);
     }
 
     /// A copy of every series and edge, after letting out the graph's expired halves.
@@ -633,6 +633,7 @@ pub(crate) mod tests {
             1,
             "process.pid is not part of a service"
         );
+        assert_eq!((m.counters.services.get(), m.counters.series.get()), (1, 3));
         assert!(
             !snap.services[0]
                 .attributes
