@@ -20,7 +20,7 @@ use crate::{
     },
     metadata::k8s::{self, PodCache},
     metrics::{Health, Registry},
-    pipeline::{self, Live, Recorder, reader::ReaderMetrics},
+    pipeline::{self, Downstream, Live, Recorder, reader::ReaderMetrics},
     plugins::{self, PluginHost},
     probes::{self, Probes},
     process,
@@ -174,9 +174,11 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
     pipeline::run(
         live,
         t,
-        plugins,
-        requests,
-        exporters.submitter(),
+        Downstream {
+            plugins,
+            requests,
+            export: exporters.submitter(),
+        },
         registry.clone(),
         health,
         async {

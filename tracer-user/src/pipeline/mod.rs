@@ -23,15 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     conntrack::{ConnTable, TableOptions},
     events::Event,
-    export::Submitter,
     metrics::{Health, Registry},
-    plugins::PluginHost,
     probes::{ProbeOptions, Probes},
     span::Span,
-    spanmetrics::SpanMetrics,
 };
 use batch::{Batch, Records};
 use reader::Reader;
+pub use stages::Downstream;
 
 /// The reader drains at least this often: the probes wake it only past a fill threshold.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -96,9 +94,7 @@ pub struct Update {
 pub async fn run(
     live: Live,
     table: ConnTable,
-    plugins: Arc<PluginHost>,
-    requests: Arc<SpanMetrics>,
-    export: Submitter,
+    down: Downstream,
     reg: Registry,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -116,9 +112,7 @@ pub async fn run(
     let stages = stages::start(
         table,
         recorder,
-        plugins,
-        requests,
-        export,
+        down,
         metrics.records_dropped,
         health.clone(),
         stop.clone(),

@@ -52,18 +52,29 @@ pub struct Stages {
     pub threads: Vec<Thread>,
 }
 
+/// Where the spans the decode stage makes go: through the plugin chain, counted in the
+/// request metrics, to the exporters.
+pub struct Downstream {
+    pub plugins: Arc<PluginHost>,
+    pub requests: Arc<SpanMetrics>,
+    pub export: Submitter,
+}
+
 /// Starts the decode and plugin stages. Once `stop` is set, they wait for room ahead instead
 /// of dropping.
 pub fn start(
     table: ConnTable,
     recorder: Option<Recorder>,
-    plugins: Arc<PluginHost>,
-    requests: Arc<SpanMetrics>,
-    export: Submitter,
+    down: Downstream,
     records_dropped: RecordDrops,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Stages> {
+    let Downstream {
+        plugins,
+        requests,
+        export,
+    } = down;
     let (tx, rx) = sync_channel(DECODE_QUEUE_BATCHES);
     let (pool_tx, pool_rx) = sync_channel(POOL_BUFFERS);
     let to_plugins = Arc::new(SpanQueue::new(Limits {
@@ -282,9 +293,11 @@ mod tests {
         let mut stages = start(
             table(&reg),
             Some(recorder),
-            host,
-            Arc::new(SpanMetrics::new(100, &reg)),
-            ex.submitter(),
+            Downstream {
+                plugins: host,
+                requests: Arc::new(SpanMetrics::new(100, &reg)),
+                export: ex.submitter(),
+            },
             RecordDrops::new(&reg),
             health,
             stop,

@@ -49,6 +49,47 @@ struct EdgeKey {
     virtual_node: bool,
 }
 
+/// A count each edge has, named as the Collector's servicegraph connector names it (OTLP name,
+/// `_total` included, which is also the Prometheus sample name).
+pub struct EdgeCount {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: fn(&Edge) -> u64,
+}
+
+/// A duration histogram each edge has.
+pub struct EdgeDurations {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: fn(&Edge) -> &Histogram,
+}
+
+pub const COUNTS: [EdgeCount; 2] = [
+    EdgeCount {
+        name: "traces_service_graph_request_total",
+        help: "Requests from a client service to a server service",
+        value: |e| e.requests,
+    },
+    EdgeCount {
+        name: "traces_service_graph_request_failed_total",
+        help: "Requests from a client service to a server service that failed at either end",
+        value: |e| e.failed,
+    },
+];
+
+pub const DURATIONS: [EdgeDurations; 2] = [
+    EdgeDurations {
+        name: "traces_service_graph_request_server_seconds",
+        help: "Duration of the requests of an edge as the server saw them",
+        value: |e| &e.server_seconds,
+    },
+    EdgeDurations {
+        name: "traces_service_graph_request_client_seconds",
+        help: "Duration of the requests of an edge as the client saw them",
+        value: |e| &e.client_seconds,
+    },
+];
+
 #[derive(Clone, Debug)]
 pub struct Edge {
     pub client: Arc<str>,

@@ -129,14 +129,17 @@ impl Encoder {
     /// The point of one histogram now; None for a delta with nothing new.
     fn point(
         &self,
-        key: &str,
-        h: &Histogram,
-        start_unix_ns: u64,
+        series: Cumulative<'_>,
         now: u64,
-        bounds: &[f64],
         attributes: Vec<PbKeyValue>,
         sent: &mut Vec<(String, Sent)>,
     ) -> Option<HistogramDataPoint> {
+        let Cumulative {
+            key,
+            hist: h,
+            bounds,
+            start_unix_ns,
+        } = series;
         let mut p = HistogramDataPoint {
             attributes,
             start_time_unix_nano: start_unix_ns,
@@ -219,15 +222,13 @@ impl Encoder {
                     .filter_map(|(k, s)| {
                         let key = series_key(&svc.key, k);
                         let attrs = pb_labels(s.attributes.iter().map(|(k, v)| (*k, v)));
-                        self.point(
-                            &key,
-                            &s.hist,
-                            s.start_unix_ns,
-                            now,
-                            inst.bounds(),
-                            attrs,
-                            &mut sent,
-                        )
+                        let series = Cumulative {
+                            key: &key,
+                            hist: &s.hist,
+                            bounds: inst.bounds(),
+                            start_unix_ns: s.start_unix_ns,
+                        };
+                        self.point(series, now, attrs, &mut sent)
                     })
                     .collect();
                 if !pts.is_empty() {
@@ -284,19 +285,7 @@ impl Encoder {
             pb_labels(l.iter().map(|(k, v)| (*k, v)))
         };
         let mut out = Vec::new();
-        let counters: [(&str, &str, fn(&graph::Edge) -> u64); 2] = [
-            (
-                GRAPH_METRICS[0],
-                "Requests from a client service to a server service",
-                |e| e.requests,
-            ),
-            (
-                GRAPH_METRICS[1],
-                "Requests from a client service to a server service that failed at either end",
-                |e| e.failed,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for &graph::EdgeCount { name, help, value } in &graph::COUNTS {
             let pts: Vec<NumberDataPoint> = edges
                 .iter()
                 .filter_map(|e| {
@@ -308,15 +297,13 @@ impl Encoder {
                         max: 0.0,
                         buckets: Vec::new(),
                     };
-                    let p = self.point(
-                        &edge_key(e, name),
-                        &h,
-                        e.start_unix_ns,
-                        now,
-                        &[],
-                        labels(e),
-                        sent,
-                    )?;
+                    let series = Cumulative {
+                        key: &edge_key(e, name),
+                        hist: &h,
+                        bounds: &[],
+                        start_unix_ns: e.start_unix_ns,
+                    };
+                    let p = self.point(series, now, labels(e), sent)?;
                     Some(NumberDataPoint {
                         attributes: p.attributes,
                         start_time_unix_nano: p.start_time_unix_nano,
@@ -340,32 +327,23 @@ impl Encoder {
                 });
             }
         }
-        let hists: [(&str, &str, fn(&graph::Edge) -> &Histogram); 2] = [
-            (
-                GRAPH_METRICS[2],
-                "Duration of the requests of an edge as the server saw them",
-                |e| &e.server_seconds,
-            ),
-            (
-                GRAPH_METRICS[3],
-                "Duration of the requests of an edge as the client saw them",
-                |e| &e.client_seconds,
-            ),
-        ];
-        for (name, help, h) in hists {
+        for &graph::EdgeDurations {
+            name,
+            help,
+            value: h,
+        } in &graph::DURATIONS
+        {
             let pts: Vec<HistogramDataPoint> = edges
                 .iter()
                 .filter(|e| h(e).count > 0)
                 .filter_map(|e| {
-                    self.point(
-                        &edge_key(e, name),
-                        h(e),
-                        e.start_unix_ns,
-                        now,
-                        graph::BOUNDS,
-                        labels(e),
-                        sent,
-                    )
+                    let series = Cumulative {
+                        key: &edge_key(e, name),
+                        hist: h(e),
+                        bounds: graph::BOUNDS,
+                        start_unix_ns: e.start_unix_ns,
+                    };
+                    self.point(series, now, labels(e), sent)
                 })
                 .collect();
             if !pts.is_empty() {
@@ -395,7 +373,8 @@ impl Encoder {
             }
         }
         for e in &snap.edges {
-            for name in GRAPH_METRICS {
+            let counts = graph::COUNTS.iter().map(|c| c.name);
+            for name in counts.chain(graph::DURATIONS.iter().map(|d| d.name)) {
                 live.insert(edge_key(e, name));
             }
         }
@@ -403,12 +382,13 @@ impl Encoder {
     }
 }
 
-const GRAPH_METRICS: [&str; 4] = [
-    "traces_service_graph_request_total",
-    "traces_service_graph_request_failed_total",
-    "traces_service_graph_request_server_seconds",
-    "traces_service_graph_request_client_seconds",
-];
+/// A histogram as it stands, and what names it in the delta bookkeeping.
+struct Cumulative<'a> {
+    key: &'a str,
+    hist: &'a Histogram,
+    bounds: &'a [f64],
+    start_unix_ns: u64,
+}
 
 fn series_key(service: &str, series: &str) -> String {
     format!("{service}\u{1d}{series}")

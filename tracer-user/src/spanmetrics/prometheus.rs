@@ -144,47 +144,24 @@ fn render_graph(edges: &[graph::Edge], fmt: Format, out: &mut String) {
     if edges.is_empty() {
         return;
     }
-    let counters: [(&str, &str, fn(&graph::Edge) -> u64); 2] = [
-        (
-            "traces_service_graph_request",
-            "Requests from a client service to a server service",
-            |e| e.requests,
-        ),
-        (
-            "traces_service_graph_request_failed",
-            "Requests from a client service to a server service that failed at either end",
-            |e| e.failed,
-        ),
-    ];
-    for (name, help, value) in counters {
+    for &graph::EdgeCount { name, help, value } in &graph::COUNTS {
+        // OpenMetrics names the counter family without the sample's `_total`.
         let fam = match fmt {
-            Format::Text => format!("{name}_total"),
-            Format::OpenMetrics => name.to_string(),
+            Format::Text => name,
+            Format::OpenMetrics => name.trim_end_matches("_total"),
         };
-        family(out, &fam, "counter", help, None, fmt);
+        family(out, fam, "counter", help, None, fmt);
         for e in edges {
             let l = edge_labels(e);
-            let _ = writeln!(
-                out,
-                "{name}_total{}}} {}",
-                l.trim_end_matches(','),
-                value(e)
-            );
+            let _ = writeln!(out, "{name}{}}} {}", l.trim_end_matches(','), value(e));
         }
     }
-    let hists: [(&str, &str, fn(&graph::Edge) -> &Histogram); 2] = [
-        (
-            "traces_service_graph_request_server_seconds",
-            "Duration of the requests of an edge as the server saw them",
-            |e| &e.server_seconds,
-        ),
-        (
-            "traces_service_graph_request_client_seconds",
-            "Duration of the requests of an edge as the client saw them",
-            |e| &e.client_seconds,
-        ),
-    ];
-    for (name, help, h) in hists {
+    for &graph::EdgeDurations {
+        name,
+        help,
+        value: h,
+    } in &graph::DURATIONS
+    {
         family(out, name, "histogram", help, Some("seconds"), fmt);
         for e in edges {
             histogram(out, name, &edge_labels(e), h(e), graph::BOUNDS);
