@@ -42,6 +42,15 @@ impl Write for SharedBuf {
     }
 }
 
+/// An environment (for the `OTEL_*` readers) holding only `pairs`.
+pub fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let m: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| m.get(k).cloned()
+}
+
 /// The value of one sample of the registry's /metrics text (`name` with its labels), 0 when
 /// it is not there.
 pub fn sample(reg: &crate::metrics::Registry, name: &str) -> u64 {

@@ -161,15 +161,7 @@ async fn export_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
+    use crate::testing::env_of;
 
     #[test]
     fn metrics_follow_the_generic_endpoint_unless_their_own_variables_say_otherwise() {

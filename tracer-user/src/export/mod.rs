@@ -545,16 +545,10 @@ mod tests {
     fn otlp_exporters(cfg: &OtlpConfig, batch: BatchConfig) -> Exporters {
         spawn(vec![Sink::Otlp(OtlpClient::new(cfg).unwrap())], batch)
     }
-    use crate::{metrics::Reason, testing::SharedBuf};
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
+    use crate::{
+        metrics::Reason,
+        testing::{SharedBuf, env_of},
+    };
 
     #[test]
     fn no_endpoint_means_no_otlp() {
