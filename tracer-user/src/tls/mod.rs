@@ -215,7 +215,16 @@ impl Tracker {
 
     /// The libssl files of the host's library directories.
     fn host_libraries(&mut self) {
-        let root = self.proc_root.join("1/root");
+        // The host's files through pid 1 (the tracer may run in a container of its own); where
+        // pid 1's root is closed to us (a sandbox whose init is in another user namespace),
+        // our own root, which is then the host's.
+        let Some(root) = ["1/root", "self/root"]
+            .map(|r| self.proc_root.join(r))
+            .into_iter()
+            .find(|r| std::fs::read_dir(r).is_ok())
+        else {
+            return;
+        };
         for dir in LIB_DIRS {
             let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
                 continue;
@@ -223,7 +232,8 @@ impl Tracker {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                if !name.starts_with("libssl.so") {
+                // Links (libssl.so -> libssl.so.3) name a file the directory also holds.
+                if !name.starts_with("libssl.so") || e.file_type().is_ok_and(|t| t.is_symlink()) {
                     continue;
                 }
                 let path = format!("/{dir}/{name}");
