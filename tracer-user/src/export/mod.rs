@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod otlp;
 pub mod printer;
+pub mod tls;
 
 use std::{
     sync::{
@@ -43,6 +44,10 @@ pub enum ExportError {
     Compression { var: String, value: String },
     #[error("{var}: {entry:?} is not key=value")]
     HeaderEntry { var: String, entry: String },
+    #[error("{var}: {detail}")]
+    Tls { var: String, detail: String },
+    #[error("{var}={value:?} is not true or false")]
+    Bool { var: String, value: String },
     #[error("invalid OTLP endpoint {0:?}: {1}")]
     Endpoint(String, String),
     #[error("invalid OTLP header {0:?}")]
@@ -187,6 +192,12 @@ pub fn signal_config(
         Some((_, p)) if p == "http/protobuf" => Protocol::HttpProtobuf,
         Some((var, value)) => return Err(ExportError::Protocol { var, value }),
     };
+    let insecure = match pick("INSECURE") {
+        None => false,
+        Some((_, v)) if v.eq_ignore_ascii_case("true") => true,
+        Some((_, v)) if v.eq_ignore_ascii_case("false") => false,
+        Some((var, value)) => return Err(ExportError::Bool { var, value }),
+    };
     // The signal-specific variable is a full URL; the generic one is a base URL to which HTTP
     // appends the signal path.
     let endpoint = if let Some(e) = endpoint_flag.filter(|e| !e.is_empty()) {
@@ -198,6 +209,20 @@ pub fn signal_config(
     } else {
         return Ok(None);
     };
+    // A gRPC endpoint may be a bare host:port: TLS unless ..._INSECURE=true says otherwise.
+    let endpoint = match protocol {
+        Protocol::Grpc if !endpoint.contains("://") => {
+            let scheme = if insecure { "http" } else { "https" };
+            format!("{scheme}://{endpoint}")
+        }
+        _ => endpoint,
+    };
+    let tls = tls::TlsFiles::from_env(pick)?;
+    if !tls.is_empty() && !endpoint.starts_with("https://") {
+        tracing::warn!(
+            "the OTLP endpoint {endpoint} is not https: its certificate settings are not used"
+        );
+    }
     let mut headers = Vec::new();
     for v in vars("HEADERS").iter().rev() {
         if let Some(h) = env(v) {
@@ -219,6 +244,7 @@ pub fn signal_config(
         headers,
         timeout,
         gzip,
+        tls,
     }))
 }
 
@@ -551,6 +577,66 @@ mod tests {
     };
 
     #[test]
+    fn a_bare_grpc_endpoint_is_tls_unless_insecure() {
+        let grpc = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let c = otlp_config(None, None, &env_of(&grpc)).unwrap().unwrap();
+        assert_eq!(c.endpoint, "https://collector:4317");
+        let mut insecure = grpc.to_vec();
+        insecure.push(("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "true"));
+        let c = otlp_config(None, None, &env_of(&insecure))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoint, "http://collector:4317");
+        insecure.push(("OTEL_EXPORTER_OTLP_INSECURE", "yes"));
+        insecure.remove(2);
+        let err = otlp_config(None, None, &env_of(&insecure)).unwrap_err();
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_INSECURE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn certificate_files_that_cannot_be_used_stop_the_start_naming_the_variable() {
+        let dir = std::env::temp_dir().join(format!("tracer-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318");
+        for (vars, names) in [
+            (
+                vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")],
+                "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", not_pem)],
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: no PEM certificate",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", not_pem)],
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: a client certificate needs its key",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", not_pem),
+                    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", not_pem),
+                ],
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: ",
+            ),
+        ] {
+            let mut env = vars.clone();
+            env.push(base);
+            let err = otlp_config(None, None, &env_of(&env)).unwrap_err();
+            assert!(err.to_string().starts_with(names), "{vars:?}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn no_endpoint_means_no_otlp() {
         assert_eq!(otlp_config(None, None, &env_of(&[])).unwrap(), None);
     }
@@ -789,6 +875,7 @@ mod tests {
             headers: vec![],
             timeout: Duration::from_millis(200),
             gzip: false,
+            tls: Default::default(),
         };
         let batch = BatchConfig {
             max_queue_spans: Some(4),
@@ -879,6 +966,7 @@ mod tests {
             headers: vec![],
             timeout: Duration::from_secs(60),
             gzip: false,
+            tls: Default::default(),
         };
         let batch = BatchConfig {
             max_batch: 1,

@@ -55,6 +55,8 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// Used when the endpoint is https.
+    pub tls: super::tls::TlsFiles,
 }
 
 // The ExportTraceServiceRequest protobuf, written straight from our spans: the messages of
@@ -350,10 +352,15 @@ impl OtlpClient {
         let bad_endpoint = |e: String| ExportError::Endpoint(cfg.endpoint.clone(), e);
         match cfg.protocol {
             Protocol::Grpc => {
-                let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
+                let mut endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
                     .map_err(|e| bad_endpoint(e.to_string()))?
                     .timeout(cfg.timeout)
                     .connect_timeout(cfg.timeout);
+                if cfg.endpoint.starts_with("https://") {
+                    endpoint = endpoint
+                        .tls_config(cfg.tls.grpc())
+                        .map_err(|e| bad_endpoint(error_chain(&e)))?;
+                }
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
                     let key =
@@ -377,8 +384,9 @@ impl OtlpClient {
                         .map_err(|_| ExportError::Header(k.clone()))?;
                     headers.insert(name, v.parse().map_err(|_| ExportError::Header(k.clone()))?);
                 }
-                let client = reqwest::Client::builder()
-                    .timeout(cfg.timeout)
+                let client = cfg
+                    .tls
+                    .http(reqwest::Client::builder().timeout(cfg.timeout))
                     .build()
                     .map_err(|e| bad_endpoint(e.to_string()))?;
                 Ok(OtlpClient::Http {
@@ -436,15 +444,19 @@ impl OtlpClient {
                         .unary::<_, (), _>(request, path, RawCodec)
                         .await
                         .map(|_| ()),
-                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                    Err(e) => Err(tonic::Status::unavailable(error_chain(&e))),
                 };
                 result.map_err(|status| {
                     use tonic::Code::*;
-                    let msg = format!(
+                    let mut msg = format!(
                         "OTLP/gRPC export failed: {}: {}",
                         status.code(),
                         status.message()
                     );
+                    // A connection error's cause (a certificate refused) is in the sources.
+                    if let Some(src) = std::error::Error::source(&status) {
+                        msg = format!("{msg}: {}", error_chain(src));
+                    }
                     // The codes the OTLP specification calls retryable.
                     match status.code() {
                         Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange
@@ -478,12 +490,28 @@ impl OtlpClient {
                         }
                     }
                     Err(e) => Err(ExportError::Retryable(format!(
-                        "OTLP/HTTP export to {url} failed: {e}"
+                        "OTLP/HTTP export to {url} failed: {}",
+                        error_chain(&e)
                     ))),
                 }
             }
         }
     }
+}
+
+/// An error and its causes, outermost first: client errors say "error sending request" and
+/// keep what went wrong (refused, a certificate not trusted) in their sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out = format!("{out}: {s}");
+        }
+        cur = c.source();
+    }
+    out
 }
 
 #[cfg(test)]
