@@ -198,3 +198,102 @@ fn config_reload_applies_valid_files_and_keeps_running_settings_on_bad_ones() {
         "{spans:#?}"
     );
 }
+
+/// An address that is not loopback (198.18.0.77, on `lo`): a connection from it to the admin
+/// endpoint is a connection from the network. Removed on drop.
+struct NetworkAddress {
+    ip: &'static str,
+}
+
+impl NetworkAddress {
+    fn new() -> NetworkAddress {
+        let ip = "198.18.0.77";
+        run_ok("ip", &["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        NetworkAddress { ip }
+    }
+}
+
+impl Drop for NetworkAddress {
+    fn drop(&mut self) {
+        let cidr = format!("{}/32", self.ip);
+        let _ = Command::new("ip")
+            .args(["addr", "del", &cidr, "dev", "lo"])
+            .status();
+    }
+}
+
+/// One request to `addr`, with an Authorization header when given: (status, body).
+fn request(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint accepts connections");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("admin response");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn over_the_network_state_changes_need_the_admin_token() {
+    let Some(_g) = setup() else { return };
+    if !require("ip (iproute2)", which("ip").is_some()) {
+        return;
+    }
+    let net = NetworkAddress::new();
+    let dir = TempDir::new("admin-token");
+    let (cfg, token) = (dir.join("tracer.yaml"), dir.join("token"));
+    fs::write(&cfg, "port: [1]\n").unwrap();
+    fs::write(&token, "0123456789abcdef-token\n").unwrap();
+    let port = free_port();
+    let tracer = Tracer::start_with(
+        &[
+            "--admin-addr",
+            &format!("0.0.0.0:{port}"),
+            "--admin-token-file",
+            token.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+        false,
+    );
+    let remote = format!("{}:{port}", net.ip);
+    let good = Some("Bearer 0123456789abcdef-token");
+    // Read-only: open to the network.
+    assert_eq!(request(&remote, "GET", "/metrics", None).0, 200);
+    for (method, path) in [("POST", "/reload"), ("GET", "/plugins"), ("GET", "/config")] {
+        for auth in [
+            None,
+            Some("Bearer 0123456789abcdef-tokeN"),
+            Some("Bearer x"),
+        ] {
+            let (code, body) = request(&remote, method, path, auth);
+            assert_eq!(code, 403, "{method} {path} with {auth:?}: {body}");
+            assert!(body.contains("--admin-token-file"), "{body}");
+        }
+        let (code, body) = request(&remote, method, path, good);
+        assert_eq!(code, 200, "{method} {path} with the token: {body}");
+    }
+    // From this host, no token needed.
+    let (code, body) = request(&format!("127.0.0.1:{port}"), "POST", "/reload", None);
+    assert_eq!(code, 200, "{body}");
+    let log = tracer.stderr();
+    // Exactly the two allowed reloads ran; the refused ones never reached the reloader.
+    assert_eq!(log.matches("tracer.yaml unchanged").count(), 2, "{log}");
+    tracer.stop();
+}

@@ -41,6 +41,47 @@ pub struct State {
     pub plugins: Arc<PluginHost>,
     pub requests: Arc<SpanMetrics>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Lets a network peer that presents it do what this host may (`--admin-token-file`).
+    pub token: Option<Token>,
+}
+
+/// The admin token, compared in constant time.
+#[derive(Clone)]
+pub struct Token(Arc<[u8]>);
+
+/// Shorter tokens are refused: they could be guessed by trying.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Token {
+    /// The token in `path` (surrounding whitespace trimmed). None, with a warning saying so,
+    /// when it cannot be used: then the network gets no more than without a token file.
+    pub fn read(path: &std::path::Path) -> Option<Token> {
+        let refused = |why: String| {
+            tracing::warn!(
+                "--admin-token-file {}: {why}; state-changing admin calls stay for this host only",
+                path.display()
+            );
+            None
+        };
+        match std::fs::read(path) {
+            Err(e) => refused(format!("cannot read it: {e}")),
+            Ok(b) if b.trim_ascii().len() < MIN_TOKEN_LEN => {
+                refused(format!("a token needs {MIN_TOKEN_LEN} characters or more"))
+            }
+            Ok(b) => Some(Token(b.trim_ascii().into())),
+        }
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        let t = &self.0;
+        // Every byte compared whatever differs, so the time says nothing about the token.
+        presented.len() == t.len()
+            && presented
+                .iter()
+                .zip(t.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: State) {
@@ -58,10 +99,12 @@ pub async fn serve(listener: TcpListener, state: State) {
 }
 
 /// Where a request comes from. Health and metrics are for anyone who can reach the port (the
-/// kubelet, Prometheus); changing state and reading plugin details are for this host only.
+/// kubelet, Prometheus); changing state and reading plugin details are for this host only, or
+/// for a peer that presents the admin token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
     ThisHost,
+    WithToken,
     Network,
 }
 
@@ -94,12 +137,14 @@ async fn handle(mut sock: TcpStream, st: Arc<State>, from: Origin) -> std::io::R
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let accept = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
-        .map_or("", |(_, v)| v);
-    let (code, ctype, body) = route(method, path, accept, &st, from).await;
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    };
+    let from = authorize(from, st.token.as_ref(), header("authorization"));
+    let (code, ctype, body) = route(method, path, header("accept"), &st, from).await;
     let reason = match code {
         200 => "OK",
         403 => "Forbidden",
@@ -116,6 +161,15 @@ async fn handle(mut sock: TcpStream, st: Arc<State>, from: Origin) -> std::io::R
     sock.shutdown().await
 }
 
+/// A network peer with the right `Authorization: Bearer` token counts as [`Origin::WithToken`].
+fn authorize(from: Origin, token: Option<&Token>, authorization: &str) -> Origin {
+    let bearer = authorization.strip_prefix("Bearer ").map(str::trim);
+    match (from, token, bearer) {
+        (Origin::Network, Some(t), Some(b)) if t.matches(b.as_bytes()) => Origin::WithToken,
+        _ => from,
+    }
+}
+
 async fn route(
     method: &str,
     path: &str,
@@ -130,7 +184,8 @@ async fn route(
             403,
             TEXT,
             format!(
-                "{method} {path} is answered on this host only (loopback): run `tracer plugins list`, \
+                "{method} {path} is answered on this host only (loopback), or with the token of \
+                 --admin-token-file (`Authorization: Bearer TOKEN`): run `tracer plugins list`, \
                  or `kill -HUP` the daemon, on the node (in Kubernetes: kubectl exec)\n"
             ),
         ),
@@ -258,6 +313,48 @@ async fn route(
 mod tests {
     use super::*;
     use crate::testing::admin_state as state;
+
+    #[tokio::test]
+    async fn a_network_peer_with_the_token_may_what_this_host_may() {
+        let dir = std::env::temp_dir().join(format!("tracer-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, short) = (dir.join("good"), dir.join("short"));
+        std::fs::write(&good, "s3cr3t-t0ken-0123456789\n").unwrap();
+        std::fs::write(&short, "abc\n").unwrap();
+        assert!(Token::read(&short).is_none(), "too short to be safe");
+        assert!(Token::read(&dir.join("absent")).is_none());
+        let token = Token::read(&good).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let net = Origin::Network;
+        let with = |auth: &str| authorize(net, Some(&token), auth);
+        assert_eq!(with("Bearer s3cr3t-t0ken-0123456789"), Origin::WithToken);
+        for wrong in [
+            "Bearer s3cr3t-t0ken-012345678",
+            "Bearer s3cr3t-t0ken-01234567890",
+            "Bearer S3CR3T-T0KEN-0123456789",
+            "Basic s3cr3t-t0ken-0123456789",
+            "s3cr3t-t0ken-0123456789",
+            "",
+        ] {
+            assert_eq!(with(wrong), Origin::Network, "{wrong:?}");
+        }
+        assert_eq!(
+            authorize(net, None, "Bearer s3cr3t-t0ken-0123456789"),
+            Origin::Network,
+            "no token file: nothing unlocks"
+        );
+        let st = state();
+        assert_eq!(
+            route("GET", "/plugins", "", &st, Origin::WithToken).await.0,
+            200
+        );
+        // Past the origin check: refused for having no --config, not for where it came from.
+        assert_eq!(
+            route("POST", "/reload", "", &st, Origin::WithToken).await.0,
+            503
+        );
+    }
 
     /// One request to a fresh endpoint with the given Accept header: (head, body).
     async fn get_metrics(accept: &str) -> (String, String) {

@@ -156,6 +156,12 @@ pub struct RunOptions {
     /// Binds to localhost by default: it is not meant to be reachable from the network.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_addr: Option<String>,
+    /// A file holding a token (16 characters or more): a peer on the network that sends
+    /// `Authorization: Bearer TOKEN` may then make the admin calls that change state (POST
+    /// /reload, rollback, promote) and read /plugins and /config. Without it those answer this
+    /// host only. Read at start.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// In Kubernetes: pod labels to add to spans as k8s.pod.label.<key> (repeatable).
     #[arg(long = "k8s-label", value_name = "KEY")]
     pub k8s_label: Vec<String>,
@@ -210,6 +216,7 @@ impl RunOptions {
             metrics_series_limit,
             stats_interval,
             admin_addr,
+            admin_token_file,
             k8s_label,
             plugins_dir,
             plugin_timeout_ms,
@@ -238,6 +245,7 @@ impl RunOptions {
             metrics_series_limit: metrics_series_limit.or(file.metrics_series_limit),
             stats_interval: stats_interval.or(file.stats_interval),
             admin_addr: admin_addr.or(file.admin_addr),
+            admin_token_file: admin_token_file.or(file.admin_token_file),
             k8s_label: list(k8s_label, file.k8s_label),
             plugins_dir: plugins_dir.or(file.plugins_dir),
             plugin_timeout_ms: plugin_timeout_ms.or(file.plugin_timeout_ms),
@@ -441,6 +449,7 @@ impl RunOptions {
             record,
             stats_interval,
             admin_addr,
+            admin_token_file,
             k8s_label,
             // Read once at start, compared by what they resolve to (unset means the default).
             ring_buffer_mib: _,
@@ -474,6 +483,10 @@ impl RunOptions {
             (*record != new.record, "record"),
             (*stats_interval != new.stats_interval, "stats-interval"),
             (*admin_addr != new.admin_addr, "admin-addr"),
+            (
+                *admin_token_file != new.admin_token_file,
+                "admin-token-file",
+            ),
             (*k8s_label != new.k8s_label, "k8s-label"),
             (self.plugins() != new.plugins(), "plugins-*"),
         ]
@@ -500,19 +513,25 @@ pub fn read_file(path: &Path) -> Result<RunOptions, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
+    from_text(path, &text)
+}
+
+/// Parses and validates a config file's contents; `path` names the format (its extension) and
+/// the file in errors. Public for the fuzz targets, which feed it without a file.
+pub fn from_text(path: &Path, text: &str) -> Result<RunOptions, ConfigError> {
     let opts: RunOptions = match path.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => {
             // An empty YAML document means "no settings", not an error.
             if text.trim().is_empty() {
                 RunOptions::default()
             } else {
-                serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Yaml {
+                serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
                     path: path.to_path_buf(),
                     msg: e.to_string(),
                 })?
             }
         }
-        Some("toml") => toml::from_str(&text).map_err(|e| ConfigError::Toml {
+        Some("toml") => toml::from_str(text).map_err(|e| ConfigError::Toml {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?,
@@ -634,6 +653,7 @@ mod tests {
             metrics_series_limit: Some(7),
             stats_interval: Some(10),
             admin_addr: Some("127.0.0.1:1".into()),
+            admin_token_file: Some("/t".into()),
             k8s_label: vec!["team".into()],
             plugins_dir: Some("/p".into()),
             plugin_timeout_ms: Some(5),
@@ -673,7 +693,7 @@ mod tests {
         for (i, f) in live.into_iter().enumerate() {
             assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
         }
-        let restart: [(Set, &str); 18] = [
+        let restart: [(Set, &str); 19] = [
             (|o, a| o.hooks = a.hooks, "hooks"),
             (|o, a| o.no_tls = a.no_tls, "no-tls"),
             (|o, a| o.kernel_log = a.kernel_log, "kernel-log"),
@@ -701,6 +721,10 @@ mod tests {
             ),
             (|o, a| o.stats_interval = a.stats_interval, "stats-interval"),
             (|o, a| o.admin_addr = a.admin_addr.clone(), "admin-addr"),
+            (
+                |o, a| o.admin_token_file = a.admin_token_file.clone(),
+                "admin-token-file",
+            ),
             (|o, a| o.k8s_label = a.k8s_label.clone(), "k8s-label"),
             (|o, a| o.plugins_dir = a.plugins_dir.clone(), "plugins-*"),
             (

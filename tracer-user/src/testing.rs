@@ -132,5 +132,6 @@ pub fn admin_state() -> crate::admin::State {
         requests: Arc::new(crate::spanmetrics::SpanMetrics::new(10, &registry)),
         registry,
         reload: tokio::sync::mpsc::channel(1).0,
+        token: None,
     }
 }

@@ -106,6 +106,10 @@ pub async fn run(config: Option<PathBuf>, flags: RunOptions) -> Result<(), CliEr
                 plugins: plugins.clone(),
                 requests: requests.clone(),
                 reload: reload_tx.clone(),
+                token: opts
+                    .admin_token_file
+                    .as_deref()
+                    .and_then(admin::Token::read),
             },
         ));
     }
