@@ -188,6 +188,7 @@ fn resource() -> Arc<Resource> {
 fn conn_info() -> ConnInfo {
     ConnInfo {
         peer: Some(PEER.parse().unwrap()),
+        local: None,
         tls: false,
     }
 }

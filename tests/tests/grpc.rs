@@ -277,6 +277,9 @@ fn grpc_connection_opened_before_the_tracer() {
                 assert_eq!(s["name"], format!("{SERVICE}/{method}"), "{s}");
             }
             assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{s}");
+            // The socket knows the server's end even where :authority came from the table.
+            assert_eq!(attr_u64(s, "server.port"), Some(port as u64), "{s}");
+            assert_eq!(attr_str(s, "server.address"), Some("127.0.0.1"), "{s}");
         }
         // The three methods first called after the tracer started were sent as literals.
         assert!(known_paths >= 3, "{}", pretty(&sorted));

@@ -137,8 +137,6 @@ struct Entry {
     /// Local port (from the socket, or from /proc for a connection set up before the probes):
     /// a server span may have no Host or :authority to match the port filter with.
     local_port: Option<u16>,
-    /// This process's end of the socket, when known.
-    local: Option<SocketAddr>,
     /// A record went missing: the numbers of its HTTP/1 requests are not certain any more.
     gapped: bool,
     /// The socket's network namespace, when the probes read it.
@@ -157,7 +155,6 @@ impl Entry {
             ignored: false,
             seen_setup: false,
             local_port: None,
-            local: None,
             gapped: false,
             netns: None,
             last_ts: ts,
@@ -349,6 +346,7 @@ impl ConnTable {
                 let mut entry = Entry::new(
                     ConnInfo {
                         peer: c.peer,
+                        local: c.local,
                         tls: c.tls,
                     },
                     c.comm,
@@ -356,15 +354,14 @@ impl ConnTable {
                 );
                 entry.seen_setup = c.role != Role::Unknown;
                 entry.local_port = c.local.map(|l| l.port());
-                entry.local = c.local;
                 entry.netns = c.netns;
                 if c.role != Role::Unknown && (c.local.is_none() || c.peer.is_none()) {
                     // The syscall hooks see the peer in accept/connect (when the caller asks
                     // for it: libuv does not), never the local end.
                     let ends = socket_ends(&self.proc_root, c.id.pid, c.id.fd);
-                    if entry.local.is_none() {
-                        entry.local = ends.map(|e| e.local);
-                        entry.local_port = entry.local.map(|l| l.port());
+                    if entry.info.local.is_none() {
+                        entry.info.local = ends.map(|e| e.local);
+                        entry.local_port = entry.info.local.map(|l| l.port());
                     }
                     if entry.info.peer.is_none() {
                         entry.info.peer = ends.map(|e| e.peer);
@@ -374,15 +371,12 @@ impl ConnTable {
                     // Not seen being accepted/connected: set up before the probes attached (the
                     // snapshot taken then knows it), or not a socket at all (/proc tells).
                     let (kind, local) = match self.preexisting.remove(&(c.id.pid, c.id.fd)) {
-                        Some(ends) => {
-                            entry.local = Some(ends.local);
-                            (
-                                FdKind::Socket {
-                                    peer: Some(ends.peer),
-                                },
-                                Some(ends.local.port()),
-                            )
-                        }
+                        Some(ends) => (
+                            FdKind::Socket {
+                                peer: Some(ends.peer),
+                            },
+                            Some(ends.local),
+                        ),
                         None => (inspect_fd(&self.proc_root, c.id.pid, c.id.fd), None),
                     };
                     tracing::debug!("connection {:?} set up before the probes: {kind:?}", c.id);
@@ -393,13 +387,13 @@ impl ConnTable {
                         }
                         FdKind::Socket { peer } => {
                             entry.info.peer = peer;
-                            if !self.opts.ports.is_empty() {
-                                // From the snapshot when it has it: by now the fd may be closed.
-                                entry.local_port = local.or_else(|| {
-                                    socket_ends(&self.proc_root, c.id.pid, c.id.fd)
-                                        .map(|e| e.local.port())
-                                });
-                            }
+                            // From the snapshot when it has it: by now the fd may be closed.
+                            // The local end gives the port filter its port, and the spans
+                            // their server.* when no Host or :authority was seen.
+                            entry.info.local = local.or_else(|| {
+                                socket_ends(&self.proc_root, c.id.pid, c.id.fd).map(|e| e.local)
+                            });
+                            entry.local_port = entry.info.local.map(|l| l.port());
                         }
                         FdKind::Gone => {
                             self.metrics.peer_unknown.inc();
@@ -482,7 +476,7 @@ impl ConnTable {
             && c.lost == 0;
         for o in self.done.opened.drain(..) {
             let client = match o.role {
-                decode::Role::Client => entry.local,
+                decode::Role::Client => entry.info.local,
                 decode::Role::Server => entry.info.peer,
             };
             let certain = numbered || matches!(o.key, RequestKey::Http2(_));

@@ -149,6 +149,8 @@ pub struct SpanOptions {
 #[derive(Clone, Debug, Default)]
 pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
+    /// This process's end, when known.
+    pub local: Option<SocketAddr>,
     /// The bytes were the plaintext of a TLS library's calls (`url.scheme` https).
     pub tls: bool,
 }
@@ -250,6 +252,15 @@ fn default_port(conn: &ConnInfo) -> u16 {
     if conn.tls { 443 } else { 80 }
 }
 
+/// The server's end of the socket: the peer of a client, this end of a server. It names the
+/// server when no Host or `:authority` does (HPACK state from before the tracer started).
+fn socket_server(kind: SpanKind, conn: &ConnInfo) -> Option<SocketAddr> {
+    match kind {
+        SpanKind::Client => conn.peer,
+        _ => conn.local,
+    }
+}
+
 /// What the connection table decides from before (and instead of) building a span: the
 /// filters' inputs, read from the decoded request as the span would have them, and the end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,7 +270,7 @@ pub struct Head<'a> {
     pub method: Option<&'a str>,
     /// `url.path` when the target has a path of its own.
     pub path: Option<&'a str>,
-    /// `server.port`: from the target's authority, `:authority` or Host.
+    /// `server.port`: from the target's authority, `:authority` or Host, else the socket.
     pub server_port: Option<u16>,
     /// CLOCK_MONOTONIC end of the exchange: the span's end.
     pub ts_end: u64,
@@ -319,7 +330,8 @@ impl<'a> Head<'a> {
             server_port: in_target
                 .or(authority)
                 .or_else(host)
-                .map(|a| split_host(a).1.unwrap_or(default_port(conn))),
+                .map(|a| split_host(a).1.unwrap_or(default_port(conn)))
+                .or_else(|| socket_server(kind, conn).map(|e| e.port())),
             ts_end,
         }
     }
@@ -642,6 +654,9 @@ fn build_call(
             semconv::SERVER_PORT,
             Value::Int(port.unwrap_or(default_port(conn)) as i64),
         ));
+    } else if let Some(end) = socket_server(kind, conn) {
+        attrs.push(kv(semconv::SERVER_ADDRESS, Value::Str(ip_text(end.ip()))));
+        attrs.push(kv(semconv::SERVER_PORT, Value::Int(end.port() as i64)));
     }
     if let Some(full) = full {
         attrs.push(kv(semconv::URL_FULL, Value::Str(full)));
@@ -778,14 +793,19 @@ mod tests {
         })
     }
 
-    fn build_one(ex: &Exchange) -> Span {
-        let conn = ConnInfo {
+    /// A loopback connection to port 8080.
+    fn conn() -> ConnInfo {
+        ConnInfo {
             peer: Some("127.0.0.1:40000".parse().unwrap()),
+            local: Some("127.0.0.1:8080".parse().unwrap()),
             tls: false,
-        };
+        }
+    }
+
+    fn build_one(ex: &Exchange) -> Span {
         build(
             ex.clone(),
-            &conn,
+            &conn(),
             &resource(),
             Clock { offset_ns: 10 },
             &SpanOptions::default(),
@@ -825,10 +845,30 @@ mod tests {
     }
 
     #[test]
+    fn without_host_or_authority_the_socket_names_the_server() {
+        let server = build_one(&exchange(Role::Server, "GET", "/", &[], Some(200)));
+        assert_eq!(server.attr("server.address"), Some(&s("127.0.0.1")));
+        assert_eq!(server.attr("server.port"), Some(&Value::Int(8080)));
+        let client = build_one(&exchange(Role::Client, "GET", "/", &[], Some(200)));
+        assert_eq!(client.attr("server.port"), Some(&Value::Int(40000)));
+        // A Host header wins over the socket.
+        let named = build_one(&exchange(
+            Role::Server,
+            "GET",
+            "/",
+            &[("host", "shop")],
+            Some(200),
+        ));
+        assert_eq!(named.attr("server.address"), Some(&s("shop")));
+        assert_eq!(named.attr("server.port"), Some(&Value::Int(80)));
+    }
+
+    #[test]
     fn tls_spans_say_https() {
         let ex = exchange(Role::Client, "GET", "/a", &[("host", "shop")], Some(200));
         let conn = ConnInfo {
             peer: Some("10.0.0.2:443".parse().unwrap()),
+            local: None,
             tls: true,
         };
         let sp = build(
@@ -1100,7 +1140,7 @@ mod tests {
             (Role::Server, "BREW", "*", vec![]),
         ] {
             let ex = exchange(role, method, target, &headers, Some(200));
-            let head = Head::http1(&ex, &ConnInfo::default());
+            let head = Head::http1(&ex, &conn());
             let sp = build_one(&ex);
             assert_eq!(head.kind, sp.kind, "{target}");
             assert_eq!(head.server_port, port(&sp), "{target}");
