@@ -280,27 +280,8 @@ impl Tracer {
 
     /// `METHOD path` on the admin endpoint: (status code, body).
     pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
         let addr = self.admin.expect("started with its own admin endpoint");
-        let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint accepts connections");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("admin response");
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
+        http_request(&addr.to_string(), method, path, &[])
     }
 
     /// The log so far.
@@ -549,6 +530,31 @@ impl Drop for Server {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request to `addr` with extra header lines, on a connection of its own:
+/// (status code, body).
+pub fn http_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("the endpoint accepts connections");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("a response");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// One curl invocation and what curl measured itself.

@@ -224,27 +224,16 @@ impl Drop for NetworkAddress {
 
 /// One request to `addr`, with an Authorization header when given: (status, body).
 fn request(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint accepts connections");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("admin response");
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        resp.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
+    let auth = auth.map(|a| format!("Authorization: {a}"));
+    http_request(
+        addr,
+        method,
+        path,
+        auth.as_slice()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
     )
 }
 
