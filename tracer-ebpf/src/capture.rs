@@ -336,20 +336,15 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         }
         return;
     }
-    // The socket's two ends, when this run read them (a new socket seen by the socket hooks).
-    let mut ends = None;
-    let state = match found {
-        // SAFETY: as above.
-        Some(s) => unsafe { &mut *s },
-        None => {
-            let Some(fresh) = fresh_state(args, ret, cfg, &mut ends) else {
-                return;
-            };
-            let Some(s) = track(&key, &fresh, args.sk) else {
-                return;
-            };
-            s
+    if found.is_none() {
+        if !start(args, ret, &key) {
+            return;
         }
+        found = CONNS.get_ptr_mut(&key);
+    }
+    // SAFETY: as above.
+    let Some(state) = found.map(|s| unsafe { &mut *s }) else {
+        return;
     };
     if state.sk == 0 && args.sk != 0 {
         // Seeded by the daemon (open before we attached): from now on it is this socket.
@@ -364,7 +359,7 @@ pub fn on_data(args: &SyscallArgs, ret: i64) {
         }
         return;
     }
-    follow(args, ret, state, &ends);
+    follow(args, ret, state);
 }
 
 /// Plaintext of a TLS call on socket `fd` (`args.syscall` is SSL_READ or SSL_WRITE, `ptr`
@@ -387,7 +382,7 @@ pub fn on_tls_data(args: &SyscallArgs, ret: i64) {
         return;
     };
     become_tls(state);
-    follow(args, ret, state, &None);
+    follow(args, ret, state);
 }
 
 /// Puts a TLS connection whose socket the probes have not met yet in the map. Its own BPF
@@ -425,35 +420,39 @@ pub(crate) fn become_tls(state: &mut ConnState) {
 }
 
 /// Classifies a tracked connection from its bytes until it is known, announces it once it
-/// carries HTTP, and emits its DATA record. The two halves are BPF functions of their own, so
-/// the verifier's stack budget (512 bytes along a chain of calls) counts the larger one only.
+/// carries HTTP, and emits its DATA record. The three steps are BPF functions of their own,
+/// called one after the other: the verifier's stack budget (512 bytes along a chain of calls,
+/// on kernels without private BPF stacks) counts the largest one only.
 #[inline(always)]
-fn follow(
-    args: &SyscallArgs,
-    ret: i64,
-    state: &mut ConnState,
-    ends: &Option<(SockAddr, SockAddr)>,
-) {
-    if announce_http(args, ret, state, ends) {
-        emit(args, ret, state);
+fn follow(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
+    match classify_http(args, ret, state) {
+        Http::No => {}
+        Http::First => {
+            announce(args, state);
+            emit(args, ret, state);
+        }
+        Http::Known => emit(args, ret, state),
     }
 }
 
-/// Whether the connection carries HTTP (it is announced the first time it does).
+/// What a connection's bytes are, as far as following it goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Http {
+    /// Not HTTP (or not yet known): nothing is emitted.
+    No,
+    /// HTTP, for the first time: its CONN record goes before its first DATA record.
+    First,
+    Known,
+}
+
+/// Whether the connection carries HTTP (`First` the first time it does).
 #[inline(never)]
-fn announce_http(
-    args: &SyscallArgs,
-    ret: i64,
-    state: &mut ConnState,
-    ends: &Option<(SockAddr, SockAddr)>,
-) -> bool {
-    let Some(cfg) = config() else { return false };
-    let key = ConnKey {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        fd: args.fd as u32,
+fn classify_http(args: &SyscallArgs, ret: i64, state: &mut ConnState) -> Http {
+    let Some(cfg) = config() else {
+        return Http::No;
     };
     if state.protocol == protocol::OTHER || state.protocol == protocol::TLS {
-        return false;
+        return Http::No;
     }
     if state.protocol == protocol::UNKNOWN {
         let preexisting = state.sniffs_left != 0;
@@ -462,7 +461,7 @@ fn announce_http(
         {
             // Encrypted: the TLS library's plaintext will stand for it.
             state.protocol = protocol::TLS;
-            return false;
+            return Http::No;
         }
         if sniffed.protocol == protocol::UNKNOWN || sniffed.protocol == protocol::TLS {
             // The first bytes of a fresh socket decide: anything else is not ours to copy. A
@@ -474,7 +473,7 @@ fn announce_http(
             if state.sniffs_left == 0 {
                 state.protocol = protocol::OTHER;
             }
-            return false;
+            return Http::No;
         }
         state.protocol = sniffed.protocol;
         // A TLS socket's encrypted first bytes did not say who the client is; its plaintext does.
@@ -484,9 +483,9 @@ fn announce_http(
     }
     if state.announced == 0 {
         state.announced = 1;
-        announce(&key, state, ends, cfg);
+        return Http::First;
     }
-    true
+    Http::Known
 }
 
 /// Emits the DATA record of bytes the connection moved, with its next sequence number.
@@ -506,57 +505,36 @@ fn emit(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
     );
 }
 
-/// State of a socket the probes meet for the first time, or `None` when it is not worth an
+/// Puts a socket the probes meet for the first time in the map, unless it is not worth an
 /// entry. Syscall hooks: an fd not seen being set up (opened before we started, or not a
 /// socket) is only followed if these bytes start an HTTP message; the daemon checks it is a
 /// socket. Socket hooks: it is a socket opened since we attached (those open before were
 /// seeded by the daemon), so its first bytes also say who is the client; a socket that is not
-/// TCP or not HTTP is remembered as such, so its later syscalls cost one lookup.
+/// TCP or not HTTP is remembered as such, so its later syscalls cost one lookup. Its own BPF
+/// function: the new entry's stack is not added to the data path's.
 #[inline(never)]
-fn fresh_state(
-    args: &SyscallArgs,
-    ret: i64,
-    cfg: &Config,
-    ends: &mut Option<(SockAddr, SockAddr)>,
-) -> Option<ConnState> {
-    if args.sk == 0 {
+fn start(args: &SyscallArgs, ret: i64, key: &ConnKey) -> bool {
+    let Some(cfg) = config() else { return false };
+    let fresh = if args.sk == 0 {
         let sniffed = sniff(args, ret, false);
         if sniffed.protocol == protocol::UNKNOWN
             || (sniffed.protocol == protocol::TLS && cfg.features & feature::TLS == 0)
         {
-            return None;
+            return false;
         }
-        return Some(ConnState::new(
-            SockAddr::default(),
-            0,
-            sniffed.protocol,
-            role::UNKNOWN,
-            0,
-        ));
-    }
-    let Some(both) = sock_ends(args.sk, cfg) else {
-        return Some(ConnState::new(
-            SockAddr::default(),
-            args.sk,
-            protocol::OTHER,
-            role::UNKNOWN,
-            0,
-        ));
+        ConnState::new(SockAddr::default(), 0, sniffed.protocol, role::UNKNOWN, 0)
+    } else if let Some((peer, _)) = sock_ends(args.sk, cfg) {
+        let sniffed = sniff(args, ret, false);
+        let proto = match sniffed.protocol {
+            protocol::UNKNOWN => protocol::OTHER,
+            protocol::TLS if cfg.features & feature::TLS == 0 => protocol::OTHER,
+            p => p,
+        };
+        ConnState::new(peer, args.sk, proto, sniffed.role(args.direction), 0)
+    } else {
+        ConnState::new(SockAddr::default(), args.sk, protocol::OTHER, role::UNKNOWN, 0)
     };
-    *ends = Some(both);
-    let sniffed = sniff(args, ret, false);
-    let proto = match sniffed.protocol {
-        protocol::UNKNOWN => protocol::OTHER,
-        protocol::TLS if cfg.features & feature::TLS == 0 => protocol::OTHER,
-        p => p,
-    };
-    Some(ConnState::new(
-        both.0,
-        args.sk,
-        proto,
-        sniffed.role(args.direction),
-        0,
-    ))
+    track(key, &fresh, args.sk).is_some()
 }
 
 /// Peer and local address of a TCP socket (`None` for anything else: UDP, unix sockets).
@@ -637,13 +615,14 @@ fn kernel_read<T>(src: u64) -> Option<T> {
 /// function, with the record built in the per-CPU scratch (free until the DATA record is
 /// built there): the data path's stack stays small.
 #[inline(never)]
-fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)>, cfg: &Config) {
+fn announce(args: &SyscallArgs, state: &ConnState) {
+    let Some(cfg) = config() else { return };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch, larger than a ConnEvent, used by one program run at a time.
     let ev = unsafe { &mut *rec.cast::<ConnEvent>() };
-    ev.header = header(kind::CONN, key.fd);
+    ev.header = header(kind::CONN, args.fd as u32);
     ev.role = state.role;
     ev.flags = if state.tls != 0 { conn_flags::TLS } else { 0 };
     ev._pad = [0; 2];
@@ -654,10 +633,7 @@ fn announce(key: &ConnKey, state: &ConnState, ends: &Option<(SockAddr, SockAddr)
     };
     ev.local = SockAddr::default();
     ev.peer = state.peer;
-    if let Some((peer, local)) = ends {
-        ev.peer = *peer;
-        ev.local = *local;
-    } else if state.sk != 0
+    if state.sk != 0
         && let Some((peer, local)) = sock_ends(state.sk, cfg)
     {
         ev.peer = peer;
