@@ -557,14 +557,18 @@ struct Roundtrip {
     spans: Vec<CollectedSpan>,
     port: u16,
     curls: Vec<Curl>,
+    /// With `linger`: the pid of another application that sent rotel an export of its own.
+    other_exporter: Option<u32>,
 }
 
 /// curl 2 requests (each with its own traceparent) through a tracer exporting to rotel; return
 /// what rotel printed once it has printed every span the tracer delivered to it.
 ///
 /// `linger`: keep the tracer running until rotel has the spans and the tracer has seen rotel
-/// receive an export, before stopping it. Otherwise stop right after the requests: the spans
-/// then only reach rotel if stopping flushes them.
+/// receive an export, then have another application (curl, or python's grpcio) send rotel an
+/// empty export of the same protocol and wait for rotel to get its span, before stopping the
+/// tracer. Otherwise stop right after the requests: the spans then only reach rotel if
+/// stopping flushes them.
 fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
     let _g = setup_with_curl()?;
     let agent = rotel_agent();
@@ -600,6 +604,7 @@ fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
             && out.matches("Kind           : SPAN_KIND_SERVER").count() >= 2
             && out.contains("service.name: Str(curl)")
     };
+    let mut other_exporter = None;
     if linger {
         wait_until(Duration::from_secs(10), || expected(&collector.output()));
         // rotel receiving an export is HTTP the tracer sees. No --port here, so the only spans
@@ -613,6 +618,39 @@ fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
             "the tracer did not filter rotel's receiving of an export (not seen, or traced):\n{}",
             tracer.stderr()
         );
+        let pid = if grpc {
+            let py = python()?;
+            let call = format!(
+                "import grpc; grpc.insecure_channel('127.0.0.1:{}').unary_unary('{EXPORT_METHOD}')(b'', timeout=10)",
+                collector.grpc_port
+            );
+            let child = Command::new(py).args(["-c", &call]).spawn().unwrap();
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "grpcio's export to rotel failed");
+            pid
+        } else {
+            let url = format!("http://127.0.0.1:{}/v1/traces", collector.http_port);
+            let c = curl(&[
+                "-H",
+                "Content-Type: application/x-protobuf",
+                "--data-binary",
+                "",
+                &url,
+            ]);
+            assert_eq!(c.http_code, 200, "curl's export to rotel");
+            c.pid
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                exports_received(&parse_collector_output(&collector.output()))
+                    .iter()
+                    .any(|s| parent_pid(&collector.output(), s) == Some(pid))
+            }),
+            "rotel's span of another application's export did not reach rotel:\n{}",
+            collector.output()
+        );
+        other_exporter = Some(pid);
     }
     // Stopping flushes the export queue.
     let stopped = tracer.stop_full();
@@ -638,7 +676,36 @@ fn otlp_roundtrip(grpc: bool, linger: bool) -> Option<Roundtrip> {
         out,
         port,
         curls,
+        other_exporter,
     })
+}
+
+const EXPORT_METHOD: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// rotel's SERVER spans of OTLP trace exports it received, over HTTP or gRPC.
+fn exports_received(spans: &[CollectedSpan]) -> Vec<&CollectedSpan> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.kind == "SPAN_KIND_SERVER"
+                && (s.attr("url.path") == Some("Str(/v1/traces)")
+                    || s.attr("rpc.method") == Some("Str(Export)"))
+        })
+        .collect()
+}
+
+/// The pid of the process whose CLIENT span is the parent of `s` (both on this node, so the
+/// tracer joined them), from rotel's output.
+fn parent_pid(out: &str, s: &CollectedSpan) -> Option<u32> {
+    parse_collector_output(out)
+        .into_iter()
+        .find(|c| c.span_id == s.parent_id && c.kind == "SPAN_KIND_CLIENT")?
+        .resource
+        .get("process.pid")?
+        .strip_prefix("Int(")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()
 }
 
 fn trace_id(i: usize) -> String {
@@ -651,6 +718,7 @@ fn check_collected(r: &Roundtrip) {
         spans,
         port,
         curls,
+        ..
     } = r;
     for (i, path) in ["/status/200", "/status/201"].iter().enumerate() {
         let tid = trace_id(i);
@@ -728,24 +796,38 @@ fn otlp_export_grpc() {
     check_collected(&r);
 }
 
-/// The collector is itself an HTTP server on this host: the tracer must not trace the export
-/// requests it receives, or every batch would cause another span, forever.
-#[test]
-fn otlp_exports_are_not_traced_back() {
-    let Some(r) = otlp_roundtrip(false, true) else {
+/// The collector is itself a server on this host: the tracer must not trace the export
+/// requests it receives from the tracer, or every batch would cause another span, forever. It
+/// tells them by their sockets: the same export from another application is a span like any
+/// other, joined to that application's CLIENT span.
+fn own_exports_are_not_traced_back(grpc: bool) {
+    let Some(r) = otlp_roundtrip(grpc, true) else {
         return;
     };
     check_collected(&r);
-    let loops: Vec<&CollectedSpan> = r
-        .spans
-        .iter()
-        .filter(|s| s.attr("url.path") == Some("Str(/v1/traces)"))
-        .collect();
-    assert!(
-        loops.is_empty(),
-        "the collector received spans of its own OTLP receiving:\n{loops:#?}\n{}",
+    let exports = exports_received(&r.spans);
+    assert_eq!(
+        exports.len(),
+        1,
+        "rotel's spans of exports it received: only the other application's one is wanted:\n{exports:#?}\n{}",
         r.out
     );
+    assert_eq!(
+        parent_pid(&r.out, exports[0]),
+        r.other_exporter,
+        "{:#?}",
+        exports[0]
+    );
+}
+
+#[test]
+fn own_http_exports_are_not_traced_back() {
+    own_exports_are_not_traced_back(false);
+}
+
+#[test]
+fn own_grpc_exports_are_not_traced_back() {
+    own_exports_are_not_traced_back(true);
 }
 
 /// `--pid` and `--comm` filter in the kernel, `--port` in the daemon: each keeps exactly the

@@ -123,10 +123,11 @@ pub struct RunOptions {
     /// Keep query-string values in url.query/url.full (by default each value reads REDACTED).
     #[arg(long)]
     pub keep_query_values: bool,
-    /// Also trace OTLP trace exports (POST .../v1/traces) that a traced collector receives.
-    /// Off by default: each exported batch would otherwise cause another span, forever.
+    /// Also trace the tracer's own OTLP exports (spans and metrics) that a traced collector
+    /// receives, recognised by their sockets. Off by default: each exported batch would
+    /// otherwise cause another span, forever. Other applications' exports are always traced.
     #[arg(long)]
-    pub trace_otlp_exports: bool,
+    pub trace_own_exports: bool,
     /// How long a finished span may wait to be joined into its trace (its parent decided, the
     /// trace's first span on this node ended) before it is exported as it stands, in ms.
     /// Spans of one trace then leave together.
@@ -208,7 +209,7 @@ impl RunOptions {
             otlp_protocol,
             output,
             keep_query_values,
-            trace_otlp_exports,
+            trace_own_exports,
             join_hold_ms,
             export_unsampled,
             record,
@@ -237,7 +238,7 @@ impl RunOptions {
             otlp_protocol: otlp_protocol.or(file.otlp_protocol),
             output: output.or(file.output),
             keep_query_values: keep_query_values || file.keep_query_values,
-            trace_otlp_exports: trace_otlp_exports || file.trace_otlp_exports,
+            trace_own_exports: trace_own_exports || file.trace_own_exports,
             join_hold_ms: join_hold_ms.or(file.join_hold_ms),
             export_unsampled: export_unsampled || file.export_unsampled,
             record: record.or(file.record),
@@ -320,7 +321,7 @@ impl RunOptions {
                 keep_query_values: self.keep_query_values,
             },
             ports: self.port.clone(),
-            trace_otlp_exports: self.trace_otlp_exports,
+            trace_own_exports: self.trace_own_exports,
             join: self.join(),
         }
     }
@@ -408,7 +409,7 @@ impl RunOptions {
             comm,
             capture_size,
             keep_query_values,
-            trace_otlp_exports,
+            trace_own_exports,
             join_hold_ms,
             export_unsampled,
             ..
@@ -419,7 +420,7 @@ impl RunOptions {
             comm,
             capture_size,
             keep_query_values,
-            trace_otlp_exports,
+            trace_own_exports,
             join_hold_ms,
             export_unsampled,
             ..started.clone()
@@ -436,7 +437,7 @@ impl RunOptions {
             comm: _,
             capture_size: _,
             keep_query_values: _,
-            trace_otlp_exports: _,
+            trace_own_exports: _,
             join_hold_ms: _,
             export_unsampled: _,
             // Read once at start.
@@ -645,7 +646,7 @@ mod tests {
             otlp_protocol: Some("grpc".into()),
             output: Some(Format::Json),
             keep_query_values: true,
-            trace_otlp_exports: true,
+            trace_own_exports: true,
             join_hold_ms: Some(10),
             export_unsampled: true,
             record: Some("/tmp/r.bin".into()),
@@ -686,7 +687,7 @@ mod tests {
             |o, a| o.comm = a.comm.clone(),
             |o, a| o.capture_size = a.capture_size,
             |o, a| o.keep_query_values = a.keep_query_values,
-            |o, a| o.trace_otlp_exports = a.trace_otlp_exports,
+            |o, a| o.trace_own_exports = a.trace_own_exports,
             |o, a| o.join_hold_ms = a.join_hold_ms,
             |o, a| o.export_unsampled = a.export_unsampled,
         ];

@@ -19,6 +19,7 @@ use crate::{
     events::{ConnId, Data, Dir, Event, Role, comm_str},
     join::{Begin, End, JoinMetrics, JoinOptions, Joiner, PeerKey},
     metrics::{Counter, Registry},
+    own_connections::OWN,
     process::{FdKind, Processes, SocketEnds, inspect_fd, socket_ends},
     span::{self, Clock, ConnInfo, Head, Resource, Span, SpanKind, SpanOptions},
 };
@@ -240,9 +241,9 @@ pub struct TableOptions {
     pub spans: SpanOptions,
     /// When not empty, only spans whose server port or peer port is listed are kept.
     pub ports: Vec<u16>,
-    /// Keep spans of OTLP trace exports (POST .../v1/traces). Off by default: a collector on a
-    /// traced host would otherwise produce a span for every batch it receives, forever.
-    pub trace_otlp_exports: bool,
+    /// Keep a traced collector's spans of the tracer's own OTLP exports. Off by default: each
+    /// batch the collector receives would make spans for the next one, forever.
+    pub trace_own_exports: bool,
     pub join: JoinOptions,
 }
 
@@ -646,16 +647,19 @@ impl Finished {
 impl TableOptions {
     /// Whether the filters drop an exchange, decided before its span is built: `--port`
     /// keeps it when the server port it names, its connection's peer port or (a server's)
-    /// local port is listed; OTLP trace exports (POST .../v1/traces) are dropped unless kept.
+    /// local port is listed; a server's exchanges on a connection the tracer opened (its own
+    /// OTLP exports) are dropped unless kept.
     fn filters(&self, head: &Head<'_>, conn: &Entry) -> bool {
         let listed = |p: u16| self.ports.contains(&p);
+        let server = head.kind == SpanKind::Server;
         let port_kept = self.ports.is_empty()
-            || (head.kind == SpanKind::Server && conn.local_port.is_some_and(listed))
+            || (server && conn.local_port.is_some_and(listed))
             || head.server_port.is_some_and(listed)
             || conn.info.peer.is_some_and(|a| listed(a.port()));
-        let otlp_export =
-            head.method == Some("POST") && head.path.is_some_and(|p| p.ends_with("/v1/traces"));
-        !port_kept || (!self.trace_otlp_exports && otlp_export)
+        let own_export = server
+            && !self.trace_own_exports
+            && matches!((conn.info.local, conn.info.peer), (Some(l), Some(p)) if OWN.is_own(l, p));
+        !port_kept || own_export
     }
 }
 
@@ -787,34 +791,52 @@ mod tests {
         assert_eq!((m.spans_built.get(), m.spans_filtered.get()), (1, 0));
     }
 
+    /// A traced collector's exchanges on a connection the tracer opened are dropped; the same
+    /// export from anyone else is a span like any other.
     #[test]
-    fn otlp_exports_received_by_a_traced_collector_are_not_traced() {
-        let (mut t, m) = table(vec![]);
+    fn a_collector_s_spans_of_the_tracer_s_own_exports_are_dropped_by_socket() {
         let req = b"POST /v1/traces HTTP/1.1\r\nHost: c:4318\r\nContent-Length: 3\r\n\r\nabc";
-        let recs = vec![
-            encode::conn(ID, 1, Role::Accepted, None, "otelcol"),
-            encode::data(
-                ID,
-                0,
-                Dir::Ingress,
-                (10, 10),
-                req.len() as u64,
-                req,
-                "otelcol",
-            ),
-            encode::data(
-                ID,
-                1,
-                Dir::Egress,
-                (20, 30),
-                RESP.len() as u64,
-                RESP,
-                "otelcol",
-            ),
-        ];
-        assert!(replay(&mut t, &recs).is_empty());
-        assert_eq!(m.spans_filtered.get(), 1);
-        assert_eq!(m.spans_built.get(), 0, "decided before a span is built");
+        // An open connection, so registering never prunes it.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, collector) = (ours.local_addr().unwrap(), ours.peer_addr().unwrap());
+        OWN.register(ours, collector);
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for (peer, keep_own, spans) in [(ours, false, 0), (other, false, 1), (ours, true, 1)] {
+            let (mut t, m) = table(vec![]);
+            t.opts.trace_own_exports = keep_own;
+            let accepted = encode::conn(ID, 1, Role::Accepted, Some(peer), "otelcol");
+            let recs = vec![
+                encode::with_local(accepted, collector),
+                encode::data(
+                    ID,
+                    0,
+                    Dir::Ingress,
+                    (10, 10),
+                    req.len() as u64,
+                    req,
+                    "otelcol",
+                ),
+                encode::data(
+                    ID,
+                    1,
+                    Dir::Egress,
+                    (20, 30),
+                    RESP.len() as u64,
+                    RESP,
+                    "otelcol",
+                ),
+            ];
+            assert_eq!(
+                replay(&mut t, &recs).len(),
+                spans,
+                "peer {peer}, kept {keep_own}"
+            );
+            assert_eq!(
+                (m.spans_built.get(), m.spans_filtered.get()),
+                (spans as u64, 1 - spans as u64)
+            );
+        }
     }
 
     /// Of the two ends of one request, `--port` keeps the one whose ports it lists, decided

@@ -27,6 +27,7 @@ pub mod join;
 pub mod kernel_log;
 pub mod metadata;
 pub mod metrics;
+pub mod own_connections;
 pub mod pipeline;
 pub mod plugins;
 pub mod probes;

@@ -290,17 +290,7 @@ pub fn socket_ends(proc_root: &Path, pid: u32, fd: u32) -> Option<SocketEnds> {
     let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
     ["tcp", "tcp6"].iter().find_map(|t| {
         let table = std::fs::read_to_string(proc_root.join(format!("{pid}/net/{t}"))).ok()?;
-        table.lines().skip(1).find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(9) == Some(&inode))
-                .then(|| {
-                    Some(SocketEnds {
-                        local: parse_hex_addr(f.get(1)?)?,
-                        peer: parse_hex_addr(f.get(2)?)?,
-                    })
-                })
-                .flatten()
-        })
+        tcp_sockets(&table).find_map(|(i, ends)| (i == inode).then_some(ends))
     })
 }
 
@@ -362,15 +352,8 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
                 else {
                     continue;
                 };
-                for line in table.lines().skip(1) {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    if let (Some(local), Some(peer), Some(inode)) = (
-                        f.get(1).and_then(|a| parse_hex_addr(a)),
-                        f.get(2).and_then(|a| parse_hex_addr(a)),
-                        f.get(9),
-                    ) {
-                        ends.insert(inode.to_string(), SocketEnds { local, peer });
-                    }
+                for (inode, e) in tcp_sockets(&table) {
+                    ends.insert(inode.to_string(), e);
                 }
             }
         }
@@ -388,11 +371,22 @@ pub fn socket_snapshot(proc_root: &Path) -> HashMap<(u32, u32), SocketEnds> {
 
 /// The remote address of the socket with this inode in a /proc/net/tcp{,6} table.
 fn tcp_peer(table: &str, inode: &str) -> Option<SocketAddr> {
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.get(9) == Some(&inode))
-            .then(|| parse_hex_addr(f.get(2)?))
-            .flatten()
+    tcp_sockets(table).find_map(|(i, e)| (i == inode).then_some(e.peer))
+}
+
+/// The sockets of a /proc/net/tcp{,6} table: each one's inode and ends.
+pub fn tcp_sockets(table: &str) -> impl Iterator<Item = (&str, SocketEnds)> {
+    table.lines().skip(1).filter_map(|line| {
+        let mut f = line.split_whitespace();
+        let (local, peer) = (f.nth(1)?, f.next()?);
+        let inode = f.nth(6)?;
+        Some((
+            inode,
+            SocketEnds {
+                local: parse_hex_addr(local)?,
+                peer: parse_hex_addr(peer)?,
+            },
+        ))
     })
 }
 

@@ -1,6 +1,7 @@
 //! Exporters: where finished spans go. Each sink has a queue bounded by memory (and by a span
 //! count if OTEL_BSP_MAX_QUEUE_SIZE is set) and its own task, so a slow or dead endpoint never
 //! blocks decoding; what cannot be queued or delivered is counted by reason.
+mod connect;
 pub mod metrics;
 pub mod otlp;
 pub mod printer;

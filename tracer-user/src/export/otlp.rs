@@ -369,7 +369,8 @@ impl OtlpClient {
                     metadata.insert(key, v.parse().map_err(|_| ExportError::Header(k.clone()))?);
                 }
                 Ok(OtlpClient::Grpc {
-                    channel: endpoint.connect_lazy(),
+                    channel: endpoint
+                        .connect_with_connector_lazy(super::connect::grpc_connector(cfg.timeout)),
                     path: cfg.signal.grpc_path(),
                     metadata,
                     timeout: cfg.timeout,
@@ -386,7 +387,11 @@ impl OtlpClient {
                 }
                 let client = cfg
                     .tls
-                    .http(reqwest::Client::builder().timeout(cfg.timeout))
+                    .http(
+                        reqwest::Client::builder()
+                            .timeout(cfg.timeout)
+                            .connector_layer(super::connect::RegisterLayer),
+                    )
                     .build()
                     .map_err(|e| bad_endpoint(e.to_string()))?;
                 Ok(OtlpClient::Http {
