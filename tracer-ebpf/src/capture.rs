@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    CloseEvent, CodeEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader, MAX_CAPTURE,
-    MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, feature,
+    CloseEvent, CodeEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
+    MAX_CAPTURE, MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, feature,
     h2::{FrameHeader, Rules},
     kind, protocol, role, syscall,
 };
@@ -457,8 +457,7 @@ fn classify_http(args: &SyscallArgs, ret: i64, state: &mut ConnState) -> Http {
     if state.protocol == protocol::UNKNOWN {
         let preexisting = state.sniffs_left != 0;
         let sniffed = sniff(args, ret, preexisting);
-        if sniffed.protocol == protocol::TLS && state.tls == 0 && cfg.features & feature::TLS != 0
-        {
+        if sniffed.protocol == protocol::TLS && state.tls == 0 && cfg.features & feature::TLS != 0 {
             // Encrypted: the TLS library's plaintext will stand for it.
             state.protocol = protocol::TLS;
             return Http::No;
@@ -532,7 +531,13 @@ fn start(args: &SyscallArgs, ret: i64, key: &ConnKey) -> bool {
         };
         ConnState::new(peer, args.sk, proto, sniffed.role(args.direction), 0)
     } else {
-        ConnState::new(SockAddr::default(), args.sk, protocol::OTHER, role::UNKNOWN, 0)
+        ConnState::new(
+            SockAddr::default(),
+            args.sk,
+            protocol::OTHER,
+            role::UNKNOWN,
+            0,
+        )
     };
     track(key, &fresh, args.sk).is_some()
 }

@@ -8,7 +8,13 @@
 //!   header block of its direction since the connection start. Once untrusted
 //!   it stays untrusted for the rest of the connection: there is no in-band
 //!   signal that proves a table is in sync again, and a stale table could
-//!   produce *wrong* values, which is worse than missing ones.
+//!   produce *wrong* values, which is worse than missing ones. What an untrusted
+//!   table still knows is its newest entries: those inserted, in order, since it
+//!   became untrusted (or since a decoder joined a connection mid-stream). Index
+//!   62 + j, for j below their number, is the j-th newest of them or, if the
+//!   encoder's table evicted it, a reference no encoder sends; older indices
+//!   stay unknown. An insert we could not follow (a literal whose name we do not
+//!   know, a block cut short) forgets them all.
 //! * `SETTINGS_HEADER_TABLE_SIZE` only bounds dynamic table size updates. We
 //!   keep the largest value ever advertised as the bound, because the ordering
 //!   of chunks across the two directions is not reliable enough to know when a
@@ -324,6 +330,9 @@ pub(super) struct Hpack {
     /// Largest SETTINGS_HEADER_TABLE_SIZE the decoding side ever advertised.
     bound: usize,
     pub(super) trusted: bool,
+    /// Untrusted: how many of the front entries were inserted, in order, since the
+    /// table became untrusted (see the module's notes).
+    known: usize,
     /// The encoder's table is larger than we keep: missing entries are unknown.
     capped: bool,
     /// Decoded bytes in the current block (see `MAX_BLOCK_WORK`).
@@ -338,6 +347,7 @@ impl Hpack {
             max_size: 4096,
             bound: 4096,
             trusted: true,
+            known: 0,
             capped: false,
             work: 0,
         }
@@ -345,10 +355,16 @@ impl Hpack {
 
     pub(super) fn untrusted() -> Self {
         let mut h = Hpack::new();
-        h.trusted = false;
+        h.distrust();
         // The peer may have raised the bound before we attached.
         h.bound = usize::MAX;
         h
+    }
+
+    /// From now on only entries inserted after this call are looked up.
+    pub(super) fn distrust(&mut self) {
+        self.trusted = false;
+        self.known = 0;
     }
 
     pub(super) fn raise_bound(&mut self, v: usize) {
@@ -363,7 +379,10 @@ impl Hpack {
             return Look::Known(n, v);
         }
         if !self.trusted {
-            return Look::Unknown;
+            return match self.entries.get(idx - 62) {
+                Some((n, v)) if idx - 62 < self.known => Look::Known(n, v),
+                _ => Look::Unknown,
+            };
         }
         match self.entries.get(idx - 62) {
             Some((n, v)) => Look::Known(n, v),
@@ -382,6 +401,7 @@ impl Hpack {
                 }
             }
         }
+        self.known = self.known.min(self.entries.len());
     }
 
     fn insert(&mut self, name: String, value: String) {
@@ -390,11 +410,15 @@ impl Hpack {
             // 4.4: an entry larger than the table empties it.
             self.entries.clear();
             self.size = 0;
+            self.known = 0;
             return;
         }
         self.evict_to(self.max_size - sz);
         self.entries.push_front((name, value));
         self.size += sz;
+        if !self.trusted {
+            self.known += 1;
+        }
     }
 
     fn set_max(&mut self, v: usize) -> Result<(), HErr> {
@@ -424,7 +448,7 @@ impl Hpack {
             if self.work > MAX_BLOCK_WORK {
                 // Stop early: the rest of the block (and its inserts) is lost.
                 r.skipped = true;
-                self.trusted = false;
+                self.distrust();
                 break;
             }
             match self.one(b, &mut pos, f) {
@@ -440,7 +464,7 @@ impl Hpack {
             r.skipped = true;
         }
         if r.error || cut {
-            self.trusted = false;
+            self.distrust();
         }
         r
     }
@@ -500,6 +524,10 @@ impl Hpack {
         let added = name.as_ref().map_or(0, |n| n.len()) + value.len();
         let Some(name) = name else {
             self.work = self.work.saturating_add(added);
+            if index {
+                // The encoder's table has a new front entry we cannot hold.
+                self.known = 0;
+            }
             return Ok(true);
         };
         f(&name, &value);
@@ -866,6 +894,63 @@ mod tests {
                 error: false
             }
         );
-        assert_eq!(got, hl(&[(":method", "GET"), (":path", "/p"), ("k", "v")]));
+        // The last reference is to the entry inserted just before it: known.
+        assert_eq!(
+            got,
+            hl(&[(":method", "GET"), (":path", "/p"), ("k", "v"), ("k", "v")])
+        );
+    }
+
+    /// Joined mid-stream: the entries inserted since are the newest of the encoder's table,
+    /// so references to them decode; one index past them is older state, unknown.
+    #[test]
+    fn an_untrusted_table_knows_the_entries_inserted_since() {
+        let mut h = Hpack::untrusted();
+        let mut got = Vec::new();
+        let mut run = |h: &mut Hpack, fields: &[H], got: &mut Vec<(String, String)>| {
+            let b = block(fields, false);
+            h.decode_block(&b, false, &mut |n, v| {
+                got.push((n.to_string(), v.to_string()))
+            })
+        };
+        let r = run(&mut h, &[H::Inc("x-a", "1"), H::IncN(4, "/two")], &mut got);
+        assert!(!r.skipped && !r.error);
+        // 62 is /two, 63 x-a, 64 from before the join.
+        got.clear();
+        let r = run(&mut h, &[H::Idx(62), H::Idx(63), H::Idx(64)], &mut got);
+        assert_eq!(got, hl(&[(":path", "/two"), ("x-a", "1")]));
+        assert!(r.skipped && !r.error, "64 is unknown, not invalid: {r:?}");
+        // An insert whose name we cannot see shifts the encoder's table under ours.
+        got.clear();
+        run(&mut h, &[H::IncN(70, "v")], &mut got);
+        let r = run(&mut h, &[H::Idx(62), H::Idx(63)], &mut got);
+        assert!(got.is_empty() && r.skipped, "{got:?}");
+        // Inserts after that are known again.
+        run(&mut h, &[H::Inc("x-b", "2")], &mut got);
+        got.clear();
+        run(&mut h, &[H::Idx(62), H::Idx(63)], &mut got);
+        assert_eq!(got, hl(&[("x-b", "2")]));
+        // A block cut short may have lost inserts: nothing is known after it.
+        run(&mut h, &[H::Inc("x-c", "3")], &mut got);
+        let cut = block(&[H::Inc("x-d", "4"), H::Inc("x-e", "5")], false);
+        h.decode_block(&cut[..cut.len() - 2], true, &mut |_, _| {});
+        got.clear();
+        run(&mut h, &[H::Idx(62)], &mut got);
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    /// A table trusted from the start that loses its way keeps nothing from before.
+    #[test]
+    fn a_table_distrusted_later_forgets_its_old_entries() {
+        let mut h = Hpack::new();
+        dec(&mut h, &block(&[H::Inc("old", "1")], false));
+        h.distrust();
+        let mut got = Vec::new();
+        let r = h.decode_block(&block(&[H::Idx(62)], false), false, &mut |n, v| {
+            got.push((n.to_string(), v.to_string()))
+        });
+        assert!(got.is_empty() && r.skipped && !r.error, "{got:?}");
+        let both = dec(&mut h, &block(&[H::Inc("new", "2"), H::Idx(62)], false));
+        assert_eq!(both, hl(&[("new", "2"), ("new", "2")]));
     }
 }

@@ -454,7 +454,7 @@ impl H2Conn {
     }
 
     fn lose_framing(&mut self, d: usize, out: &mut Vec<Stream>) {
-        self.dirs[d].hpack.trusted = false;
+        self.dirs[d].hpack.distrust();
         if self.dirs[d].mode == Mode::Resync {
             return;
         }
@@ -468,7 +468,7 @@ impl H2Conn {
         }
         self.salvage(d, ts, out);
         self.dirs[d].mode = Mode::Resync;
-        self.dirs[d].hpack.trusted = false;
+        self.dirs[d].hpack.distrust();
         self.stats.resyncs += 1;
     }
 
@@ -510,7 +510,7 @@ impl H2Conn {
             None if h.ty == CONTINUATION => {
                 // The start of this block was never seen.
                 self.stats.malformed += 1;
-                self.dirs[d].hpack.trusted = false;
+                self.dirs[d].hpack.distrust();
                 cap = 0;
             }
             _ => {}
@@ -1127,6 +1127,51 @@ mod tests {
         assert_eq!(c.stats().lost_streams, 1); // stream 1: response only
         assert_eq!(c.stats().resyncs, 0);
         assert_eq!(c.stats().hpack_errors, 0); // unknown, not invalid
+    }
+
+    /// Joined mid-stream: what a request inserts into the table after the join, a later one
+    /// may reference, and both decode whole.
+    #[test]
+    fn mid_stream_entries_inserted_after_the_join_are_used() {
+        let req = |id, fields: &[H]| (Egress, headers(id, true, &block(fields, false)));
+        let ok = |id| (Ingress, headers(id, true, &block(&[H::Idx(8)], false)));
+        let mut c = H2Conn::mid_stream();
+        let out = run(
+            &mut c,
+            &[
+                req(
+                    3,
+                    &[
+                        H::Idx(2),
+                        H::Idx(6),
+                        H::IncN(1, "svc:50051"),
+                        H::IncN(4, "/a/B"),
+                    ],
+                ),
+                ok(3),
+                req(5, &[H::Idx(2), H::Idx(6), H::Idx(63), H::Idx(62)]),
+                ok(5),
+                // 64 is from before the join.
+                req(7, &[H::Idx(2), H::Idx(6), H::Idx(64), H::Idx(62)]),
+                ok(7),
+            ],
+        );
+        assert_eq!(out.len(), 3);
+        for s in &out {
+            assert_eq!(s.path.as_deref(), Some("/a/B"), "stream {}", s.stream_id);
+        }
+        for s in &out[..2] {
+            assert_eq!(
+                s.authority.as_deref(),
+                Some("svc:50051"),
+                "stream {}",
+                s.stream_id
+            );
+            assert!(!s.headers_incomplete, "stream {}", s.stream_id);
+        }
+        assert_eq!(out[2].authority, None);
+        assert!(out[2].headers_incomplete);
+        assert_eq!(c.stats().hpack_errors, 0);
     }
 
     #[test]
