@@ -907,7 +907,7 @@ mod tests {
     fn an_untrusted_table_knows_the_entries_inserted_since() {
         let mut h = Hpack::untrusted();
         let mut got = Vec::new();
-        let mut run = |h: &mut Hpack, fields: &[H], got: &mut Vec<(String, String)>| {
+        let run = |h: &mut Hpack, fields: &[H], got: &mut Vec<(String, String)>| {
             let b = block(fields, false);
             h.decode_block(&b, false, &mut |n, v| {
                 got.push((n.to_string(), v.to_string()))
