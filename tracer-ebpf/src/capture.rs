@@ -514,75 +514,92 @@ fn emit(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
 #[inline(never)]
 fn start(args: &SyscallArgs, ret: i64, key: &ConnKey) -> bool {
     let Some(cfg) = config() else { return false };
-    let fresh = if args.sk == 0 {
+    // The entry is made in the per-CPU scratch (free until the DATA record is built there),
+    // not on the stack: this function sits on the data path's call chain.
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch, larger than a ConnState, used by one program run at a time.
+    let fresh = unsafe { &mut *rec.cast::<ConnState>() };
+    *fresh = ConnState::new(
+        SockAddr::default(),
+        args.sk,
+        protocol::OTHER,
+        role::UNKNOWN,
+        0,
+    );
+    if args.sk == 0 {
         let sniffed = sniff(args, ret, false);
         if sniffed.protocol == protocol::UNKNOWN
             || (sniffed.protocol == protocol::TLS && cfg.features & feature::TLS == 0)
         {
             return false;
         }
-        ConnState::new(SockAddr::default(), 0, sniffed.protocol, role::UNKNOWN, 0)
-    } else if let Some((peer, _)) = sock_ends(args.sk, cfg) {
+        fresh.protocol = sniffed.protocol;
+    } else if sock_ends(args.sk, cfg, &mut fresh.peer, &mut SockAddr::default()) {
         let sniffed = sniff(args, ret, false);
-        let proto = match sniffed.protocol {
+        fresh.protocol = match sniffed.protocol {
             protocol::UNKNOWN => protocol::OTHER,
             protocol::TLS if cfg.features & feature::TLS == 0 => protocol::OTHER,
             p => p,
         };
-        ConnState::new(peer, args.sk, proto, sniffed.role(args.direction), 0)
+        fresh.role = sniffed.role(args.direction);
     } else {
-        ConnState::new(
-            SockAddr::default(),
-            args.sk,
-            protocol::OTHER,
-            role::UNKNOWN,
-            0,
-        )
-    };
-    track(key, &fresh, args.sk).is_some()
+        fresh.peer = SockAddr::default();
+    }
+    track(key, fresh, args.sk).is_some()
 }
 
-/// Peer and local address of a TCP socket (`None` for anything else: UDP, unix sockets).
-/// The IPv4 fields sit at fixed offsets; the protocol and IPv6 addresses at offsets the
-/// daemon read from the kernel's BTF.
+/// Peer and local address of a TCP socket, written in place (`false` for anything else: UDP,
+/// unix sockets; then what was written means nothing). The IPv4 fields sit at fixed offsets;
+/// the protocol and IPv6 addresses at offsets the daemon read from the kernel's BTF. In place
+/// because the callers' copies would be on the data path's stack.
 #[inline(always)]
-fn sock_ends(sk: u64, cfg: &Config) -> Option<(SockAddr, SockAddr)> {
+fn sock_ends(sk: u64, cfg: &Config, peer: &mut SockAddr, local: &mut SockAddr) -> bool {
     use tracer_common::sk as off;
-    let head: [u8; off::HEAD] = kernel_read(sk)?;
+    let Some(head) = kernel_read::<[u8; off::HEAD]>(sk) else {
+        return false;
+    };
     if cfg.sk_protocol_off != 0 {
-        let proto: u16 = kernel_read(sk + cfg.sk_protocol_off as u64)?;
-        if proto != off::IPPROTO_TCP {
-            return None;
+        match kernel_read::<u16>(sk + cfg.sk_protocol_off as u64) {
+            Some(off::IPPROTO_TCP) => {}
+            _ => return false,
         }
     }
     let family = u16::from_ne_bytes([head[off::FAMILY], head[off::FAMILY + 1]]);
-    let mut peer = SockAddr {
-        family,
-        port: u16::from_be_bytes([head[off::DPORT], head[off::DPORT + 1]]),
-        ..Default::default()
-    };
-    let mut local = SockAddr {
-        family,
-        port: u16::from_ne_bytes([head[off::NUM], head[off::NUM + 1]]),
-        ..Default::default()
-    };
+    peer.family = family;
+    peer.port = u16::from_be_bytes([head[off::DPORT], head[off::DPORT + 1]]);
+    local.family = family;
+    local.port = u16::from_ne_bytes([head[off::NUM], head[off::NUM + 1]]);
+    peer.addr = [0; 16];
+    local.addr = [0; 16];
     match family {
         off::AF_INET => {
             peer.addr[..4].copy_from_slice(&head[off::DADDR..off::DADDR + 4]);
             local.addr[..4].copy_from_slice(&head[off::RCV_SADDR..off::RCV_SADDR + 4]);
         }
         off::AF_INET6 if cfg.sk_v6_daddr_off != 0 && cfg.sk_v6_saddr_off != 0 => {
-            peer.addr = kernel_read(sk + cfg.sk_v6_daddr_off as u64)?;
-            local.addr = kernel_read(sk + cfg.sk_v6_saddr_off as u64)?;
+            let from = |o: u16, to: &mut [u8; 16]| unsafe {
+                generated::bpf_probe_read_kernel(
+                    to.as_mut_ptr().cast::<c_void>(),
+                    16,
+                    (sk + o as u64) as *const c_void,
+                ) == 0
+            };
+            if !from(cfg.sk_v6_daddr_off, &mut peer.addr)
+                || !from(cfg.sk_v6_saddr_off, &mut local.addr)
+            {
+                return false;
+            }
         }
         // This kernel's BTF did not say where IPv6 addresses are: ports only.
         off::AF_INET6 => {
             peer.family = 0;
             local.family = 0;
         }
-        _ => return None,
+        _ => return false,
     }
-    Some((peer, local))
+    true
 }
 
 /// The inode of the network namespace socket `sk` lives in (0 when this kernel's BTF did not
@@ -636,15 +653,15 @@ fn announce(args: &SyscallArgs, state: &ConnState) {
     } else {
         0
     };
-    ev.local = SockAddr::default();
-    ev.peer = state.peer;
-    if state.sk != 0
-        && let Some((peer, local)) = sock_ends(state.sk, cfg)
-    {
-        ev.peer = peer;
-        ev.local = local;
+    if state.sk == 0 || !sock_ends(state.sk, cfg, &mut ev.peer, &mut ev.local) {
+        ev.peer = state.peer;
+        ev.local = SockAddr::default();
     }
-    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    // Straight into the record: a copy would be on the data path's stack.
+    // SAFETY: the helper writes at most the 16 bytes it is given.
+    if unsafe { generated::bpf_get_current_comm(ev.comm.as_mut_ptr().cast::<c_void>(), 16) } != 0 {
+        ev.comm = [0; 16];
+    }
     // A connection of unknown role was set up before we attached: the daemon must look it up
     // in /proc while it still exists, so wake it now.
     let threshold = if state.role == role::UNKNOWN {
@@ -698,7 +715,14 @@ pub(crate) fn copy_user(payload: *mut u8, off: u64, src: u64, n: u64) -> bool {
     if off >= MAX_CAPTURE as u64 {
         return false;
     }
+    // Read back through a volatile load, the bound is checked on the very value passed:
+    // otherwise the compiler may pass another register it knows to be equal (the syscall's
+    // length), and verifiers before 6.x's linked-register tracking see an unbounded size.
     let n = clamp(n, MAX_CAPTURE as u64);
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n > MAX_CAPTURE as u64 {
+        return false;
+    }
     if n == 0 {
         return true;
     }

@@ -11,5 +11,8 @@ use crate::maps::count;
 #[inline(always)]
 pub fn args_failed<C: EbpfContext>(ctx: &C, probe: &str, err: i64) {
     count(counter::PROBE_ARGS);
-    debug!(ctx, "{}: reading the arguments failed (error {})", probe, err);
+    debug!(
+        ctx,
+        "{}: reading the arguments failed (error {})", probe, err
+    );
 }

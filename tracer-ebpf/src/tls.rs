@@ -17,8 +17,8 @@ use aya_log_ebpf::debug;
 use tracer_common::{counter, direction, syscall};
 
 use crate::{
-    capture::{on_tls_data, read_user},
     capture::become_tls,
+    capture::{on_tls_data, read_user},
     maps::{
         CONNS, GO_CALLS, GoKey, NO_FD, SyscallArgs, TLS_ARGS, TLS_CALLS, TLS_SOCKETS, TLS_STEPS,
         TlsCall, TlsKey, TlsStep, count,
@@ -105,12 +105,21 @@ pub fn exit(ctx: &RetProbeContext, ret: i64) {
     } else if let Some(fd) = unsafe { TLS_SOCKETS.get(&key) } {
         *fd
     } else if let Some(fd) = after_recv(id, &key) {
-        debug!(ctx, "TLS: pid {} connection object {:x} tied to fd {} (memory BIO)", key.tgid, ssl, fd);
+        debug!(
+            ctx,
+            "TLS: pid {} connection object {:x} tied to fd {} (memory BIO)", key.tgid, ssl, fd
+        );
         fd
     } else {
         if moved > 0 {
             count(counter::TLS_NO_SOCKET);
-            debug!(ctx, "TLS: pid {}: {} bytes of connection object {:x}, whose socket is unknown", key.tgid, moved, ssl);
+            debug!(
+                ctx,
+                "TLS: pid {}: {} bytes of connection object {:x}, whose socket is unknown",
+                key.tgid,
+                moved,
+                ssl
+            );
         }
         return;
     };

@@ -316,6 +316,11 @@ fn setup() -> anyhow::Result<()> {
         ("npm", "npm"),
         // `tracer top` is driven in a terminal.
         ("tmux", "tmux"),
+        // The kernel tests boot other kernels under emulation, from an initramfs of busybox.
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        // ...and strip the tracer's debug info to fit it in one.
+        ("objcopy", "binutils"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -324,7 +329,7 @@ fn setup() -> anyhow::Result<()> {
         .collect();
     if missing.is_empty() {
         eprintln!(
-            "    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft, openssl, go: present"
+            "    curl, python3, wrk, nginx, nghttp2, bpftool, node, nft, openssl, go, qemu, busybox, objcopy: present"
         );
     } else if is_root() {
         apt_install(&missing)?;
