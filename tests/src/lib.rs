@@ -1015,6 +1015,38 @@ pub fn parse_collector_output(text: &str) -> Vec<CollectedSpan> {
     spans
 }
 
+/// nginx (2 workers: one service) answering /ok 200, /boom 500 and anything else 404.
+/// /boom has a body: nginx closes a keep-alive connection after its own 500 page.
+/// Its service is `nginx`: nginx writes its process title over its environment block, so
+/// /proc shows no OTEL_SERVICE_NAME.
+pub fn nginx(dir: &TempDir) -> Server {
+    let port = free_port();
+    let root = dir.path().display();
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 2; pid {root}/nginx.pid; error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off; client_body_temp_path {root}; proxy_temp_path {root};
+  fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};
+  server {{
+    listen 127.0.0.1:{port};
+    location = /ok {{ return 200 \"ok\\n\"; }}
+    location = /boom {{ return 500 \"boom\\n\"; }}
+    location / {{ return 404; }}
+  }}
+}}
+"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.args(["-c", conf.to_str().unwrap(), "-p", &root.to_string()]);
+    Server::spawn(cmd, port)
+}
+
 /// A running rotel collector printing every span it receives (exporter: blackhole).
 pub struct Collector {
     server: Server,
@@ -1031,12 +1063,17 @@ impl Collector {
 
     /// rotel printing what it receives of each signal in `what` (`traces`, `metrics`).
     pub fn start_logging(agent: &Path, what: &[&str]) -> Collector {
-        let dir = TempDir::new("rotel");
         let grpc_port = free_port();
         let mut http_port = free_port();
         while http_port == grpc_port {
             http_port = free_port();
         }
+        Collector::start_on(agent, what, grpc_port, http_port)
+    }
+
+    /// Like [`Collector::start_logging`], on these ports (a collector coming back).
+    pub fn start_on(agent: &Path, what: &[&str], grpc_port: u16, http_port: u16) -> Collector {
+        let dir = TempDir::new("rotel");
         let mut cmd = Command::new(agent);
         cmd.args(["start", "--exporter", "blackhole"])
             .args(what.iter().flat_map(|w| ["--debug-log", w]))

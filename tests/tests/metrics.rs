@@ -36,38 +36,6 @@ fn python_server(name: &str) -> Server {
     Server::spawn(cmd, port)
 }
 
-/// nginx (2 workers: one service) answering /ok 200, /boom 500 and anything else 404.
-/// /boom has a body: nginx closes a keep-alive connection after its own 500 page.
-/// Its service is `nginx`: nginx writes its process title over its environment block, so
-/// /proc shows no OTEL_SERVICE_NAME.
-fn nginx(dir: &TempDir) -> Server {
-    let port = free_port();
-    let root = dir.path().display();
-    let conf = dir.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes 2; pid {root}/nginx.pid; error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off; client_body_temp_path {root}; proxy_temp_path {root};
-  fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};
-  server {{
-    listen 127.0.0.1:{port};
-    location = /ok {{ return 200 \"ok\\n\"; }}
-    location = /boom {{ return 500 \"boom\\n\"; }}
-    location / {{ return 404; }}
-  }}
-}}
-"
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new("nginx");
-    cmd.args(["-c", conf.to_str().unwrap(), "-p", &root.to_string()]);
-    Server::spawn(cmd, port)
-}
-
 /// `n` requests for `path` on one keep-alive connection, all answered.
 fn requests(port: u16, n: usize, path: &str) {
     let done = KeepAliveClient::spawn(port, n, &[path]).finish();
