@@ -47,20 +47,7 @@ impl Decoder {
                 d.feed(c, &mut done.exchanges);
                 if let Some(up) = d.take_h2c() {
                     // `Upgrade: h2c` answered by 101: HTTP/2 from right after the 101's head.
-                    let mut h2 = H2Conn::after_h2c_upgrade(&up);
-                    let off = up.offset.min(c.len);
-                    if off < c.len {
-                        let cut =
-                            usize::try_from(off).map_or(c.data.len(), |o| o.min(c.data.len()));
-                        let rest = Chunk {
-                            len: c.len - off,
-                            data: &c.data[cut..],
-                            layout: c.layout,
-                            ..c
-                        };
-                        h2.feed(rest, &mut done.streams);
-                    }
-                    *self = Decoder::Http2(h2);
+                    *self = Decoder::Http2(H2Conn::upgraded_in(&up, c, &mut done.streams));
                 }
             }
             Decoder::Http2(d) => d.feed(c, &mut done.streams),

@@ -185,6 +185,23 @@ impl H2Conn {
         Self::build(false)
     }
 
+    /// [`H2Conn::after_h2c_upgrade`], fed the rest of the chunk that carried the 101 (the
+    /// server's SETTINGS and stream 1's response often share its write).
+    pub fn upgraded_in(up: &super::http1::H2cUpgrade, c: Chunk<'_>, out: &mut Vec<Stream>) -> Self {
+        let mut h2 = Self::after_h2c_upgrade(up);
+        let off = up.offset.min(c.len);
+        if off < c.len {
+            let cut = usize::try_from(off).map_or(c.data.len(), |o| o.min(c.data.len()));
+            let rest = Chunk {
+                len: c.len - off,
+                data: &c.data[cut..],
+                ..c
+            };
+            h2.feed(rest, out);
+        }
+        h2
+    }
+
     /// The connection switched from HTTP/1.1 (`Upgrade: h2c`, 101): both sides start HTTP/2
     /// now (client preface, SETTINGS first, fresh HPACK tables), and the upgrade request is
     /// stream 1, half-closed by the client; its response comes in HTTP/2 frames.
