@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod h2;
+pub mod propagate;
 
 /// Bumped whenever a layout below changes; the daemon refuses records of another version.
 pub const WIRE_VERSION: u16 = 3;
@@ -31,6 +32,9 @@ pub mod kind {
     /// A process mapped new code: it exec'd, or its dynamic linker loaded libraries. The
     /// daemon looks for TLS libraries to probe in it ([`CodeEvent`]).
     pub const CODE_LOADED: u16 = 4;
+    /// The probes wrote a trace context into the request the next DATA record of this
+    /// connection carries ([`ContextEvent`]; opt-in, see [`crate::propagate`]).
+    pub const CONTEXT: u16 = 5;
 }
 
 /// Direction of a [`DataEvent`], from the traced process's point of view.
@@ -141,7 +145,16 @@ pub mod counter {
     /// A probe could not read its own arguments (the tracepoint record or the registers):
     /// that syscall or call was not followed.
     pub const PROBE_ARGS: u32 = 7;
-    pub const LEN: u32 = 8;
+    /// Outgoing requests given a `traceparent` by the probes, then the ones sent unchanged,
+    /// by reason (in the order of `propagate::Verdict`), and the sockets the probes could not
+    /// take because another socket-map program (a CNI's) owns them.
+    pub const PROPAGATE_WRITTEN: u32 = 8;
+    pub const PROPAGATE_HAS_CONTEXT: u32 = 9;
+    pub const PROPAGATE_SPLIT: u32 = 10;
+    pub const PROPAGATE_UNSAFE: u32 = 11;
+    pub const PROPAGATE_NO_ROOM: u32 = 12;
+    pub const PROPAGATE_SOCKET_BUSY: u32 = 13;
+    pub const LEN: u32 = 14;
 }
 
 /// First field of every ring-buffer record.
@@ -198,6 +211,47 @@ pub mod conn_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseEvent {
     pub header: EventHeader,
+}
+
+/// See [`kind::CONTEXT`]: the ids the probes wrote into a request, sent right before the
+/// DATA record of the write that carried it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextEvent {
+    pub header: EventHeader,
+    /// Sequence number of that DATA record (egress).
+    pub seq: u32,
+    /// W3C trace flags written.
+    pub flags: u8,
+    /// Non-zero when the trace is that of the request the thread was serving.
+    pub from_thread: u8,
+    pub _pad: [u8; 2],
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+/// The trace a thread's current server request belongs to, as the probes know it (keyed by
+/// pid_tgid): an outgoing request of that thread continues it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTrace {
+    pub trace_id: [u8; 16],
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A request the `sk_msg` program wrote a context into, until the socket hook of the same
+/// write reports it (keyed by pid_tgid: one write in flight per thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    /// The socket written to (`struct sock *`).
+    pub sk: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    pub from_thread: u8,
+    pub _pad: [u8; 6],
 }
 
 /// See [`kind::CODE_LOADED`].
@@ -384,6 +438,9 @@ pub mod feature {
     /// TLS library probes are attached: sockets of non-HTTP bytes may carry TLS, so their
     /// syscalls inside a TLS call are looked at.
     pub const TLS: u16 = 1;
+    /// The trace-context writer (`sockops` + `sk_msg`) is attached: traced client requests
+    /// get a `traceparent`, and the capture reports the ids written.
+    pub const PROPAGATE: u16 = 2;
 }
 
 /// Fixed offsets in `struct sock_common`, the same on every Linux since 2.6: IPv4 peer and
@@ -460,5 +517,8 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 8);
         assert_eq!(size_of::<H2Walk>(), 20);
         assert_eq!(size_of::<ConnState>(), 24 + 8 + 8 + 4 + 2 * 20 + 4);
+        assert_eq!(size_of::<ContextEvent>(), 24 + 8 + 16 + 8);
+        assert_eq!(size_of::<Injected>(), 8 + 16 + 8 + 8);
+        assert_eq!(size_of::<ThreadTrace>(), 24);
     }
 }

@@ -11,7 +11,7 @@ use tracer_common::{
     CloseEvent, CodeEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
     MAX_CAPTURE, MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, feature,
     h2::{FrameHeader, Rules},
-    kind, protocol, role, syscall,
+    direction, kind, protocol, role, syscall,
 };
 
 use crate::{
@@ -122,10 +122,29 @@ fn output<T>(rec: &T, len: usize, threshold: u32) {
     }
 }
 
+/// Whether a message's first 8 bytes start an HTTP/1 request.
+#[inline(always)]
+pub(crate) fn is_request(head: u64) -> bool {
+    let s = classify(head);
+    s.protocol == protocol::HTTP1 && s.first == First::Request
+}
+
+/// A small record of this thread, now.
+#[inline(always)]
+pub(crate) fn output_record<T>(rec: &T) {
+    let wake = config().map_or(0, |c| c.wakeup_bytes);
+    output(rec, core::mem::size_of::<T>(), wake);
+}
+
 #[inline(always)]
 fn header(kind: u16, fd: u32) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
     header_of(kind, (id >> 32) as u32, id as u32, fd)
+}
+
+#[inline(always)]
+pub(crate) fn header_now(kind: u16, pid_tgid: u64, fd: u32) -> EventHeader {
+    header_of(kind, (pid_tgid >> 32) as u32, pid_tgid as u32, fd)
 }
 
 #[inline(always)]
@@ -425,13 +444,22 @@ pub(crate) fn become_tls(state: &mut ConnState) {
 /// on kernels without private BPF stacks) counts the largest one only.
 #[inline(always)]
 fn follow(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
-    match classify_http(args, ret, state) {
-        Http::No => {}
-        Http::First => {
-            announce(args, state);
-            emit(args, ret, state);
-        }
-        Http::Known => emit(args, ret, state),
+    let http = classify_http(args, ret, state);
+    if http == Http::No {
+        return;
+    }
+    if http == Http::First {
+        announce(args, state);
+    }
+    let propagate = config().is_some_and(|c| c.features & feature::PROPAGATE != 0)
+        && state.protocol == protocol::HTTP1;
+    if propagate && args.direction == direction::EGRESS && state.role != role::ACCEPTED {
+        // The ids written into these bytes, if any, before the bytes themselves.
+        crate::propagate::report(args, state.seq[1]);
+    }
+    emit(args, ret, state);
+    if propagate && state.role == role::ACCEPTED {
+        crate::propagate::follow_thread(args.direction);
     }
 }
 

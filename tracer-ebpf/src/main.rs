@@ -10,6 +10,7 @@ mod filter;
 mod frames;
 mod maps;
 mod probes;
+mod propagate;
 mod tls;
 
 #[cfg(not(test))]

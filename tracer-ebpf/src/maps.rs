@@ -1,9 +1,9 @@
 //! Every map the probes share with each other and with the daemon (names are the daemon's API).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
-use tracer_common::{Config, ConnKey, ConnState, DataRecord};
+use tracer_common::{Config, ConnKey, ConnState, DataRecord, Injected, ThreadTrace};
 
 /// Records for the daemon. The daemon may resize it before load.
 #[map]
@@ -175,3 +175,20 @@ pub struct TlsKey {
 /// library's buffer) find their socket here.
 #[map]
 pub static TLS_SOCKETS: LruHashMap<TlsKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Client sockets whose writes the `sk_msg` program sees (trace context on the wire, opt-in),
+/// by socket cookie. The kernel drops a socket from it when the socket closes.
+#[map]
+pub static PROPAGATE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+/// Sockets a traced process is connecting (by cookie), until they are established.
+#[map]
+pub static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+/// Ids written into a request, until the socket hook of the same write reports them.
+#[map]
+pub static INJECTED: LruHashMap<u64, Injected> = LruHashMap::with_max_entries(16384, 0);
+/// The trace of the request each server thread is serving (by pid_tgid).
+#[map]
+pub static THREAD_TRACES: LruHashMap<u64, ThreadTrace> = LruHashMap::with_max_entries(16384, 0);
+/// The head being scanned and the line being written (too large for the stack).
+#[map]
+pub static HEAD: PerCpuArray<crate::propagate::Head> = PerCpuArray::with_max_entries(1, 0);

@@ -106,6 +106,13 @@ pub struct RunOptions {
     /// or TLS call the probes could not follow, with its pid. `off` costs nothing
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub kernel_log: Option<KernelLog>,
+    /// Write a W3C `traceparent` into outgoing HTTP/1 requests of traced processes that carry
+    /// none, with the ids of the CLIENT span exported for them, so a tracer on the server's
+    /// node continues the trace. Changes bytes on the wire, so off unless given. The value is
+    /// a cgroup v2 directory whose processes (and its children's) are covered; `all`, or the
+    /// flag alone, is the whole host. Requests that cannot be rewritten safely go unchanged
+    #[arg(long, value_name = "CGROUP", num_args = 0..=1, default_missing_value = "all")]
+    pub propagate: Option<String>,
     /// Kernel ring-buffer size in MiB, a power of two; larger absorbs longer bursts
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
@@ -204,6 +211,7 @@ impl RunOptions {
             hooks,
             no_tls,
             kernel_log,
+            propagate,
             ring_buffer_mib,
             otlp_endpoint,
             otlp_protocol,
@@ -233,6 +241,7 @@ impl RunOptions {
             hooks: hooks.or(file.hooks),
             no_tls: no_tls || file.no_tls,
             kernel_log: kernel_log.or(file.kernel_log),
+            propagate: propagate.or(file.propagate),
             ring_buffer_mib: ring_buffer_mib.or(file.ring_buffer_mib),
             otlp_endpoint: otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: otlp_protocol.or(file.otlp_protocol),
@@ -336,6 +345,10 @@ impl RunOptions {
             ring_bytes: self.ring_buffer_mib() << 20,
             tls: !self.no_tls,
             kernel_log: self.kernel_log.unwrap_or_default(),
+            propagate: self.propagate.as_deref().map(|c| match c {
+                "all" | "" => crate::probes::cgroup2_root(),
+                dir => dir.into(),
+            }),
             ..Default::default()
         }
     }
@@ -444,6 +457,7 @@ impl RunOptions {
             hooks,
             no_tls,
             kernel_log,
+            propagate,
             otlp_endpoint,
             otlp_protocol,
             output,
@@ -466,6 +480,7 @@ impl RunOptions {
             (*hooks != new.hooks, "hooks"),
             (*no_tls != new.no_tls, "no-tls"),
             (*kernel_log != new.kernel_log, "kernel-log"),
+            (*propagate != new.propagate, "propagate"),
             (
                 self.ring_buffer_mib() != new.ring_buffer_mib(),
                 "ring-buffer-mib",
@@ -641,6 +656,7 @@ mod tests {
             hooks: Some(HookChoice::Syscalls),
             no_tls: true,
             kernel_log: Some(KernelLog::Debug),
+            propagate: Some("/sys/fs/cgroup/app".into()),
             ring_buffer_mib: Some(64),
             otlp_endpoint: Some("http://c:4318".into()),
             otlp_protocol: Some("grpc".into()),
@@ -694,8 +710,9 @@ mod tests {
         for (i, f) in live.into_iter().enumerate() {
             assert_eq!(one(f), Vec::<&str>::new(), "live option {i}");
         }
-        let restart: [(Set, &str); 19] = [
+        let restart: [(Set, &str); 20] = [
             (|o, a| o.hooks = a.hooks, "hooks"),
+            (|o, a| o.propagate = a.propagate.clone(), "propagate"),
             (|o, a| o.no_tls = a.no_tls, "no-tls"),
             (|o, a| o.kernel_log = a.kernel_log, "kernel-log"),
             (

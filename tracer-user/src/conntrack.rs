@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 use tracer_common::protocol;
 
 use crate::{
+    context::Written,
     decode::{
         self, Chunk, Direction, Opened, RequestKey,
         http1::{Exchange, Http1Conn},
@@ -130,6 +131,8 @@ struct Entry {
     /// The socket's network namespace, when the probes read it.
     netns: Option<u32>,
     last_ts: u64,
+    /// Ids the probes wrote into the request of the egress record with this sequence number.
+    written: Option<(u32, Written)>,
 }
 
 impl Entry {
@@ -146,6 +149,7 @@ impl Entry {
             gapped: false,
             netns: None,
             last_ts: ts,
+            written: None,
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct DecodeMetrics {
     pub decode_truncated_headers: Counter,
     pub spans_built: Counter,
     pub spans_filtered: Counter,
+    pub context_unmatched: Counter,
 }
 
 impl DecodeMetrics {
@@ -217,6 +222,10 @@ impl DecodeMetrics {
             spans_filtered: c(
                 "spans_filtered",
                 "Spans dropped by filters (--port; OTLP exports received by a traced collector)",
+            ),
+            context_unmatched: c(
+                "trace_context_unmatched",
+                "Trace contexts the probes wrote (--propagate) that no decoded request took: the server got them, no CLIENT span carries them",
             ),
         }
     }
@@ -391,6 +400,12 @@ impl ConnTable {
                 self.conns.insert(c.id, entry);
             }
             Event::Data(d) => self.data(d, out),
+            Event::Context { id, seq, written } => match self.conns.get_mut(&id) {
+                Some(entry) => entry.written = Some((seq, written)),
+                None => {
+                    self.metrics.context_unmatched.inc();
+                }
+            },
             Event::Close { id, ts_ns } => self.finish(id, ts_ns, out),
         }
     }
@@ -429,6 +444,18 @@ impl ConnTable {
             entry.gapped = true;
         }
         entry.next_seq[di] = Some(d.seq.wrapping_add(1));
+        let written = match entry.written.take() {
+            Some((seq, w)) if d.dir == Dir::Egress && seq == d.seq => Some(w),
+            Some(stale) if d.dir == Dir::Ingress => {
+                entry.written = Some(stale);
+                None
+            }
+            Some(_) => {
+                self.metrics.context_unmatched.inc();
+                None
+            }
+            None => None,
+        };
         let chunk = Chunk {
             tid: d.tid,
             dir,
@@ -439,7 +466,20 @@ impl ConnTable {
             ts_end: d.ts_exit_ns,
         };
         entry.decoder.feed(chunk, &mut self.done);
+        let before = self.done.opened.len();
         entry.decoder.take_opened(&mut self.done.opened);
+        if let Some(w) = written {
+            // The request whose head starts with these bytes is the one the probes wrote into.
+            match self.done.opened[before..]
+                .iter_mut()
+                .find(|o| o.role == decode::Role::Client && o.ts == ts_start)
+            {
+                Some(o) => o.written = Some(w),
+                None => {
+                    self.metrics.context_unmatched.inc();
+                }
+            }
+        }
         self.begin(d.id);
         self.emit(d.id, out);
     }
@@ -490,6 +530,7 @@ impl ConnTable {
                     tid: o.tid,
                     ts: o.ts,
                     context: o.context,
+                    written: o.written,
                     peer,
                     serves_on_thread: o.role == decode::Role::Server
                         && matches!(o.key, RequestKey::Http1(_)),

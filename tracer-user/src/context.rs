@@ -23,6 +23,17 @@ pub struct TraceContext {
     pub state: Option<String>,
 }
 
+/// Ids the tracer wrote into an outgoing request itself (`--propagate`): what the server
+/// received as its parent, so the CLIENT span takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    /// The trace is that of the request the writing thread was serving, as the probes saw it.
+    pub from_thread: bool,
+}
+
 /// W3C trace-flags bit 0.
 pub const SAMPLED: u8 = 1;
 

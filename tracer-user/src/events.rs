@@ -3,11 +3,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    CloseEvent, CodeEvent, ConnEvent, DataEvent, EventHeader, NO_FRAME, WIRE_VERSION, conn_flags,
-    data_flags, direction, kind, role,
+    CloseEvent, CodeEvent, ConnEvent, ContextEvent, DataEvent, EventHeader, NO_FRAME, WIRE_VERSION,
+    conn_flags, data_flags, direction, kind, role,
 };
 
-use crate::decode::Layout;
+use crate::{context::Written, decode::Layout};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -78,7 +78,16 @@ pub struct Data<'a> {
 pub enum Event<'a> {
     Conn(Conn),
     Data(Data<'a>),
-    Close { id: ConnId, ts_ns: u64 },
+    Close {
+        id: ConnId,
+        ts_ns: u64,
+    },
+    /// The probes wrote `written` into the request that egress DATA record `seq` carries.
+    Context {
+        id: ConnId,
+        seq: u32,
+        written: Written,
+    },
 }
 
 /// Reads a `#[repr(C)]` plain-old-data value from the start of `buf`.
@@ -208,6 +217,19 @@ impl<'a> Event<'a> {
             kind::CLOSE => {
                 let _: CloseEvent = read_pod(buf).ok_or(ParseError::Short(buf.len()))?;
                 Ok(Event::Close { id, ts_ns: h.ts_ns })
+            }
+            kind::CONTEXT => {
+                let c: ContextEvent = read_pod(buf).ok_or(ParseError::Short(buf.len()))?;
+                Ok(Event::Context {
+                    id,
+                    seq: c.seq,
+                    written: Written {
+                        trace_id: c.trace_id,
+                        span_id: c.span_id,
+                        flags: c.flags,
+                        from_thread: c.from_thread != 0,
+                    },
+                })
             }
             k => Err(ParseError::Kind(k)),
         }

@@ -11,7 +11,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    context::{SAMPLED, TraceContext},
+    context::{SAMPLED, TraceContext, Written},
     decode::{RequestKey, Role},
     events::ConnId,
     metrics::{Counter, Gauge, Registry},
@@ -34,6 +34,7 @@ pub struct JoinMetrics {
     pub links_thread: Counter,
     pub links_ambiguous: Counter,
     pub links_timed_out: Counter,
+    pub links_conflicting: Counter,
     pub join_table_full: Counter,
     pub spans_held: Gauge,
     pub requests_tracked: Gauge,
@@ -45,6 +46,7 @@ impl JoinMetrics {
             links_connection: reg.counter("links_connection", "SERVER spans joined to the CLIENT span of the same request at the other end of a connection on this node"),
             links_thread: reg.counter("links_thread", "CLIENT spans joined to the SERVER request their thread was serving"),
             links_ambiguous: reg.counter("links_ambiguous", "CLIENT spans left unjoined because their thread served several requests at once, or its process answers requests from other threads than the ones that read them"),
+            links_conflicting: reg.counter("links_conflicting", "Links not made because they would contradict a trace context already written into a request (--propagate)"),
             links_timed_out: reg.counter("links_timed_out", "Spans exported before their join was decided (they waited longer than --join-hold)"),
             join_table_full: reg.counter("join_table_full", "Requests not joined because the join table was full"),
             spans_held: reg.gauge("join_spans_held", "Finished spans waiting to be joined into their trace (at most --join-hold-ms)"),
@@ -87,6 +89,8 @@ pub struct Begin {
     /// Monotonic ns.
     pub ts: u64,
     pub context: Option<TraceContext>,
+    /// The ids the probes wrote into this (CLIENT) request: the span must have them.
+    pub written: Option<Written>,
     /// None when the request cannot be matched to the other end (its number on the
     /// connection is not certain, or the addresses are unknown).
     pub peer: Option<PeerKey>,
@@ -136,6 +140,8 @@ struct Node {
     ended: bool,
     /// The finished span, waiting to leave.
     held: Option<Span>,
+    /// Its ids were written into the request (--propagate): they cannot change.
+    written: bool,
 }
 
 /// A server request a thread served: from its head to its response's end.
@@ -259,6 +265,7 @@ impl Joiner {
             waiting_key: None,
             ended: false,
             held: None,
+            written: false,
         };
         let running = self.by_conn.entry(b.conn).or_default();
         match running.iter_mut().find(|(k, _)| *k == b.request) {
@@ -272,7 +279,9 @@ impl Joiner {
         }
         match b.role {
             Role::Client => {
-                if upstream.is_none() {
+                if let Some(w) = b.written {
+                    self.written_parent(&mut node, id, (b.conn.pid, b.tid, b.ts), w, m);
+                } else if upstream.is_none() {
                     self.thread_parent(&mut node, id, b.conn.pid, b.tid, b.ts, m);
                 }
                 if let Some(k) = b.peer {
@@ -349,18 +358,23 @@ impl Joiner {
         ts: u64,
         m: &JoinMetrics,
     ) {
-        let Some(log) = self.threads.get(&(pid, tid)) else {
-            return;
-        };
+        if let Some(parent) = self.thread_serving(pid, tid, ts, m) {
+            self.link_thread(node, id, parent, m);
+        }
+    }
+
+    /// The one SERVER request the thread is serving at `ts` (see [`Joiner::thread_parent`]).
+    fn thread_serving(&self, pid: u32, tid: u32, ts: u64, m: &JoinMetrics) -> Option<NodeId> {
+        let log = self.threads.get(&(pid, tid))?;
         let serving = |s: &&Served| s.open <= ts && s.close.is_none_or(|c| c >= ts);
         let mut cands = log.served.iter().filter(serving);
         let s = match (cands.next(), cands.next()) {
             // Serving nothing right now: a call of its own.
-            (None, _) => return,
+            (None, _) => return None,
             (Some(s), None) => s,
             (Some(_), Some(_)) => {
                 m.links_ambiguous.inc();
-                return;
+                return None;
             }
         };
         let others = log
@@ -369,9 +383,13 @@ impl Joiner {
             .any(|o| o.node != s.node && o.open <= ts && o.close.is_none_or(|c| c > s.open));
         if others || log.forgotten_until > s.open || self.hopping.contains(&pid) {
             m.links_ambiguous.inc();
-            return;
+            return None;
         }
-        let parent_id = s.node;
+        Some(s.node)
+    }
+
+    /// Makes `node` (a CLIENT call, not yet in the table) the child of `parent_id`.
+    fn link_thread(&mut self, node: &mut Node, id: NodeId, parent_id: NodeId, m: &JoinMetrics) {
         let Some(p) = self.nodes.get_mut(&parent_id) else {
             return;
         };
@@ -383,8 +401,84 @@ impl Joiner {
         m.links_thread.inc();
     }
 
+    /// A CLIENT request the probes wrote `w` into: it has those ids whatever else is known.
+    /// It is the child of its thread's server request when that one is in the same trace;
+    /// the probes took the thread's trace from that request's head, or chose one when it had
+    /// none, and then the local tree the request is in takes the probes' trace (nothing of it
+    /// has left yet: its root is still open). Where that would rewrite a trace decided
+    /// upstream or already written elsewhere, the call stays a root of its own trace.
+    fn written_parent(
+        &mut self,
+        node: &mut Node,
+        id: NodeId,
+        (pid, tid, ts): (u32, u32, u64),
+        w: Written,
+        m: &JoinMetrics,
+    ) {
+        node.span_id = w.span_id;
+        node.written = true;
+        node.trace_id = w.trace_id;
+        node.flags = w.flags;
+        let Some(p) = self.thread_serving(pid, tid, ts, m) else {
+            return;
+        };
+        let same = self
+            .nodes
+            .get(&p)
+            .is_some_and(|pn| pn.trace_id == w.trace_id);
+        let root = self.local_root(p);
+        let retrace = !same
+            && w.from_thread
+            && self
+                .nodes
+                .get(&root)
+                .is_some_and(|r| r.parent == Parent::None && !self.has_written(root));
+        if retrace {
+            let (flags, state) = self
+                .nodes
+                .get(&root)
+                .map(|r| (r.flags, r.trace_state.clone()))
+                .unwrap_or((w.flags, None));
+            self.inherit(root, w.trace_id, flags, state);
+        }
+        if same || retrace {
+            self.link_thread(node, id, p, m);
+        } else {
+            m.links_conflicting.inc();
+        }
+    }
+
+    /// Whether a node of the tree under `root` had its ids written into a request.
+    fn has_written(&self, root: NodeId) -> bool {
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            if let Some(node) = self.nodes.get(&n) {
+                if node.written {
+                    return true;
+                }
+                stack.extend(node.children.iter().copied());
+            }
+        }
+        false
+    }
+
     /// Makes `srv` the child of the CLIENT request `client` (the same request, other end).
     fn link_server(&mut self, srv: NodeId, client: NodeId, m: &JoinMetrics) {
+        if self.has_written(srv)
+            && self.nodes.get(&client).map(|c| c.trace_id)
+                != self.nodes.get(&srv).map(|s| s.trace_id)
+        {
+            // Its tree's trace is already on the wire: it stays a root of that trace.
+            if let Some(s) = self.nodes.get_mut(&srv) {
+                s.decided = true;
+                if let Some(k) = s.waiting_key.take() {
+                    self.waiting.remove(&k);
+                }
+            }
+            m.links_conflicting.inc();
+            self.try_release(srv, m);
+            return;
+        }
         let Some(c) = self.nodes.get_mut(&client) else {
             return;
         };
@@ -732,6 +826,8 @@ mod tests {
         m: JoinMetrics,
         out: Vec<Span>,
         next_fd: u32,
+        /// Given to the next request opened: the ids the probes wrote into it.
+        written: Option<Written>,
     }
 
     /// One request as one end saw it.
@@ -750,6 +846,7 @@ mod tests {
                 m: JoinMetrics::new(&Registry::default()),
                 out: Vec::new(),
                 next_fd: 3,
+                written: None,
             }
         }
 
@@ -794,6 +891,7 @@ mod tests {
                     tid: r.tid,
                     ts,
                     context,
+                    written: self.written.take(),
                     peer: Some(PeerKey {
                         client: client.parse().unwrap(),
                         netns: 1,
@@ -897,6 +995,117 @@ mod tests {
         r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
         r.tick(10 * MS + 2 * DEFAULT_HOLD_MS * MS);
         assert_eq!((r.j.tracked(), r.j.held()), (0, 0));
+    }
+
+    fn written(trace: u8, span: u8, from_thread: bool) -> Option<Written> {
+        Some(Written {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            flags: SAMPLED,
+            from_thread,
+        })
+    }
+
+    #[test]
+    fn a_call_whose_context_was_written_keeps_those_ids_and_its_server_takes_that_trace() {
+        let mut r = Run::new();
+        // front's trace was chosen here; the probes chose another for its thread and wrote it.
+        let front = r.open(SpanKind::Server, 20, 21, "192.0.2.1:40000", MS);
+        r.tick(MS + DEFAULT_HOLD_MS * MS);
+        r.written = written(7, 9, true);
+        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
+        r.end(call, "call", 3 * MS);
+        r.end(front, "front", 4 * MS);
+        let c = r.get("call");
+        assert_eq!(
+            (c.trace_id, c.span_id),
+            ([7; 16], [9; 8]),
+            "what the server got"
+        );
+        assert_eq!(
+            r.get("front").trace_id,
+            [7; 16],
+            "the local tree follows the wire"
+        );
+        assert!(r.child_of("call", "front"));
+        assert_eq!(r.count(&r.m.links_thread), 1);
+        assert_eq!(r.count(&r.m.links_conflicting), 0);
+    }
+
+    #[test]
+    fn a_written_context_never_moves_a_trace_decided_upstream() {
+        let mut r = Run::new();
+        let upstream = TraceContext {
+            ids: Some(Ids {
+                trace_id: [1; 16],
+                parent_id: [2; 8],
+            }),
+            sampled: true,
+            state: None,
+        };
+        let front = r.open_with(
+            SpanKind::Server,
+            20,
+            21,
+            "192.0.2.1:40000",
+            MS,
+            Some(upstream),
+        );
+        // The probes could not read the upstream context (say it was past their head scan).
+        r.written = written(7, 9, true);
+        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
+        r.end(call, "call", 3 * MS);
+        r.end(front, "front", 4 * MS);
+        r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
+        assert_eq!(r.get("front").trace_id, [1; 16]);
+        let c = r.get("call");
+        assert_eq!(
+            (c.trace_id, c.span_id, c.parent_span_id),
+            ([7; 16], [9; 8], None)
+        );
+        assert_eq!(r.count(&r.m.links_conflicting), 1);
+        // Same trace: an ordinary child.
+        let mut r = Run::new();
+        let upstream = TraceContext {
+            ids: Some(Ids {
+                trace_id: [7; 16],
+                parent_id: [2; 8],
+            }),
+            sampled: true,
+            state: None,
+        };
+        let front = r.open_with(
+            SpanKind::Server,
+            20,
+            21,
+            "192.0.2.1:40000",
+            MS,
+            Some(upstream),
+        );
+        r.written = written(7, 9, true);
+        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
+        r.end(call, "call", 3 * MS);
+        r.end(front, "front", 4 * MS);
+        assert!(r.child_of("call", "front"));
+        assert_eq!(r.get("call").span_id, [9; 8]);
+    }
+
+    #[test]
+    fn a_server_whose_tree_was_written_is_not_relinked_to_another_trace() {
+        let mut r = Run::new();
+        let srv = r.open(SpanKind::Server, 20, 21, "10.0.0.1:40000", MS);
+        r.written = written(7, 9, true);
+        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
+        // Its client end, on this node, wrote nothing (say it connected before the tracer).
+        let cli = r.open(SpanKind::Client, 10, 10, "10.0.0.1:40000", MS + 5);
+        r.end(call, "call", 3 * MS);
+        r.end(srv, "srv", 4 * MS);
+        r.end(cli, "cli", 4 * MS + 5);
+        r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
+        assert_eq!(r.get("srv").trace_id, [7; 16]);
+        assert_eq!(r.get("srv").parent_span_id, None);
+        assert!(r.child_of("call", "srv"));
+        assert_eq!(r.count(&r.m.links_conflicting), 1);
     }
 
     #[test]

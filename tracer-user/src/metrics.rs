@@ -183,6 +183,33 @@ impl<R: Reason> ByReason<R> {
     }
 }
 
+reasons! {
+    /// What the probes did with an outgoing HTTP/1 request of a traced process (--propagate).
+    ContextOutcome {
+        Written => "written",
+        HasContext => "has_context",
+        HeadSplit => "head_split",
+        UnsafeFraming => "unsafe_framing",
+        NoRoom => "no_room",
+    }
+}
+
+/// Outgoing requests by what the probes did with them; a family like [`ByReason`] but
+/// labelled `outcome`, since `written` is no drop.
+pub fn context_outcomes(reg: &Registry) -> Vec<(ContextOutcome, Counter)> {
+    let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    let out = ContextOutcome::ALL
+        .iter()
+        .map(|o| (*o, family.get_or_create_owned(&[("outcome", o.label())])))
+        .collect();
+    reg.register(
+        "trace_context_requests",
+        "Outgoing HTTP/1 requests of traced processes the probes looked at (--propagate), by outcome: written (a traceparent added), or sent unchanged because it had a trace context, its head did not end in the write, more than its own body followed it, or the kernel had no room",
+        family,
+    );
+    out
+}
+
 /// Spans dropped between the span builder and delivery: by the pipeline's stages and by the
 /// exporters, one family for both.
 pub type SpanDrops = ByReason<SpanDrop>;

@@ -5,9 +5,9 @@ use std::{num::NonZeroU32, path::Path};
 use crate::kernel_log::KernelLog;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
-        Program, ProgramError, RawTracePoint, TracePoint, UProbe,
+        CgroupAttachMode, Program, ProgramError, RawTracePoint, SkMsg, SockOps, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -206,6 +206,22 @@ fn sock_offsets() -> Result<SockOffsets, String> {
     })
 }
 
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified`
+/// on a hybrid one), from this process's mount table; the usual place when none is listed.
+pub fn cgroup2_root() -> std::path::PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE SUPER
+                let (left, right) = l.split_once(" - ")?;
+                (right.split(' ').next()? == "cgroup2")
+                    .then(|| left.split(' ').nth(4).map(Into::into))?
+            })
+        })
+        .unwrap_or_else(|| "/sys/fs/cgroup".into())
+}
+
 /// Kernel ring-buffer size in MiB unless `--ring-buffer-mib` says otherwise.
 pub const DEFAULT_RING_MIB: u32 = 16;
 
@@ -223,6 +239,9 @@ pub struct ProbeOptions {
     pub tls: bool,
     /// Which of the probes' own messages to log (off: none, at no cost).
     pub kernel_log: KernelLog,
+    /// Write trace context into the HTTP/1 requests of traced processes in this cgroup (v2)
+    /// and below (`--propagate`; off by default: it changes bytes on the wire).
+    pub propagate: Option<std::path::PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -236,6 +255,7 @@ impl Default for ProbeOptions {
             wakeup_bytes: 256 * 1024,
             tls: true,
             kernel_log: KernelLog::Off,
+            propagate: None,
         }
     }
 }
@@ -299,6 +319,8 @@ pub struct Probes {
     uprobe_pids: Vec<u32>,
     /// `struct sock` offsets for the socket hooks (protocol, IPv6 peer, IPv6 local).
     sock_offsets: SockOffsets,
+    /// The trace-context writer is attached (why not, when it is not).
+    propagate: Result<(), String>,
 }
 
 impl Probes {
@@ -351,6 +373,7 @@ impl Probes {
             tls: Err("switched off (--no-tls)".into()),
             uprobe_pids: Vec::new(),
             sock_offsets,
+            propagate: Err("off (--propagate not given)".into()),
         };
         let names: Vec<(&str, &str)> = match hooks {
             Hooks::Socket => SOCKET_HOOKS.to_vec(),
@@ -378,6 +401,17 @@ impl Probes {
                 tracing::warn!("TLS probes not loaded, encrypted traffic is not traced: {e}");
             }
         }
+        if let Some(cgroup) = &opts.propagate {
+            // Asked for, but an addition like TLS: tracing goes on without it, loudly.
+            probes.propagate = probes.load_propagate(cgroup);
+            match &probes.propagate {
+                Ok(()) => tracing::info!(
+                    "trace context: requests of traced processes in {} get a traceparent",
+                    cgroup.display()
+                ),
+                Err(e) => tracing::warn!("--propagate: not attached, no request is changed: {e}"),
+            }
+        }
         // Not configured yet: capture_size is 0 and every probe returns at once, so tracing
         // starts with all probes attached and the filters in place (a half-attached set would
         // see responses without their sendfile bodies, say).
@@ -395,6 +429,50 @@ impl Probes {
         prog.load().map_err(failed("loading", name))?;
         prog.attach(name).map_err(failed("attaching", name))?;
         Ok(())
+    }
+
+    /// Attaches the `sk_msg` program to its socket map, then `sockops` to `cgroup`, which
+    /// starts filling the map (a socket takes the map's programs when it is added).
+    fn load_propagate(&mut self, cgroup: &Path) -> Result<(), String> {
+        let dir = std::fs::File::open(cgroup).map_err(|e| {
+            format!(
+                "cannot open cgroup {}: {e} (give a cgroup v2 directory; `tracer check` shows where cgroup v2 is mounted)",
+                cgroup.display()
+            )
+        })?;
+        let sockets: SockHash<_, u64> = SockHash::try_from(
+            self.ebpf
+                .map("PROPAGATE_SOCKETS")
+                .ok_or("map PROPAGATE_SOCKETS missing from the eBPF object")?,
+        )
+        .map_err(|e| e.to_string())?;
+        let fd = sockets
+            .fd()
+            .try_clone()
+            .map_err(|e| format!("PROPAGATE_SOCKETS: {e}"))?;
+        let msg: &mut SkMsg =
+            program(&mut self.ebpf, "propagate_msg").map_err(|e| e.to_string())?;
+        msg.load().map_err(|e| format!("loading sk_msg: {e}"))?;
+        msg.attach(&fd)
+            .map_err(|e| format!("attaching sk_msg: {e}"))?;
+        let ops: &mut SockOps =
+            program(&mut self.ebpf, "propagate_sockops").map_err(|e| e.to_string())?;
+        ops.load().map_err(|e| format!("loading sockops: {e}"))?;
+        // A cgroup link (what aya makes on 5.7+, and the probes need 5.17+) always runs beside
+        // the cgroup's other programs; link_create refuses the multi flag itself (EINVAL).
+        ops.attach(dir, CgroupAttachMode::Single).map_err(|e| {
+            format!(
+                "attaching sockops to {}: {}",
+                cgroup.display(),
+                crate::probes::chain(&e)
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Whether the trace-context writer is attached, or why not.
+    pub fn propagate(&self) -> Result<(), &str> {
+        self.propagate.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// Whether the TLS programs are loaded, or why not.
@@ -453,7 +531,12 @@ impl Probes {
             sk_v6_saddr_off: self.sock_offsets.v6_saddr,
             sk_net_off: self.sock_offsets.net,
             net_inum_off: self.sock_offsets.net_inum,
-            features: if self.tls.is_ok() { feature::TLS } else { 0 },
+            features: if self.tls.is_ok() { feature::TLS } else { 0 }
+                | if self.propagate.is_ok() {
+                    feature::PROPAGATE
+                } else {
+                    0
+                },
             _pad: [0; 2],
         };
         if let Some(comm) = &opts.comm {
@@ -565,4 +648,16 @@ impl Probes {
         }
         out
     }
+}
+
+/// An error with its causes, for a one-line message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

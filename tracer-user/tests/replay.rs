@@ -173,7 +173,7 @@ fn connections(recs: &[Vec<u8>]) -> Vec<(ConnId, u32)> {
             let (id, starts) = match Event::parse(r).expect("the fixture's records parse") {
                 Event::Conn(c) => (c.id, true),
                 Event::Data(d) => (d.id, false),
-                Event::Close { id, .. } => (id, false),
+                Event::Close { id, .. } | Event::Context { id, .. } => (id, false),
             };
             let n = carried.entry(id).or_default();
             *n += u32::from(starts);

@@ -5,6 +5,7 @@ mod code;
 mod go_tls;
 mod rw;
 mod sock;
+mod propagate;
 mod socket;
 mod tls;
 mod vectored;

@@ -2,7 +2,7 @@
 //! Both decoders take the same input: one chunk per syscall, framed by real byte counts.
 use std::borrow::Cow;
 
-use crate::context::TraceContext;
+use crate::context::{TraceContext, Written};
 
 pub mod headers;
 pub mod http1;
@@ -81,4 +81,6 @@ pub struct Opened {
     /// When the head's first bytes moved.
     pub ts: u64,
     pub context: Option<TraceContext>,
+    /// The ids the probes wrote into this request (set by the connection table).
+    pub written: Option<Written>,
 }

@@ -19,7 +19,10 @@ use tracer_common::counter;
 use super::{TICK, Update, batch::Batch};
 use crate::{
     conntrack::TableOptions,
-    metrics::{Counter, Health, RecordDrop, RecordDrops, Registry, monotonic_s},
+    metrics::{
+        ContextOutcome, Counter, Health, RecordDrop, RecordDrops, Registry, context_outcomes,
+        monotonic_s,
+    },
     probes::Probes,
 };
 
@@ -307,9 +310,20 @@ impl KernelMetrics {
                 ("kernel_fd_reused", "Connections ended because their fd was reused by a new socket before their close was seen", counter::FD_REUSED),
                 ("kernel_tls_no_socket", "TLS calls whose plaintext was not traced because the library moved its encrypted bytes itself (a memory BIO), so their socket is unknown", counter::TLS_NO_SOCKET),
                 ("kernel_probe_errors", "Syscalls and TLS calls a probe could not read the arguments of (not followed; --kernel-log debug names them)", counter::PROBE_ARGS),
+                ("trace_context_sockets_busy", "Client sockets of traced processes that got no trace context because another socket-map program (a CNI's) owns them (--propagate)", counter::PROPAGATE_SOCKET_BUSY),
             ]
             .into_iter()
             .map(|(name, help, idx)| (reg.counter(name, help), idx))
+            .chain(context_outcomes(reg).into_iter().map(|(o, c)| {
+                let idx = match o {
+                    ContextOutcome::Written => counter::PROPAGATE_WRITTEN,
+                    ContextOutcome::HasContext => counter::PROPAGATE_HAS_CONTEXT,
+                    ContextOutcome::HeadSplit => counter::PROPAGATE_SPLIT,
+                    ContextOutcome::UnsafeFraming => counter::PROPAGATE_UNSAFE,
+                    ContextOutcome::NoRoom => counter::PROPAGATE_NO_ROOM,
+                };
+                (c, idx)
+            }))
             .collect(),
         )
     }

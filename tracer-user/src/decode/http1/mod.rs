@@ -716,6 +716,7 @@ impl Http1Conn {
                         tid: h.tid,
                         ts: h.ts_start,
                         context: TraceContext::from_headers(&headers),
+                        written: None,
                     });
                 }
                 self.push_slot(Some(PendingReq {

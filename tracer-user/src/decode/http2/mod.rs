@@ -752,6 +752,7 @@ impl H2Conn {
                 tid: self.tid,
                 ts: b.ts_start,
                 context: TraceContext::from_headers(&fields.kept),
+                written: None,
             });
             let s = Stream {
                 role,
