@@ -95,7 +95,8 @@ impl Scan {
         if named(b"traceparent:") {
             self.has_context = 1;
             self.context_at = (i + 1 + 12) as u32;
-            return false;
+            // On to the head's end: the body's length says where the next request starts.
+            return true;
         }
         if named(b"transfer-encoding:") {
             self.chunked = 1;
@@ -148,7 +149,26 @@ impl Scan {
         }
         Verdict::Write
     }
+
+    /// Body bytes of this request still to come in later writes of `size`-byte message's
+    /// connection, or None when where the next request starts cannot be known (a chunked
+    /// body, a head that did not end, more than one request): the connection is then left
+    /// alone for good, so a body is never taken for a head.
+    pub fn body_left(&self, size: u64) -> Option<u64> {
+        if self.malformed != 0 || self.head_end == 0 || self.chunked != 0 {
+            return None;
+        }
+        let body = if self.content_length == NO_LENGTH {
+            0
+        } else {
+            self.content_length
+        };
+        body.checked_sub(size.saturating_sub(self.head_end as u64))
+    }
 }
+
+/// Body bytes left of a connection that is left alone for good (the probes' per-socket value).
+pub const LOST: u64 = u64::MAX;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -286,6 +306,20 @@ mod tests {
         assert_eq!(scan(two).verdict(two.len() as u64), Verdict::Unsafe);
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
         assert_eq!(scan(chunked).verdict(chunked.len() as u64), Verdict::Unsafe);
+    }
+
+    #[test]
+    fn the_body_left_says_where_the_next_request_starts() {
+        let m = b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nhello";
+        assert_eq!(scan(m).body_left(m.len() as u64), Some(5));
+        let m = b"GET / HTTP/1.1\r\ntraceparent: 00-1-2-01\r\n\r\n";
+        assert_eq!(scan(m).body_left(m.len() as u64), Some(0));
+        let two = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(scan(two).body_left(two.len() as u64), None);
+        let m = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(m).body_left(m.len() as u64), None);
+        let m = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(scan(m).body_left(m.len() as u64), None);
     }
 
     #[test]

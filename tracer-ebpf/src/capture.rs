@@ -9,9 +9,10 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use tracer_common::{
     CloseEvent, CodeEvent, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
-    MAX_CAPTURE, MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, feature,
+    MAX_CAPTURE, MAX_IOV, NO_FRAME, SockAddr, WIRE_VERSION, conn_flags, counter, direction,
+    feature,
     h2::{FrameHeader, Rules},
-    direction, kind, protocol, role, syscall,
+    kind, protocol, role, syscall,
 };
 
 use crate::{

@@ -192,3 +192,8 @@ pub static THREAD_TRACES: LruHashMap<u64, ThreadTrace> = LruHashMap::with_max_en
 /// The head being scanned and the line being written (too large for the stack).
 #[map]
 pub static HEAD: PerCpuArray<crate::propagate::Head> = PerCpuArray::with_max_entries(1, 0);
+/// Request body bytes still to come on each client socket of `PROPAGATE_SOCKETS` (by
+/// `struct sock *`), or `propagate::LOST` for a socket left alone: a write is only read as a head
+/// where a request starts.
+#[map]
+pub static BODY_LEFT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);

@@ -6,16 +6,14 @@
 //! DATA record of those bytes. Any failure sends the bytes as the application wrote them.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_sock_ops},
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, generated,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, generated},
     programs::{SkMsgContext, SockOpsContext},
 };
 use core::ffi::c_void;
 use tracer_common::{
     ContextEvent, Injected, ThreadTrace, counter, direction, feature, kind,
     propagate::{
-        HEAD_MAX, HEADER_LEN, Scan, TRACEPARENT_FLAGS, Verdict, header, traceparent_at,
+        HEAD_MAX, HEADER_LEN, LOST, Scan, TRACEPARENT_FLAGS, Verdict, header, traceparent_at,
         traceparent_byte,
     },
 };
@@ -24,8 +22,8 @@ use crate::{
     capture::{header_now, is_request, output_record},
     filter::{config, traced},
     maps::{
-        CONNECTING, HEAD, INJECTED, PROPAGATE_SOCKETS, SCRATCH, SyscallArgs, THREAD_TRACES,
-        count,
+        BODY_LEFT, CONNECTING, HEAD, INJECTED, PROPAGATE_SOCKETS, SCRATCH, SyscallArgs,
+        THREAD_TRACES, count,
     },
 };
 
@@ -79,6 +77,9 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
                 return;
             }
             let _ = CONNECTING.remove(&cookie);
+            // A new socket at an old one's address starts with nothing known.
+            // SAFETY: the program's context.
+            let _ = BODY_LEFT.remove(&(unsafe { (*ops).__bindgen_anon_2.sk } as u64));
             let mut key = cookie;
             // SAFETY: the program's own context, as the helper wants it.
             let ops: &mut bpf_sock_ops = unsafe { &mut *ops };
@@ -104,23 +105,25 @@ extern "C" fn scan_byte(i: u64, _ctx: *mut c_void) -> i64 {
     let h = unsafe { &mut *h };
     let len = (h.len as usize) & (HEAD_MAX * 2 - 1);
     let buf = &h.buf;
-    let go = h
-        .scan
-        .step(i as usize, len, |j| buf[j & (HEAD_MAX - 1)]);
+    let go = h.scan.step(i as usize, len, |j| buf[j & (HEAD_MAX - 1)]);
     if go { 0 } else { 1 }
 }
 
 /// Copies `n` bytes at `src` (kernel memory) into the head buffer and scans them.
+///
+/// `h` stays a raw pointer across `bpf_loop`, here and in every caller: the callback writes
+/// the same map value through its own pointer, and a `&mut` held over the call lets the
+/// compiler assume nothing changed (it read the results as they were before the loop).
 #[inline(always)]
-fn scan_head(h: &mut Head, src: *const u8, n: u64) -> bool {
+fn scan_head(h: *mut Head, src: *const u8, n: u64) -> bool {
     let n = unsafe { core::ptr::read_volatile(&n) };
     if n > HEAD_MAX as u64 || n == 0 {
         return false;
     }
-    // SAFETY: reads kernel memory; the size is bounded by the buffer.
+    // SAFETY: reads kernel memory into the map value; the size is bounded by the buffer.
     if unsafe {
         generated::bpf_probe_read_kernel(
-            h.buf.as_mut_ptr().cast::<c_void>(),
+            (*h).buf.as_mut_ptr().cast::<c_void>(),
             n as u32,
             src.cast::<c_void>(),
         )
@@ -128,8 +131,11 @@ fn scan_head(h: &mut Head, src: *const u8, n: u64) -> bool {
     {
         return false;
     }
-    h.len = n;
-    h.scan = Scan::new();
+    // SAFETY: a per-CPU map value, used by one program run at a time on this CPU.
+    unsafe {
+        (*h).len = n;
+        (*h).scan = Scan::new();
+    }
     let cb = scan_byte as extern "C" fn(u64, *mut c_void) -> i64;
     // SAFETY: the callback only touches per-CPU map values.
     unsafe { generated::bpf_loop(n as u32, cb as *mut c_void, core::ptr::null_mut(), 0) };
@@ -137,7 +143,9 @@ fn scan_head(h: &mut Head, src: *const u8, n: u64) -> bool {
 }
 
 /// The `sk_msg` verdict on one write of a socket in `PROPAGATE_SOCKETS`: always pass; the
-/// bytes may have gained a `traceparent` line.
+/// bytes may have gained a `traceparent` line. A write is only looked at where a request
+/// must start: `BODY_LEFT` follows each connection's request bodies, and a connection whose
+/// framing is not known (not HTTP/1, pipelined, chunked, a split head) is left alone for good.
 #[inline(always)]
 pub fn on_msg(ctx: &SkMsgContext) {
     if !enabled() {
@@ -149,8 +157,25 @@ pub fn on_msg(ctx: &SkMsgContext) {
     }
     let msg = ctx.msg;
     let size = ctx.size() as u64;
-    if size < 16 {
-        return;
+    // SAFETY: the program's context.
+    // By socket address (sk_msg has no cookie helper): `sockops` clears it for a new socket.
+    let cookie = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    // SAFETY: map value pointer, valid for this program run.
+    if let Some(left) = BODY_LEFT.get_ptr_mut(&cookie).map(|p| unsafe { &mut *p }) {
+        if *left == LOST {
+            return;
+        }
+        if *left >= size {
+            // All body.
+            *left -= size;
+            if *left == 0 {
+                let _ = BODY_LEFT.remove(&cookie);
+            }
+            return;
+        }
+        // The rest of a body, then more: a request that does not start the write.
+        *left = LOST;
+        return count(counter::PROPAGATE_UNSAFE);
     }
     let want = if size > HEAD_MAX as u64 {
         HEAD_MAX as u64
@@ -160,33 +185,51 @@ pub fn on_msg(ctx: &SkMsgContext) {
     // SAFETY: the program's context. Makes the first `want` bytes one flat run (a no-op when
     // they already are).
     if unsafe { generated::bpf_msg_pull_data(msg, 0, want as u32, 0) } != 0 {
-        return;
+        return lose(cookie, counter::PROPAGATE_NO_ROOM);
     }
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + 8 > end {
-        return;
+        return lose(cookie, counter::PROPAGATE_SPLIT);
     }
     // SAFETY: bounds checked just above.
     let first = unsafe { core::ptr::read_unaligned(data as *const u64) };
     if !is_request(first) {
+        // Not HTTP/1 (HTTP/2, another protocol): nothing to do on this connection.
+        let _ = BODY_LEFT.insert(&cookie, &LOST, 0);
         return;
     }
     let Some(h) = HEAD.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: per-CPU map value, used by one program run at a time on this CPU.
-    let h = unsafe { &mut *h };
     let have = (end - data) as u64;
     if !scan_head(h, data as *const u8, if have > want { want } else { have }) {
-        return;
+        return lose(cookie, counter::PROPAGATE_SPLIT);
     }
-    match h.scan.verdict(size) {
-        Verdict::Write => {}
-        Verdict::HasContext => return count(counter::PROPAGATE_HAS_CONTEXT),
-        Verdict::Split => return count(counter::PROPAGATE_SPLIT),
-        Verdict::Unsafe => return count(counter::PROPAGATE_UNSAFE),
+    // SAFETY: per-CPU map value, used by one program run at a time on this CPU.
+    let h = unsafe { &mut *h };
+    let verdict = h.scan.verdict(size);
+    match h.scan.body_left(size) {
+        Some(0) => {}
+        Some(n) => {
+            let _ = BODY_LEFT.insert(&cookie, &n, 0);
+        }
+        None => {
+            let _ = BODY_LEFT.insert(&cookie, &LOST, 0);
+        }
     }
-    write(ctx, h, id);
+    match verdict {
+        Verdict::Write => write(ctx, h, id),
+        Verdict::HasContext => count(counter::PROPAGATE_HAS_CONTEXT),
+        Verdict::Split => count(counter::PROPAGATE_SPLIT),
+        Verdict::Unsafe => count(counter::PROPAGATE_UNSAFE),
+    }
+}
+
+/// This connection is left alone from now on, for `why`.
+#[inline(always)]
+fn lose(cookie: u64, why: u32) {
+    let _ = BODY_LEFT.insert(&cookie, &LOST, 0);
+    count(why);
 }
 
 /// Writes the line at the end of the request line and leaves the ids for the socket hook.
@@ -208,22 +251,26 @@ fn write(ctx: &SkMsgContext, h: &mut Head, id: u64) {
     random_into(&mut inj.span_id);
     header(&inj.trace_id, &inj.span_id, inj.flags, &mut h.line);
     let at = h.scan.line_end;
-    if ctx.push_data(at, HEADER_LEN as u32, 0).is_err() {
+    let head_end = h.scan.head_end + HEADER_LEN as u32;
+    if at as usize >= HEAD_MAX || ctx.push_data(at, HEADER_LEN as u32, 0).is_err() {
         return count(counter::PROPAGATE_NO_ROOM);
     }
+    // The whole head, line included, made one flat run: the room pushed is a piece of its own,
+    // which TCP could send as a segment of its own, and a server reading the head in two
+    // pieces is harder on everyone (the probes on its side read a head per read).
     // SAFETY: the program's context.
-    let pulled =
-        unsafe { generated::bpf_msg_pull_data(ctx.msg, at, at + HEADER_LEN as u32, 0) } == 0;
+    let pulled = unsafe { generated::bpf_msg_pull_data(ctx.msg, 0, head_end, 0) } == 0;
     let (data, end) = (ctx.data(), ctx.data_end());
-    if !pulled || data + HEADER_LEN > end {
+    let start = data + (at as usize & (HEAD_MAX - 1));
+    if !pulled || start + HEADER_LEN > end {
         // Take the room back out: the bytes go as they were written.
         let _ = ctx.pop_data(at, HEADER_LEN as u32, 0);
         return count(counter::PROPAGATE_NO_ROOM);
     }
-    let out = data as *mut u8;
+    let out = start as *mut u8;
     let mut i = 0;
     while i < HEADER_LEN {
-        // SAFETY: `data + HEADER_LEN <= end` was checked.
+        // SAFETY: `start + HEADER_LEN <= end` was checked.
         unsafe { *out.add(i) = h.line[i] };
         i += 1;
     }
@@ -289,8 +336,8 @@ pub fn follow_thread(direction_of: u8) {
     let (Some(rec), Some(h)) = (SCRATCH.get_ptr_mut(0), HEAD.get_ptr_mut(0)) else {
         return;
     };
-    // SAFETY: per-CPU map values, used by one program run at a time on this CPU.
-    let (rec, h) = unsafe { (&*rec, &mut *h) };
+    // SAFETY: per-CPU map value, used by one program run at a time on this CPU.
+    let rec = unsafe { &*rec };
     let captured = rec.event.captured as u64;
     if captured < 8 {
         return;
@@ -300,35 +347,46 @@ pub fn follow_thread(direction_of: u8) {
     if !is_request(first) {
         return;
     }
-    let n = if captured > HEAD_MAX as u64 { HEAD_MAX as u64 } else { captured };
+    let n = if captured > HEAD_MAX as u64 {
+        HEAD_MAX as u64
+    } else {
+        captured
+    };
     if !scan_head(h, rec.payload.as_ptr(), n) {
         return;
     }
-    if !incoming_trace(h) {
-        random_into(&mut h.thread.trace_id);
-        h.thread.flags = 1;
+    let parsed = incoming_trace(h);
+    // SAFETY: as above; no loop runs from here on.
+    let t = unsafe { &mut (*h).thread };
+    if !parsed {
+        random_into(&mut t.trace_id);
+        t.flags = 1;
     }
-    let _ = THREAD_TRACES.insert(&id, &h.thread, 0);
+    let _ = THREAD_TRACES.insert(&id, t, 0);
 }
 
 /// Reads the scanned head's `traceparent` into `h.thread`, one byte per loop turn (an
 /// unrolled parse spilled its digits to the stack, which the capture's call chain cannot
 /// spare). `false` when it has none or an invalid one.
 #[inline(always)]
-fn incoming_trace(h: &mut Head) -> bool {
-    if h.scan.context_at == 0 {
-        return false;
+fn incoming_trace(h: *mut Head) -> bool {
+    {
+        // SAFETY: per-CPU map value; this borrow ends before the loop.
+        let h = unsafe { &mut *h };
+        if h.scan.context_at == 0 {
+            return false;
+        }
+        let len = (h.len as usize) & (HEAD_MAX * 2 - 1);
+        let buf = &h.buf;
+        let at = h.scan.context_at as usize;
+        let Some(v) = traceparent_at(at, len, |j| buf[j & (HEAD_MAX - 1)]) else {
+            return false;
+        };
+        h.value_at = v as u32;
+        h.trace_any = 0;
+        h.span_any = 0;
+        h.bad = 0;
     }
-    let len = (h.len as usize) & (HEAD_MAX * 2 - 1);
-    let buf = &h.buf;
-    let Some(v) = traceparent_at(h.scan.context_at as usize, len, |j| buf[j & (HEAD_MAX - 1)])
-    else {
-        return false;
-    };
-    h.value_at = v as u32;
-    h.trace_any = 0;
-    h.span_any = 0;
-    h.bad = 0;
     let cb = traceparent_digit as extern "C" fn(u64, *mut c_void) -> i64;
     // SAFETY: the callback only touches per-CPU map values.
     unsafe {
@@ -339,7 +397,8 @@ fn incoming_trace(h: &mut Head) -> bool {
             0,
         )
     };
-    h.bad == 0 && h.trace_any != 0 && h.span_any != 0
+    // SAFETY: as above, read after the loop wrote them.
+    unsafe { (*h).bad == 0 && (*h).trace_any != 0 && (*h).span_any != 0 }
 }
 
 /// Byte `k` of the `traceparent` value (`bpf_loop` callback). 1 stops the loop.

@@ -3,9 +3,9 @@
 //! `socket`, `vectored`); `tls`, `go_tls` and `code` follow TLS libraries, with either.
 mod code;
 mod go_tls;
+mod propagate;
 mod rw;
 mod sock;
-mod propagate;
 mod socket;
 mod tls;
 mod vectored;
