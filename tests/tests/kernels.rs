@@ -112,6 +112,13 @@ fn boot_and_trace(package: &str) {
         .find_map(|l| l.split_once("kernel hooks: ").map(|(_, h)| h))
         .unwrap_or("(none: the probes did not attach)");
     println!("{package}: hooks: {hooks}");
+    // Optional, so reported rather than asserted: whether this kernel takes the writer.
+    if let Some(l) = check
+        .iter()
+        .find(|l| l.contains("--propagate") && !l.contains("HTTP/2"))
+    {
+        println!("{package}: {l}");
+    }
     assert!(
         check.iter().all(|l| !l.starts_with("FAIL"))
             && check.last() == Some(&"tracing can work on this host"),

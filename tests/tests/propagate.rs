@@ -50,7 +50,13 @@ impl Nodes {
         nodes
     }
 
+    /// `prog args` in namespace `ns` (the host's when empty).
     fn exec(ns: &str, prog: &Path, args: &[&str]) -> Command {
+        if ns.is_empty() {
+            let mut c = Command::new(prog);
+            c.args(args);
+            return c;
+        }
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).arg(prog).args(args);
         c
@@ -411,4 +417,63 @@ fn one_trace_across_two_tracers() {
         (&fwd_server.trace_id, &fwd_server.span_id)
     );
     assert_eq!(span(&r.spans, "CLIENT", "/fwd").trace_id, trace);
+}
+
+/// A socket that another socket-map program already owns (what a CNI's socket acceleration
+/// does) cannot join ours: its request goes as the other program leaves it, ours is counted.
+/// A second tracer writing trace context for the same process stands for that program.
+#[test]
+fn a_socket_another_socket_map_owns_is_left_to_it_and_counted() {
+    let Some(_g) = setup() else { return };
+    let dir = TempDir::new("propagate-busy");
+    let pyclient = python_as(&dir, "pyclient");
+    let port = free_port();
+    let server = Recorder::start(
+        "",
+        &python().unwrap(),
+        "127.0.0.1",
+        port,
+        dir.join("got.jsonl"),
+    );
+    let args = ["--comm", "pyclient", "--propagate"];
+    let (first, second) = (Tracer::start(&args), Tracer::start(&args));
+    let call = format!(
+        "import socket; s = socket.create_connection(('127.0.0.1', {port})); \
+         s.sendall(b'GET /one HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); \
+         print(s.recv(100))"
+    );
+    let out = Command::new(&pyclient)
+        .args(["-c", &call])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = |t: &Tracer| {
+        let m = t.admin("GET", "/metrics").1;
+        (
+            series_sum(
+                &m,
+                "tracer_trace_context_requests_total",
+                &[("outcome", "written")],
+            ),
+            metric(&m, "tracer_trace_context_sockets_busy_total").unwrap_or(0.0),
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (a, b) = (counts(&first), counts(&second));
+            a.0 + b.0 == 1.0 && a.1 + b.1 == 1.0
+        }),
+        "one writer should have written, the other counted the socket as taken: {:?} {:?}",
+        counts(&first),
+        counts(&second)
+    );
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0]);
+    assert_eq!(text.matches("traceparent:").count(), 1, "{text}");
+    drop((first.stop(), second.stop()));
 }

@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use crate::probes::{
-    Hooks, ProbeOptions, Probes, SOCKET_HOOKS, TRACEFS, TRACEPOINTS, ensure_tracefs,
+    Hooks, ProbeOptions, Probes, SOCKET_HOOKS, TRACEFS, TRACEPOINTS, cgroup2_root, ensure_tracefs,
     socket_hooks_present,
 };
 
@@ -112,7 +112,14 @@ pub fn run_checks() -> Vec<Finding> {
             ),
         ));
     }
-    match Probes::attach(&ProbeOptions::default()) {
+    // Attached but never configured: every probe returns at once, so checking changes no
+    // byte of anyone's traffic, the trace-context writer's included.
+    let cgroup = cgroup2_root();
+    let opts = ProbeOptions {
+        propagate: Some(cgroup.clone()),
+        ..ProbeOptions::default()
+    };
+    match Probes::attach_inert(&opts) {
         Ok(p) => {
             let n = match p.hooks() {
                 Hooks::Socket => SOCKET_HOOKS.len(),
@@ -139,6 +146,7 @@ pub fn run_checks() -> Vec<Finding> {
                 ),
             });
             out.extend(tls_findings(Path::new("/proc")));
+            out.extend(propagate_findings(p.propagate(), &cgroup));
         }
         Err(e) => out.push(finding(
             false,
@@ -146,6 +154,51 @@ pub fn run_checks() -> Vec<Finding> {
             e.to_string(),
         )),
     }
+    out
+}
+
+/// Whether `--propagate` can write trace context here, and what may stand in its way. It is
+/// optional, so these never fail the check.
+fn propagate_findings(attached: Result<(), &str>, cgroup: &Path) -> Vec<Finding> {
+    let mut out = vec![finding(
+        true,
+        match attached {
+            Ok(()) => format!(
+                "--propagate can write trace context: sockops attaches to cgroup v2 at {} and sk_msg to its socket map",
+                cgroup.display()
+            ),
+            Err(e) => format!(
+                "--propagate is not available here, requests would go unchanged: {e} (it needs cgroup v2 and sockops/sk_msg programs, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER)"
+            ),
+        },
+        "",
+    )];
+    // Socket-map programs of others: a socket belongs to one socket map's programs, so those
+    // a CNI (Cilium's socket acceleration, say) puts in its own map get no trace context.
+    const SOCK_OPS: u32 = 13;
+    const SK_SKB: u32 = 14;
+    const SK_MSG: u32 = 16;
+    let others: Vec<String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| [SOCK_OPS, SK_SKB, SK_MSG].contains(&(p.program_type() as u32)))
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| !n.starts_with("propagate_"))
+        .collect();
+    if !others.is_empty() {
+        out.push(finding(
+            true,
+            format!(
+                "other socket-map programs are loaded ({}): sockets they own get no trace context (tracer_trace_context_sockets_busy_total counts them); give --propagate a cgroup they do not cover, or turn off the CNI's socket acceleration for those workloads",
+                others.join(", ")
+            ),
+            "",
+        ));
+    }
+    out.push(finding(
+        true,
+        "--propagate rewrites HTTP/1.x requests only: HTTP/2 and gRPC requests are sent as written (see docs/ARCHITECTURE.md, \"Trace context on the wire\")",
+        "",
+    ));
     out
 }
 
