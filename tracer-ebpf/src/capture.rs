@@ -130,6 +130,13 @@ pub(crate) fn is_request(head: u64) -> bool {
     s.protocol == protocol::HTTP1 && s.first == First::Request
 }
 
+/// Whether a message's first 8 bytes start an HTTP/1 response.
+#[inline(always)]
+pub(crate) fn is_response(head: u64) -> bool {
+    let s = classify(head);
+    s.protocol == protocol::HTTP1 && s.first == First::Response
+}
+
 /// A small record of this thread, now.
 #[inline(always)]
 pub(crate) fn output_record<T>(rec: &T) {
@@ -459,7 +466,7 @@ fn follow(args: &SyscallArgs, ret: i64, state: &mut ConnState) {
         crate::propagate::report(args, state.seq[1]);
     }
     emit(args, ret, state);
-    if propagate && state.role == role::ACCEPTED {
+    if propagate && state.role != role::CONNECTED {
         crate::propagate::follow_thread(args.direction);
     }
 }

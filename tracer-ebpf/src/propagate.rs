@@ -19,7 +19,7 @@ use tracer_common::{
 };
 
 use crate::{
-    capture::{header_now, is_request, output_record},
+    capture::{header_now, is_request, is_response, output_record},
     filter::{config, traced},
     maps::{
         BODY_LEFT, CONNECTING, HEAD, INJECTED, PROPAGATE_SOCKETS, SCRATCH, SyscallArgs,
@@ -323,16 +323,14 @@ pub fn report(args: &SyscallArgs, seq: u32) {
     output_record(&ev);
 }
 
-/// Capture side, server connections, after the DATA record was built in the scratch: a
-/// thread that reads a request head serves that request until it writes a response head; its
-/// outgoing requests continue the request's trace (its `traceparent`'s, or a new one).
+/// Capture side, connections not known to be a client's, after the DATA record was built in
+/// the scratch: a thread that reads a request head serves that request until it writes a
+/// response head; its outgoing requests continue the request's trace (its `traceparent`'s, or
+/// a new one). Judged by the bytes, since a connection the syscall hooks did not see accepted
+/// (its server was already waiting in `accept` when they attached) has no role.
 #[inline(never)]
 pub fn follow_thread(direction_of: u8) {
     let id = bpf_get_current_pid_tgid();
-    if direction_of == direction::EGRESS {
-        let _ = THREAD_TRACES.remove(&id);
-        return;
-    }
     let (Some(rec), Some(h)) = (SCRATCH.get_ptr_mut(0), HEAD.get_ptr_mut(0)) else {
         return;
     };
@@ -344,6 +342,12 @@ pub fn follow_thread(direction_of: u8) {
     }
     // SAFETY: the payload holds at least 8 bytes.
     let first = unsafe { core::ptr::read_unaligned(rec.payload.as_ptr().cast::<u64>()) };
+    if direction_of == direction::EGRESS {
+        if is_response(first) {
+            let _ = THREAD_TRACES.remove(&id);
+        }
+        return;
+    }
     if !is_request(first) {
         return;
     }
