@@ -17,6 +17,10 @@ Parts (--only, comma-separated; default all; `nginx` = pinned,unpinned):
   tls        the pinned run over HTTPS (nginx `ssl`, wrk's OpenSSL, keep-alive): what the TLS
              uprobes add per request, traced, and with `--pid 1` (the uprobes still fire in
              every process that uses the library; the probe returns at once).
+  propagate  what `--propagate` costs the traced client: wrk -t1 -c16 -> nginx, both on CPU 0,
+             tracer + rotel on CPU 1; wrk traced (`--comm wrk`) without and with `--propagate`
+             in each round (so the difference is the writer alone): wrk CPU per request, the
+             throughput ratio, and how many requests got a traceparent.
   h2load     h2load bursts against nghttpd (h2c) traced (`--pid <nghttpd>`), exporting to rotel:
              -n 2000 x3 then -n 4000 x5 back to back (-c4 -m50), drain, then one -n 50000 burst:
              spans built / exported / dropped, kernel records lost, throughput vs the same
@@ -37,11 +41,11 @@ from benchlib import (  # noqa: E402
 from h2load import h2load, start_nghttpd  # noqa: E402
 from load import nginx_pair, start_nginx, wrk  # noqa: E402
 
-PARTS = ["syscalls", "pinned", "unpinned", "tls", "h2load", "criterion"]
+PARTS = ["syscalls", "pinned", "unpinned", "tls", "propagate", "h2load", "criterion"]
 ALIASES = {"nginx": ["pinned", "unpinned"], "all": PARTS}
 TOOLS = {"syscalls": ["dd", "taskset"], "pinned": ["nginx", "wrk", "taskset", "pgrep"],
          "unpinned": ["nginx", "wrk", "pgrep"], "tls": ["nginx", "wrk", "taskset", "pgrep", "openssl"],
-         "h2load": ["nghttpd", "h2load"],
+         "propagate": ["nginx", "wrk", "taskset", "pgrep"], "h2load": ["nghttpd", "h2load"],
          "criterion": ["cargo"]}
 
 
@@ -216,6 +220,65 @@ def part_nginx(a, tmp, pinned, tls=False):
     return out
 
 
+# --- trace context on the wire ------------------------------------------------------------
+
+def part_propagate(a, tmp):
+    cpus = all_cpus()
+    if len(cpus) < 2:
+        raise BenchError("the propagate run needs 2 CPUs")
+    load_cpus, side_cpus = [cpus[0]], [cpus[1]]
+    port = free_port()
+    nginx, workers = start_nginx(port, tempfile.mkdtemp(dir=tmp, prefix="nginx-"))
+    collector, gport = start_collector(tmp, side_cpus)
+
+    def load():
+        # wrk is the process whose requests are rewritten: its own CPU (a waited-for child).
+        before = os.times()
+        r = wrk(port, a.duration, a.connections, 1, cpus=load_cpus)
+        after = os.times()
+        r["wrk_cpu"] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        return r
+
+    rounds = []
+    try:
+        for w in [nginx.pid] + workers:
+            pin(w, load_cpus)
+        wrk(port, 2, a.connections, 1, cpus=load_cpus)  # warm-up
+        for i in range(a.rounds):
+            log(f"propagate round {i + 1}/{a.rounds}: untraced, wrk traced, wrk traced with --propagate")
+            base = load()
+            runs = {}
+            for name, extra in [("traced", []), ("propagate", ["--propagate"])]:
+                with Tracer(a.tracer, ["--comm", "wrk"] + extra + otlp_grpc(gport), tmp, cpus=side_cpus) as t:
+                    r = run_loaded(t, load)
+                    r["counters"] = t.final
+                runs[name] = r
+            t_, p_ = runs["traced"]["load"], runs["propagate"]["load"]
+            after = runs["propagate"]["after"]
+            written = after.get('trace_context_requests_total{outcome="written"}', 0)
+            rounds.append({
+                "untraced_rps": round(base["rps"]), "traced_rps": round(t_["rps"]),
+                "propagate_rps": round(p_["rps"]),
+                "throughput_ratio_propagate_vs_traced": p_["rps"] / t_["rps"],
+                "throughput_ratio_propagate_vs_untraced": p_["rps"] / base["rps"],
+                "wrk_cpu_us_per_req_untraced": 1e6 * base["wrk_cpu"] / base["requests"],
+                "wrk_cpu_us_per_req_traced": 1e6 * t_["wrk_cpu"] / t_["requests"],
+                "wrk_cpu_us_per_req_propagate": 1e6 * p_["wrk_cpu"] / p_["requests"],
+                "requests_propagate": p_["requests"], "written": written,
+                "written_ratio": written / p_["requests"] if p_["requests"] else None,
+            })
+            f = rounds[-1]
+            f["wrk_cpu_us_per_req_added_by_propagate"] = f["wrk_cpu_us_per_req_propagate"] - f["wrk_cpu_us_per_req_traced"]
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        collector.terminate()
+        nginx.wait(10)
+        collector.wait(10)
+    med = {k: rnd(median([r[k] for r in rounds]), 4) for k in rounds[0] if rounds[0][k] is not None}
+    return {"layout": f"nginx + wrk -t1 -c{a.connections} on CPU {load_cpus[0]}, tracer + rotel on CPU {side_cpus[0]}",
+            "duration_s": a.duration, "rounds": a.rounds, "median": med, "per_round": rounds}
+
+
 # --- 4. h2load bursts ------------------------------------------------------------------------
 
 def part_h2load(a, tmp):
@@ -367,6 +430,23 @@ def report(res):
                      f"per syscall ({s['traced_cpu_s']} s; fastest runs {fmt(s['ns_added_per_syscall_traced_non_socket_fastest'], ' ns', 1, True)}, "
                      f"wall {fmt(s['ns_added_per_syscall_traced_non_socket_wall'], ' ns', 1, True)})"),
                 ]))
+    if "propagate" in res:
+        pr = res["propagate"]
+        if "error" in pr:
+            out.append(table("--propagate", [("error", "", pr["error"])]))
+        else:
+            m = pr["median"]
+            out.append(table(f"--propagate: {pr['layout']}, median of {pr['rounds']} rounds", [
+                ("wrk CPU per request", fmt(m["wrk_cpu_us_per_req_untraced"], " us"),
+                 f"untraced; traced {fmt(m['wrk_cpu_us_per_req_traced'], ' us')}, "
+                 f"with --propagate {fmt(m['wrk_cpu_us_per_req_propagate'], ' us')}"),
+                ("added by --propagate", fmt(m["wrk_cpu_us_per_req_added_by_propagate"], " us", 2, True),
+                 "per request, against wrk traced without it"),
+                ("throughput", fmt(m["throughput_ratio_propagate_vs_traced"]),
+                 f"with / without --propagate ({fmt(m['throughput_ratio_propagate_vs_untraced'])} of untraced)"),
+                ("requests written", fmt(m["written_ratio"], "", 4),
+                 f"{m['written']:,.0f} of {m['requests_propagate']:,.0f}"),
+            ]))
     for key, title in (("pinned", "nginx pinned"), ("unpinned", "nginx unpinned (contention included)"),
                        ("tls", "HTTPS nginx pinned")):
         if key not in res:
@@ -495,7 +575,7 @@ def main():
     runners = {"syscalls": part_syscalls, "pinned": lambda a, t: part_nginx(a, t, True),
                "unpinned": lambda a, t: part_nginx(a, t, False),
                "tls": lambda a, t: part_nginx(a, t, True, tls=True), "h2load": part_h2load,
-               "criterion": part_criterion}
+               "propagate": part_propagate, "criterion": part_criterion}
     for p in parts:
         print(f"==> {p}", file=sys.stderr, flush=True)
         t0 = time.time()
