@@ -51,3 +51,10 @@ env = b"http://collector:4318/\0http/protobuf\0" + b"\0".join([
     b"\x15delta", b"\x1660000", b"\xffOTEL_EXPORTER_OTLP_TRACES_ENDPOINT=collector:4317"])
 w('otel_env', 'all', env)
 w('otel_env', 'grpc', b"\0grpc\0\x02localhost:4317\0\x05grpc\0\x08false")
+# propagate: 8 bytes of write size (shifted down 40 bits by the target), then the head
+size = lambda n: struct.pack('<Q', n << 40)
+w('propagate', 'get', size(len(req)) + req)
+body_req = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+w('propagate', 'body_in_later_writes', size(len(body_req) + 10) + body_req + b"0123456789")
+w('propagate', 'pipelined', size(2 * len(rsp)) + b"GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+w('propagate', 'chunked', size(len(post)) + post)

@@ -247,6 +247,9 @@ pub struct ThreadTrace {
 pub struct Injected {
     /// The socket written to (`struct sock *`).
     pub sk: u64,
+    /// CLOCK_MONOTONIC when it was written: the syscall hooks, which do not know the socket,
+    /// take it only for a write that began before.
+    pub ts_ns: u64,
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub flags: u8,
@@ -518,7 +521,7 @@ mod tests {
         assert_eq!(size_of::<H2Walk>(), 20);
         assert_eq!(size_of::<ConnState>(), 24 + 8 + 8 + 4 + 2 * 20 + 4);
         assert_eq!(size_of::<ContextEvent>(), 24 + 8 + 16 + 8);
-        assert_eq!(size_of::<Injected>(), 8 + 16 + 8 + 8);
+        assert_eq!(size_of::<Injected>(), 8 + 8 + 16 + 8 + 8);
         assert_eq!(size_of::<ThreadTrace>(), 24);
     }
 }

@@ -106,9 +106,13 @@ impl Scan {
                 return false;
             }
             let mut v: u64 = 0;
+            // Constant bounds on both loops: older verifiers walk them and give up on a
+            // loop whose end depends on the bytes alone.
             let mut j = i + 1 + 15;
-            while j < len && at(j) == b' ' {
+            let mut spaces = 0;
+            while spaces < 8 && j < len && at(j) == b' ' {
                 j += 1;
+                spaces += 1;
             }
             let mut digits = 0;
             while j < len && digits < 19 && at(j).is_ascii_digit() {

@@ -6,7 +6,10 @@
 //! DATA record of those bytes. Any failure sends the bytes as the application wrote them.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_sock_ops},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated,
+    },
     programs::{SkMsgContext, SockOpsContext},
 };
 use core::ffi::c_void;
@@ -20,7 +23,7 @@ use tracer_common::{
 
 use crate::{
     capture::{header_now, is_request, is_response, output_record},
-    filter::{config, traced},
+    filter::{config, traced_pid},
     maps::{
         BODY_LEFT, CONNECTING, HEAD, INJECTED, PROPAGATE_SOCKETS, SCRATCH, SyscallArgs,
         THREAD_TRACES, count,
@@ -57,8 +60,10 @@ fn enabled() -> bool {
 
 /// A traced process connects a TCP socket (this runs in its `connect`): remembered by cookie
 /// until it is established (that callback may run in softirq, in no process of ours).
+/// `traced` is the filter: the whole one, or, where sockops may not read the command name
+/// (Linux 6.12), the pid filter alone, which then takes no socket while a `--comm` is set.
 #[inline(always)]
-pub fn on_sock_ops(ctx: &SockOpsContext) {
+pub fn on_sock_ops(ctx: &SockOpsContext, traced: impl Fn(u32) -> bool) {
     if !enabled() {
         return;
     }
@@ -152,7 +157,8 @@ pub fn on_msg(ctx: &SkMsgContext) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    if !traced((id >> 32) as u32) {
+    // Its connect passed the whole filter (`on_sock_ops`); this checks what a reload changed.
+    if !traced_pid((id >> 32) as u32) {
         return;
     }
     let msg = ctx.msg;
@@ -276,6 +282,8 @@ fn write(ctx: &SkMsgContext, h: &mut Head, id: u64) {
     }
     // SAFETY: the context's socket pointer, kept as a number to match the socket hook's.
     inj.sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
+    // SAFETY: no arguments.
+    inj.ts_ns = unsafe { bpf_ktime_get_ns() };
     let _ = INJECTED.insert(&id, &inj, 0);
     count(counter::PROPAGATE_WRITTEN);
 }
@@ -307,8 +315,8 @@ pub fn report(args: &SyscallArgs, seq: u32) {
         return;
     };
     let _ = INJECTED.remove(&id);
-    // The syscall hooks do not know the socket; one write per thread is in flight.
-    if args.sk != 0 && inj.sk != args.sk {
+    // The socket hooks know the socket; the syscall hooks know when the write began.
+    if (args.sk != 0 && inj.sk != args.sk) || (args.sk == 0 && inj.ts_ns < args.ts_enter) {
         return;
     }
     let ev = ContextEvent {
@@ -420,7 +428,11 @@ extern "C" fn traceparent_digit(k: u64, _ctx: *mut c_void) -> i64 {
         return 1;
     };
     if k < 16 {
-        h.thread.trace_id[k & 15] = b;
+        // The mask read back through a volatile load: otherwise the compiler drops it (k < 16
+        // is known here), and the 6.1 verifier, which lost the bound on this branch, refuses
+        // the store.
+        let i = unsafe { core::ptr::read_volatile(&k) } & 15;
+        h.thread.trace_id[i] = b;
         h.trace_any |= b;
     } else if k < TRACEPARENT_FLAGS {
         h.span_any |= b;

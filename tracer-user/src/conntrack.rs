@@ -780,6 +780,57 @@ mod tests {
     }
 
     #[test]
+    fn a_written_context_gives_the_client_span_its_ids() {
+        let w = Written {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            flags: 1,
+            from_thread: false,
+        };
+        let client = |t0: u64| {
+            vec![
+                encode::data(
+                    ID,
+                    (t0 / 100 - 1) as u32,
+                    Dir::Egress,
+                    (t0, t0 + 5),
+                    REQ.len() as u64,
+                    REQ,
+                    "curl",
+                ),
+                encode::data(
+                    ID,
+                    (t0 / 100 - 1) as u32,
+                    Dir::Ingress,
+                    (t0 + 20, t0 + 30),
+                    RESP.len() as u64,
+                    RESP,
+                    "curl",
+                ),
+            ]
+        };
+        let (mut t, m) = table(vec![]);
+        let mut recs = vec![encode::conn(ID, 1, Role::Connected, None, "curl")];
+        recs.push(encode::context(ID, 0, &w));
+        recs.extend(client(100));
+        // The next request wrote nothing: ids of its own.
+        recs.extend(client(200));
+        // Ids for a record that is not the next one (that one was lost): nobody takes them.
+        recs.push(encode::context(ID, 5, &w));
+        recs.extend(client(300));
+        recs.push(encode::close(ID, 400));
+        let spans = replay(&mut t, &recs);
+        assert_eq!(spans.len(), 3);
+        assert_eq!((spans[0].trace_id, spans[0].span_id), ([7; 16], [9; 8]));
+        assert!(
+            spans[1..]
+                .iter()
+                .all(|s| s.span_id != [9; 8] && s.trace_id != [7; 16])
+        );
+        assert_eq!(m.context_unmatched.get(), 1);
+    }
+
+    #[test]
     fn sequence_gap_discards_the_broken_exchange_only() {
         let (mut t, m) = table(vec![]);
         let mut recs = vec![encode::conn(ID, 1, Role::Accepted, None, "python3")];

@@ -377,6 +377,20 @@ pub mod encode {
         rec
     }
 
+    /// The ids `--propagate` wrote into the request of egress DATA record `seq`.
+    pub fn context(id: ConnId, seq: u32, w: &Written) -> Vec<u8> {
+        bytes(&ContextEvent {
+            header: header(kind::CONTEXT, id, 1),
+            seq,
+            flags: w.flags,
+            from_thread: u8::from(w.from_thread),
+            _pad: [0; 2],
+            trace_id: w.trace_id,
+            span_id: w.span_id,
+        })
+        .to_vec()
+    }
+
     pub fn close(id: ConnId, ts_ns: u64) -> Vec<u8> {
         bytes(&CloseEvent {
             header: header(kind::CLOSE, id, ts_ns),

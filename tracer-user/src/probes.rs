@@ -403,7 +403,7 @@ impl Probes {
         }
         if let Some(cgroup) = &opts.propagate {
             // Asked for, but an addition like TLS: tracing goes on without it, loudly.
-            probes.propagate = probes.load_propagate(cgroup);
+            probes.propagate = probes.load_propagate(cgroup, opts.comm.is_some());
             match &probes.propagate {
                 Ok(()) => tracing::info!(
                     "trace context: requests of traced processes in {} get a traceparent",
@@ -433,7 +433,7 @@ impl Probes {
 
     /// Attaches the `sk_msg` program to its socket map, then `sockops` to `cgroup`, which
     /// starts filling the map (a socket takes the map's programs when it is added).
-    fn load_propagate(&mut self, cgroup: &Path) -> Result<(), String> {
+    fn load_propagate(&mut self, cgroup: &Path, by_comm: bool) -> Result<(), String> {
         let dir = std::fs::File::open(cgroup).map_err(|e| {
             format!(
                 "cannot open cgroup {}: {e} (give a cgroup v2 directory; `tracer check` shows where cgroup v2 is mounted)",
@@ -452,12 +452,32 @@ impl Probes {
             .map_err(|e| format!("PROPAGATE_SOCKETS: {e}"))?;
         let msg: &mut SkMsg =
             program(&mut self.ebpf, "propagate_msg").map_err(|e| e.to_string())?;
-        msg.load().map_err(|e| format!("loading sk_msg: {e}"))?;
+        msg.load()
+            .map_err(|e| format!("loading sk_msg: {}", verifier_reason(&e)))?;
         msg.attach(&fd)
             .map_err(|e| format!("attaching sk_msg: {e}"))?;
-        let ops: &mut SockOps =
-            program(&mut self.ebpf, "propagate_sockops").map_err(|e| e.to_string())?;
-        ops.load().map_err(|e| format!("loading sockops: {e}"))?;
+        // Sockops programs may read the command name on recent kernels only (6.18 here, not
+        // 6.12): without it the pid-only program, which takes no socket under a --comm filter.
+        let mut name = "propagate_sockops";
+        let full: &mut SockOps = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+        if let Err(e) = full.load() {
+            let why = verifier_reason(&e);
+            if by_comm {
+                return Err(format!(
+                    "loading sockops: {why} (with --comm it must read the command name, which this kernel does not let sockops programs do; --pid works)"
+                ));
+            }
+            name = "propagate_sockops_pid";
+            let pid_only: &mut SockOps =
+                program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+            pid_only.load().map_err(|e| {
+                format!(
+                    "loading sockops: {} (and before: {why})",
+                    verifier_reason(&e)
+                )
+            })?;
+        }
+        let ops: &mut SockOps = program(&mut self.ebpf, name).map_err(|e| e.to_string())?;
         // A cgroup link (what aya makes on 5.7+, and the probes need 5.17+) always runs beside
         // the cgroup's other programs; link_create refuses the multi flag itself (EINVAL).
         ops.attach(dir, CgroupAttachMode::Single).map_err(|e| {
@@ -648,6 +668,31 @@ impl Probes {
         }
         out
     }
+}
+
+/// Why the verifier refused a program, in one line (the helper it may not call, say) rather
+/// than its whole log.
+fn verifier_reason(e: &ProgramError) -> String {
+    if let ProgramError::LoadError { verifier_log, .. } = e {
+        let log = verifier_log.to_string();
+        let lines: Vec<&str> = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let Some(l) = lines.iter().find(|l| {
+            l.contains("cannot use helper") || l.contains("unknown func") || l.contains("invalid")
+        }) {
+            return format!("the verifier says: {l}");
+        }
+        if let Some(i) = lines
+            .iter()
+            .position(|l| l.starts_with("verification time"))
+        {
+            return format!("the verifier says: {}", lines[i.saturating_sub(1)]);
+        }
+    }
+    chain(e)
 }
 
 /// An error with its causes, for a one-line message.

@@ -6,11 +6,24 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 
-use crate::propagate::{on_msg, on_sock_ops};
+use crate::{
+    filter::{config, traced, traced_pid},
+    propagate::{on_msg, on_sock_ops},
+};
 
 #[sock_ops]
 pub fn propagate_sockops(ctx: SockOpsContext) -> u32 {
-    on_sock_ops(&ctx);
+    on_sock_ops(&ctx, traced);
+    1
+}
+
+/// For kernels whose sockops programs may not read the command name (6.12): loaded when the
+/// one above is refused; no socket is taken while a `--comm` filter is set.
+#[sock_ops]
+pub fn propagate_sockops_pid(ctx: SockOpsContext) -> u32 {
+    on_sock_ops(&ctx, |tgid| {
+        traced_pid(tgid) && config().is_some_and(|c| c.flags & tracer_common::filter::BY_COMM == 0)
+    });
     1
 }
 
