@@ -1034,29 +1034,35 @@ mod tests {
 
     #[test]
     fn a_written_context_never_moves_a_trace_decided_upstream() {
-        let mut r = Run::new();
-        let upstream = TraceContext {
-            ids: Some(Ids {
-                trace_id: [1; 16],
-                parent_id: [2; 8],
-            }),
-            sampled: true,
-            state: None,
+        // A server request continuing upstream trace `trace`, and a call of its thread the
+        // probes wrote trace 7 into.
+        let run = |trace: u8| {
+            let mut r = Run::new();
+            let upstream = TraceContext {
+                ids: Some(Ids {
+                    trace_id: [trace; 16],
+                    parent_id: [2; 8],
+                }),
+                sampled: true,
+                state: None,
+            };
+            let front = r.open_with(
+                SpanKind::Server,
+                20,
+                21,
+                "192.0.2.1:40000",
+                MS,
+                Some(upstream),
+            );
+            r.written = written(7, 9, true);
+            let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
+            r.end(call, "call", 3 * MS);
+            r.end(front, "front", 4 * MS);
+            r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
+            r
         };
-        let front = r.open_with(
-            SpanKind::Server,
-            20,
-            21,
-            "192.0.2.1:40000",
-            MS,
-            Some(upstream),
-        );
         // The probes could not read the upstream context (say it was past their head scan).
-        r.written = written(7, 9, true);
-        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
-        r.end(call, "call", 3 * MS);
-        r.end(front, "front", 4 * MS);
-        r.tick(10 * MS + DEFAULT_HOLD_MS * MS);
+        let r = run(1);
         assert_eq!(r.get("front").trace_id, [1; 16]);
         let c = r.get("call");
         assert_eq!(
@@ -1065,27 +1071,7 @@ mod tests {
         );
         assert_eq!(r.count(&r.m.links_conflicting), 1);
         // Same trace: an ordinary child.
-        let mut r = Run::new();
-        let upstream = TraceContext {
-            ids: Some(Ids {
-                trace_id: [7; 16],
-                parent_id: [2; 8],
-            }),
-            sampled: true,
-            state: None,
-        };
-        let front = r.open_with(
-            SpanKind::Server,
-            20,
-            21,
-            "192.0.2.1:40000",
-            MS,
-            Some(upstream),
-        );
-        r.written = written(7, 9, true);
-        let call = r.open(SpanKind::Client, 20, 21, "127.0.0.1:50000", 2 * MS);
-        r.end(call, "call", 3 * MS);
-        r.end(front, "front", 4 * MS);
+        let r = run(7);
         assert!(r.child_of("call", "front"));
         assert_eq!(r.get("call").span_id, [9; 8]);
     }
