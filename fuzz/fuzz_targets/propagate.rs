@@ -29,7 +29,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.line_end > 0 && s.line_end <= s.head_end && s.head_end as usize <= n);
         assert_eq!(&bytes[s.line_end as usize - 2..s.line_end as usize], b"\r\n");
         assert_eq!(&bytes[s.head_end as usize - 4..s.head_end as usize], b"\r\n\r\n");
-        assert!(s.body_left(size).is_some(), "a rewrite knows where the next request starts");
+        // Where the next request starts is known, or the connection is left alone from here
+        // on: a chunked request whose head ends the write is written, its body's end is not
+        // looked for.
+        assert!(
+            s.body_left(size).is_some() || (s.chunked != 0 && s.head_end as u64 == size),
+            "a rewrite knows where the next request starts"
+        );
     }
     if let Some(left) = s.body_left(size) {
         assert!(s.head_end > 0 && s.chunked == 0 && s.malformed == 0);

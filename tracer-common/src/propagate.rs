@@ -326,6 +326,16 @@ mod tests {
         assert_eq!(scan(m).body_left(m.len() as u64), None);
     }
 
+    /// Found by the `propagate` fuzz target: such a head is rewritten (nothing follows it in
+    /// the write), and its connection is then left alone, since its body's end is not known.
+    #[test]
+    fn a_chunked_head_that_ends_its_write_is_written_then_its_connection_left_alone() {
+        let m = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let s = scan(m);
+        assert_eq!(s.verdict(m.len() as u64), Verdict::Write);
+        assert_eq!(s.body_left(m.len() as u64), None);
+    }
+
     #[test]
     fn existing_context_split_heads_and_odd_framing_are_left_alone() {
         let m = b"GET / HTTP/1.1\r\nTraceParent: 00-1-2-01\r\n\r\n";
