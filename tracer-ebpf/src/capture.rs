@@ -146,10 +146,10 @@ pub(crate) fn output_record<T>(rec: &T) {
 
 #[inline(always)]
 fn header(kind: u16, fd: u32) -> EventHeader {
-    let id = bpf_get_current_pid_tgid();
-    header_of(kind, (id >> 32) as u32, id as u32, fd)
+    header_now(kind, bpf_get_current_pid_tgid(), fd)
 }
 
+/// A record header of thread `pid_tgid` (the caller already has it), now.
 #[inline(always)]
 pub(crate) fn header_now(kind: u16, pid_tgid: u64, fd: u32) -> EventHeader {
     header_of(kind, (pid_tgid >> 32) as u32, pid_tgid as u32, fd)
